@@ -1,0 +1,5 @@
+"""`python -m cnnlab` runs the command-line program."""
+
+from cnnlab.cli import main
+
+raise SystemExit(main())

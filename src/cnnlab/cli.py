@@ -1,0 +1,55 @@
+"""The `cnnlab` command line: parse arguments, build a config, call the library. No logic of its own.
+
+Each command is a pair: `_add_<name>(subparsers)` declares its arguments, `_run_<name>(args)` calls the
+library. Library modules are imported inside the `_run_` functions so `cnnlab --help` stays fast.
+A user error (CnnlabError) prints one line and exits 2; a diverged run exits 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from cnnlab.errors import EXIT_DIVERGED, EXIT_USAGE, CnnlabError
+
+EPILOG = f"Exit codes: 0 success; {EXIT_USAGE} invalid usage, configuration or data; {EXIT_DIVERGED} run diverged."
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args.run(args) or 0)
+    except CnnlabError as error:
+        print(f"cnnlab: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("cnnlab: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole argument parser: one sub-command per library capability."""
+    parser = argparse.ArgumentParser(
+        prog="cnnlab",
+        description="Comparative experiments with convolutional image classifiers.",
+        epilog=EPILOG,
+    )
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for add in COMMANDS:
+        add(commands)
+    return parser
+
+
+def _command(commands: argparse._SubParsersAction, name: str, summary: str, run: Callable) -> argparse.ArgumentParser:
+    sub = commands.add_parser(name, help=summary, description=summary, epilog=EPILOG)
+    sub.set_defaults(run=run)
+    return sub
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []

@@ -1,0 +1,297 @@
+"""Typed run configuration: frozen dataclasses, YAML load/merge/validate. Every error names the key.
+
+A run config has four sections, addressed by dotted keys (`model.name`, `data.batch_size`, `optim.lr`,
+`train.epochs`). Files and `--set` overrides hold only the deltas from these defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cnnlab.errors import ConfigError, close_matches
+
+NORMS = ("batch", "group", "layer", "instance", "none")
+ACTIVATIONS = ("relu", "sigmoid", "tanh", "gelu", "leakyrelu", "silu")
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.norm": NORMS,
+    "model.activation": ACTIVATIONS,
+    "model.pool": ("avg", "max"),
+    "model.stem": ("auto", "resize", "small"),
+    "data.normalize": ("dataset", "weights", "none"),
+    "data.bad_images": ("error", "skip"),
+    "optim.optimizer": ("sgd", "adam", "adamw"),
+    "optim.schedule": ("none", "multistep", "cosine", "onecycle"),
+    "train.finetune": ("full", "linear", "gradual"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Which network to build and its regularization switches (None: the architecture's own default)."""
+
+    name: str = "resnet20_cifar"
+    dropout: float | None = None  # probability before the classifier / in hidden linear layers
+    norm: str | None = None  # batch | group | layer | instance | none
+    activation: str | None = None  # relu | sigmoid | tanh | gelu | leakyrelu | silu
+    pool: str | None = None  # avg | max (lenet5)
+    stem: str = "auto"  # ImageNet-shaped nets on small inputs: auto | resize (to 224) | small (3x3 stem)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which images, how they are split, augmented, normalized and batched."""
+
+    name: str = "digits"  # digits | mnist | fashion-mnist | kmnist | cifar10 | cifar100 | folder:PATH | synthetic
+    data_dir: str | None = None  # searched first for dataset files
+    image_size: int | None = None  # square side in pixels; None: the dataset's own
+    val_fraction: float = 0.1  # stratified holdout taken from the training split
+    folds: int | None = None  # stratified k-fold instead of holdout
+    fold: int = 0  # which fold validates when folds is set
+    subset: int | None = None  # keep N training images (stratified)
+    per_class: int | None = None  # keep N training images per class
+    classes: tuple[str, ...] | None = None  # keep these classes, re-indexed in this order
+    augment: str = "none"  # none | flip | crop | flip+crop | randomresizedcrop
+    normalize: str = "dataset"  # dataset statistics | pretrained weights' statistics | none
+    batch_size: int = 128
+    eval_batch_size: int = 1024
+    bad_images: str = "error"  # folder datasets: error lists bad files; skip excludes them
+    test_fraction: float = 0.2  # folder datasets without a test split: stratified test share
+    splits_file: str | None = None  # saved splits to reuse (written by studies)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """Optimizer, learning-rate schedule and loss options."""
+
+    optimizer: str = "sgd"  # sgd | adam | adamw
+    lr: float = 0.05  # peak learning rate
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = True  # sgd only
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # none | multistep | cosine | onecycle
+    warmup_epochs: float = 0.0  # linear warmup from lr/10, in epochs (fractions allowed)
+    milestones: tuple[int, ...] = ()  # multistep: epochs at which lr is multiplied by gamma
+    gamma: float = 0.1
+    label_smoothing: float = 0.0
+    grad_clip: float | None = None  # max gradient norm
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Epochs, seed, initialisation / transfer, devices and speed switches."""
+
+    epochs: int = 10
+    seed: int = 0
+    init: str = "scratch"  # scratch | torchvision:<WEIGHTS> | file:<path> | run:<run dir>
+    finetune: str = "full"  # full | linear | gradual
+    unfreeze_epoch: int = 1  # gradual: epoch at which the backbone starts training
+    backbone_lr_mult: float = 1.0  # backbone lr = lr * this (discriminative learning rates)
+    early_stopping: int | None = None  # patience in epochs on validation accuracy
+    test: bool = True  # evaluate the test split at the end
+    accelerator: str = "auto"
+    devices: str = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "auto"  # auto: bf16-mixed on CUDA, 32-true on CPU
+    channels_last: bool = True
+    compile: bool = False  # torch.compile the model
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """One fully resolved run."""
+
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+
+
+SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "train": TrainConfig}
+
+
+def all_keys() -> list[str]:
+    """Every dotted key a run config accepts."""
+    return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; a missing file or bad YAML is a ConfigError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: invalid YAML{where}: {getattr(error, 'problem', error)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """`key=value` from `--set`; the value is parsed as YAML (so 0.1, true, [1, 2] are typed)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    """Set `a.b` in a nested dict, creating sections as needed."""
+    *parents, leaf = key.split(".")
+    node = tree
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot set {key!r}: {part!r} is a value, not a section")
+        node = child
+    node[leaf] = value
+
+
+def merge(base: Mapping[str, Any], delta: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge `delta` over `base`; dotted keys in `delta` are expanded first."""
+    merged = json.loads(json.dumps(base, default=list))
+    for key, value in delta.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        elif "." in key:
+            set_dotted(merged, key, value)
+        else:
+            merged[key] = json.loads(json.dumps(value, default=list)) if isinstance(value, Mapping) else value
+    return merged
+
+
+def from_dict(tree: Mapping[str, Any]) -> RunConfig:
+    """Validate a nested (or dotted) mapping into a RunConfig; unknown keys and bad values name the key."""
+    tree = merge({}, tree)
+    sections = {}
+    for section, values in tree.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"unknown config section {section!r}{close_matches(section, SECTIONS)}; "
+                              f"allowed: {', '.join(SECTIONS)}")
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"config section {section!r} must be a mapping of keys, got {values!r}")
+        sections[section] = _build_section(section, SECTIONS[section], values)
+    config = RunConfig(**sections)
+    _check_ranges(config)
+    return config
+
+
+def to_dict(config: RunConfig) -> dict[str, Any]:
+    """Plain nested dict (tuples as lists), suitable for YAML and JSON."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def replace(config: RunConfig, **dotted: Any) -> RunConfig:
+    """A copy with dotted keys replaced, e.g. replace(cfg, **{"train.epochs": 1})."""
+    return from_dict(merge(to_dict(config), dotted))
+
+
+def config_hash(config: RunConfig) -> str:
+    """Stable short hash of the resolved config: the identity of a run."""
+    canonical = json.dumps(to_dict(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def dump_yaml(config: RunConfig) -> str:
+    """The resolved config as YAML text (what `config.yaml` holds)."""
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def _build_section(section: str, cls: type, values: Mapping[str, Any]) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{section}.{name}"
+        if name not in fields:
+            raise ConfigError(f"unknown config key {key!r}{close_matches(key, all_keys())}; "
+                              f"allowed in {section}: {', '.join(fields)}")
+        kwargs[name] = _coerce(value, hints[name], key)
+        _check_choice(key, kwargs[name])
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Convert a YAML/CLI value to the field's type, or raise naming the key and the expected type."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is tuple:
+        items = [value] if isinstance(value, (str, int, float)) else value
+        if not isinstance(items, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return tuple(_coerce(item, args[0], key) for item in items)
+    return _coerce_scalar(value, annotation, key)
+
+
+def _coerce_scalar(value: Any, kind: type, key: str) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
+            return value.lower() in ("true", "yes")
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    if kind in (int, float) and isinstance(value, str):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    expected = {int: "an integer", float: "a number", str: "a string"}.get(kind, kind.__name__)
+    raise ConfigError(f"{key} must be {expected}, got {value!r}")
+
+
+def _check_choice(key: str, value: Any) -> None:
+    allowed = CHOICES.get(key)
+    if allowed is not None and value is not None and value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not allowed{close_matches(value, allowed)}; "
+                          f"allowed: {', '.join(allowed)}")
+
+
+def _check_ranges(config: RunConfig) -> None:
+    checks = [
+        ("train.epochs", config.train.epochs >= 1, "at least 1"),
+        ("data.batch_size", config.data.batch_size >= 1, "at least 1"),
+        ("data.eval_batch_size", config.data.eval_batch_size >= 1, "at least 1"),
+        ("optim.lr", config.optim.lr > 0, "positive"),
+        ("data.val_fraction", 0 <= config.data.val_fraction < 1, "in [0, 1)"),
+        ("data.test_fraction", 0 < config.data.test_fraction < 1, "in (0, 1)"),
+        ("model.dropout", config.model.dropout is None or 0 <= config.model.dropout < 1, "in [0, 1)"),
+        ("data.folds", config.data.folds is None or config.data.folds >= 2, "at least 2"),
+        ("data.fold", config.data.folds is None or 0 <= config.data.fold < config.data.folds,
+         "in [0, folds)"),
+        ("train.backbone_lr_mult", config.train.backbone_lr_mult >= 0, "0 or more"),
+    ]
+    for key, ok, allowed in checks:
+        if not ok:
+            section, name = key.split(".")
+            value = getattr(getattr(config, section), name)
+            raise ConfigError(f"{key}={value!r} is out of range; it must be {allowed}")

@@ -1,0 +1,42 @@
+"""Errors a user can cause, and the exit codes the CLI maps them to."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+EXIT_OK = 0
+EXIT_USAGE = 2  # invalid usage, configuration, data or missing file
+EXIT_DIVERGED = 3  # the run stopped on a non-finite loss (status "diverged")
+
+
+class CnnlabError(Exception):
+    """A problem the user can fix; the CLI prints its message on one line and exits with `exit_code`."""
+
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(CnnlabError):
+    """A configuration key, value or combination is invalid."""
+
+
+class DataError(CnnlabError):
+    """A dataset is missing, unreadable or malformed."""
+
+
+class WeightsError(CnnlabError):
+    """A checkpoint or weights file cannot be loaded safely."""
+
+
+def close_matches(word: str, choices: Iterable[str], n: int = 3) -> str:
+    """' (did you mean a, b?)' for near misses, else ''; for error messages that name alternatives."""
+    matches = difflib.get_close_matches(str(word), list(choices), n=n, cutoff=0.6)
+    return f" (did you mean {', '.join(matches)}?)" if matches else ""
+
+
+def unknown_choice(kind: str, value: object, choices: Iterable[str]) -> ConfigError:
+    """The standard error for a name that is not among the allowed ones."""
+    choices = sorted(choices)
+    hint = close_matches(str(value), choices)
+    listed = ", ".join(choices) if len(choices) <= 12 else ", ".join(choices[:12]) + ", ..."
+    return ConfigError(f"unknown {kind} {value!r}{hint}; allowed: {listed}")
