@@ -50,7 +50,9 @@ class ModelConfig:
 class DataConfig:
     """Which images, how they are split, augmented, normalized and batched."""
 
-    name: str = "digits"  # digits | mnist | fashion-mnist | kmnist | cifar10 | cifar100 | folder:PATH | synthetic
+    name: str = (
+        "digits"  # digits | mnist | fashion-mnist | kmnist | cifar10 | cifar100 | folder:PATH | synthetic
+    )
     data_dir: str | None = None  # searched first for dataset files
     image_size: int | None = None  # square side in pixels; None: the dataset's own
     val_fraction: float = 0.1  # stratified holdout taken from the training split
@@ -116,7 +118,12 @@ class RunConfig:
     train: TrainConfig = TrainConfig()
 
 
-SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "train": TrainConfig}
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "optim": OptimConfig,
+    "train": TrainConfig,
+}
 
 
 def all_keys() -> list[str]:
@@ -185,8 +192,10 @@ def from_dict(tree: Mapping[str, Any]) -> RunConfig:
     sections = {}
     for section, values in tree.items():
         if section not in SECTIONS:
-            raise ConfigError(f"unknown config section {section!r}{close_matches(section, SECTIONS)}; "
-                              f"allowed: {', '.join(SECTIONS)}")
+            raise ConfigError(
+                f"unknown config section {section!r}{close_matches(section, SECTIONS)}; "
+                f"allowed: {', '.join(SECTIONS)}"
+            )
         if not isinstance(values, Mapping):
             raise ConfigError(f"config section {section!r} must be a mapping of keys, got {values!r}")
         sections[section] = _build_section(section, SECTIONS[section], values)
@@ -223,8 +232,10 @@ def _build_section(section: str, cls: type, values: Mapping[str, Any]) -> Any:
     for name, value in values.items():
         key = f"{section}.{name}"
         if name not in fields:
-            raise ConfigError(f"unknown config key {key!r}{close_matches(key, all_keys())}; "
-                              f"allowed in {section}: {', '.join(fields)}")
+            raise ConfigError(
+                f"unknown config key {key!r}{close_matches(key, all_keys())}; "
+                f"allowed in {section}: {', '.join(fields)}"
+            )
         kwargs[name] = _coerce(value, hints[name], key)
         _check_choice(key, kwargs[name])
     return cls(**kwargs)
@@ -272,8 +283,9 @@ def _coerce_scalar(value: Any, kind: type, key: str) -> Any:
 def _check_choice(key: str, value: Any) -> None:
     allowed = CHOICES.get(key)
     if allowed is not None and value is not None and value not in allowed:
-        raise ConfigError(f"{key}={value!r} is not allowed{close_matches(value, allowed)}; "
-                          f"allowed: {', '.join(allowed)}")
+        raise ConfigError(
+            f"{key}={value!r} is not allowed{close_matches(value, allowed)}; allowed: {', '.join(allowed)}"
+        )
 
 
 def _check_ranges(config: RunConfig) -> None:
@@ -286,8 +298,11 @@ def _check_ranges(config: RunConfig) -> None:
         ("data.test_fraction", 0 < config.data.test_fraction < 1, "in (0, 1)"),
         ("model.dropout", config.model.dropout is None or 0 <= config.model.dropout < 1, "in [0, 1)"),
         ("data.folds", config.data.folds is None or config.data.folds >= 2, "at least 2"),
-        ("data.fold", config.data.folds is None or 0 <= config.data.fold < config.data.folds,
-         "in [0, folds)"),
+        (
+            "data.fold",
+            config.data.folds is None or 0 <= config.data.fold < config.data.folds,
+            "in [0, folds)",
+        ),
         ("train.backbone_lr_mult", config.train.backbone_lr_mult >= 0, "0 or more"),
     ]
     for key, ok, allowed in checks:

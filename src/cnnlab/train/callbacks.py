@@ -1,0 +1,143 @@
+"""Lightning callbacks of a run: per-epoch seeding, metrics.csv, divergence, backbone freezing."""
+
+from __future__ import annotations
+
+import csv
+import io as text_io
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from cnnlab.io import atomic_write_text
+from cnnlab.train.system import ClassifierSystem
+
+METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s")
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch: a pure function of (run seed, epoch), so a resumed run replays it exactly."""
+    return (seed * 1_000_003 + epoch * 7_919 + 17) % (2**63 - 1)
+
+
+class RunDiverged(Exception):
+    """Raised inside training when the loss stops being finite."""
+
+
+class EpochSeeder(pl.Callback):
+    """Seeds torch (dropout, init-free randomness) and the data order at every epoch start."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        torch.manual_seed(epoch_seed(self.seed, epoch))
+        trainer.datamodule.set_epoch(epoch)
+
+
+class EpochRecorder(pl.Callback):
+    """Writes metrics.csv (one row per epoch) and prints the per-epoch line users know."""
+
+    def __init__(self, path: Path, *, echo: bool) -> None:
+        self.path = path
+        self.echo = echo
+        self.rows: list[dict[str, float]] = []
+        self.train_seconds = 0.0
+        self.train_images = 0
+        self._epoch_start = 0.0
+        self._train_end = 0.0
+        self._lr = 0.0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_start = time.perf_counter()
+        self._train_end = 0.0
+        self._lr = trainer.optimizers[0].param_groups[0]["lr"]
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking and not self._train_end:
+            self._train_end = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        now = time.perf_counter()
+        self.train_seconds += (self._train_end or now) - self._epoch_start
+        self.train_images += trainer.datamodule.train_images_per_epoch
+        metrics = trainer.callback_metrics
+        row = {
+            "epoch": trainer.current_epoch,
+            "lr": self._lr,
+            "epoch_time_s": round(now - self._epoch_start, 4),
+        }
+        for name in ("train_loss", "train_acc", "val_loss", "val_acc"):
+            row[name] = float(metrics[name]) if name in metrics else math.nan
+        self.rows.append(row)
+        atomic_write_text(self.path, format_metrics_csv(self.rows))
+        if self.echo:
+            print(format_epoch_line(row), file=sys.stdout, flush=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "train_seconds": self.train_seconds, "train_images": self.train_images}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rows = list(state_dict["rows"])
+        self.train_seconds = state_dict["train_seconds"]
+        self.train_images = state_dict["train_images"]
+
+
+def format_metrics_csv(rows: list[dict[str, float]]) -> str:
+    """metrics.csv text: a header and one row per epoch."""
+    buffer = text_io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def format_epoch_line(row: dict[str, float]) -> str:
+    """`Epoch: N, Train_acc: .., Train_loss: .., Val_acc: .., Val_loss: .., Lr: .., Time: ..s`."""
+    return (
+        f"Epoch: {row['epoch']}, Train_acc: {row['train_acc']:.4f}, Train_loss: {row['train_loss']:.4f}, "
+        f"Val_acc: {row['val_acc']:.4f}, Val_loss: {row['val_loss']:.4f}, Lr: {row['lr']:.3g}, "
+        f"Time: {row['epoch_time_s']:.1f}s"
+    )
+
+
+class DivergenceGuard(pl.Callback):
+    """Stops the run on a non-finite training loss, before a bad checkpoint can be written."""
+
+    def __init__(self, check_every: int) -> None:
+        self.check_every = check_every
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        last_batch = batch_idx + 1 == trainer.num_training_batches
+        if batch_idx % self.check_every and not last_batch:
+            return
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if not bool(torch.isfinite(loss)):
+            raise RunDiverged(f"non-finite training loss at epoch {trainer.current_epoch}, step {batch_idx}")
+
+
+class BackboneFreeze(pl.Callback):
+    """`linear` (unfreeze_epoch None) and `gradual` fine-tuning: the backbone trains from unfreeze_epoch.
+
+    Frozen parameters get no gradient (the optimizer skips them); frozen BatchNorm layers stay in eval mode,
+    so their running statistics do not move.
+    """
+
+    def __init__(self, unfreeze_epoch: int | None) -> None:
+        self.unfreeze_epoch = unfreeze_epoch
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: ClassifierSystem) -> None:
+        frozen = self.unfreeze_epoch is None or trainer.current_epoch < self.unfreeze_epoch
+        head_ids = {id(p) for p in pl_module.model.get_classifier().parameters()}
+        for parameter in pl_module.model.parameters():
+            if id(parameter) not in head_ids:
+                parameter.requires_grad_(not frozen)
+        pl_module.frozen_backbone = frozen
+        pl_module.train()

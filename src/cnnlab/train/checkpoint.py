@@ -1,0 +1,76 @@
+"""Checkpoints of cnnlab runs: Lightning's I/O through cnnlab's safe loader; rebuilding a trained model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from torch import nn
+
+from cnnlab import io
+from cnnlab.errors import ConfigError, WeightsError
+
+MODEL_PREFIX = "model."
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint I/O that saves atomically and loads only through `cnnlab.io.load_checkpoint`."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        io.atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict:
+        return io.load_checkpoint(path)
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A model rebuilt from a cnnlab checkpoint, with what is needed to feed it."""
+
+    model: nn.Module
+    meta: dict[str, Any]  # config, class_names, in_chans, image_size, mean, std, model_hparams
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.meta["class_names"])
+
+
+def model_state(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The plain model state_dict inside a cnnlab/Lightning checkpoint, or the mapping itself."""
+    if "state_dict" not in checkpoint:
+        return checkpoint
+    return {
+        key[len(MODEL_PREFIX) :]: value
+        for key, value in checkpoint["state_dict"].items()
+        if key.startswith(MODEL_PREFIX)
+    }
+
+
+def run_checkpoint_path(run_dir: str | Path) -> Path:
+    """The checkpoint a finished run hands on: best by validation accuracy, else last."""
+    run_dir = Path(run_dir)
+    for name in ("best.ckpt", "last.ckpt"):
+        if (run_dir / "checkpoints" / name).is_file():
+            return run_dir / "checkpoints" / name
+    raise ConfigError(f"run directory {run_dir} has no checkpoints/best.ckpt or last.ckpt; train it first")
+
+
+def load_trained_model(path: str | Path) -> TrainedModel:
+    """Rebuild a checkpoint's model; the architecture is looked up in the registry, never imported."""
+    from cnnlab.models import create_model
+
+    path = Path(path)
+    if path.is_dir():
+        path = run_checkpoint_path(path)
+    checkpoint = io.load_checkpoint(path)
+    meta = checkpoint.get("cnnlab")
+    if not isinstance(meta, dict) or "model_hparams" not in meta:
+        raise WeightsError(
+            f"{path} is not a cnnlab checkpoint (no 'cnnlab' metadata); "
+            "pass a checkpoint written by `cnnlab train`"
+        )
+    model = create_model(meta["model"], **meta["model_hparams"])
+    model.load_state_dict(model_state(checkpoint), strict=True)
+    return TrainedModel(model=model.eval(), meta=meta)

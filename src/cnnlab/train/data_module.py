@@ -1,0 +1,76 @@
+"""The in-memory data path plugged into Lightning: loaders built on the training device, sharded per rank."""
+
+from __future__ import annotations
+
+import math
+
+import lightning.pytorch as pl
+import torch
+
+from cnnlab.config import DataConfig
+from cnnlab.data import InMemoryLoader
+
+
+class InMemoryDataModule(pl.LightningDataModule):
+    """Train/val loaders over uint8 image tensors; the epoch's order is a function of (seed, epoch)."""
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        train_idx: torch.Tensor,
+        val_idx: torch.Tensor,
+        *,
+        data: DataConfig,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        seed: int,
+        channels_last: bool,
+    ) -> None:
+        super().__init__()
+        self.images, self.labels = images, labels
+        self.train_idx, self.val_idx = torch.as_tensor(train_idx), torch.as_tensor(val_idx)
+        self.data, self.mean, self.std = data, mean, std
+        self.seed, self.channels_last = seed, channels_last
+        self.train_loader: InMemoryLoader | None = None
+        self.val_loader: InMemoryLoader | None = None
+
+    def setup(self, stage: str) -> None:
+        device = self.trainer.strategy.root_device
+        rank, world = self.trainer.global_rank, self.trainer.world_size
+        self.train_loader = self._loader(self.train_idx, device, rank, world, train=True)
+        if len(self.val_idx):
+            self.val_loader = self._loader(self.val_idx, device, rank, world, train=False)
+
+    def _loader(
+        self, indices: torch.Tensor, device: torch.device, rank: int, world: int, *, train: bool
+    ) -> InMemoryLoader:
+        return InMemoryLoader(
+            self.images[indices],
+            self.labels[indices],
+            batch_size=self.data.batch_size if train else self.data.eval_batch_size,
+            shuffle=train,
+            augment=self.data.augment if train else "none",
+            mean=self.mean,
+            std=self.std,
+            seed=self.seed,
+            device=device,
+            drop_last=False,
+            rank=rank,
+            world_size=world,
+            channels_last=self.channels_last,
+        )
+
+    def train_dataloader(self) -> InMemoryLoader:
+        return self.train_loader
+
+    def val_dataloader(self) -> InMemoryLoader | list:
+        return self.val_loader if self.val_loader is not None else []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.train_loader.set_epoch(epoch)
+
+    @property
+    def train_images_per_epoch(self) -> int:
+        """Training images seen per epoch by this rank."""
+        return math.ceil(len(self.train_idx) / self.trainer.world_size)

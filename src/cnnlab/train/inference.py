@@ -1,0 +1,266 @@
+"""Using a trained model: probabilities, scores, `evaluate`, `predict` and `export`."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io as text_io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cnnlab import config as cfg
+from cnnlab import io
+from cnnlab.data import InMemoryLoader, Splits, load_split
+from cnnlab.errors import ConfigError, WeightsError
+from cnnlab.train.checkpoint import TrainedModel, load_trained_model
+
+MANIFEST = "manifest.json"
+WEIGHTS = "model.safetensors"
+
+
+@torch.inference_mode()
+def predict_probs(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    device: torch.device,
+    batch_size: int,
+) -> np.ndarray:
+    """Softmax probabilities (N, K) for uint8 images, in order, with the model in eval mode."""
+    model = model.to(device).eval()
+    loader = InMemoryLoader(
+        images,
+        torch.zeros(len(images), dtype=torch.int64),
+        batch_size=batch_size,
+        shuffle=False,
+        augment="none",
+        mean=mean,
+        std=std,
+        seed=0,
+        device=device,
+        drop_last=False,
+        rank=0,
+        world_size=1,
+        channels_last=False,
+    )
+    chunks = [torch.softmax(model(batch).float(), dim=1).cpu() for batch, _ in loader]
+    return torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), dtype=np.float32)
+
+
+def score_predictions(
+    probs: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...] | list[str]
+) -> dict:
+    """Accuracy, mean cross-entropy and per-class accuracy of predicted probabilities."""
+    predicted = probs.argmax(axis=1)
+    picked = probs[np.arange(len(labels)), labels]
+    per_class = {}
+    for index, name in enumerate(class_names):
+        mask = labels == index
+        per_class[str(name)] = float((predicted[mask] == index).mean()) if mask.any() else None
+    return {
+        "acc": float((predicted == labels).mean()),
+        "loss": float(-np.log(np.clip(picked, 1e-12, 1)).mean()),
+        "per_class_accuracy": per_class,
+    }
+
+
+def load_model(path: str | Path) -> TrainedModel:
+    """A trained model from a run directory, a checkpoint file or an `export` directory."""
+    path = Path(path)
+    if (path / MANIFEST).is_file():
+        return load_exported(path)
+    return load_trained_model(path)
+
+
+def evaluate_checkpoint(
+    path: str | Path, *, data: str | None = None, split: str = "test", data_dir: str | None = None
+) -> dict[str, Any]:
+    """Metrics of a trained model on a dataset split (the run's own dataset unless `data` names another)."""
+    trained = load_model(path)
+    data_config = _data_config(trained, data, data_dir)
+    images, labels = _split_images(trained, data_config, split, Path(path))
+    if data and len(_class_names(data_config)) != len(trained.class_names):
+        raise ConfigError(
+            f"--data {data} has {len(_class_names(data_config))} classes but the model was "
+            f"trained on {len(trained.class_names)}"
+        )
+    probs = predict_probs(
+        trained.model,
+        images,
+        mean=tuple(trained.meta["mean"]),
+        std=tuple(trained.meta["std"]),
+        device=_device(),
+        batch_size=data_config.eval_batch_size,
+    )
+    scores = score_predictions(probs, labels.numpy(), trained.class_names)
+    return {"split": split, "dataset": data_config.name, "images": len(labels), **scores}
+
+
+def predict_images(
+    path: str | Path, images: str, out: str | Path, *, fmt: str = "kaggle", data_dir: str | None = None
+) -> Path:
+    """Write predictions for an image folder or a dataset's test split as CSV (kaggle: id,label; probs)."""
+    from cnnlab.data import load_image_files
+
+    trained = load_model(path)
+    side = trained.meta["image_size"]
+    if Path(images).is_dir():
+        ids, pixels = load_image_files(images, image_size=side, channels=trained.meta["in_chans"])
+    else:
+        data_config = _data_config(trained, images, data_dir)
+        test = load_split(data_config, "test")
+        pixels = test.images
+        ids = list(test.ids) if test.ids else [str(i) for i in range(len(test.labels))]
+    probs = predict_probs(
+        trained.model,
+        pixels,
+        mean=tuple(trained.meta["mean"]),
+        std=tuple(trained.meta["std"]),
+        device=_device(),
+        batch_size=256,
+    )
+    rows = sorted(zip(ids, probs), key=lambda item: _id_sort_key(item[0]))
+    io.atomic_write_text(out, _predictions_csv(rows, trained.class_names, fmt))
+    return Path(out)
+
+
+def export_checkpoint(path: str | Path, out_dir: str | Path, *, onnx: bool = False) -> Path:
+    """Write model.safetensors and manifest.json (SHA-256, architecture, classes, input size, stats)."""
+    from safetensors.torch import save_file
+
+    trained = load_model(path)
+    out_dir = Path(out_dir)
+    state = {key: value.contiguous() for key, value in trained.model.state_dict().items()}
+    with io.atomic_path(out_dir / WEIGHTS) as tmp:
+        save_file(state, str(tmp))
+    files = {WEIGHTS: io.sha256_file(out_dir / WEIGHTS)}
+    input_size = [trained.meta["in_chans"], trained.meta["image_size"], trained.meta["image_size"]]
+    if onnx:
+        files["model.onnx"] = _export_onnx(trained.model, input_size, out_dir / "model.onnx")
+    manifest = {
+        "architecture": trained.meta["model"],
+        "model_hparams": trained.meta["model_hparams"],
+        "classes": trained.class_names,
+        "input_size": input_size,
+        "normalization": {"mean": trained.meta["mean"], "std": trained.meta["std"]},
+        "sha256": files,
+        "config": trained.meta["config"],
+    }
+    io.atomic_write_json(out_dir / MANIFEST, manifest)
+    return out_dir
+
+
+def load_exported(export_dir: str | Path) -> TrainedModel:
+    """Load an `export` directory after checking every file's SHA-256 against its manifest."""
+    from cnnlab.models import create_model
+
+    export_dir = Path(export_dir)
+    manifest = io.read_json(export_dir / MANIFEST)
+    weights = export_dir / WEIGHTS
+    expected = manifest.get("sha256", {}).get(WEIGHTS)
+    if not weights.is_file():
+        raise WeightsError(f"{weights} is missing; re-run `cnnlab export`")
+    if io.sha256_file(weights) != expected:
+        raise WeightsError(
+            f"{weights} does not match the SHA-256 in {export_dir / MANIFEST} (corrupt or "
+            "modified); re-run `cnnlab export`"
+        )
+    model = create_model(manifest["architecture"], **manifest["model_hparams"])
+    model.load_state_dict(io.load_checkpoint(weights), strict=True)
+    channels, side, _ = manifest["input_size"]
+    meta = {
+        "model": manifest["architecture"],
+        "model_hparams": manifest["model_hparams"],
+        "class_names": manifest["classes"],
+        "in_chans": channels,
+        "image_size": side,
+        "mean": manifest["normalization"]["mean"],
+        "std": manifest["normalization"]["std"],
+        "config": manifest["config"],
+    }
+    return TrainedModel(model=model.eval(), meta=meta)
+
+
+def _export_onnx(model: nn.Module, input_size: list[int], path: Path) -> str:
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise ConfigError("--onnx needs the onnx package: pip install 'cnnlab[onnx]'") from None
+    example = torch.zeros(1, *input_size)
+    with io.atomic_path(path) as tmp:
+        torch.onnx.export(
+            model.float().eval(),
+            (example,),
+            str(tmp),
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+            dynamo=False,
+        )
+    return io.sha256_file(path)
+
+
+def _data_config(trained: TrainedModel, data: str | None, data_dir: str | None) -> cfg.DataConfig:
+    config = cfg.from_dict(trained.meta["config"]).data
+    changes = {key: value for key, value in {"name": data, "data_dir": data_dir}.items() if value}
+    if data:
+        changes.update(subset=None, per_class=None, splits_file=None)
+    return dataclasses.replace(config, **changes)
+
+
+def _class_names(data_config: cfg.DataConfig) -> tuple[str, ...]:
+    return load_split(data_config, "test").class_names
+
+
+def _split_images(
+    trained: TrainedModel, data_config: cfg.DataConfig, split: str, path: Path
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if split == "test":
+        test = load_split(data_config, "test")
+        return test.images, test.labels
+    train = load_split(data_config, "train")
+    if split == "train":
+        return train.images, train.labels
+    splits_file = _run_dir(path) / "splits.json"
+    if split != "val" or not splits_file.is_file():
+        raise ConfigError(
+            f"--split {split!r}: use test, train, or val (val needs the run directory's "
+            "splits.json beside checkpoints/)"
+        )
+    fold = data_config.fold if data_config.folds else 0
+    _, val_idx = Splits.load(splits_file).indices(fold)
+    index = torch.as_tensor(val_idx)
+    return train.images[index], train.labels[index]
+
+
+def _run_dir(path: Path) -> Path:
+    return path if path.is_dir() else path.parent.parent
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _id_sort_key(identifier: str) -> tuple[int, int | str]:
+    """Numeric ids sort numerically (Kaggle's 1, 2, 10), others alphabetically, numbers first."""
+    return (0, int(identifier)) if identifier.isdigit() else (1, identifier)
+
+
+def _predictions_csv(rows: list[tuple[str, np.ndarray]], class_names: list[str], fmt: str) -> str:
+    buffer = text_io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    if fmt == "kaggle":
+        writer.writerow(["id", "label"])
+        writer.writerows([identifier, int(probs.argmax())] for identifier, probs in rows)
+    elif fmt == "probs":
+        writer.writerow(["id", *class_names])
+        writer.writerows([identifier, *(f"{p:.6f}" for p in probs)] for identifier, probs in rows)
+    else:
+        raise ConfigError(f"--format {fmt!r} is not allowed; allowed: kaggle, probs")
+    return buffer.getvalue()

@@ -1,0 +1,131 @@
+"""The LightningModule ("system") that trains any zoo model: loss, metrics, optimizer, schedule, freezing."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from cnnlab.config import OptimConfig
+
+BatchNormTypes = (nn.modules.batchnorm._BatchNorm,)
+
+
+def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(head parameters, backbone parameters): the head is whatever `get_classifier()` returns."""
+    head_ids = {id(p) for p in model.get_classifier().parameters()}
+    head = [p for p in model.parameters() if id(p) in head_ids]
+    backbone = [p for p in model.parameters() if id(p) not in head_ids]
+    return head, backbone
+
+
+def backbone_modules(model: nn.Module) -> list[nn.Module]:
+    """Every module of the model that is not part of the classifier head."""
+    head = set(model.get_classifier().modules())
+    return [m for m in model.modules() if m not in head]
+
+
+class ClassifierSystem(pl.LightningModule):
+    """Cross-entropy classification of one zoo model; the plain nn.Module stays separate (`self.model`)."""
+
+    def __init__(
+        self, model: nn.Module, *, num_classes: int, optim: OptimConfig, backbone_lr_mult: float
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.optim = optim
+        self.backbone_lr_mult = backbone_lr_mult
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=optim.label_smoothing)
+        self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.frozen_backbone = False  # set by the fine-tune callbacks; frozen BatchNorm stays in eval mode
+        self.extra_checkpoint: dict[str, Any] = {}
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
+    def train(self, mode: bool = True) -> ClassifierSystem:
+        """Lightning calls train() at every epoch start; a frozen backbone keeps its BatchNorm in eval."""
+        super().train(mode)
+        if mode and self.frozen_backbone:
+            for module in backbone_modules(self.model):
+                if isinstance(module, BatchNormTypes):
+                    module.eval()
+        return self
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        logits = self.model(images)
+        loss = self.loss_fn(logits, labels)
+        self.train_acc(logits.detach(), labels)
+        self.log("train_loss", loss.detach(), on_step=False, on_epoch=True, batch_size=len(labels))
+        self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(labels))
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        images, labels = batch
+        logits = self.model(images)
+        self.val_acc(logits, labels)
+        self.log("val_loss", self.loss_fn(logits, labels), on_epoch=True, batch_size=len(labels))
+        self.log("val_acc", self.val_acc, on_epoch=True, batch_size=len(labels))
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = build_optimizer(self.model, self.optim, self.backbone_lr_mult)
+        steps_per_epoch = max(1, self.trainer.num_training_batches)
+        total_steps = steps_per_epoch * self.trainer.max_epochs
+        scheduler = build_scheduler(optimizer, self.optim, steps_per_epoch, total_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["cnnlab"] = self.extra_checkpoint
+
+
+def build_optimizer(model: nn.Module, optim: OptimConfig, backbone_lr_mult: float) -> torch.optim.Optimizer:
+    """Two parameter groups, head first: the head at `lr`, the backbone at `lr * backbone_lr_mult`."""
+    head, backbone = split_parameters(model)
+    groups = [{"params": head, "lr": optim.lr}]
+    if backbone:
+        groups.append({"params": backbone, "lr": optim.lr * backbone_lr_mult})
+    if optim.optimizer == "sgd":
+        return torch.optim.SGD(
+            groups,
+            lr=optim.lr,
+            momentum=optim.momentum,
+            nesterov=optim.nesterov and optim.momentum > 0,
+            weight_decay=optim.weight_decay,
+        )
+    if optim.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=optim.lr, weight_decay=optim.weight_decay)
+    return torch.optim.AdamW(groups, lr=optim.lr, weight_decay=optim.weight_decay)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, optim: OptimConfig, steps_per_epoch: int, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """A per-step schedule: linear warmup then none/multistep/cosine; onecycle is torch's own."""
+    if optim.schedule == "onecycle":
+        warmup_share = optim.warmup_epochs * steps_per_epoch / total_steps if optim.warmup_epochs else 0.3
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=[group["lr"] for group in optimizer.param_groups],
+            total_steps=total_steps,
+            pct_start=min(max(warmup_share, 0.01), 0.99),
+        )
+    warmup_steps = round(optim.warmup_epochs * steps_per_epoch)
+    milestone_steps = [m * steps_per_epoch for m in optim.milestones]
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return 0.1 + 0.9 * step / warmup_steps
+        if optim.schedule == "cosine":
+            progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        if optim.schedule == "multistep":
+            return optim.gamma ** sum(step >= m for m in milestone_steps)
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
