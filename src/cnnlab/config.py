@@ -68,6 +68,7 @@ class DataConfig:
     bad_images: str = "error"  # folder datasets: error lists bad files; skip excludes them
     test_fraction: float = 0.2  # folder datasets without a test split: stratified test share
     splits_file: str | None = None  # saved splits to reuse (written by studies)
+    background: tuple[int, ...] = (255, 255, 255)  # folder images: RGB (0..255) shown through transparency
 
 
 @dataclasses.dataclass(frozen=True)
