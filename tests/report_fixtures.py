@@ -1,0 +1,272 @@
+"""Realistic study folders for tests, written as docs/architecture.md describes ("One run", "Studies").
+
+`make_study(root)` writes a 2-fold × 3-seed study of three configurations (lenet5 with dropout 0 and 0.5,
+resnet20_cifar) with metrics.csv, val/test predictions, one failed and one diverged run, an ensemble, and
+study.yaml/study.json. Accuracies are drawn from a fixed RNG, so tests recompute every number from the files.
+Reusable by anyone who needs finished run directories without training.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from cnnlab.config import config_hash, dump_yaml, from_dict, to_dict
+
+CLASS_NAMES = tuple(str(digit) for digit in range(10))
+VAL_SIZE = 60
+TEST_SIZE = 100
+EPOCHS = 5
+FOLDS = 2
+PROVENANCE = {
+    "versions": {"python": "3.11.2", "torch": "2.14.1", "torchvision": "0.29.1", "lightning": "2.6.6"},
+    "device": "cpu",
+    "hostname": "lab-pc",
+    "git_commit": "0123abcd",
+}
+# configuration name → (overrides, mean test accuracy, parameters, GFLOPs, seconds per run)
+CONFIGURATIONS: dict[str, tuple[dict[str, Any], float, int, float, float]] = {
+    "lenet_plain": ({"model.name": "lenet5", "model.dropout": 0.0}, 0.86, 61706, 0.000429, 8.0),
+    "lenet_dropout": ({"model.name": "lenet5", "model.dropout": 0.5}, 0.90, 61706, 0.000429, 8.5),
+    "resnet": ({"model.name": "resnet20_cifar"}, 0.95, 272474, 0.0411, 41.0),
+}
+BASE = {"data.name": "digits", "data.folds": FOLDS, "train.epochs": EPOCHS, "optim.lr": 0.05}
+
+
+def make_study(root: Path, *, paired: bool = True, failures: bool = True, ensemble: bool = True) -> Path:
+    """Write a finished study under `root`; `paired=False` gives lenet5+dropout its own seeds (3, 4, 5)."""
+    root.mkdir(parents=True, exist_ok=True)
+    plan = []
+    for name, (overrides, accuracy, params, gflops, seconds) in CONFIGURATIONS.items():
+        seeds = (3, 4, 5) if name == "lenet_dropout" and not paired else (0, 1, 2)
+        for seed in seeds:
+            for fold in range(FOLDS):
+                status = _status(name, seed, fold) if failures else "completed"
+                rng = np.random.default_rng([len(plan), seed, fold])
+                config = {**BASE, **overrides, "train.seed": seed, "data.fold": fold}
+                run_dir = write_run(
+                    root / "runs",
+                    config,
+                    status=status,
+                    accuracy=accuracy,
+                    rng=rng,
+                    params=params,
+                    gflops=gflops,
+                    seconds=seconds,
+                    tags={"role": "grid"},
+                )
+                plan.append({"run_id": run_dir.name, "overrides": overrides, "seed": seed, "fold": fold})
+    if ensemble:
+        members = [
+            plan[0]["run_id"],
+            next(p["run_id"] for p in plan if p["overrides"].get("model.name") == "resnet20_cifar"),
+        ]
+        write_ensemble(root, "lenet_resnet", members)
+    (root / "study.yaml").write_text(yaml.safe_dump(_spec(paired), sort_keys=False))
+    (root / "study.json").write_text(json.dumps({"runs": plan}, indent=2))
+    return root
+
+
+def write_run(
+    runs_root: Path,
+    dotted: Mapping[str, Any],
+    *,
+    status: str = "completed",
+    accuracy: float = 0.9,
+    rng: np.random.Generator | None = None,
+    params: int = 61706,
+    gflops: float = 0.000429,
+    seconds: float = 8.0,
+    tags: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write one run directory (config.yaml, result.json, metrics.csv, predictions) and return it."""
+    rng = rng or np.random.default_rng(0)
+    config = from_dict(dict(dotted))
+    run_dir = runs_root / config_hash(config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(dump_yaml(config))
+    result = _result(config, status, tags or {}, params, gflops)
+    if status == "failed":
+        result["reason"] = "DataError: fold file unreadable (simulated failure)"
+    else:
+        _write_trained(run_dir, result, status, accuracy, rng, seconds)
+    (run_dir / "result.json").write_text(json.dumps(result, indent=2))
+    return run_dir
+
+
+def write_ensemble(root: Path, name: str, members: Sequence[str]) -> Path:
+    """Write ensembles/<name>/ from the members' saved probabilities (mean rule), as the study runner does."""
+    folder = root / "ensembles" / name
+    accuracies = {}
+    for split in ("val", "test"):
+        loaded = [np.load(root / "runs" / member / "predictions" / f"{split}.npz") for member in members]
+        probs = np.mean([data["probs"] for data in loaded], axis=0)
+        labels = loaded[0]["labels"]
+        accuracies[split] = float((probs.argmax(axis=1) == labels).mean())
+        if split == "test":
+            (folder / "predictions").mkdir(parents=True, exist_ok=True)
+            np.savez(
+                folder / "predictions" / "test.npz",
+                probs=probs.astype(np.float32),
+                labels=labels,
+                indices=np.arange(len(labels)),
+            )
+    result = {
+        "kind": "ensemble",
+        "name": name,
+        "method": "mean",
+        "members": list(members),
+        "val": {"acc": accuracies["val"]},
+        "test": {"acc": accuracies["test"]},
+        "per_class_accuracy": {},
+        "class_names": list(CLASS_NAMES),
+    }
+    (folder / "result.json").write_text(json.dumps(result, indent=2))
+    return folder
+
+
+def read_results(root: Path) -> list[dict[str, Any]]:
+    """Every run's result.json under root/runs (what tests recompute the report from)."""
+    return [json.loads(path.read_text()) for path in sorted((root / "runs").glob("*/result.json"))]
+
+
+def _status(name: str, seed: int, fold: int) -> str:
+    """One failed and one diverged run, both in the resnet configuration."""
+    if (name, seed, fold) == ("resnet", 2, 1):
+        return "failed"
+    if (name, seed, fold) == ("resnet", 1, 0):
+        return "diverged"
+    return "completed"
+
+
+def _result(config: Any, status: str, tags: Mapping[str, Any], params: int, gflops: float) -> dict[str, Any]:
+    run_id = config_hash(config)
+    return {
+        "run_id": run_id,
+        "status": status,
+        "reason": None,
+        "model": config.model.name,
+        "dataset": config.data.name,
+        "class_names": list(CLASS_NAMES),
+        "epochs_run": 0,
+        "best": None,
+        "last": None,
+        "test": None,
+        "per_class_accuracy": {},
+        "params": params,
+        "gflops": gflops,
+        "wall_time_s": 0.5,
+        "train_time_s": None,
+        "train_images_per_s": None,
+        "config": to_dict(config),
+        "tags": dict(tags),
+        "provenance": {
+            **PROVENANCE,
+            "seed": config.train.seed,
+            "config_hash": run_id,
+            "date": f"2026-11-23T10:{config.train.seed:02d}:0{config.data.fold}Z",
+        },
+    }
+
+
+def _write_trained(
+    run_dir: Path,
+    result: dict[str, Any],
+    status: str,
+    accuracy: float,
+    rng: np.random.Generator,
+    seconds: float,
+) -> None:
+    """Fill metrics.csv, predictions and the metric fields of a run that trained (completed or diverged)."""
+    epochs = EPOCHS if status == "completed" else 2
+    val = _predictions(VAL_SIZE, accuracy - 0.02 + rng.normal(0, 0.02), rng)
+    val_acc = float((val["probs"].argmax(axis=1) == val["labels"]).mean())
+    rows = _metric_rows(epochs, val_acc, rng, diverged=status == "diverged")
+    _write_csv(run_dir / "metrics.csv", rows)
+    (run_dir / "predictions").mkdir(exist_ok=True)
+    np.savez(run_dir / "predictions" / "val.npz", **val)
+    best = max(rows, key=lambda row: row["val_acc"])
+    last = rows[-1]
+    result.update(
+        epochs_run=epochs,
+        best={"epoch": best["epoch"], "val_acc": best["val_acc"], "val_loss": best["val_loss"]},
+    )
+    result["last"] = {key: last[key] for key in ("epoch", "val_acc", "val_loss", "train_acc", "train_loss")}
+    train_time = seconds * (1 + rng.normal(0, 0.05)) * epochs / EPOCHS
+    result.update(
+        train_time_s=train_time, wall_time_s=train_time + 1.5, train_images_per_s=1500 * epochs / train_time
+    )
+    if status == "diverged":
+        result["reason"] = "non-finite loss (nan) at epoch 2; last good checkpoint kept"
+        return
+    test = _predictions(TEST_SIZE, accuracy + rng.normal(0, 0.015), rng)
+    np.savez(run_dir / "predictions" / "test.npz", **test)
+    result["test"] = {"acc": float((test["probs"].argmax(axis=1) == test["labels"]).mean()), "loss": 0.3}
+
+
+def _predictions(size: int, accuracy: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Probabilities whose argmax is right on round(accuracy·size) samples, with realistic confusions."""
+    classes = len(CLASS_NAMES)
+    labels = np.arange(size, dtype=np.int64) % classes
+    correct = np.zeros(size, dtype=bool)
+    correct[rng.permutation(size)[: int(round(np.clip(accuracy, 0, 1) * size))]] = True
+    confused = (labels + rng.choice([1, classes - 1, 3], size=size)) % classes
+    predicted = np.where(correct, labels, confused)
+    probs = rng.dirichlet(np.ones(classes), size=size) * 0.3
+    probs[np.arange(size), predicted] += 0.7
+    return {
+        "probs": probs.astype(np.float32),
+        "labels": labels,
+        "indices": rng.permutation(size).astype(np.int64),
+    }
+
+
+def _metric_rows(
+    epochs: int, final_val_acc: float, rng: np.random.Generator, diverged: bool
+) -> list[dict[str, float]]:
+    """Per-epoch rows rising to `final_val_acc` at the last epoch (a diverged run ends in a NaN loss)."""
+    rows = []
+    for epoch in range(epochs):
+        progress = 1 - np.exp(-(epoch + 1) / 1.5)
+        val_acc = (
+            final_val_acc - 0.5 * (1 - progress) * final_val_acc if epoch < epochs - 1 else final_val_acc
+        )
+        train_acc = min(1.0, val_acc + 0.03 + rng.normal(0, 0.005))
+        rows.append(
+            {
+                "epoch": epoch,
+                "train_loss": float(-1.5 * np.log(train_acc) + rng.normal(0, 0.01)),
+                "train_acc": train_acc,
+                "val_loss": float(-1.7 * np.log(val_acc)),
+                "val_acc": val_acc,
+                "lr": 0.05 * (1 + np.cos(np.pi * epoch / epochs)) / 2,
+                "epoch_time_s": 1.6,
+            }
+        )
+    if diverged:
+        rows[-1]["train_loss"] = float("nan")
+        rows[-1]["val_acc"] = 0.1
+    return rows
+
+
+def _write_csv(path: Path, rows: Sequence[Mapping[str, float]]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _spec(paired: bool) -> dict[str, Any]:
+    return {
+        "base": BASE,
+        "grid": {"model": [c[0] for c in CONFIGURATIONS.values()]},
+        "seeds": [0, 1, 2] if paired else "0-2, dropout runs 3-5",
+        "protocol": {"folds": FOLDS},
+        "ensembles": {"lenet_resnet": {"method": "mean"}},
+    }
