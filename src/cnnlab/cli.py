@@ -52,4 +52,21 @@ def _command(commands: argparse._SubParsersAction, name: str, summary: str, run:
     return sub
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+def _add_report(commands: argparse._SubParsersAction) -> None:
+    sub = _command(
+        commands, "report", "Write report.html, report.md and results.csv for a study folder.", _run_report
+    )
+    sub.add_argument("dir", metavar="DIR", help="study folder (or any folder of run directories)")
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from cnnlab.report import write_report
+
+    paths = write_report(args.dir)
+    print(paths.table)
+    print(f"wrote {paths.csv} and {paths.markdown}")
+    print(f"report: {paths.html}")
+    return 0
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_report]
