@@ -1,0 +1,60 @@
+"""Checks a plan can pass before any run starts: model names and switches, dataset names and presets.
+
+`config.from_dict` checks keys, types and ranges; these checks need the zoo and the dataset catalog, so a
+typo in a grid value (`model.name: lenet` or `model.norm: group` on a net without it) stops the study at
+once with the configuration named, instead of failing its runs one by one.
+"""
+
+from __future__ import annotations
+
+from cnnlab import config as cfg
+from cnnlab.errors import ConfigError, close_matches
+from cnnlab.study.plan import StudyPlan
+
+MODEL_SWITCHES = ("dropout", "norm", "activation", "pool")
+
+
+def check_plan(plan: StudyPlan) -> None:
+    """Every planned config names a known model with switches it supports and a known dataset."""
+    seen: set[str] = set()
+    for run in plan.runs:
+        if run.config is None:
+            continue
+        key = cfg.config_hash(run.config)
+        if key in seen:
+            raise ConfigError(
+                f"study spec: stage {run.stage!r}, configuration {run.configuration!r} seed "
+                f"{run.seed} plans the same run twice; two grid values give the same config"
+            )
+        seen.add(key)
+        try:
+            check_config(run.config)
+        except ConfigError as error:
+            raise ConfigError(f"stage {run.stage!r}, configuration {run.configuration!r}: {error}") from None
+
+
+def check_config(config: cfg.RunConfig) -> None:
+    """One config's model switches and data keys, checked against the zoo and the dataset catalog."""
+    from cnnlab.data import check_data_config
+    from cnnlab.models import model_info
+
+    try:
+        info = model_info(config.model.name)
+    except ConfigError as error:
+        raise ConfigError(f"model.name: {error}") from None
+    for switch in MODEL_SWITCHES:
+        value = getattr(config.model, switch)
+        if value is None:
+            continue
+        if switch not in info.switches:
+            have = ", ".join(sorted(info.switches)) or "none"
+            raise ConfigError(
+                f"model.{switch}={value!r}: model {info.name!r} has no {switch!r} switch"
+                f"{close_matches(switch, info.switches)}; its switches: {have}"
+            )
+        allowed = info.switches[switch]
+        if allowed is not None and value not in allowed:
+            raise ConfigError(
+                f"model.{switch}={value!r} is not supported by {info.name}; allowed: {', '.join(allowed)}"
+            )
+    check_data_config(config.data)

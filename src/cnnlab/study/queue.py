@@ -1,0 +1,308 @@
+"""Work queue on Optuna's RDB storage: one trial per planned run, each claimed exactly once, retried when its
+worker dies.
+
+Any SQLAlchemy URL works: a SQLite file on one machine (the default, `sqlite:///DIR/study.db`), PostgreSQL or
+MySQL across machines. A worker claims a WAITING trial by moving it to RUNNING; Optuna checks the state under
+`SELECT ... FOR UPDATE`, which SQLite ignores, so for SQLite every transaction starts with `BEGIN IMMEDIATE`
+(two processes would otherwise claim the same trial). A claimed trial's worker records heartbeats; a trial
+whose heartbeats stop (or, on the same host, whose worker process is gone) is failed and a WAITING copy is
+added, up to `max_attempts` attempts in all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import math
+import os
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import optuna
+import sqlalchemy
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from cnnlab.errors import CnnlabError, ConfigError
+
+ENQUEUED_ATTR = "cnnlab_enqueued"  # study user attr: number of runs, set once every run is enqueued
+RUN_INDEX = "run_index"
+ATTEMPT = "attempt"
+WORKER = "worker"
+STATUS = "status"  # a run's outcome as recorded by its worker: completed | failed | diverged | skipped
+HOST = socket.gethostname()
+
+DONE, FAILED, RUNNING, PENDING = "done", "failed", "running", "pending"
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """A run this worker has claimed: its trial and which planned run it is."""
+
+    trial_id: int
+    number: int
+    run_index: int
+    attempt: int
+
+
+@dataclasses.dataclass(frozen=True)
+class RunState:
+    """Where one planned run stands in the queue, from its latest trial."""
+
+    state: str  # done | failed | running | pending
+    trial: FrozenTrial
+
+
+def quiet_optuna() -> None:
+    """Optuna logs every trial; a study prints its own one line per run instead."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")
+
+
+def open_storage(
+    url: str,
+    *,
+    heartbeat_s: int = 10,
+    grace_s: int | None = None,
+    on_stale: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+) -> RDBStorage:
+    """Optuna RDB storage with heartbeats; SQLite transactions serialized so claims are exactly once."""
+    quiet_optuna()
+    sqlite = url.startswith("sqlite")
+    engine_kwargs = {"connect_args": {"timeout": 120, "isolation_level": None}} if sqlite else {}
+    callback_arg = (
+        "heartbeat_stale_trial_callback"
+        if "heartbeat_stale_trial_callback" in inspect.signature(RDBStorage).parameters
+        else "failed_trial_callback"
+    )
+    try:
+        storage = RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=heartbeat_s,
+            grace_period=grace_s or 3 * heartbeat_s,
+            **{callback_arg: on_stale},
+        )
+    except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.OperationalError, ImportError, ValueError) as error:
+        raise ConfigError(
+            f"--storage {url!r} cannot be opened: {str(error).splitlines()[0]}; expected an "
+            "SQLAlchemy URL such as sqlite:///DIR/study.db or postgresql://user@host/db"
+        ) from None
+    if sqlite:
+        _serialize_sqlite_transactions(storage.engine)
+    return storage
+
+
+def _serialize_sqlite_transactions(engine: sqlalchemy.engine.Engine) -> None:
+    """Make every SQLite transaction take the write lock at BEGIN, so check-then-update is atomic."""
+
+    @sqlalchemy.event.listens_for(engine, "begin")
+    def _begin_immediate(connection: sqlalchemy.engine.Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened by Optuna's set-up predate the hook
+
+
+class RunQueue:
+    """The planned runs of one study as Optuna trials in one storage, shared by every worker."""
+
+    def __init__(
+        self,
+        url: str,
+        name: str,
+        *,
+        heartbeat_s: int = 10,
+        grace_s: int | None = None,
+        max_attempts: int = 3,
+        create: bool = True,
+    ) -> None:
+        self.url = url
+        self.name = name
+        self.heartbeat_s = heartbeat_s
+        self.grace_s = grace_s or 3 * heartbeat_s
+        self.max_attempts = max_attempts
+        self.storage = open_storage(
+            url, heartbeat_s=heartbeat_s, grace_s=self.grace_s, on_stale=self._requeue
+        )
+        self.study, self.created = _create_or_load(self.storage, name, create=create)
+        self.study_id = self.storage.get_study_id_from_name(name)
+
+    def enqueue(self, n_runs: int, *, wait_s: float = 60.0) -> None:
+        """Put one WAITING trial per run in the queue, exactly once across processes.
+
+        The process that created the Optuna study enqueues; the others wait for its marker. A queue left
+        half-filled by a process that died while enqueueing is completed after `wait_s`.
+        """
+        if self.created:
+            self._enqueue_missing(n_runs)
+            return
+        deadline = time.monotonic() + wait_s
+        while self.study.user_attrs.get(ENQUEUED_ATTR) is None:
+            if time.monotonic() > deadline:
+                self._enqueue_missing(n_runs)
+                return
+            time.sleep(0.2)
+            self.study = optuna.load_study(study_name=self.name, storage=self.storage)
+
+    def wait_until_enqueued(self, timeout_s: float) -> None:
+        """For workers that do not plan: block until the planner has filled the queue."""
+        deadline = time.monotonic() + timeout_s
+        while (
+            optuna.load_study(study_name=self.name, storage=self.storage).user_attrs.get(ENQUEUED_ATTR)
+            is None
+        ):
+            if time.monotonic() > deadline:
+                raise ConfigError(
+                    f"study queue {self.name!r} in {self.url} was not filled within {timeout_s:.0f} s; "
+                    "start one `cnnlab study run` without --worker-only first"
+                )
+            time.sleep(0.2)
+
+    def _enqueue_missing(self, n_runs: int) -> None:
+        known = {trial.user_attrs.get(RUN_INDEX) for trial in self._trials()}
+        missing = [index for index in range(n_runs) if index not in known]
+        self.study.add_trials([_waiting(index, attempt=1) for index in missing])
+        self.study.set_user_attr(ENQUEUED_ATTR, n_runs)
+
+    def claim(self, claimable: Callable[[int], bool]) -> Claim | None:
+        """Atomically move the first claimable WAITING trial to RUNNING for this worker; None if none is."""
+        self.reap()
+        waiting = self.storage.get_all_trials(self.study_id, deepcopy=False, states=(TrialState.WAITING,))
+        for trial in sorted(waiting, key=lambda t: (t.user_attrs.get(RUN_INDEX, math.inf), t.number)):
+            index = trial.user_attrs.get(RUN_INDEX)
+            if index is None or not claimable(index):
+                continue
+            trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
+            if not self.storage.set_trial_state_values(trial_id, TrialState.RUNNING):
+                continue  # another worker took it first
+            self.storage.record_heartbeat(trial_id)
+            self.storage.set_trial_user_attr(trial_id, WORKER, {"host": HOST, "pid": os.getpid()})
+            return Claim(trial_id, trial.number, index, int(trial.user_attrs.get(ATTEMPT, 1)))
+        return None
+
+    @contextlib.contextmanager
+    def heartbeat(self, claim: Claim) -> Iterator[None]:
+        """Record heartbeats for a claimed run while the body runs, so other workers know it is alive."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.heartbeat_s):
+                with contextlib.suppress(Exception):
+                    self.storage.record_heartbeat(claim.trial_id)
+
+        thread = threading.Thread(target=beat, name=f"heartbeat-{claim.number}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def finish(self, claim: Claim, status: str, *, value: float | None = None, **attrs: Any) -> None:
+        """Record a run's outcome: completed/skipped → COMPLETE, failed/diverged → FAIL (not retried)."""
+        for key, item in {STATUS: status, **attrs}.items():
+            self.storage.set_trial_user_attr(claim.trial_id, key, item)
+        if status in ("completed", "skipped"):
+            score = value if value is not None and math.isfinite(value) else 0.0
+            self.storage.set_trial_state_values(claim.trial_id, TrialState.COMPLETE, values=[score])
+        else:
+            self.storage.set_trial_state_values(claim.trial_id, TrialState.FAIL)
+
+    def reap(self) -> None:
+        """Fail trials whose worker died (stale heartbeat, or a dead process on this host); requeue them."""
+        optuna.storages.fail_stale_trials(self.study)
+        for trial in self.storage.get_all_trials(self.study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+            worker = trial.user_attrs.get(WORKER) or {}
+            if worker.get("host") == HOST and not _process_alive(int(worker.get("pid", 0))):
+                self._fail_and_requeue(trial)
+            elif not worker and _older_than(trial.datetime_start, self.grace_s):
+                self._fail_and_requeue(trial)  # its worker died between claiming and signing it
+
+    def _fail_and_requeue(self, trial: FrozenTrial) -> None:
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
+        try:
+            self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+            return  # another worker reaped it first
+        self._requeue(self.study, trial)
+
+    def _requeue(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        """Add a WAITING copy of a trial whose worker died, unless the run has used all its attempts."""
+        attempt = int(trial.user_attrs.get(ATTEMPT, 1))
+        index = trial.user_attrs.get(RUN_INDEX)
+        if index is not None and attempt < self.max_attempts:
+            study.add_trial(_waiting(index, attempt=attempt + 1))
+
+    def states(self) -> dict[int, RunState]:
+        """Each run's state from its latest trial: done, failed (final), running or pending (or retrying)."""
+        latest: dict[int, FrozenTrial] = {}
+        for trial in self._trials():
+            index = trial.user_attrs.get(RUN_INDEX)
+            if index is not None and (index not in latest or trial.number > latest[index].number):
+                latest[index] = trial
+        return {index: RunState(self._state_of(trial), trial) for index, trial in latest.items()}
+
+    def _state_of(self, trial: FrozenTrial) -> str:
+        if trial.state == TrialState.COMPLETE:
+            return DONE
+        if trial.state == TrialState.RUNNING:
+            return RUNNING
+        if trial.state == TrialState.FAIL:
+            lost = (
+                STATUS not in trial.user_attrs
+            )  # its worker died; a retry is on its way unless attempts ran out
+            return PENDING if lost and int(trial.user_attrs.get(ATTEMPT, 1)) < self.max_attempts else FAILED
+        return PENDING
+
+    def drained(self, n_runs: int) -> bool:
+        """True when every run is done or finally failed: nothing waits, runs or is about to be retried."""
+        states = self.states()
+        return len(states) >= n_runs and all(s.state in (DONE, FAILED) for s in states.values())
+
+    def _trials(self) -> list[FrozenTrial]:
+        return self.storage.get_all_trials(self.study_id, deepcopy=False)
+
+
+def _create_or_load(storage: RDBStorage, name: str, *, create: bool) -> tuple[optuna.Study, bool]:
+    """Create the Optuna study, or load it when another process already did; says which happened."""
+    if create:
+        try:
+            return optuna.create_study(study_name=name, storage=storage, direction="maximize"), True
+        except optuna.exceptions.DuplicatedStudyError:
+            pass
+    try:
+        return optuna.load_study(study_name=name, storage=storage), False
+    except KeyError:
+        raise CnnlabError(f"no study queue {name!r} in {storage.url}") from None
+
+
+def _waiting(index: int, *, attempt: int) -> FrozenTrial:
+    return optuna.trial.create_trial(
+        state=TrialState.WAITING, user_attrs={RUN_INDEX: index, ATTEMPT: attempt}
+    )
+
+
+def _process_alive(pid: int) -> bool:
+    """Is a process with this id running on this host? (Zombies count as gone.)"""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as handle:
+        return handle.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    return True
+
+
+def _older_than(moment: datetime | None, seconds: float) -> bool:
+    return moment is not None and datetime.now() - moment > timedelta(seconds=seconds)

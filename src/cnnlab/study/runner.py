@@ -1,0 +1,354 @@
+"""`study run`: plan the study, save its splits once, fill the shared queue, and work through it.
+
+Every process (this one, its `--workers`, and any other `cnnlab study run` on the same spec and storage, on
+this machine or another sharing the study folder) claims runs from the queue until none is left; each run
+trains in-process with `cnnlab.train.fit`, so data is loaded once per worker process. A run whose
+result.json says completed is skipped, a failed or diverged one is recorded and the study goes on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cnnlab import config as cfg
+from cnnlab import io
+from cnnlab.errors import CnnlabError
+from cnnlab.study import queue as work_queue
+from cnnlab.study.ensemble import ENSEMBLES_DIR, build_ensemble
+from cnnlab.study.plan import PLAN_FILE, ROLE_FINAL, SPEC_FILE, PlannedRun, StudyPlan, expand
+from cnnlab.study.selection import final_config, metric_value, select_configuration, write_selection
+from cnnlab.study.spec import load_study_spec
+
+Log = Callable[[str], None]
+STORAGE_FILE = "study.db"
+QUEUE_WAIT_S = 600.0  # a --worker-only process waits this long for the planner to fill the queue
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerOptions:
+    """How a process takes part in a study: storage, heartbeats, retries, polling."""
+
+    storage: str | None = None  # SQLAlchemy URL; default sqlite:///<study dir>/study.db
+    heartbeat_s: int = 10  # a claimed run records a heartbeat this often
+    grace_s: int | None = None  # no heartbeat for this long → the run's worker is dead (default 3 beats)
+    max_attempts: int = 3  # a run whose worker died is tried at most this often in all
+    poll_s: float = 0.5  # how often an idle worker looks for claimable runs
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyOutcome:
+    """What one `study run` process saw and did."""
+
+    study_dir: Path
+    counts: dict[str, int]  # done / failed / running / pending over the whole study
+    trained: int  # runs this process trained
+    skipped: int  # runs this process found already completed
+    ensembles: tuple[Path, ...]
+
+
+def default_storage(study_dir: Path) -> str:
+    """The SQLite file inside the study folder."""
+    return f"sqlite:///{study_dir.resolve() / STORAGE_FILE}"
+
+
+def plan_study(spec_path: str | Path, out_dir: str | Path) -> StudyPlan:
+    """Load, validate and expand a spec for a study folder (nothing is written)."""
+    from cnnlab.study.checks import check_plan
+
+    plan = expand(load_study_spec(spec_path), out_dir)
+    check_plan(plan)
+    return plan
+
+
+def run_study(
+    spec_path: str | Path,
+    out_dir: str | Path,
+    *,
+    workers: int = 1,
+    worker_only: bool = False,
+    options: WorkerOptions = WorkerOptions(),
+    log: Log = print,
+) -> StudyOutcome:
+    """Run (or continue) a study; with `workers` > 1, that many processes on this machine share the queue."""
+    plan = plan_study(spec_path, out_dir)
+    url = options.storage or default_storage(plan.study_dir)
+    if not worker_only:
+        prepare_study_dir(plan, Path(spec_path), url, options)
+    queue = open_queue(plan, url, options)
+    if worker_only:
+        queue.wait_until_enqueued(QUEUE_WAIT_S)
+    else:
+        queue.enqueue(len(plan.runs))
+    helpers = _start_helpers(spec_path, plan.study_dir, url, workers, options) if workers > 1 else []
+    try:
+        trained, skipped = work(plan, queue, options=options, log=log)
+        for helper in helpers:
+            helper.wait()  # each stops by itself once the queue is empty
+    finally:
+        for helper in helpers:
+            _stop(helper)
+    ensembles = () if worker_only else build_ensembles(plan, log=log)
+    counts = _count(queue.states(), len(plan.runs))
+    return StudyOutcome(plan.study_dir, counts, trained, skipped, ensembles)
+
+
+def prepare_study_dir(plan: StudyPlan, spec_path: Path, url: str, options: WorkerOptions) -> None:
+    """Write study.yaml (the spec as given), the shared splits, and study.json (the plan)."""
+    study_dir = plan.study_dir
+    study_dir.mkdir(parents=True, exist_ok=True)
+    io.atomic_write_text(study_dir / SPEC_FILE, Path(spec_path).read_text())
+    write_splits(plan)
+    io.atomic_write_json(
+        study_dir / PLAN_FILE,
+        {**plan.to_json(), "storage": url, "queue": queue_name(plan), "max_attempts": options.max_attempts},
+    )
+
+
+def write_splits(plan: StudyPlan) -> None:
+    """Compute each splits file once from the study's split seed (kept if it already exists)."""
+    from cnnlab.data import Splits, load_split, make_splits
+
+    for split in plan.splits:
+        labels = load_split(split.data, "train").labels
+        if split.path.is_file():
+            Splits.load(split.path, labels)  # a stale file for other labels is an error, not silently reused
+            continue
+        made = make_splits(labels, seed=split.seed, val_fraction=split.val_fraction, folds=split.folds)
+        made.save(split.path)
+
+
+def queue_name(plan: StudyPlan) -> str:
+    """The Optuna study holding this plan's queue: a changed spec gets a fresh queue."""
+    return f"cnnlab:{plan.spec.name}:{plan.plan_hash}"
+
+
+def open_queue(plan: StudyPlan, url: str, options: WorkerOptions) -> work_queue.RunQueue:
+    """Connect to (or create) the plan's queue in the storage."""
+    return work_queue.RunQueue(
+        url,
+        queue_name(plan),
+        heartbeat_s=options.heartbeat_s,
+        grace_s=options.grace_s,
+        max_attempts=options.max_attempts,
+    )
+
+
+def work(
+    plan: StudyPlan, queue: work_queue.RunQueue, *, options: WorkerOptions = WorkerOptions(), log: Log = print
+) -> tuple[int, int]:
+    """Claim and execute runs until every run is done or failed; returns (trained, skipped) here."""
+    trained = skipped = 0
+    n_runs = len(plan.runs)
+    while True:
+        claim = queue.claim(functools.partial(_claimable, plan, queue.states()))
+        if claim is None:
+            if queue.drained(n_runs):
+                return trained, skipped
+            time.sleep(options.poll_s)
+            continue
+        outcome = execute(plan, queue, claim, log=log)
+        trained += outcome == "trained"
+        skipped += outcome == "skipped"
+
+
+def _claimable(plan: StudyPlan, states: dict[int, work_queue.RunState], index: int) -> bool:
+    """A run may start once each run it depends on is done or has finally failed."""
+    return all(
+        source in states and states[source].state in (work_queue.DONE, work_queue.FAILED)
+        for source in plan.runs[index].depends_on
+    )
+
+
+def execute(plan: StudyPlan, queue: work_queue.RunQueue, claim: work_queue.Claim, *, log: Log = print) -> str:
+    """Run one claimed run; returns "trained", "skipped" or "failed" and records the outcome in the queue."""
+    run = plan.runs[claim.run_index]
+    where = f"[{run.index + 1}/{len(plan.runs)}]"
+    try:
+        run = _resolved(plan, run, queue.states())
+    except CnnlabError as error:
+        queue.finish(claim, "failed", reason=str(error))
+        log(f"{where} failed   {run.configuration}: {error}")
+        return "failed"
+    assert run.config is not None and run.run_id is not None
+    run_dir = plan.run_dir(run.run_id)
+    finished = _completed_summary(run_dir)
+    if finished is not None:
+        queue.finish(claim, "skipped", value=_score(finished), run_id=run.run_id)
+        log(f"{where} skipped  {run.run_id} {_describe(run)} (already completed)")
+        return "skipped"
+    log(f"{where} start    {run.run_id} {_describe(run)}")
+    started = time.perf_counter()
+    with queue.heartbeat(claim):
+        status, summary = _fit(plan, run, run_dir)
+    elapsed = time.perf_counter() - started
+    queue.finish(claim, status, value=_score(summary), run_id=run.run_id, reason=summary.get("reason"))
+    log(f"{where} {status:<8} {run.run_id} {_describe(run)} {_metrics(summary)} {elapsed:.1f} s")
+    return "trained"
+
+
+def _resolved(plan: StudyPlan, run: PlannedRun, states: dict[int, work_queue.RunState]) -> PlannedRun:
+    """The run with its config: a final run is resolved by selection; a broken dependency is an error."""
+    if run.role == ROLE_FINAL:
+        selection = select_configuration(plan)
+        finals = {
+            r.seed: cfg.config_hash(final_config(selection, r.seed))
+            for r in plan.runs
+            if r.role == ROLE_FINAL
+        }
+        write_selection(plan.study_dir, selection, finals)
+        return dataclasses.replace(
+            run, config=final_config(selection, run.seed), configuration=selection.chosen.configuration
+        )
+    for index in run.depends_on:
+        if states[index].state != work_queue.DONE:
+            source = plan.runs[index]
+            raise CnnlabError(
+                f"it starts from run {source.run_id} ({source.stage}: {source.configuration}, "
+                f"seed {source.seed}), which did not complete"
+            )
+    return run
+
+
+def _fit(plan: StudyPlan, run: PlannedRun, run_dir: Path) -> tuple[str, dict[str, Any]]:
+    """Train one run in this process; an error becomes a recorded failure instead of stopping the study."""
+    from cnnlab.train import fit
+
+    assert run.config is not None
+    try:
+        result = fit(run.config, run_dir, tags=run.tags(plan.spec.name), resume=True)
+        return result.status, dict(result.summary)
+    except Exception as error:  # any failure of one run is recorded; the study goes on
+        reason = str(error) if isinstance(error, CnnlabError) else f"{type(error).__name__}: {error}"
+        return "failed", _record_failure(plan, run, run_dir, reason)
+
+
+def _record_failure(plan: StudyPlan, run: PlannedRun, run_dir: Path, reason: str) -> dict[str, Any]:
+    """A failed result.json for a run that stopped before fit could write one (e.g. a bad model switch)."""
+    assert run.config is not None
+    existing = run_dir / "result.json"
+    if existing.is_file():
+        return io.read_json(existing)
+    summary = {
+        "run_id": run.run_id,
+        "status": "failed",
+        "reason": reason,
+        "model": run.config.model.name,
+        "dataset": run.config.data.name,
+        "config": cfg.to_dict(run.config),
+        "tags": run.tags(plan.spec.name),
+        "best": None,
+        "last": None,
+        "test": None,
+    }
+    io.atomic_write_json(existing, summary)
+    return summary
+
+
+def _completed_summary(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / "result.json"
+    if not path.is_file():
+        return None
+    summary = io.read_json(path)
+    return summary if summary.get("status") == "completed" else None
+
+
+def _score(summary: dict[str, Any]) -> float | None:
+    """The value a finished trial carries in the storage: best validation accuracy, else test accuracy."""
+    value = metric_value(summary, "best.val_acc")
+    return value if value is not None else metric_value(summary, "test.acc")
+
+
+def _describe(run: PlannedRun) -> str:
+    stage = f"{run.stage}: " if run.stage != "main" else ""
+    fold = f" fold={run.fold}" if run.fold is not None else ""
+    role = " (retrained on all training data)" if run.role == ROLE_FINAL else ""
+    return f"{stage}{run.configuration} seed={run.seed}{fold}{role}"
+
+
+def _metrics(summary: dict[str, Any]) -> str:
+    parts = []
+    for label, metric in (("val_acc", "best.val_acc"), ("test_acc", "test.acc")):
+        value = metric_value(summary, metric)
+        if value is not None:
+            parts.append(f"{label}={value:.4f}")
+    if summary.get("reason"):
+        parts.append(f"reason: {str(summary['reason']).splitlines()[0][:200]}")
+    return " ".join(parts)
+
+
+def build_ensembles(plan: StudyPlan, *, log: Log = print) -> tuple[Path, ...]:
+    """Write every ensemble of the spec from its completed members' saved predictions."""
+    written = []
+    for ensemble in plan.spec.ensembles:
+        members = [plan.runs[index] for index in plan.ensemble_members[ensemble.name]]
+        dirs = [plan.run_dir(str(run.run_id)) for run in members]
+        dirs = [d for d in dirs if _completed_summary(d) is not None]
+        if not dirs:
+            log(f"ensemble {ensemble.name}: no completed member run; skipped")
+            continue
+        out_dir = plan.study_dir / ENSEMBLES_DIR / ensemble.name
+        summary = build_ensemble(ensemble.name, ensemble.method, dirs, out_dir)
+        accuracies = " ".join(
+            f"{split}_acc={summary[split]['acc']:.4f}" for split in ("val", "test") if summary.get(split)
+        )
+        log(
+            f"ensemble {ensemble.name} ({ensemble.method} of {len(dirs)} runs): "
+            f"{accuracies or 'no split shared by all members'}"
+        )
+        written.append(out_dir)
+    return tuple(written)
+
+
+def _count(states: dict[int, work_queue.RunState], n_runs: int) -> dict[str, int]:
+    counts = {work_queue.DONE: 0, work_queue.FAILED: 0, work_queue.RUNNING: 0, work_queue.PENDING: 0}
+    for index in range(n_runs):
+        counts[states[index].state if index in states else work_queue.PENDING] += 1
+    return counts
+
+
+def _start_helpers(
+    spec_path: str | Path, study_dir: Path, url: str, workers: int, options: WorkerOptions
+) -> list[subprocess.Popen]:
+    """Start `workers - 1` more worker processes on this machine, each with its share of the CPU threads."""
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    _set_threads(threads)
+    command = [
+        sys.executable,
+        "-m",
+        "cnnlab",
+        "study",
+        "run",
+        str(spec_path),
+        "--out",
+        str(study_dir),
+        "--storage",
+        url,
+        "--worker-only",
+        "--heartbeat",
+        str(options.heartbeat_s),
+        "--max-attempts",
+        str(options.max_attempts),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    return [subprocess.Popen(command, env=env) for _ in range(workers - 1)]
+
+
+def _stop(helper: subprocess.Popen) -> None:
+    """Terminate a helper worker still running (this process was interrupted); its run is retried later."""
+    if helper.poll() is None:
+        helper.terminate()
+        helper.wait(timeout=30)
+
+
+def _set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)

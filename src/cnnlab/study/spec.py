@@ -1,0 +1,544 @@
+"""Study and tune specs: YAML → typed, validated specs. Every error names the spec key (`grid.optim.lrr`).
+
+A study spec is a base run config, a grid of dotted-key overrides (cartesian product), seeds, a validation
+protocol (holdout or `cv: {folds: k}`), and optional `select`, `ensembles` and `stages`. A tune spec is a base
+run config, a search `space` and a k-fold protocol. See docs/studies.md for the format.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from cnnlab import config as cfg
+from cnnlab.errors import ConfigError, close_matches
+
+STUDY_KEYS = (
+    "name",
+    "description",
+    "base",
+    "grid",
+    "seeds",
+    "cv",
+    "holdout",
+    "split_seed",
+    "select",
+    "ensembles",
+    "stages",
+)
+STAGE_KEYS = ("name", "base", "grid", "seeds", "cv", "holdout")
+SELECT_KEYS = ("metric", "seeds")
+SELECT_METRICS = ("best.val_acc", "last.val_acc")
+ENSEMBLE_KEYS = ("name", "members", "method")
+ENSEMBLE_METHODS = ("mean", "vote")
+TUNE_KEYS = (
+    "name",
+    "description",
+    "base",
+    "space",
+    "cv",
+    "seed",
+    "split_seed",
+    "trials",
+    "sampler_seed",
+    "pruner",
+)
+PRUNERS = ("median", "none")
+STAGE_INIT_PREFIX = "stage:"  # `train.init: stage:<name>` → the matching run of an earlier stage
+
+
+@dataclasses.dataclass(frozen=True)
+class GridAxis:
+    """One grid dimension: a dotted config key with values, or a named axis of override sets."""
+
+    key: str
+    choices: tuple[tuple[str, Mapping[str, Any]], ...]  # (label of the choice, dotted overrides)
+
+
+@dataclasses.dataclass(frozen=True)
+class StageSpec:
+    """One stage: overrides over the study base, its own grid, seeds and validation protocol."""
+
+    name: str
+    base: Mapping[str, Any]
+    grid: tuple[GridAxis, ...]
+    seeds: tuple[int, ...]
+    folds: int | None  # k-fold cross-validation; None: holdout
+    val_fraction: float | None  # holdout share; None: the base config's data.val_fraction
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectSpec:
+    """Pick the best configuration by mean validation metric, retrain it on all training data, test once."""
+
+    metric: str = "best.val_acc"
+    seeds: tuple[int, ...] = ()  # seeds of the retrained run(s); empty: the study's first seed
+
+
+@dataclasses.dataclass(frozen=True)
+class EnsembleSpec:
+    """An ensemble over the runs matched by `members` (configuration labels, grid values or key filters)."""
+
+    name: str
+    members: tuple[str | Mapping[str, Any], ...]
+    method: str = "mean"
+
+
+@dataclasses.dataclass(frozen=True)
+class StudySpec:
+    """A validated study spec; `stages` always holds at least one stage (a plain study is stage "main")."""
+
+    name: str
+    base: Mapping[str, Any]
+    stages: tuple[StageSpec, ...]
+    split_seed: int
+    select: SelectSpec | None
+    ensembles: tuple[EnsembleSpec, ...]
+    raw: Mapping[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchParam:
+    """One search dimension of `tune`: a float/int range (optionally log-scaled) or a list of choices."""
+
+    key: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    integer: bool = False
+    choices: tuple[Any, ...] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneSpec:
+    """A validated tune spec: base config, search space, k-fold protocol and trial budget."""
+
+    name: str
+    base: Mapping[str, Any]
+    space: tuple[SearchParam, ...]
+    folds: int
+    seed: int
+    split_seed: int
+    trials: int
+    sampler_seed: int
+    pruner: str
+    raw: Mapping[str, Any]
+
+
+def load_study_spec(path: str | Path) -> StudySpec:
+    """Read and validate a study spec file; the default name is the file stem."""
+    path = Path(path)
+    raw = cfg.load_yaml(path)
+    return parse_study_spec(raw, default_name=path.stem, base_dir=path.parent)
+
+
+def load_tune_spec(path: str | Path) -> TuneSpec:
+    """Read and validate a tune spec file; the default name is the file stem."""
+    path = Path(path)
+    raw = cfg.load_yaml(path)
+    return parse_tune_spec(raw, default_name=path.stem, base_dir=path.parent)
+
+
+def parse_study_spec(
+    raw: Mapping[str, Any], *, default_name: str = "study", base_dir: Path | None = None
+) -> StudySpec:
+    """Validate a study spec mapping; errors name the offending key."""
+    _check_keys(raw, STUDY_KEYS, "study spec")
+    base = _parse_base(raw.get("base"), "base", base_dir)
+    if "stages" in raw:
+        if "grid" in raw:
+            raise ConfigError(
+                "study spec key 'grid' cannot be used with 'stages'; give each stage its own grid"
+            )
+        stages = _parse_stages(raw["stages"], raw)
+    else:
+        stages = (_parse_stage({"name": "main"}, "", raw),)
+    select = _parse_select(raw["select"]) if raw.get("select") is not None else None
+    ensembles = _parse_ensembles(raw.get("ensembles") or [])
+    spec = StudySpec(
+        name=_name(raw, default_name),
+        base=base,
+        stages=stages,
+        split_seed=_integer(raw.get("split_seed", 0), "split_seed"),
+        select=select,
+        ensembles=ensembles,
+        raw=dict(raw),
+    )
+    _validate_base_sections(spec)
+    return spec
+
+
+def parse_tune_spec(
+    raw: Mapping[str, Any], *, default_name: str = "tune", base_dir: Path | None = None
+) -> TuneSpec:
+    """Validate a tune spec mapping; errors name the offending key."""
+    _check_keys(raw, TUNE_KEYS, "tune spec")
+    base = _parse_base(raw.get("base"), "base", base_dir)
+    if not isinstance(raw.get("space"), Mapping) or not raw["space"]:
+        raise ConfigError(
+            "tune spec key 'space' must be a non-empty mapping of dotted config key → "
+            "{low, high[, log, type]} or a list of choices"
+        )
+    space = tuple(_parse_search_param(key, value) for key, value in raw["space"].items())
+    folds = _parse_cv(raw.get("cv"), "cv")
+    if folds is None:
+        raise ConfigError(
+            "tune spec key 'cv' is required: cv: {folds: k} with k ≥ 2 (the objective is the mean "
+            "k-fold validation accuracy)"
+        )
+    pruner = raw.get("pruner", "median")
+    if pruner not in PRUNERS:
+        raise ConfigError(f"tune spec pruner={pruner!r} is not allowed; allowed: {', '.join(PRUNERS)}")
+    spec = TuneSpec(
+        name=_name(raw, default_name),
+        base=base,
+        space=space,
+        folds=folds,
+        seed=_integer(raw.get("seed", 0), "seed"),
+        split_seed=_integer(raw.get("split_seed", 0), "split_seed"),
+        trials=_positive(raw.get("trials", 20), "trials"),
+        sampler_seed=_integer(raw.get("sampler_seed", 0), "sampler_seed"),
+        pruner=pruner,
+        raw=dict(raw),
+    )
+    _validated(base, "base")
+    return spec
+
+
+def _name(raw: Mapping[str, Any], default: str) -> str:
+    name = raw.get("name", default)
+    if not isinstance(name, str) or not name.strip() or "/" in name:
+        raise ConfigError(f"study spec key 'name' must be a non-empty string without '/', got {name!r}")
+    return name.strip()
+
+
+def _check_keys(raw: Any, allowed: Sequence[str], where: str) -> None:
+    """Reject a non-mapping or an unknown key, naming it and the allowed keys."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where} must be a mapping, got {raw!r}")
+    for key in raw:
+        if key not in allowed:
+            raise ConfigError(
+                f"unknown {where} key {key!r}{close_matches(str(key), allowed)}; "
+                f"allowed: {', '.join(allowed)}"
+            )
+
+
+def _parse_base(value: Any, where: str, base_dir: Path | None) -> dict[str, Any]:
+    """A run config delta: a mapping (nested or dotted) or the path of a run YAML file."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        path = Path(value)
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        value = cfg.load_yaml(path)
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            f"study spec key {where!r} must be a mapping of run config keys or a YAML file path, "
+            f"got {value!r}"
+        )
+    _validated(value, where)
+    return cfg.merge({}, value)
+
+
+def _validated(tree: Mapping[str, Any], where: str) -> cfg.RunConfig:
+    """Validate a config delta, prefixing the error with the spec key it came from."""
+    try:
+        return cfg.from_dict(_without_stage_init(tree))
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from None
+
+
+def _without_stage_init(tree: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy where `train.init: stage:<name>` is replaced by scratch, for validating the other keys."""
+    merged = cfg.merge({}, tree)
+    init = merged.get("train", {}).get("init")
+    if isinstance(init, str) and init.startswith(STAGE_INIT_PREFIX):
+        merged["train"]["init"] = "scratch"
+    return merged
+
+
+def _parse_stages(value: Any, raw: Mapping[str, Any]) -> tuple[StageSpec, ...]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError("study spec key 'stages' must be a non-empty list of stages, each with a 'name'")
+    stages = tuple(_parse_stage(stage, f"stages[{i}].", raw) for i, stage in enumerate(value))
+    names = [stage.name for stage in stages]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ConfigError(f"study spec stages: duplicate stage name(s) {', '.join(duplicates)}")
+    _check_stage_references(stages)
+    return stages
+
+
+def _parse_stage(value: Any, prefix: str, raw: Mapping[str, Any]) -> StageSpec:
+    """One stage; seeds and the validation protocol default to the study's top-level ones."""
+    _check_keys(value, STAGE_KEYS, f"study spec {prefix.rstrip('.') or 'stage'}")
+    name = value.get("name")
+    if not isinstance(name, str) or not name.strip() or "/" in name:
+        raise ConfigError(f"study spec key {prefix}name must be a non-empty string, got {name!r}")
+    own = value if prefix else raw
+    grid = _parse_grid(own.get("grid") or {}, f"{prefix}grid")
+    seeds = _parse_seeds(
+        value.get("seeds", raw.get("seeds", [0])), f"{prefix}seeds" if "seeds" in value else "seeds"
+    )
+    protocol = value if ("cv" in value or "holdout" in value) else raw
+    where = prefix if protocol is value else ""
+    if "cv" in protocol and "holdout" in protocol:
+        raise ConfigError(f"study spec keys {where}cv and {where}holdout exclude each other; give one")
+    folds = _parse_cv(protocol.get("cv"), f"{where}cv")
+    val_fraction = _parse_holdout(protocol.get("holdout"), f"{where}holdout")
+    return StageSpec(
+        name=name.strip(),
+        base=_parse_base(value.get("base"), f"{prefix}base", None) if prefix else {},
+        grid=grid,
+        seeds=seeds,
+        folds=folds,
+        val_fraction=val_fraction,
+    )
+
+
+def _check_stage_references(stages: Sequence[StageSpec]) -> None:
+    """`train.init: stage:<name>` must name an earlier stage that uses holdout validation."""
+    for position, stage in enumerate(stages):
+        earlier = {s.name: s for s in stages[:position]}
+        for where, init in _stage_inits(stage):
+            source = init[len(STAGE_INIT_PREFIX) :]
+            if source not in earlier:
+                raise ConfigError(
+                    f"study spec {where}: train.init={init!r} must name an earlier stage"
+                    f"{close_matches(source, earlier)}; earlier stages: "
+                    f"{', '.join(earlier) or '(none)'}"
+                )
+            if earlier[source].folds is not None:
+                raise ConfigError(
+                    f"study spec {where}: stage {source!r} uses cv; a stage whose runs initialise "
+                    "another stage must use holdout validation"
+                )
+
+
+def _stage_inits(stage: StageSpec) -> list[tuple[str, str]]:
+    """(spec key, value) of every `train.init: stage:...` in a stage's base and grid."""
+    found = []
+    init = stage.base.get("train", {}).get("init")
+    if isinstance(init, str) and init.startswith(STAGE_INIT_PREFIX):
+        found.append((f"stage {stage.name!r} base", init))
+    for axis in stage.grid:
+        for label, overrides in axis.choices:
+            value = overrides.get("train.init")
+            if isinstance(value, str) and value.startswith(STAGE_INIT_PREFIX):
+                found.append((f"stage {stage.name!r} grid.{axis.key}={label}", value))
+    return found
+
+
+def _parse_grid(value: Any, where: str) -> tuple[GridAxis, ...]:
+    """Dotted key → list of values, or axis name → {choice label: {dotted overrides}}."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"study spec key {where!r} must be a mapping of dotted config key → list of values")
+    return tuple(_parse_axis(str(key), choices, f"{where}.{key}") for key, choices in value.items())
+
+
+def _parse_axis(key: str, value: Any, where: str) -> GridAxis:
+    if "." in key:
+        if not isinstance(value, list) or not value:
+            raise ConfigError(f"study spec key {where!r} must be a non-empty list of values, got {value!r}")
+        choices = tuple((_value_label(item), {key: item}) for item in value)
+    else:
+        if not isinstance(value, Mapping) or not value:
+            raise ConfigError(
+                f"study spec key {where!r}: a grid key without a dot is a named axis and must map "
+                f"choice names to override mappings (e.g. scratch: {{train.init: scratch}}); "
+                f"config keys are dotted, like optim.lr"
+            )
+        choices = tuple(
+            _named_choice(str(label), overrides, f"{where}.{label}") for label, overrides in value.items()
+        )
+    labels = [label for label, _ in choices]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"study spec key {where!r} lists the same value twice: {labels}")
+    for label, overrides in choices:
+        _validated(overrides, f"{where}" if "." in key else f"{where}.{label}")
+        if "." in key:
+            _check_not_managed(key, where)
+    return GridAxis(key=key, choices=choices)
+
+
+def _named_choice(label: str, overrides: Any, where: str) -> tuple[str, dict[str, Any]]:
+    if not isinstance(overrides, Mapping):
+        raise ConfigError(
+            f"study spec key {where!r} must be a mapping of dotted config keys, got {overrides!r}"
+        )
+    flat = _flatten(overrides)
+    for key in flat:
+        _check_not_managed(key, f"{where}.{key}")
+    return label, flat
+
+
+MANAGED_KEYS = ("train.seed", "data.folds", "data.fold", "data.splits_file")
+
+
+def _check_not_managed(key: str, where: str) -> None:
+    """Keys the study sets itself (seed, folds, splits) are given by `seeds:`/`cv:`, not in a grid."""
+    if key in MANAGED_KEYS:
+        hint = "use 'seeds:'" if key == "train.seed" else "use 'cv: {folds: k}'"
+        raise ConfigError(f"study spec key {where!r}: {key} is set by the study; {hint}")
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested or dotted mapping → {dotted key: value}."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _value_label(value: Any) -> str:
+    """How a grid value is written in a configuration label."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_value_label(item) for item in value) + "]"
+    return "null" if value is None else str(value)
+
+
+def _parse_seeds(value: Any, where: str) -> tuple[int, ...]:
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise ConfigError(f"study spec key {where!r} must list at least one seed")
+    seeds = tuple(_integer(item, where) for item in items)
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"study spec key {where!r} lists a seed twice: {list(seeds)}")
+    return seeds
+
+
+def _parse_cv(value: Any, where: str) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or set(value) != {"folds"}:
+        raise ConfigError(f"study spec key {where!r} must be {{folds: k}} with k ≥ 2, got {value!r}")
+    folds = _integer(value["folds"], f"{where}.folds")
+    if folds < 2:
+        raise ConfigError(f"study spec key '{where}.folds'={folds} is out of range; it must be at least 2")
+    return folds
+
+
+def _parse_holdout(value: Any, where: str) -> float | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or set(value) != {"val_fraction"}:
+        raise ConfigError(
+            f"study spec key {where!r} must be {{val_fraction: f}} with 0 < f < 1, got {value!r}"
+        )
+    fraction = value["val_fraction"]
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise ConfigError(f"study spec key '{where}.val_fraction'={fraction!r} must be a number in (0, 1)")
+    return float(fraction)
+
+
+def _parse_select(value: Any) -> SelectSpec:
+    if value is True:
+        return SelectSpec()
+    _check_keys(value, SELECT_KEYS, "study spec select")
+    metric = value.get("metric", "best.val_acc")
+    if metric not in SELECT_METRICS:
+        raise ConfigError(
+            f"study spec select.metric={metric!r} is not allowed{close_matches(metric, SELECT_METRICS)}"
+            f"; allowed: {', '.join(SELECT_METRICS)}"
+        )
+    seeds = _parse_seeds(value["seeds"], "select.seeds") if "seeds" in value else ()
+    return SelectSpec(metric=metric, seeds=seeds)
+
+
+def _parse_ensembles(value: Any) -> tuple[EnsembleSpec, ...]:
+    if not isinstance(value, list):
+        raise ConfigError("study spec key 'ensembles' must be a list of {name, members, method}")
+    ensembles = tuple(_parse_ensemble(item, f"ensembles[{i}]") for i, item in enumerate(value))
+    names = [e.name for e in ensembles]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"study spec ensembles: duplicate ensemble names {names}")
+    return ensembles
+
+
+def _parse_ensemble(value: Any, where: str) -> EnsembleSpec:
+    _check_keys(value, ENSEMBLE_KEYS, f"study spec {where}")
+    name = value.get("name")
+    if not isinstance(name, str) or not name.strip() or "/" in name:
+        raise ConfigError(f"study spec key {where}.name must be a non-empty string without '/', got {name!r}")
+    members = value.get("members")
+    if not isinstance(members, list) or len(members) < 1:
+        raise ConfigError(
+            f"study spec key {where}.members must be a non-empty list of configuration labels, "
+            "grid values or {dotted key: value} filters"
+        )
+    for i, member in enumerate(members):
+        if not isinstance(member, (str, Mapping)):
+            raise ConfigError(
+                f"study spec key {where}.members[{i}] must be a label or a mapping, got {member!r}"
+            )
+    method = value.get("method", "mean")
+    if method not in ENSEMBLE_METHODS:
+        raise ConfigError(
+            f"study spec key {where}.method={method!r} is not allowed; allowed: {', '.join(ENSEMBLE_METHODS)}"
+        )
+    return EnsembleSpec(name=name.strip(), members=tuple(members), method=method)
+
+
+def _parse_search_param(key: Any, value: Any) -> SearchParam:
+    where = f"space.{key}"
+    if not isinstance(key, str) or "." not in key:
+        raise ConfigError(f"tune spec key {where!r} must be a dotted config key like optim.lr")
+    _check_not_managed(key, where)
+    if isinstance(value, list):
+        if not value:
+            raise ConfigError(f"tune spec key {where!r} must list at least one choice")
+        for item in value:
+            if item is not None and not isinstance(item, (bool, int, float, str)):
+                raise ConfigError(
+                    f"tune spec key {where!r}: choices must be numbers, strings, booleans or null, "
+                    f"got {item!r}"
+                )
+            _validated({key: item}, where)
+        return SearchParam(key=key, choices=tuple(value))
+    _check_keys(value, ("low", "high", "log", "type"), f"tune spec {where}")
+    low, high = value.get("low"), value.get("high")
+    kind = value.get("type", "int" if isinstance(low, int) and isinstance(high, int) else "float")
+    if kind not in ("int", "float"):
+        raise ConfigError(f"tune spec key {where}.type={kind!r} is not allowed; allowed: int, float")
+    for bound, name in ((low, "low"), (high, "high")):
+        if isinstance(bound, bool) or not isinstance(bound, (int, float)):
+            raise ConfigError(f"tune spec key {where}.{name} must be a number, got {bound!r}")
+    if not low < high:
+        raise ConfigError(f"tune spec key {where}: low={low} must be below high={high}")
+    log = value.get("log", False)
+    if not isinstance(log, bool) or (log and low <= 0):
+        raise ConfigError(f"tune spec key {where}.log must be true or false, and log needs low > 0")
+    for bound in (low, high):
+        _validated({key: int(bound) if kind == "int" else bound}, where)
+    return SearchParam(key=key, low=low, high=high, log=log, integer=kind == "int")
+
+
+def _validate_base_sections(spec: StudySpec) -> None:
+    """Each stage's base merged over the study base must be a valid config (names the stage on error)."""
+    for stage in spec.stages:
+        _validated(
+            cfg.merge(spec.base, stage.base), f"stage {stage.name!r} base" if len(spec.stages) > 1 else "base"
+        )
+
+
+def _integer(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"study spec key {where!r} must be an integer, got {value!r}")
+    return value
+
+
+def _positive(value: Any, where: str) -> int:
+    number = _integer(value, where)
+    if number < 1:
+        raise ConfigError(f"spec key {where!r}={number} is out of range; it must be at least 1")
+    return number

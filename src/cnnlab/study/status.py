@@ -1,0 +1,136 @@
+"""`study status`: how many runs of a study are done, running, failed or pending.
+
+Read from study.json (the plan), the queue in its storage (running / retrying), and each run's result.json
+(a completed or failed result counts even when the storage is gone).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from cnnlab import io
+from cnnlab.errors import CnnlabError
+from cnnlab.study import queue as work_queue
+from cnnlab.study.plan import PLAN_FILE, RUNS_DIR
+
+STATES = (work_queue.DONE, work_queue.RUNNING, work_queue.FAILED, work_queue.PENDING)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunStatus:
+    """One planned run's state and, when it failed, why."""
+
+    index: int
+    run_id: str | None
+    stage: str
+    configuration: str
+    seed: int
+    fold: int | None
+    state: str
+    reason: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyStatus:
+    """Counts over the whole plan, each run's state, and whether the storage could be read."""
+
+    study_dir: Path
+    counts: dict[str, int]
+    runs: tuple[RunStatus, ...]
+    storage_read: bool
+
+
+def study_status(study_dir: str | Path, *, storage: str | None = None) -> StudyStatus:
+    """The state of every planned run of a study folder."""
+    study_dir = Path(study_dir).resolve()
+    plan_path = study_dir / PLAN_FILE
+    if not plan_path.is_file():
+        raise CnnlabError(
+            f"{study_dir} is not a study folder: {PLAN_FILE} not found (run `cnnlab study run` first)"
+        )
+    plan = io.read_json(plan_path)
+    queue_states = _queue_states(plan, storage or plan.get("storage"))
+    runs = tuple(_run_status(study_dir, entry, queue_states) for entry in plan["runs"])
+    counts = {state: sum(run.state == state for run in runs) for state in STATES}
+    return StudyStatus(study_dir, counts, runs, queue_states is not None)
+
+
+def _queue_states(plan: dict[str, Any], url: str | None) -> dict[int, work_queue.RunState] | None:
+    """The queue's view of every run, or None when the storage is missing or unreadable."""
+    if not url or not plan.get("queue") or not _storage_exists(url):
+        return None
+    try:
+        queue = work_queue.RunQueue(
+            url, plan["queue"], max_attempts=plan.get("max_attempts", 3), create=False
+        )
+        return queue.states()
+    except Exception:  # a status report must not fail because the storage is gone, locked or unreachable
+        return None
+
+
+def _storage_exists(url: str) -> bool:
+    """A SQLite URL must point at an existing file (opening it would create an empty one)."""
+    if not url.startswith("sqlite:///"):
+        return True
+    return Path(url[len("sqlite:///") :]).is_file()
+
+
+def _run_status(
+    study_dir: Path, entry: dict[str, Any], queue_states: dict[int, work_queue.RunState] | None
+) -> RunStatus:
+    queued = queue_states.get(entry["index"]) if queue_states else None
+    run_id = entry.get("run_id") or (queued.trial.user_attrs.get("run_id") if queued else None)
+    result = _result(study_dir, run_id)
+    state, reason = _state(result, queued)
+    return RunStatus(
+        entry["index"],
+        run_id,
+        entry["stage"],
+        entry["configuration"],
+        entry["seed"],
+        entry["fold"],
+        state,
+        reason,
+    )
+
+
+def _state(result: dict[str, Any] | None, queued: work_queue.RunState | None) -> tuple[str, str | None]:
+    """Files first (a completed result is done whatever the storage says), then the queue."""
+    if result is not None and result.get("status") == "completed":
+        return work_queue.DONE, None
+    if queued is not None and queued.state in (work_queue.RUNNING, work_queue.PENDING):
+        return queued.state, None
+    if result is not None and result.get("status") in ("failed", "diverged"):
+        return work_queue.FAILED, f"{result['status']}: {result.get('reason')}"
+    if queued is not None and queued.state == work_queue.FAILED:
+        return work_queue.FAILED, queued.trial.user_attrs.get("reason") or "its worker died on every attempt"
+    if queued is not None and queued.state == work_queue.DONE:
+        return work_queue.DONE, None
+    return work_queue.PENDING, None
+
+
+def _result(study_dir: Path, run_id: str | None) -> dict[str, Any] | None:
+    if not run_id:
+        return None
+    path = study_dir / RUNS_DIR / run_id / "result.json"
+    return io.read_json(path) if path.is_file() else None
+
+
+def format_status(status: StudyStatus) -> str:
+    """Counts on one line, then one line per failed or running run."""
+    total = len(status.runs)
+    counts = ", ".join(f"{status.counts[state]} {state}" for state in STATES)
+    lines = [f"{status.study_dir}: {total} runs: {counts}"]
+    if not status.storage_read:
+        lines.append("(storage not readable: running/pending told apart from files only)")
+    for run in status.runs:
+        if run.state in (work_queue.RUNNING, work_queue.FAILED):
+            fold = f" fold={run.fold}" if run.fold is not None else ""
+            why = f" — {run.reason}" if run.reason else ""
+            lines.append(
+                f"  {run.state:<8} {run.run_id or '-':<12} {run.stage}: {run.configuration} "
+                f"seed={run.seed}{fold}{why}"
+            )
+    return "\n".join(lines)

@@ -1,0 +1,233 @@
+"""`tune`: hyperparameter search with Optuna (TPE sampler, median pruning by fold) over a YAML search space.
+
+The objective of a trial is the mean k-fold validation accuracy of its configuration (folds from the
+tune's split seed, computed once and saved); after each fold the running mean is reported so a clearly
+worse trial stops early. Several processes, here or on other machines, share one storage URL; the trial
+budget counts over all of them, and a trial whose worker died is retried by another.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from optuna.trial import TrialState
+
+from cnnlab import config as cfg
+from cnnlab import io
+from cnnlab.errors import CnnlabError
+from cnnlab.study.plan import RUNS_DIR, splits_plan
+from cnnlab.study.queue import open_storage
+from cnnlab.study.selection import metric_value
+from cnnlab.study.spec import SearchParam, TuneSpec, load_tune_spec
+
+SPEC_FILE = "tune.yaml"
+BEST_FILE = "best.yaml"
+SUMMARY_FILE = "tune.json"
+STORAGE_FILE = "tune.db"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class RunFailed(Exception):
+    """One fold's run failed or diverged: the trial is recorded as failed and the search goes on."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneOutcome:
+    """The best trial over every process sharing the storage, and how many trials finished."""
+
+    out_dir: Path
+    best_value: float | None
+    best_params: dict[str, Any]
+    best_trial: int | None
+    finished: int
+    best_file: Path | None
+
+
+def run_tune(
+    spec_path: str | Path,
+    out_dir: str | Path,
+    *,
+    trials: int | None = None,
+    storage: str | None = None,
+    heartbeat_s: int = 10,
+    log: Any = print,
+) -> TuneOutcome:
+    """Run trials until `trials` (default: the spec's) have finished across all processes, then report."""
+    from cnnlab.study.checks import check_config
+
+    spec = load_tune_spec(spec_path)
+    check_config(cfg.from_dict(spec.base))
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    io.atomic_write_text(out_dir / SPEC_FILE, Path(spec_path).read_text())
+    budget = trials or spec.trials
+    study, created = _open_study(spec, storage or f"sqlite:///{out_dir / STORAGE_FILE}", heartbeat_s)
+    remaining = budget - _count_finished(study)
+    if remaining > 0:
+        callback = optuna.study.MaxTrialsCallback(budget, states=FINISHED)
+        study.optimize(
+            lambda trial: _objective(trial, spec, out_dir, log),
+            n_trials=remaining,
+            callbacks=[callback],
+            catch=(RunFailed, CnnlabError),
+        )
+    return _report(study, spec, out_dir)
+
+
+def _open_study(spec: TuneSpec, url: str, heartbeat_s: int) -> tuple[optuna.Study, bool]:
+    """Create or join the tune's Optuna study; the creating process seeds the sampler (reproducible alone)."""
+    retry = (
+        getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
+        or optuna.storages.RetryFailedTrialCallback
+    )
+    storage = open_storage(url, heartbeat_s=heartbeat_s, on_stale=retry(max_retry=2))
+    name = f"cnnlab-tune:{spec.name}:{_spec_hash(spec)}"
+    pruner = (
+        optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+        if spec.pruner == "median"
+        else optuna.pruners.NopPruner()
+    )
+    try:
+        sampler = optuna.samplers.TPESampler(seed=spec.sampler_seed)
+        return optuna.create_study(
+            study_name=name, storage=storage, direction="maximize", sampler=sampler, pruner=pruner
+        ), True
+    except optuna.exceptions.DuplicatedStudyError:
+        # a joining process samples with its own random stream, or two would propose the same first trials
+        return optuna.load_study(
+            study_name=name, storage=storage, sampler=optuna.samplers.TPESampler(), pruner=pruner
+        ), False
+
+
+def _spec_hash(spec: TuneSpec) -> str:
+    identity = {
+        "base": spec.base,
+        "space": [dataclasses.asdict(p) for p in spec.space],
+        "folds": spec.folds,
+        "seed": spec.seed,
+        "split_seed": spec.split_seed,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=list).encode()).hexdigest()[:12]
+
+
+def _count_finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def _objective(trial: optuna.Trial, spec: TuneSpec, out_dir: Path, log: Any) -> float:
+    """Mean validation accuracy over the folds; reported fold by fold for pruning."""
+    params = {param.key: _suggest(trial, param) for param in spec.space}
+    label = " ".join(f"{key}={value}" for key, value in params.items())
+    scores: list[float] = []
+    for fold in range(spec.folds):
+        config = _fold_config(spec, params, fold, out_dir)
+        score = _fit_fold(config, out_dir, trial, label, fold, spec)
+        scores.append(score)
+        trial.report(statistics.fmean(scores), step=fold)
+        if fold < spec.folds - 1 and trial.should_prune():
+            log(
+                f"trial {trial.number} pruned after fold {fold}: {label} "
+                f"mean val_acc={statistics.fmean(scores):.4f}"
+            )
+            raise optuna.TrialPruned()
+    mean = statistics.fmean(scores)
+    log(f"trial {trial.number} {label}: mean {spec.folds}-fold val_acc={mean:.4f}")
+    return mean
+
+
+def _suggest(trial: optuna.Trial, param: SearchParam) -> Any:
+    if param.choices is not None:
+        return trial.suggest_categorical(param.key, list(param.choices))
+    if param.integer:
+        return trial.suggest_int(param.key, int(param.low), int(param.high), log=param.log)
+    return trial.suggest_float(param.key, float(param.low), float(param.high), log=param.log)
+
+
+def _fold_config(spec: TuneSpec, params: dict[str, Any], fold: int, out_dir: Path) -> cfg.RunConfig:
+    """Base ⊕ trial params ⊕ (fold, seed, no test) with the tune's shared splits file."""
+    tree = cfg.merge(
+        cfg.merge({}, spec.base),
+        {**params, "data.folds": spec.folds, "data.fold": fold, "train.seed": spec.seed, "train.test": False},
+    )
+    config = cfg.from_dict(tree)
+    split = splits_plan(config, spec.split_seed, out_dir)
+    if not split.path.is_file():
+        from cnnlab.data import load_split, make_splits
+
+        labels = load_split(split.data, "train").labels
+        make_splits(labels, seed=split.seed, folds=split.folds).save(split.path)
+    return cfg.replace(config, **{"data.splits_file": str(split.path)})
+
+
+def _fit_fold(
+    config: cfg.RunConfig, out_dir: Path, trial: optuna.Trial, label: str, fold: int, spec: TuneSpec
+) -> float:
+    """Train one fold (reusing a completed identical run) and return its validation accuracy."""
+    from cnnlab.train import fit
+
+    run_id = cfg.config_hash(config)
+    tags = {
+        "study": spec.name,
+        "configuration": label,
+        "seed": spec.seed,
+        "fold": fold,
+        "stage": "tune",
+        "role": "member",
+        "trial": trial.number,
+    }
+    result = fit(config, out_dir / RUNS_DIR / run_id, tags=tags, resume=True)
+    trial.set_user_attr(f"run_fold{fold}", run_id)
+    score = metric_value(result.summary, "best.val_acc")
+    if result.status != "completed" or score is None:
+        reason = f"fold {fold} run {run_id} {result.status}: {result.summary.get('reason')}"
+        trial.set_user_attr("reason", reason)
+        raise RunFailed(reason)
+    return score
+
+
+def _report(study: optuna.Study, spec: TuneSpec, out_dir: Path) -> TuneOutcome:
+    """Write best.yaml (a run config: base ⊕ best params) and tune.json (every trial)."""
+    finished = _count_finished(study)
+    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    trials = [
+        {
+            "number": t.number,
+            "state": t.state.name.lower(),
+            "params": t.params,
+            "value": t.value,
+            "intermediate": {str(k): v for k, v in t.intermediate_values.items()},
+            "reason": t.user_attrs.get("reason"),
+        }
+        for t in study.get_trials(deepcopy=False)
+    ]
+    if not completed:
+        io.atomic_write_json(out_dir / SUMMARY_FILE, {"name": spec.name, "best": None, "trials": trials})
+        return TuneOutcome(out_dir, None, {}, None, finished, None)
+    best = study.best_trial
+    best_config = cfg.merge(cfg.merge({}, spec.base), best.params)
+    header = (
+        f"# cnnlab tune {spec.name}: best of {finished} finished trials = trial {best.number}, "
+        f"mean {spec.folds}-fold validation accuracy {best.value:.4f}\n"
+        f"# train it: cnnlab train -c {BEST_FILE} --out DIR\n"
+    )
+    best_file = io.atomic_write_text(
+        out_dir / BEST_FILE, header + yaml.safe_dump(best_config, sort_keys=False)
+    )
+    io.atomic_write_json(
+        out_dir / SUMMARY_FILE,
+        {
+            "name": spec.name,
+            "folds": spec.folds,
+            "finished": finished,
+            "best": {"trial": best.number, "value": best.value, "params": best.params},
+            "trials": trials,
+        },
+    )
+    return TuneOutcome(out_dir, best.value, dict(best.params), best.number, finished, best_file)
