@@ -183,7 +183,7 @@ class Study:
 
 def load_study(root: str | Path) -> Study:
     """Read every run and ensemble under `root`; a missing folder or one without runs is a ReportError."""
-    root = Path(root)
+    root = Path(root).resolve()
     if not root.is_dir():
         raise ReportError(f"study folder not found: {root} (give the folder a study or run wrote)")
     runs = [_read_run(path.parent) for path in _run_result_files(root)]
@@ -311,7 +311,18 @@ def _group(runs: Sequence[RunRecord]) -> tuple[list[Configuration], list[str]]:
         representative[key]["train.init"] = f"run:{source}"
     varying = _varying_keys(list(representative.values()))
     depth = {key: _source_depth(key, source_key) for key in groups}
-    order = sorted(groups, key=lambda key: (depth[key], _sort_key(representative[key], varying)))
+    stage_rank: dict[Any, int] = {}
+    for key, settings in representative.items():
+        stage = settings.get("tags.stage")
+        stage_rank[stage] = max(stage_rank.get(stage, 0), depth[key])
+    order = sorted(
+        groups,
+        key=lambda key: (
+            stage_rank[representative[key].get("tags.stage")],
+            depth[key],
+            _sort_key(representative[key], varying),
+        ),
+    )
     ident = {key: f"C{index + 1}" for index, key in enumerate(order)}
     for key, source in source_key.items():
         representative[key]["train.init"] = f"run:{ident[source]}"
@@ -375,7 +386,7 @@ def _label(run: RunRecord, settings: dict[str, Any], varying: Sequence[str]) -> 
 
 
 def _source_depth(key: str, source_key: dict[str, str]) -> int:
-    """How many `run:` inits lie behind a configuration: pretraining stages sort before what they feed."""
+    """How many `run:` inits lie behind a configuration: a stage sorts before the stages it feeds."""
     depth = 0
     while key in source_key and depth < 32:
         key, depth = source_key[key], depth + 1

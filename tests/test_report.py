@@ -1,0 +1,293 @@
+"""Reports: drawn from result files only, numbers that match a recomputation, self-contained HTML."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import math
+import os
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import stats
+
+from cnnlab.cli import main
+from cnnlab.report import format_results_table, load_study, paired_comparisons, summarize, write_report
+from cnnlab.report.render import epoch_lines
+from cnnlab.report.statistics import describe, format_p
+from tests.report_fixtures import CONFIGURATIONS, EPOCHS, make_study, read_results, write_run
+
+PLOT_FILES = {
+    "learning_curves.png",
+    "confusion_matrix.png",
+    "accuracy_vs_cost.png",
+    "ensemble_vs_members.png",
+}
+
+
+@pytest.fixture(scope="module")
+def paired(tmp_path_factory: pytest.TempPathFactory):
+    """A finished paired study (same seeds and folds for every configuration) and its written report."""
+    root = make_study(tmp_path_factory.mktemp("paired"))
+    return root, write_report(root)
+
+
+@pytest.fixture(scope="module")
+def unpaired(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A study whose dropout configuration ran on other seeds, so nothing pairs."""
+    return make_study(tmp_path_factory.mktemp("unpaired"), paired=False, failures=False, ensemble=False)
+
+
+class _Links(HTMLParser):
+    """Collects every src/href and every <img> source of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.references: list[str] = []
+        self.images: list[str] = []
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        values = {name: value or "" for name, value in attrs}
+        self.references += [values[name] for name in ("src", "href") if name in values]
+        if tag == "img":
+            self.images.append(values.get("src", ""))
+
+
+def test_report_writes_html_markdown_csv_and_one_png_per_figure(paired) -> None:
+    root, paths = paired
+    assert (paths.html, paths.markdown, paths.csv) == (
+        root / "report.html",
+        root / "report.md",
+        root / "results.csv",
+    )
+    assert {path.name for path in paths.plots} == PLOT_FILES
+    for path in paths.plots:
+        image = Image.open(path)
+        pixels = np.asarray(image.convert("L"), dtype=np.float64)
+        assert image.width >= 500 and image.height >= 300
+        assert pixels.std() > 10, f"{path.name} looks blank"
+    markdown = paths.markdown.read_text()
+    for path in paths.plots:
+        assert f"](report_files/{path.name})" in markdown
+
+
+def test_html_is_self_contained_with_one_embedded_image_per_figure(paired) -> None:
+    _, paths = paired
+    page = paths.html.read_text()
+    parser = _Links()
+    parser.feed(page)
+    external = [ref for ref in parser.references if not ref.startswith(("data:", "#"))]
+    assert external == []
+    assert "http://" not in page and "https://" not in page and "file:" not in page
+    assert "script" not in parser.tags and "link" not in parser.tags
+    assert len(parser.images) == len(paths.plots) == 4
+    embedded = {base64.b64decode(src.removeprefix("data:image/png;base64,")) for src in parser.images}
+    assert embedded == {path.read_bytes() for path in paths.plots}
+
+
+def test_every_table_number_equals_a_recomputation_from_result_files(paired) -> None:
+    root, paths = paired
+    with open(paths.csv, newline="") as handle:
+        table = {row["configuration"]: row for row in csv.DictReader(handle)}
+    results = read_results(root)
+    assert len(table) == len(CONFIGURATIONS)
+    val_means = {}
+    for overrides, *_ in CONFIGURATIONS.values():
+        runs = [r for r in results if all(_dotted(r["config"], k) == v for k, v in overrides.items())]
+        done = [r for r in runs if r["status"] == "completed"]
+        row = table[_label(overrides)]
+        assert int(row["n"]) == len(done)
+        assert int(row["failed"]) == sum(r["status"] == "failed" for r in runs)
+        assert int(row["diverged"]) == sum(r["status"] == "diverged" for r in runs)
+        for name, values in (
+            ("val_acc", [r["best"]["val_acc"] for r in done]),
+            ("test_acc", [r["test"]["acc"] for r in done]),
+        ):
+            mean, std = np.mean(values), np.std(values, ddof=1)
+            low, high = stats.t.interval(0.95, len(values) - 1, loc=mean, scale=stats.sem(values))
+            for column, expected in (("mean", mean), ("std", std), ("ci_low", low), ("ci_high", high)):
+                assert float(row[f"{name}_{column}"]) == pytest.approx(expected, rel=1e-12)
+            assert f"{100 * mean:.2f} ± {100 * std:.2f}" in paths.table
+        val_means[row["ident"]] = np.mean([r["best"]["val_acc"] for r in done])
+        assert int(row["params"]) == done[0]["params"]
+        assert float(row["gflops"]) == pytest.approx(done[0]["gflops"])
+        assert float(row["train_time_s"]) == pytest.approx(np.mean([r["train_time_s"] for r in done]))
+        assert float(row["train_images_per_s"]) == pytest.approx(
+            np.mean([r["train_images_per_s"] for r in done])
+        )
+    best = [row["ident"] for row in table.values() if row["best"] == "1"]
+    assert best == [max(val_means, key=val_means.get)]
+
+
+def test_paired_comparison_matches_scipy_and_is_stated_in_words(paired) -> None:
+    root, paths = paired
+    comparisons = paired_comparisons(load_study(root))
+    assert len(comparisons) == 1  # only lenet5 dropout 0 vs 0.5 differ in one setting
+    comparison = comparisons[0]
+    assert comparison.key == "model.dropout" and comparison.n == 6 and comparison.metric == "test"
+    by_unit = {}
+    for result in read_results(root):
+        if result["config"]["model"]["name"] == "lenet5":
+            unit = (result["config"]["train"]["seed"], result["config"]["data"]["fold"])
+            by_unit.setdefault(result["config"]["model"]["dropout"], {})[unit] = result["test"]["acc"]
+    units = sorted(by_unit[0.5])
+    with_dropout, without = [by_unit[0.5][u] for u in units], [by_unit[0.0][u] for u in units]
+    assert comparison.better_value == 0.5  # the fixture's dropout configuration is the better one
+    assert comparison.t_p == pytest.approx(stats.ttest_rel(with_dropout, without).pvalue, rel=1e-12)
+    assert comparison.wilcoxon_p == pytest.approx(stats.wilcoxon(with_dropout, without).pvalue, rel=1e-12)
+    differences = np.subtract(with_dropout, without)
+    assert comparison.d_z == pytest.approx(differences.mean() / differences.std(ddof=1))
+    sentence = describe(comparison)
+    assert f"{100 * differences.mean():.1f} points of test accuracy" in sentence
+    assert f"paired t-test {format_p(stats.ttest_rel(with_dropout, without).pvalue)}" in sentence
+    assert sentence in paths.markdown.read_text()
+    assert "Paired comparisons" in paths.html.read_text()
+
+
+def test_unpaired_study_has_no_paired_comparison(unpaired: Path) -> None:
+    stale = unpaired / "report_files" / "ensemble_vs_members.png"
+    stale.parent.mkdir(exist_ok=True)
+    stale.write_bytes(b"figure from an earlier report")
+    paths = write_report(unpaired)
+    assert paired_comparisons(load_study(unpaired)) == []
+    assert "Paired comparisons" not in paths.markdown.read_text()
+    assert "paired t-test" not in paths.html.read_text()
+    assert {path.name for path in paths.plots} == PLOT_FILES - {"ensemble_vs_members.png"}
+    assert not stale.exists()  # a figure this study no longer has is not left behind
+
+
+def test_failed_and_diverged_runs_are_listed_but_not_averaged(paired) -> None:
+    root, paths = paired
+    markdown = paths.markdown.read_text()
+    assert "simulated failure" in markdown and "non-finite loss" in markdown
+    study = load_study(root)
+    resnet = next(c for c in study.configurations if c.settings["model.name"] == "resnet20_cifar")
+    assert len(resnet.runs) == 6 and len(resnet.completed_runs) == 4
+    assert "1 failed, 1 diverged" in paths.table
+
+
+def test_markdown_appendix_has_the_per_epoch_lines(paired) -> None:
+    root, paths = paired
+    markdown = paths.markdown.read_text()
+    run = load_study(root).configurations[0].runs[0]
+    metrics = np.genfromtxt(run.run_dir / "metrics.csv", delimiter=",", names=True)
+    first = (
+        f"Epoch: 0, Train_acc: {metrics['train_acc'][0]:.4f}, Train_loss: {metrics['train_loss'][0]:.4f}, "
+        f"Test_acc: {metrics['val_acc'][0]:.4f}, Test_loss: {metrics['val_loss'][0]:.4f}, "
+        f"Lr: {metrics['lr'][0]:.6g}"
+    )
+    assert epoch_lines(run)[0] == first and len(epoch_lines(run)) == EPOCHS
+    assert first in markdown
+    assert markdown.count("\nEpoch: ") == 16 * EPOCHS + 2  # 16 completed runs and the diverged run's 2 epochs
+    assert "validation metrics of each epoch" in markdown
+
+
+def test_provenance_names_spec_versions_hardware_and_commit(paired) -> None:
+    _, paths = paired
+    page = paths.html.read_text()
+    for expected in (
+        "study.yaml",
+        "torch version",
+        "2.14.1",
+        "lab-pc",
+        "0123abcd",
+        "Resolved configuration C1",
+    ):
+        assert expected in page
+
+
+def test_configurations_are_labelled_by_what_differs_and_fine_tunes_group_across_seeds(
+    tmp_path: Path,
+) -> None:
+    runs = tmp_path / "runs"
+    base = {"model.name": "lenet5", "train.epochs": 2}
+    for seed in (0, 1):
+        source = write_run(
+            runs, {**base, "train.seed": seed, "data.classes": ["0", "1"]}, tags={"stage": "pretrain"}
+        )
+        for init in (f"run:{source}", "scratch"):
+            write_run(runs, {**base, "train.seed": seed, "train.init": init}, tags={"stage": "finetune"})
+    study = load_study(tmp_path)
+    labels = [c.label for c in study.configurations]
+    assert len(labels) == 3 and all(len(c.runs) == 2 for c in study.configurations)
+    assert labels[0].startswith("data.classes=[0, 1]") and "stage=pretrain" in labels[0]
+    assert "train.init=run:C1" in labels[1] + labels[2] and "train.init=scratch" in labels[1] + labels[2]
+    assert [c.key for c in paired_comparisons(study)] == ["train.init"]
+
+
+def test_summary_interval_is_the_t_interval() -> None:
+    values = [0.91, 0.93, 0.9, 0.95]
+    summary = summarize(values)
+    low, high = stats.t.interval(0.95, 3, loc=np.mean(values), scale=stats.sem(values))
+    assert (summary.ci_low, summary.ci_high) == (pytest.approx(low), pytest.approx(high))
+    single = summarize([0.9])
+    assert single.n == 1 and math.isnan(single.std) and math.isnan(single.ci_low)
+    assert summarize([]) is None
+
+
+def test_cli_report_prints_the_table_then_the_report_path(unpaired: Path, capsys) -> None:
+    assert main(["report", str(unpaired)]) == 0
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
+    assert lines[-1] == f"report: {unpaired.resolve() / 'report.html'}"
+    assert out.startswith(format_results_table(unpaired))
+    assert lines[0].split()[:3] == ["#", "Configuration", "n"]
+    assert sum(line.lstrip("* ").startswith("C") for line in lines) == len(CONFIGURATIONS)
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "malformed"])
+def test_cli_report_on_a_folder_without_results_exits_2_with_one_line(
+    tmp_path: Path, case: str, capsys
+) -> None:
+    target = tmp_path / "study"
+    if case != "missing":
+        target.mkdir()
+    if case == "malformed":
+        (target / "runs" / "abc").mkdir(parents=True)
+        (target / "runs" / "abc" / "result.json").write_text("{not json")
+    assert main(["report", str(target)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("cnnlab: error: ") and "Traceback" not in error
+    assert str(target) in error
+    assert not (target / "report.html").exists()
+
+
+def test_report_neither_builds_a_model_nor_imports_training(tmp_path: Path) -> None:
+    for seed in (0, 1):
+        write_run(tmp_path / "runs", {"model.name": "lenet5", "train.seed": seed})
+    training = (
+        "cnnlab.models",
+        "cnnlab.train",
+        "cnnlab.data",
+        "lightning",
+        "pytorch_lightning",
+        "torchvision",
+    )
+    code = (
+        "import sys\nfrom cnnlab.cli import main\n"
+        f"assert main(['report', {str(tmp_path)!r}]) == 0\n"
+        f"print('loaded:', sorted(m for m in sys.modules if m.startswith({training!r})))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "loaded: []"
+    assert (tmp_path / "report.html").is_file()
+
+
+def _dotted(tree: dict, key: str) -> object:
+    section, name = key.split(".")
+    return tree[section][name]
+
+
+def _label(overrides: dict) -> str:
+    name = overrides["model.name"]
+    dropout = overrides.get("model.dropout")
+    return f"model.name={name}, model.dropout={'null' if dropout is None else format(dropout, 'g')}"
