@@ -1,0 +1,398 @@
+"""The one place that resolves a dataset name: known datasets, where their files are, how to load a split.
+
+Lookup order for file-backed datasets: `data_dir`, `$CNNLAB_DATA`, system paths (`/usr/share/datasets`,
+where Debian's `dataset-fashion-mnist` installs its IDX files), the download cache, then torchvision's
+download (skipped when `$CNNLAB_OFFLINE=1`). `load_split` is memoised per process, so a study worker
+loads each dataset once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from pathlib import Path
+
+import torch
+
+from cnnlab.config import DataConfig
+from cnnlab.data import folder as folder_data
+from cnnlab.data import locations
+from cnnlab.data.generated import (
+    SYNTHETIC_CHANNELS,
+    SYNTHETIC_CLASSES,
+    SYNTHETIC_SIZE,
+    SYNTHETIC_SIZES,
+    digits_split,
+    synthetic_split,
+)
+from cnnlab.data.imageset import ImageSet, apply_subset, resize_images, select_classes
+from cnnlab.data.readers import (
+    file_exists,
+    first_line,
+    read_cifar_batches,
+    read_cifar_class_names,
+    read_idx_images,
+    read_idx_labels,
+)
+from cnnlab.errors import ConfigError, DataError, unknown_choice
+
+SPLITS = ("train", "test")
+FOLDER_PREFIX = "folder:"
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_IDX_HOW = "put the four IDX files (train-images-idx3-ubyte[.gz], ...) in --data-dir or $CNNLAB_DATA"
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """A named dataset: its format, nominal sizes and how a user gets its files."""
+
+    name: str
+    kind: str  # idx | cifar | digits | synthetic
+    shape: tuple[int, int, int]  # (C, H, W) as stored
+    sizes: tuple[int, int]  # nominal (train, test) image counts
+    num_classes: int
+    torchvision_class: str | None = None  # the torchvision dataset class used to download it
+    folder_name: str = ""  # torchvision's folder for it (FashionMNIST, cifar-10-batches-py)
+    class_names: tuple[str, ...] = ()  # fixed names (IDX datasets); CIFAR reads them from its meta file
+    how_to_get: str = ""
+    cifar_files: tuple[tuple[str, ...], tuple[str, ...], str, str, str] | None = (
+        None  # train, test, meta, keys
+    )
+
+
+_DIGITS_NAMES = tuple(str(d) for d in range(10))
+_FASHION_NAMES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+_KMNIST_NAMES = ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo")
+_CIFAR10_FILES = (
+    tuple(f"data_batch_{i}" for i in range(1, 6)),
+    ("test_batch",),
+    "batches.meta",
+    "label_names",
+    "labels",
+)
+_CIFAR100_FILES = (("train",), ("test",), "meta", "fine_label_names", "fine_labels")
+_CIFAR_HOW = "extract {archive} (https://www.cs.toronto.edu/~kriz/cifar.html) into --data-dir or $CNNLAB_DATA"
+
+SPECS: dict[str, DatasetSpec] = {
+    spec.name: spec
+    for spec in (
+        DatasetSpec("digits", "digits", (1, 28, 28), (1437, 360), 10, class_names=_DIGITS_NAMES),
+        DatasetSpec(
+            "mnist",
+            "idx",
+            (1, 28, 28),
+            (60000, 10000),
+            10,
+            "MNIST",
+            "MNIST",
+            _DIGITS_NAMES,
+            f"{_IDX_HOW}, or run once with network access to download them",
+        ),
+        DatasetSpec(
+            "fashion-mnist",
+            "idx",
+            (1, 28, 28),
+            (60000, 10000),
+            10,
+            "FashionMNIST",
+            "FashionMNIST",
+            _FASHION_NAMES,
+            f"apt-get install dataset-fashion-mnist, or {_IDX_HOW}, or run once with "
+            "network access to download them",
+        ),
+        DatasetSpec(
+            "kmnist",
+            "idx",
+            (1, 28, 28),
+            (60000, 10000),
+            10,
+            "KMNIST",
+            "KMNIST",
+            _KMNIST_NAMES,
+            f"{_IDX_HOW}, or run once with network access to download them",
+        ),
+        DatasetSpec(
+            "cifar10",
+            "cifar",
+            (3, 32, 32),
+            (50000, 10000),
+            10,
+            "CIFAR10",
+            "cifar-10-batches-py",
+            how_to_get=_CIFAR_HOW.format(archive="cifar-10-python.tar.gz") + ", or run once with "
+            "network access to download it",
+            cifar_files=_CIFAR10_FILES,
+        ),
+        DatasetSpec(
+            "cifar100",
+            "cifar",
+            (3, 32, 32),
+            (50000, 10000),
+            100,
+            "CIFAR100",
+            "cifar-100-python",
+            how_to_get=_CIFAR_HOW.format(archive="cifar-100-python.tar.gz") + ", or run once with "
+            "network access to download it",
+            cifar_files=_CIFAR100_FILES,
+        ),
+        DatasetSpec(
+            "synthetic",
+            "synthetic",
+            (SYNTHETIC_CHANNELS, SYNTHETIC_SIZE, SYNTHETIC_SIZE),
+            (SYNTHETIC_SIZES["train"], SYNTHETIC_SIZES["test"]),
+            SYNTHETIC_CLASSES,
+        ),
+    )
+}
+
+
+def dataset_names() -> list[str]:
+    """Every dataset name `data.name` accepts (folders as `folder:PATH`)."""
+    return [*SPECS, f"{FOLDER_PREFIX}PATH"]
+
+
+def get_spec(name: str) -> DatasetSpec:
+    """The spec of a named dataset; an unknown name is a ConfigError listing the known ones."""
+    if name not in SPECS:
+        raise unknown_choice("dataset", name, dataset_names())
+    return SPECS[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class Location:
+    """Where a file-backed dataset was found: its folder and which search place it came from."""
+
+    directory: Path
+    origin: str
+
+
+def locate(spec: DatasetSpec, data_dir: str | None) -> Location | None:
+    """The first folder in the lookup order that holds all of the dataset's files, or None."""
+    for root, origin in locations.search_roots(data_dir):
+        for candidate in _candidate_dirs(spec, root):
+            if _has_all_files(spec, candidate):
+                return Location(candidate, origin)
+    return None
+
+
+def _candidate_dirs(spec: DatasetSpec, root: Path) -> list[Path]:
+    """Layouts accepted under one search root: our name, torchvision's layout, or the root itself."""
+    if spec.kind == "idx":
+        return [root / spec.name, root / spec.folder_name / "raw", root / spec.folder_name, root]
+    return [root / spec.folder_name, root / spec.name / spec.folder_name, root / spec.name, root]
+
+
+def _has_all_files(spec: DatasetSpec, directory: Path) -> bool:
+    """True when `directory` holds every file of both splits."""
+    if not directory.is_dir():
+        return False
+    if spec.kind == "idx":
+        names = [n for split in SPLITS for n in IDX_FILES[split]]
+        return all(_idx_path(directory, n) is not None for n in names)
+    train, test, meta, _, _ = spec.cifar_files  # type: ignore[misc]
+    return all(file_exists(directory / n) for n in (*train, *test, meta))
+
+
+def _idx_path(directory: Path, base: str) -> Path | None:
+    """The raw IDX file if present, else its `.gz`, else None."""
+    for candidate in (directory / base, directory / f"{base}.gz"):
+        if file_exists(candidate):
+            return candidate
+    return None
+
+
+def ensure_local(spec: DatasetSpec, data_dir: str | None, *, download: bool) -> Location:
+    """Find the dataset's files, downloading them with torchvision when allowed and nothing was found."""
+    found = locate(spec, data_dir)
+    if found is not None:
+        return found
+    reason = "not attempted"
+    if download and locations.offline():
+        reason = f"skipped (${locations.OFFLINE_ENV} is set)"
+    elif download:
+        target = locations.download_root(data_dir)
+        try:
+            _download(spec, target)
+        except (OSError, RuntimeError, ValueError) as error:
+            reason = f"failed ({type(error).__name__}: {first_line(error)})"
+        else:
+            found = locate(spec, str(target))
+            if found is not None:
+                return Location(found.directory, "download")
+            reason = f"gave no usable files in {target}"
+    searched = ", ".join(f"{root} ({origin})" for root, origin in locations.search_roots(data_dir))
+    raise DataError(
+        f"dataset {spec.name!r} not found locally; searched {searched}; download {reason}; "
+        f"to get it: {spec.how_to_get}"
+    )
+
+
+def _download(spec: DatasetSpec, root: Path) -> None:
+    """Download (and extract) a dataset's files into `root` with torchvision's own downloader."""
+    import torchvision.datasets as tv_datasets
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    root.mkdir(parents=True, exist_ok=True)
+    dataset_class = getattr(tv_datasets, spec.torchvision_class or "")
+    if spec.kind == "idx":
+        dataset_class(root=str(root), train=True, download=True)
+    else:
+        download_and_extract_archive(
+            dataset_class.url, str(root), filename=dataset_class.filename, md5=dataset_class.tgz_md5
+        )
+
+
+@functools.lru_cache(maxsize=4)
+def _read_files(spec: DatasetSpec, directory: Path, split: str) -> ImageSet:
+    """One split of a file-backed dataset as stored (memoised: files are read once per process)."""
+    if spec.kind == "idx":
+        image_file, label_file = (_idx_path(directory, base) for base in IDX_FILES[split])
+        images, labels = read_idx_images(image_file), read_idx_labels(label_file)  # type: ignore[arg-type]
+        names = spec.class_names
+    else:
+        train, test, meta, names_key, label_key = spec.cifar_files  # type: ignore[misc]
+        files = [directory / n for n in (train if split == "train" else test)]
+        images, labels = read_cifar_batches(files, label_key)
+        names = read_cifar_class_names(directory / meta, names_key)
+    _check_consistent(spec, directory, images, labels, names)
+    return ImageSet(images, labels, tuple(names))
+
+
+def _check_consistent(
+    spec: DatasetSpec, directory: Path, images: torch.Tensor, labels: torch.Tensor, names: tuple[str, ...]
+) -> None:
+    """Counts match and every label indexes a class; errors name the folder."""
+    if len(images) != len(labels):
+        raise DataError(f"{spec.name} in {directory}: {len(images)} images but {len(labels)} labels")
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= len(names)):
+        raise DataError(f"{spec.name} in {directory}: labels outside 0..{len(names) - 1}")
+
+
+@dataclasses.dataclass(frozen=True)
+class _LoadKey:
+    """Everything a split depends on, resolved (absolute paths) so it can key the per-process memo."""
+
+    name: str
+    data_dir: str | None
+    data_env: str | None
+    system_dirs: tuple[str, ...]
+    image_size: int | None
+    classes: tuple[str, ...] | None
+    subset: int | None
+    per_class: int | None
+    bad_images: str
+    test_fraction: float
+    background: tuple[int, ...]
+    download: bool
+
+
+def load_split(data: DataConfig, split: str) -> ImageSet:
+    """A split ("train" or "test") of `data.name` with `image_size`, `classes`, `subset`/`per_class` applied.
+
+    `subset`/`per_class` apply to the training split only. Memoised per process.
+    """
+    return _load_memoised(_resolve_key(data, download=True), _check_split(split))
+
+
+def load_local_split(data: DataConfig, split: str) -> ImageSet:
+    """Like `load_split`, but never downloads (for `cnnlab data`)."""
+    return _load_memoised(_resolve_key(data, download=False), _check_split(split))
+
+
+def clear_memory_cache() -> None:
+    """Forget every memoised split (the next load reads files or the decode cache again)."""
+    _load_memoised.cache_clear()
+    _read_files.cache_clear()
+    _generated.cache_clear()
+
+
+def _check_split(split: str) -> str:
+    if split not in SPLITS:
+        raise unknown_choice("split", split, SPLITS)
+    return split
+
+
+def _resolve_key(data: DataConfig, *, download: bool) -> _LoadKey:
+    """The memo key of a data config: paths made absolute, environment captured."""
+    name = data.name
+    if name.startswith(FOLDER_PREFIX):
+        name = FOLDER_PREFIX + str(folder_data.resolve_folder(name[len(FOLDER_PREFIX) :]))
+    else:
+        get_spec(name)
+    data_dir = str(Path(data.data_dir).expanduser().resolve()) if data.data_dir else None
+    return _LoadKey(
+        name,
+        data_dir,
+        os.environ.get(locations.DATA_ENV),
+        tuple(locations.SYSTEM_DATA_DIRS),
+        data.image_size,
+        data.classes,
+        data.subset,
+        data.per_class,
+        data.bad_images,
+        data.test_fraction,
+        tuple(data.background),
+        download,
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _load_memoised(key: _LoadKey, split: str) -> ImageSet:
+    """Load, resize, select classes and subset one split (the per-process memo behind `load_split`)."""
+    image_set = _load_native(key, split)
+    if key.image_size is not None and not key.name.startswith(FOLDER_PREFIX):
+        image_set = dataclasses.replace(image_set, images=resize_images(image_set.images, key.image_size))
+    if key.classes:
+        image_set = select_classes(image_set, key.classes)
+    if split == "train":
+        image_set = apply_subset(image_set, subset=key.subset, per_class=key.per_class)
+    return image_set
+
+
+def _load_native(key: _LoadKey, split: str) -> ImageSet:
+    """The split at the dataset's own size (folders: decoded at the requested size)."""
+    if key.name.startswith(FOLDER_PREFIX):
+        options = folder_data.FolderOptions(
+            image_size=key.image_size or folder_data.DEFAULT_IMAGE_SIZE,
+            background=key.background,
+            bad_images=key.bad_images,
+            test_fraction=key.test_fraction,
+        )
+        return folder_data.load_folder_split(Path(key.name[len(FOLDER_PREFIX) :]), split, options)
+    spec = get_spec(key.name)
+    if spec.kind in ("digits", "synthetic"):
+        return _generated(spec.kind, split, key.image_size if spec.kind == "synthetic" else None)
+    location = ensure_local(spec, key.data_dir, download=key.download)
+    return _read_files(spec, location.directory, split)
+
+
+@functools.lru_cache(maxsize=4)
+def _generated(kind: str, split: str, size: int | None) -> ImageSet:
+    """digits or synthetic (synthetic is generated directly at the requested size)."""
+    return digits_split(split) if kind == "digits" else synthetic_split(split, size)
+
+
+def check_data_config(data: DataConfig) -> None:
+    """Validate the data keys that config.py cannot check alone (dataset name, augmentation preset)."""
+    from cnnlab.data.augment import parse_augment
+
+    if not data.name.startswith(FOLDER_PREFIX):
+        get_spec(data.name)
+    parse_augment(data.augment)
+    if data.image_size is not None and data.image_size < 1:
+        raise ConfigError(f"data.image_size={data.image_size} is out of range; it must be at least 1")

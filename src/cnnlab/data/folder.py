@@ -1,0 +1,517 @@
+"""`folder:PATH` datasets: preflight scan, one decode per image, colour conversion, and the decode cache.
+
+A folder holds one subfolder per class (class names are the sorted subfolder names), or `train/` and
+`test/` folders that each hold the class subfolders. Hidden entries (a leading dot, `__MACOSX`) are ignored
+and reported; files without an image suffix are counted and skipped; an empty class or a symlink that leaves
+the root stops the load. Every image is decoded once at the requested size and the result is cached as a
+uint8 tensor file under `$CNNLAB_CACHE/folders/`, keyed by the folder, the size and the conversion settings
+and checked against each file's (size, mtime_ns), so later runs decode only files that changed.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import os
+import struct
+import warnings
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cnnlab import io
+from cnnlab.data.imageset import ImageSet, take
+from cnnlab.data.locations import cache_root
+from cnnlab.errors import ConfigError, DataError, WeightsError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_IMAGE_SIZE = 64  # side of folder images when data.image_size is unset (shorter side + centre crop)
+DEFAULT_BACKGROUND = (255, 255, 255)  # white behind transparent pixels unless data.background says otherwise
+MAX_IMAGE_PIXELS = 89_478_485  # pixel cap read from the header before decoding (Pillow's own warning level)
+ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF", "PPM"})
+IMAGE_SUFFIXES = frozenset(
+    {
+        ".jpg",
+        ".jpeg",
+        ".jpe",
+        ".png",
+        ".bmp",
+        ".gif",
+        ".webp",
+        ".tif",
+        ".tiff",
+        ".ppm",
+        ".pgm",
+        ".pbm",
+        ".pnm",
+    }
+)
+IGNORED_NAMES = frozenset({"__MACOSX"})  # folders zip tools leave behind, ignored like hidden ones
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "La", "RGBa"})
+FOLDER_TEST_SEED = 0  # the test share of a folder without train/ and test/ is fixed, independent of run seeds
+CACHE_FORMAT = 1  # bump when decoding changes so old cache files are not reused
+DECODE_WORKERS = min(8, os.cpu_count() or 1)  # threads decoding images (Pillow releases the GIL)
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderOptions:
+    """How folder images are decoded and what happens to bad files."""
+
+    image_size: int = DEFAULT_IMAGE_SIZE
+    background: tuple[int, ...] = DEFAULT_BACKGROUND
+    bad_images: str = "error"  # error | skip
+    test_fraction: float = 0.2
+    max_pixels: int = MAX_IMAGE_PIXELS
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderScan:
+    """What the preflight scan found under one class root (paths relative to it)."""
+
+    root: Path
+    class_names: tuple[str, ...]
+    files: tuple[tuple[str, int], ...]  # (relative path, class index) of files with an image suffix
+    hidden: tuple[str, ...]  # ignored hidden entries
+    non_images: tuple[str, ...]  # files without an image suffix (skipped)
+    empty_classes: tuple[str, ...]  # class folders without a single image file
+    outside_links: tuple[str, ...]  # symlinks that resolve outside the root
+
+    def problems(self) -> list[str]:
+        """What stops a load: no classes, empty classes, symlinks leaving the root."""
+        found = []
+        if not self.class_names:
+            found.append("no class subfolders (expected one subfolder of images per class)")
+        if self.empty_classes:
+            found.append(f"empty class folders (no image files): {', '.join(self.empty_classes)}")
+        if self.outside_links:
+            found.append(f"symlinks leaving the folder: {', '.join(self.outside_links)}")
+        return found
+
+    def check(self) -> None:
+        """Raise a DataError naming every problem the scan found."""
+        if self.problems():
+            raise DataError(f"folder {self.root}: {'; '.join(self.problems())}")
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderLoad:
+    """A decoded class root: the good images, the bad files, and how much decoding this load did."""
+
+    image_set: ImageSet
+    scan: FolderScan
+    bad_files: tuple[tuple[str, str], ...]  # (relative path, reason)
+    decoded: int  # images decoded by this load (0 when the cache covered everything)
+    cache_file: Path
+
+
+class BadImage(Exception):
+    """A file that cannot be used as an image; the message is the reason."""
+
+
+def resolve_folder(path: str) -> Path:
+    """The absolute folder of `folder:PATH` (relative paths are taken from the working directory)."""
+    if not path.strip():
+        raise ConfigError("data.name='folder:' needs a path, e.g. folder:data/cats-vs-dogs")
+    return Path(path).expanduser().absolute()
+
+
+def class_roots(root: Path) -> dict[str, Path]:
+    """{"all": root} for a plain folder, or {"train": root/train, "test": root/test} when both exist."""
+    if not root.is_dir():
+        raise DataError(f"folder {root} not found (data.name=folder:PATH needs a folder of class subfolders)")
+    train, test = root / "train", root / "test"
+    if train.is_dir() and test.is_dir() and _has_subfolder(train) and _has_subfolder(test):
+        return {"train": train, "test": test}
+    return {"all": root}
+
+
+def _has_subfolder(directory: Path) -> bool:
+    """True when `directory` has at least one visible subfolder."""
+    return any(entry.is_dir() and not _ignored(entry.name) for entry in os.scandir(directory))
+
+
+def _ignored(name: str) -> bool:
+    """Hidden files and folders (a leading dot) and zip leftovers are never part of a dataset."""
+    return name.startswith(".") or name in IGNORED_NAMES
+
+
+def scan_folder(root: Path) -> FolderScan:
+    """Preflight scan of a class root: class folders, image files, and everything ignored or rejected."""
+    real_root = root.resolve()
+    found: dict[str, list[str]] = {"hidden": [], "non_images": [], "outside": []}
+    class_names, class_files = [], []
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        if _ignored(entry.name):
+            found["hidden"].append(entry.name)
+        elif entry.is_symlink() and not _inside(Path(entry.path), real_root):
+            found["outside"].append(entry.name)
+        elif entry.is_dir():
+            files: list[str] = []
+            _walk(Path(entry.path), entry.name, real_root, files, found, {Path(entry.path).resolve()})
+            class_names.append(entry.name)
+            class_files.append(files)
+        else:
+            found["non_images"].append(entry.name)
+    image_files = tuple((rel, index) for index, files in enumerate(class_files) for rel in sorted(files))
+    empty = tuple(name for name, files in zip(class_names, class_files) if not files)
+    return FolderScan(
+        root,
+        tuple(class_names),
+        image_files,
+        tuple(found["hidden"]),
+        tuple(found["non_images"]),
+        empty,
+        tuple(found["outside"]),
+    )
+
+
+def _walk(
+    directory: Path,
+    rel: str,
+    real_root: Path,
+    files: list[str],
+    found: dict[str, list[str]],
+    visited: set[Path],
+) -> None:
+    """Collect image files under one class folder, recording hidden, non-image and escaping entries."""
+    for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+        entry_rel = f"{rel}/{entry.name}"
+        if _ignored(entry.name):
+            found["hidden"].append(entry_rel)
+        elif entry.is_symlink() and not _inside(Path(entry.path), real_root):
+            found["outside"].append(entry_rel)
+        elif entry.is_dir():
+            real = Path(entry.path).resolve()
+            if real not in visited:
+                _walk(Path(entry.path), entry_rel, real_root, files, found, visited | {real})
+        elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
+            files.append(entry_rel)
+        else:
+            found["non_images"].append(entry_rel)
+
+
+def _inside(path: Path, real_root: Path) -> bool:
+    """True when `path` (a symlink) resolves to somewhere under the root."""
+    return path.resolve().is_relative_to(real_root)
+
+
+def decode_image(
+    path: Path,
+    *,
+    size: int,
+    background: tuple[int, ...] = DEFAULT_BACKGROUND,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+) -> np.ndarray:
+    """Decode one file to uint8 (3, size, size) RGB: header checks first, then a full decode and conversion.
+
+    Raises BadImage for a file that is not an allowed image, claims more than `max_pixels` in its header
+    (checked before anything is allocated), or fails to decode completely.
+    """
+    from PIL import Image, ImageOps
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                _check_header(image, max_pixels)
+                image.draft(None, (size, size))  # JPEG: decode at a reduced scale still >= size
+                image.load()
+                upright = ImageOps.exif_transpose(image)
+                rgb = to_rgb(upright, background)
+    except BadImage:
+        raise
+    except Image.DecompressionBombError as error:
+        raise BadImage(f"over the pixel cap ({error})") from None
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error, MemoryError) as error:
+        raise BadImage(_reason(error)) from None
+    return np.ascontiguousarray(_fit_square(rgb, size).transpose(2, 0, 1))
+
+
+def _check_header(image: Any, max_pixels: int) -> None:
+    """Format allow-list and pixel cap, from the header alone."""
+    if image.format not in ALLOWED_FORMATS:
+        raise BadImage(
+            f"format {image.format} is not allowed (allowed: {', '.join(sorted(ALLOWED_FORMATS))})"
+        )
+    width, height = image.size
+    if width * height > max_pixels:
+        raise BadImage(f"header claims {width}x{height} pixels, over the cap of {max_pixels}")
+    if width < 1 or height < 1:
+        raise BadImage(f"header claims an empty {width}x{height} image")
+
+
+def to_rgb(image: Any, background: tuple[int, ...] = DEFAULT_BACKGROUND) -> np.ndarray:
+    """uint8 (H, W, 3) RGB from any Pillow mode: 16-bit scaled by 1/257, alpha over `background`."""
+    from PIL import Image
+
+    if image.mode in SIXTEEN_BIT_MODES:
+        wide = np.asarray(image).astype(np.float64)
+        image = Image.fromarray(np.rint(np.clip(wide, 0, 65535) / 257.0).astype(np.uint8))
+    elif image.mode in ("F", "1"):
+        image = image.convert("L")
+    if image.mode in ALPHA_MODES or "transparency" in image.info:
+        rgba = np.asarray(image.convert("RGBA")).astype(np.float32)
+        alpha = rgba[..., 3:] / 255.0
+        backdrop = np.asarray(background, dtype=np.float32)
+        return np.rint(rgba[..., :3] * alpha + backdrop * (1.0 - alpha)).astype(np.uint8)
+    return np.asarray(image.convert("RGB"))
+
+
+def _fit_square(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Resize the shorter side to `size` and crop the centre square (bilinear, antialiased by Pillow)."""
+    from PIL import Image
+
+    height, width = rgb.shape[:2]
+    if (height, width) == (size, size):
+        return rgb
+    side = min(width, height)
+    left, top = (width - side) / 2, (height - side) / 2
+    box = (left, top, left + side, top + side)
+    return np.asarray(Image.fromarray(rgb).resize((size, size), Image.Resampling.BILINEAR, box=box))
+
+
+def _reason(error: BaseException) -> str:
+    """A short, one-line reason for a failed decode."""
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text[:120]}" if text else type(error).__name__
+
+
+def check_background(background: tuple[int, ...]) -> tuple[int, int, int]:
+    """data.background as an RGB triple (one value means grey); anything else is a ConfigError."""
+    if len(background) == 1:
+        background = tuple(background) * 3
+    if len(background) != 3 or not all(0 <= v <= 255 for v in background):
+        raise ConfigError(
+            f"data.background={list(background)} must be 1 or 3 integers in 0..255, e.g. [255, 255, 255]"
+        )
+    return background  # type: ignore[return-value]
+
+
+def load_folder(root: Path, options: FolderOptions) -> FolderLoad:
+    """Scan and decode one class root, reusing the decode cache; bad files are listed, never decoded twice."""
+    scan = scan_folder(root)
+    scan.check()
+    _report_ignored(scan)
+    background = check_background(options.background)
+    cache_file = _cache_file(scan.root, options.image_size, background, options.max_pixels)
+    stamps = [_stamp(scan.root / rel) for rel, _ in scan.files]
+    previous = _read_cache(cache_file)
+    pixels, bad, decoded = _decode_missing(
+        scan, stamps, previous, options.image_size, background, options.max_pixels
+    )
+    if decoded or set(previous) != {rel for rel, _ in scan.files}:
+        _write_cache(cache_file, scan, stamps, pixels, bad)
+    good = [i for i in range(len(scan.files)) if i not in bad]
+    images = (
+        torch.from_numpy(np.stack([pixels[i] for i in good]))
+        if good
+        else torch.zeros((0, 3, options.image_size, options.image_size), dtype=torch.uint8)
+    )
+    labels = torch.tensor([scan.files[i][1] for i in good], dtype=torch.int64)
+    ids = tuple(Path(scan.files[i][0]).stem for i in good)
+    bad_files = tuple((scan.files[i][0], reason) for i, reason in sorted(bad.items()))
+    image_set = ImageSet(images, labels, scan.class_names, ids, bad_files)
+    return FolderLoad(image_set, scan, bad_files, decoded, cache_file)
+
+
+def _report_ignored(scan: FolderScan) -> None:
+    """Log what the scan ignored, so a user notices files that are not part of the dataset."""
+    if scan.hidden:
+        log.warning(
+            "folder %s: ignored %d hidden entries: %s",
+            scan.root,
+            len(scan.hidden),
+            ", ".join(scan.hidden[:10]),
+        )
+    if scan.non_images:
+        log.warning(
+            "folder %s: skipped %d non-image files: %s",
+            scan.root,
+            len(scan.non_images),
+            ", ".join(scan.non_images[:10]),
+        )
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    """(size, mtime_ns) of a file: what the cache compares to notice a changed file."""
+    stat = path.stat() if path.exists() else None
+    return (stat.st_size, stat.st_mtime_ns) if stat else (-1, -1)
+
+
+def _cache_file(root: Path, size: int, background: tuple[int, ...], max_pixels: int) -> Path:
+    """The cache file of one (folder, size, conversion settings) combination."""
+    settings = json.dumps(
+        [str(root.resolve()), size, list(background), max_pixels, sorted(ALLOWED_FORMATS), CACHE_FORMAT]
+    )
+    return cache_root() / "folders" / f"{hashlib.sha256(settings.encode()).hexdigest()[:24]}.pt"
+
+
+def _read_cache(cache_file: Path) -> dict[str, tuple[tuple[int, int], Any]]:
+    """{relative path: ((size, mtime_ns), uint8 array or bad reason)} from an earlier load, or {}."""
+    if not cache_file.is_file():
+        return {}
+    try:
+        cached = io.load_checkpoint(cache_file)
+    except WeightsError as error:
+        log.warning("ignoring unreadable decode cache %s: %s", cache_file, error)
+        return {}
+    entries: dict[str, tuple[tuple[int, int], Any]] = {}
+    for row, (rel, size, mtime) in enumerate(cached.get("files", [])):
+        entries[rel] = ((size, mtime), cached["images"][row].numpy())
+    for rel, size, mtime, reason in cached.get("bad", []):
+        entries[rel] = ((size, mtime), reason)
+    return entries
+
+
+def _decode_missing(
+    scan: FolderScan,
+    stamps: list[tuple[int, int]],
+    previous: dict[str, Any],
+    size: int,
+    background: tuple[int, ...],
+    max_pixels: int,
+) -> tuple[dict[int, np.ndarray], dict[int, str], int]:
+    """Pixels and bad reasons for every image: from the cache when its stamp matches, else decoded now."""
+    pixels: dict[int, np.ndarray] = {}
+    bad: dict[int, str] = {}
+    todo = []
+    for i, ((rel, _), stamp) in enumerate(zip(scan.files, stamps)):
+        cached = previous.get(rel)
+        if cached is not None and tuple(cached[0]) == stamp:
+            (bad if isinstance(cached[1], str) else pixels)[i] = cached[1]
+        else:
+            todo.append(i)
+    decode = functools.partial(_decode_or_reason, size=size, background=background, max_pixels=max_pixels)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=DECODE_WORKERS) as pool:
+        for i, result in zip(todo, pool.map(decode, [scan.root / scan.files[i][0] for i in todo])):
+            (bad if isinstance(result, str) else pixels)[i] = result
+    return pixels, bad, len(todo)
+
+
+def _decode_or_reason(
+    path: Path, *, size: int, background: tuple[int, ...], max_pixels: int
+) -> np.ndarray | str:
+    """decode_image, with a bad file's reason returned instead of raised (for the thread pool)."""
+    try:
+        return decode_image(path, size=size, background=background, max_pixels=max_pixels)
+    except BadImage as error:
+        return str(error)
+
+
+def _write_cache(
+    cache_file: Path,
+    scan: FolderScan,
+    stamps: list[tuple[int, int]],
+    pixels: dict[int, np.ndarray],
+    bad: dict[int, str],
+) -> None:
+    """Save decoded pixels and bad reasons with each file's stamp, atomically, as a weights_only dict."""
+    good = sorted(pixels)
+    payload = {
+        "format": CACHE_FORMAT,
+        "root": str(scan.root),
+        "files": [[scan.files[i][0], *stamps[i]] for i in good],
+        "images": torch.from_numpy(np.stack([pixels[i] for i in good]))
+        if good
+        else torch.zeros(0, dtype=torch.uint8),
+        "bad": [[scan.files[i][0], *stamps[i], reason] for i, reason in sorted(bad.items())],
+    }
+    try:
+        io.atomic_torch_save(payload, cache_file)
+    except OSError as error:
+        log.warning("could not write the decode cache %s: %s", cache_file, error)
+
+
+def bad_files_message(root: Path, bad_files: tuple[tuple[str, str], ...]) -> str:
+    """One line naming every bad file and what to do about it."""
+    listed = "; ".join(f"{rel} ({reason})" for rel, reason in bad_files)
+    return (
+        f"folder {root}: {len(bad_files)} bad image file(s): {listed}; fix or remove them, or set "
+        "data.bad_images=skip to exclude them"
+    )
+
+
+def write_bad_files(bad_files: tuple[tuple[str, str], ...], path: Path) -> Path:
+    """Write `relative path<TAB>reason` lines (e.g. a run's bad_images.txt), atomically."""
+    return io.atomic_write_text(path, "".join(f"{rel}\t{reason}\n" for rel, reason in bad_files))
+
+
+def bad_files_path(cache_file: Path) -> Path:
+    """Where `bad_images: skip` records the excluded files of a folder: beside its decode cache."""
+    return cache_file.with_suffix(".bad_images.txt")
+
+
+@functools.lru_cache(maxsize=2)
+def load_folder_splits(root: Path, options: FolderOptions) -> dict[str, ImageSet]:
+    """{"train": ..., "test": ...} of a folder, after the bad-file policy (memoised per process)."""
+    parts = {
+        name: _apply_policy(load_folder(path, options), options) for name, path in class_roots(root).items()
+    }
+    if "all" not in parts:
+        _check_same_classes(root, parts["train"], parts["test"])
+        return parts
+    return _split_test(root, parts["all"], options.test_fraction)
+
+
+def load_folder_split(root: Path, split: str, options: FolderOptions) -> ImageSet:
+    """One split of a folder dataset."""
+    return load_folder_splits(root, options)[split]
+
+
+def _apply_policy(loaded: FolderLoad, options: FolderOptions) -> ImageSet:
+    """bad_images=error: stop with the full list; skip: they are already excluded, record the list."""
+    if not loaded.bad_files:
+        return loaded.image_set
+    if options.bad_images != "skip":
+        raise DataError(bad_files_message(loaded.scan.root, loaded.bad_files))
+    listed = write_bad_files(loaded.bad_files, bad_files_path(loaded.cache_file))
+    log.warning(
+        "folder %s: excluded %d bad image file(s), listed in %s",
+        loaded.scan.root,
+        len(loaded.bad_files),
+        listed,
+    )
+    return loaded.image_set
+
+
+def _check_same_classes(root: Path, train: ImageSet, test: ImageSet) -> None:
+    """train/ and test/ must hold the same class folders."""
+    if train.class_names != test.class_names:
+        raise DataError(
+            f"folder {root}: train/ has classes {list(train.class_names)} but test/ has "
+            f"{list(test.class_names)}; they must match"
+        )
+
+
+def _split_test(root: Path, image_set: ImageSet, test_fraction: float) -> dict[str, ImageSet]:
+    """A fixed stratified test share (FOLDER_TEST_SEED) of a folder without train/ and test/ subfolders."""
+    from sklearn.model_selection import train_test_split
+
+    counts = image_set.class_counts()
+    too_small = [name for name, count in zip(image_set.class_names, counts) if count < 2]
+    if too_small:
+        raise DataError(
+            f"folder {root}: classes {', '.join(too_small)} have fewer than 2 images; a stratified "
+            "test split needs at least 2 per class (or give train/ and test/ subfolders)"
+        )
+    try:
+        train_idx, test_idx = train_test_split(
+            np.arange(len(image_set)),
+            test_size=test_fraction,
+            stratify=image_set.labels.numpy(),
+            random_state=FOLDER_TEST_SEED,
+        )
+    except ValueError as error:
+        raise DataError(
+            f"folder {root}: cannot split off data.test_fraction={test_fraction}: {error}"
+        ) from None
+    return {"train": take(image_set, np.sort(train_idx)), "test": take(image_set, np.sort(test_idx))}

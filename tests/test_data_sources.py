@@ -1,0 +1,179 @@
+"""Named datasets: real-format readers (IDX raw/gz, CIFAR pickles), lookup order, offline errors, the CLI."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cnnlab import cli
+from cnnlab.config import DataConfig
+from cnnlab.data import catalog, get_spec, load_split, locate, locations
+from cnnlab.data.readers import read_cifar_pickle, read_idx_images, read_idx_labels
+from cnnlab.errors import ConfigError, DataError
+from tests.test_data_support import isolate, write_cifar10, write_idx, write_mnist_like
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    return isolate(monkeypatch, tmp_path)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_idx_reader_returns_the_written_images_and_labels(tmp_path: Path, compress: bool) -> None:
+    images = np.random.default_rng(1).integers(0, 256, (7, 28, 28), dtype=np.uint8)
+    labels = np.array([3, 1, 4, 1, 5, 9, 2], dtype=np.uint8)
+    image_file = write_idx(tmp_path / "imgs-idx3-ubyte", images, compress=compress)
+    label_file = write_idx(tmp_path / "labels-idx1-ubyte", labels, compress=compress)
+    read_images, read_labels = read_idx_images(image_file), read_idx_labels(label_file)
+    assert read_images.shape == (7, 1, 28, 28) and read_images.dtype == torch.uint8
+    assert torch.equal(read_images[:, 0], torch.from_numpy(images))
+    assert read_labels.dtype == torch.int64 and read_labels.tolist() == labels.tolist()
+
+
+def test_corrupt_idx_file_is_a_data_error_naming_the_file(tmp_path: Path) -> None:
+    broken = tmp_path / "train-images-idx3-ubyte.gz"
+    broken.write_bytes(b"this is not gzip")
+    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz"):
+        read_idx_images(broken)
+
+
+def test_fashion_mnist_from_data_dir_has_the_files_counts_and_class_names(tmp_path: Path) -> None:
+    written = write_mnist_like(tmp_path / "data" / "fashion-mnist", train=60, test=20, compress=True)
+    config = DataConfig(name="fashion-mnist", data_dir=str(tmp_path / "data"))
+    train, test = load_split(config, "train"), load_split(config, "test")
+    assert (len(train), len(test)) == (60, 20)
+    assert (
+        train.shape == (1, 28, 28) and train.class_names[0] == "T-shirt/top" and len(train.class_names) == 10
+    )
+    assert torch.equal(test.images[:, 0], torch.from_numpy(written["t10k"][0]))
+    assert test.labels.tolist() == written["t10k"][1].tolist()
+
+
+def test_torchvision_layout_with_raw_files_is_found(tmp_path: Path) -> None:
+    write_mnist_like(tmp_path / "MNIST" / "raw", train=10, test=10, compress=False)
+    found = locate(get_spec("mnist"), str(tmp_path))
+    assert (
+        found is not None and found.directory == tmp_path / "MNIST" / "raw" and found.origin == "--data-dir"
+    )
+
+
+def test_lookup_order_is_data_dir_then_env_then_system(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for place in ("given", "env", "system"):
+        write_mnist_like(tmp_path / place / "kmnist", train=10, test=10, compress=True)
+    monkeypatch.setenv(locations.DATA_ENV, str(tmp_path / "env"))
+    monkeypatch.setattr(locations, "SYSTEM_DATA_DIRS", (str(tmp_path / "system"),))
+    spec = get_spec("kmnist")
+    assert locate(spec, str(tmp_path / "given")).origin == "--data-dir"
+    assert locate(spec, None).origin == f"${locations.DATA_ENV}"
+    monkeypatch.delenv(locations.DATA_ENV)
+    assert locate(spec, None) == catalog.Location(tmp_path / "system" / "kmnist", "system")
+
+
+def test_cifar10_batches_are_parsed_with_class_names(tmp_path: Path) -> None:
+    written = write_cifar10(tmp_path, per_batch=4)
+    config = DataConfig(name="cifar10", data_dir=str(tmp_path))
+    train, test = load_split(config, "train"), load_split(config, "test")
+    assert (len(train), len(test)) == (20, 4) and train.shape == (3, 32, 32)
+    assert train.class_names[:3] == ("airplane", "automobile", "bird")
+    data, labels = written["data_batch_2"]
+    assert torch.equal(train.images[4:8], torch.from_numpy(data.reshape(4, 3, 32, 32)))
+    assert train.labels[4:8].tolist() == labels
+
+
+class _RunsCode:
+    def __reduce__(self) -> tuple:
+        import os
+
+        return (os.system, ("touch pwned-by-pickle",))
+
+
+def test_a_cifar_batch_that_would_run_code_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    evil = tmp_path / "data_batch_1"
+    evil.write_bytes(pickle.dumps({"data": _RunsCode()}, protocol=2))
+    with pytest.raises(DataError, match="refused to read .*(posix|os).system"):
+        read_cifar_pickle(evil)
+    assert not (tmp_path / "pwned-by-pickle").exists()
+
+
+def test_dataset_missing_offline_names_every_place_searched_and_how_to_get_it(tmp_path: Path) -> None:
+    with pytest.raises(DataError) as caught:
+        load_split(DataConfig(name="fashion-mnist", data_dir=str(tmp_path / "empty")), "train")
+    message = str(caught.value)
+    assert "\n" not in message
+    assert f"{tmp_path / 'empty'} (--data-dir)" in message and "download cache" in message
+    assert "CNNLAB_OFFLINE" in message and "apt-get install dataset-fashion-mnist" in message
+
+
+def test_a_failed_download_is_reported_not_raised_raw(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(locations.OFFLINE_ENV)
+
+    def no_network(spec: object, root: Path) -> None:
+        raise OSError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(catalog, "_download", no_network)
+    with pytest.raises(
+        DataError, match=r"download failed \(OSError: \[Errno -3\].*to get it: extract cifar-10"
+    ):
+        load_split(DataConfig(name="cifar10", data_dir=str(tmp_path)), "train")
+
+
+def test_unknown_dataset_name_is_a_config_error_with_suggestion() -> None:
+    with pytest.raises(ConfigError, match=r"unknown dataset 'fashion_mnist' \(did you mean fashion-mnist"):
+        load_split(DataConfig(name="fashion_mnist"), "train")
+
+
+def test_digits_is_embedded_28px_with_fixed_stratified_test_split() -> None:
+    train, test = load_split(DataConfig(), "train"), load_split(DataConfig(), "test")
+    assert (len(train), len(test)) == (1437, 360) and train.shape == (1, 28, 28)
+    assert int(train.images.max()) == 255 and train.images.dtype == torch.uint8
+    assert min(test.class_counts()) >= 35  # stratified: every digit is in the test split
+
+
+def test_image_size_classes_and_subset_are_applied() -> None:
+    config = DataConfig(name="digits", image_size=16, classes=("7", "3"), subset=50)
+    train, test = load_split(config, "train"), load_split(config, "test")
+    assert train.shape == (1, 16, 16) and train.class_names == ("7", "3")
+    assert len(train) == 50 and sorted(train.class_counts()) == [25, 25]
+    full_test_counts = load_split(DataConfig(), "test").class_counts()
+    assert test.class_counts() == [full_test_counts[7], full_test_counts[3]]  # subset: training split only
+    per_class = load_split(DataConfig(name="digits", per_class=5), "train")
+    assert per_class.class_counts() == [5] * 10
+    with pytest.raises(ConfigError, match="data.classes: unknown class 'eleven'"):
+        load_split(DataConfig(name="digits", classes=("eleven",)), "train")
+
+
+def test_synthetic_is_deterministic_and_sized() -> None:
+    first = load_split(DataConfig(name="synthetic", image_size=12), "train")
+    catalog.clear_memory_cache()
+    again = load_split(DataConfig(name="synthetic", image_size=12), "train")
+    assert first.shape == (3, 12, 12) and len(first) == 2000 and torch.equal(first.images, again.images)
+    assert first.class_counts() == [200] * 10
+
+
+def test_cli_data_lists_datasets_and_describes_one(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    write_mnist_like(tmp_path / "fashion-mnist", train=30, test=10, compress=True)
+    assert cli.main(["data", "--data-dir", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert f"{tmp_path / 'fashion-mnist'} (--data-dir)" in table and "bundled with scikit-learn" in table
+    assert cli.main(["data", "fashion-mnist", "--data-dir", str(tmp_path)]) == 0
+    details = capsys.readouterr().out
+    assert "train:   30 images" in details and "test:    10 images" in details and "Ankle boot (3)" in details
+
+
+def test_cli_data_for_a_missing_dataset_exits_2_with_one_line(
+    capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    assert cli.main(["data", "cifar100", "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cnnlab: error: dataset 'cifar100' not found locally") and err.count("\n") == 1
