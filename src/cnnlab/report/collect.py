@@ -28,6 +28,8 @@ PER_RUN_KEYS = ("train.seed", "data.fold", "data.splits_file")
 TAG_KEYS = ("stage", "role")
 METRIC_COLUMNS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s")
 SPEC_FILES = ("study.yaml", "study.json")
+SELECT_FILE = "select.json"  # written by a study's select stage: the chosen configuration and every score
+FINAL_ROLE = "final"  # tags.role of a run retrained on all training data after selection
 
 
 class ReportError(CnnlabError):
@@ -163,6 +165,7 @@ class Study:
     varying_keys: tuple[str, ...]  # settings whose values differ between configurations
     spec_text: str | None  # study.yaml as given (or study.json), None for a plain folder of runs
     spec_name: str | None
+    selection: dict[str, Any] | None  # select.json when the study selected a configuration
 
     @property
     def runs(self) -> tuple[RunRecord, ...]:
@@ -194,7 +197,8 @@ def load_study(root: str | Path) -> Study:
     configurations, varying = _group(runs)
     ensembles = tuple(_read_ensemble(path.parent) for path in sorted(root.glob("ensembles/*/result.json")))
     spec_name, spec_text = _read_spec(root)
-    return Study(root, tuple(configurations), ensembles, tuple(varying), spec_text, spec_name)
+    selection = _read_json(root / SELECT_FILE) if (root / SELECT_FILE).is_file() else None
+    return Study(root, tuple(configurations), ensembles, tuple(varying), spec_text, spec_name, selection)
 
 
 def read_predictions(path: Path) -> Predictions | None:
@@ -377,12 +381,16 @@ def _varying_keys(settings: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def _label(run: RunRecord, settings: dict[str, Any], varying: Sequence[str]) -> str:
-    """The study's own label, else `key=value` for every differing setting (model name when none differ)."""
+    """The study's own label, else `key=value` for every differing setting; the stage when stages differ."""
+    where = [f"stage={settings.get('tags.stage')}"] if "tags.stage" in varying else []
+    if settings.get("tags.role") == FINAL_ROLE:
+        where.append("retrained on all training data")
     tagged = (run.result.get("tags") or {}).get("configuration")
     if tagged:
-        return str(tagged)
-    parts = [f"{key.removeprefix('tags.')}={format_value(settings.get(key))}" for key in varying]
-    return ", ".join(parts) or f"model.name={format_value(settings.get('model.name'))}"
+        return f"{tagged} ({', '.join(where)})" if where else str(tagged)
+    parts = [f"{key}={format_value(settings.get(key))}" for key in varying if not key.startswith("tags.")]
+    label = ", ".join(parts) or f"model.name={format_value(settings.get('model.name'))}"
+    return f"{label} ({', '.join(where)})" if where else label
 
 
 def _source_depth(key: str, source_key: dict[str, str]) -> int:

@@ -44,6 +44,7 @@ EPOCH_NOTE = (
     "(metrics.csv records validation, not test, per epoch; the test split is evaluated once at the end)."
 )
 CSV_SUMMARIES = ("val_acc", "test_acc")
+NO_FIGURES = "No figures: no run has completed yet (figures are drawn from completed runs only)."
 _NUMBER_LIKE = re.compile(  # cells right-aligned in HTML tables: numbers, mean ± std, intervals, p-values
     r"^(?:[-+]?[\d,.]+(?: ± [\d.]+)?(?: \(\d+×\d+\))?|\[[-\d., ]+\]|—|p [<=] [\d.]+|[\d.]+e[-+]?\d+)$"
 )
@@ -219,15 +220,10 @@ def render_markdown(report: Report) -> str:
     header, body = table_cells(report.rows, marker="★")
     out = [f"# Study report: {study.root.name}", "", _summary_line(report), "", "## Results", ""]
     out += [_md_row(header), _md_row(["---"] * len(header))] + [_md_row(cells) for cells in body]
-    out += [
-        "",
-        f"★ {BEST_NOTE}. Accuracies in %: mean ± sample std over completed runs; 95% CI of the mean "
-        "(Student's t). Validation accuracy is each run's best epoch.",
-        "",
-    ]
+    out += [""] + [line for note in _table_notes(report) for line in (note, "")]
     out += _md_comparisons(report.comparisons)
     out += _md_incomplete(study)
-    out += ["## Figures", ""]
+    out += ["## Figures", ""] + ([] if report.plots else [NO_FIGURES, ""])
     for plot in report.plots:
         out += [f"### {plot.title}", "", f"![{plot.title}]({PLOT_DIR}/{plot.name}.png)", "", plot.caption, ""]
     out += _md_ensembles(study)
@@ -250,12 +246,12 @@ def render_html(report: Report) -> str:
     parts += [
         "<h2>Results</h2>",
         _html_results_table(report.rows),
-        f"<p class='note'>★ {_e(BEST_NOTE)}. Accuracies in %: mean ± sample std over completed runs; 95% CI "
-        "of the mean (Student's t). Validation accuracy is each run's best epoch.</p>",
+        *(f"<p class='note'>{_e(note)}</p>" for note in _table_notes(report)),
     ]
     parts += _html_comparisons(report.comparisons)
     parts += _html_incomplete(study)
     parts += ["<h2>Figures</h2>"] + [_html_figure(plot) for plot in report.plots]
+    parts += [] if report.plots else [f"<p class='note'>{_e(NO_FIGURES)}</p>"]
     parts += _html_ensembles(study)
     folded = "" if len(study.runs) <= RUNS_OPEN_UP_TO else " (click to show)"
     parts += [
@@ -274,6 +270,22 @@ def _write_plots(folder: Path, plots: Sequence[Plot]) -> list[Path]:
     for name in set(PLOT_NAMES) - {plot.name for plot in plots}:
         (folder / f"{name}.png").unlink(missing_ok=True)
     return written
+
+
+def _table_notes(report: Report) -> list[str]:
+    """What the table's numbers mean, and the study's own selection when it made one."""
+    notes = [
+        f"★ {BEST_NOTE}. Accuracies in %: mean ± sample std over completed runs; 95% CI of the mean "
+        "(Student's t). Validation accuracy is each run's best epoch."
+    ]
+    selection = report.study.selection
+    if isinstance(selection, dict) and selection.get("chosen"):
+        final = ", ".join(str(run) for run in (selection.get("final_runs") or {}).values())
+        notes.append(
+            f"The study's select stage chose {selection['chosen']} by {selection.get('metric', 'its metric')}"
+            + (f" and retrained it on all training data (runs {final})." if final else ".")
+        )
+    return notes
 
 
 def _summary_line(report: Report) -> str:
