@@ -133,7 +133,7 @@ def describe(comparison: PairedComparison) -> str:
     metric = "test accuracy" if comparison.metric == "test" else "validation accuracy"
     better = f"{comparison.key}={format_value(comparison.better_value)} ({comparison.better})"
     worse = f"{comparison.key}={format_value(comparison.worse_value)} ({comparison.worse})"
-    context = f"With {comparison.context}, " if comparison.context else ""
+    context = f"Holding {comparison.context} fixed, " if comparison.context else ""
     points = 100 * comparison.mean_difference
     tests = f"paired t-test {format_p(comparison.t_p)}"
     if comparison.wilcoxon_p is not None:
