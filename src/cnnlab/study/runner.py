@@ -14,9 +14,11 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from cnnlab import config as cfg
 from cnnlab import io
@@ -59,11 +61,11 @@ def default_storage(study_dir: Path) -> str:
     return f"sqlite:///{study_dir.resolve() / STORAGE_FILE}"
 
 
-def plan_study(spec_path: str | Path, out_dir: str | Path) -> StudyPlan:
-    """Load, validate and expand a spec for a study folder (nothing is written)."""
+def plan_study(spec_path: str | Path, out_dir: str | Path, overrides: Sequence[str] = ()) -> StudyPlan:
+    """Load, validate and expand a spec (with `--set` overrides) for a study folder; nothing is written."""
     from cnnlab.study.checks import check_plan
 
-    plan = expand(load_study_spec(spec_path), out_dir)
+    plan = expand(load_study_spec(spec_path, overrides), out_dir)
     check_plan(plan)
     return plan
 
@@ -75,19 +77,22 @@ def run_study(
     workers: int = 1,
     worker_only: bool = False,
     options: WorkerOptions = WorkerOptions(),
+    overrides: Sequence[str] = (),
     log: Log = print,
 ) -> StudyOutcome:
     """Run (or continue) a study; with `workers` > 1, that many processes on this machine share the queue."""
-    plan = plan_study(spec_path, out_dir)
+    plan = plan_study(spec_path, out_dir, overrides)
     url = options.storage or default_storage(plan.study_dir)
     if not worker_only:
-        prepare_study_dir(plan, Path(spec_path), url, options)
+        prepare_study_dir(plan, Path(spec_path), url, options, overrides)
     queue = open_queue(plan, url, options)
     if worker_only:
         queue.wait_until_enqueued(QUEUE_WAIT_S)
     else:
         queue.enqueue(len(plan.runs))
-    helpers = _start_helpers(spec_path, plan.study_dir, url, workers, options) if workers > 1 else []
+    helpers = (
+        _start_helpers(spec_path, plan.study_dir, url, workers, options, overrides) if workers > 1 else []
+    )
     try:
         trained, skipped = work(plan, queue, options=options, log=log)
         for helper in helpers:
@@ -100,16 +105,26 @@ def run_study(
     return StudyOutcome(plan.study_dir, counts, trained, skipped, ensembles)
 
 
-def prepare_study_dir(plan: StudyPlan, spec_path: Path, url: str, options: WorkerOptions) -> None:
-    """Write study.yaml (the spec as given), the shared splits, and study.json (the plan)."""
+def prepare_study_dir(
+    plan: StudyPlan, spec_path: Path, url: str, options: WorkerOptions, overrides: Sequence[str] = ()
+) -> None:
+    """Write study.yaml (the spec as given or overridden), the shared splits, and study.json (the plan)."""
     study_dir = plan.study_dir
     study_dir.mkdir(parents=True, exist_ok=True)
-    io.atomic_write_text(study_dir / SPEC_FILE, Path(spec_path).read_text())
+    io.atomic_write_text(study_dir / SPEC_FILE, spec_text(spec_path, plan.spec.raw, overrides))
     write_splits(plan)
     io.atomic_write_json(
         study_dir / PLAN_FILE,
         {**plan.to_json(), "storage": url, "queue": queue_name(plan), "max_attempts": options.max_attempts},
     )
+
+
+def spec_text(spec_path: str | Path, raw: Any, overrides: Sequence[str]) -> str:
+    """The spec file's own text, or (with overrides) the effective spec with a header naming them."""
+    if not overrides:
+        return Path(spec_path).read_text()
+    header = f"# {spec_path} with " + " ".join(f"--set {item}" for item in overrides) + "\n"
+    return header + yaml.safe_dump(dict(raw), sort_keys=False)
 
 
 def write_splits(plan: StudyPlan) -> None:
@@ -315,7 +330,12 @@ def _count(states: dict[int, work_queue.RunState], n_runs: int) -> dict[str, int
 
 
 def _start_helpers(
-    spec_path: str | Path, study_dir: Path, url: str, workers: int, options: WorkerOptions
+    spec_path: str | Path,
+    study_dir: Path,
+    url: str,
+    workers: int,
+    options: WorkerOptions,
+    overrides: Sequence[str],
 ) -> list[subprocess.Popen]:
     """Start `workers - 1` more worker processes on this machine, each with its share of the CPU threads."""
     threads = max(1, (os.cpu_count() or 1) // workers)
@@ -336,6 +356,7 @@ def _start_helpers(
         str(options.heartbeat_s),
         "--max-attempts",
         str(options.max_attempts),
+        *(argument for item in overrides for argument in ("--set", item)),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     return [subprocess.Popen(command, env=env) for _ in range(workers - 1)]

@@ -127,18 +127,71 @@ class TuneSpec:
     raw: Mapping[str, Any]
 
 
-def load_study_spec(path: str | Path) -> StudySpec:
-    """Read and validate a study spec file; the default name is the file stem."""
+def load_study_spec(path: str | Path, overrides: Sequence[str] = ()) -> StudySpec:
+    """Read and validate a study spec file (with `--set` overrides); the default name is the file stem."""
     path = Path(path)
-    raw = cfg.load_yaml(path)
+    raw = apply_overrides(cfg.load_yaml(path), overrides)
     return parse_study_spec(raw, default_name=path.stem, base_dir=path.parent)
 
 
-def load_tune_spec(path: str | Path) -> TuneSpec:
-    """Read and validate a tune spec file; the default name is the file stem."""
+def load_tune_spec(path: str | Path, overrides: Sequence[str] = ()) -> TuneSpec:
+    """Read and validate a tune spec file (with `--set` overrides); the default name is the file stem."""
     path = Path(path)
-    raw = cfg.load_yaml(path)
+    raw = apply_overrides(cfg.load_yaml(path), overrides)
     return parse_tune_spec(raw, default_name=path.stem, base_dir=path.parent)
+
+
+def apply_overrides(raw: Mapping[str, Any], assignments: Sequence[str]) -> dict[str, Any]:
+    """Apply `--set KEY=VALUE` to a spec mapping: `base.data.name=cifar10`, `grid.optim.lr=[0.1]`,
+    `stages.<name>.base.data.per_class=50`, `seeds=[0]`, `cv.folds=5`, `space.optim.lr={low: 0.01, high: 1}`.
+    """
+    tree = _copy(raw)
+    for text in assignments:
+        key, value = cfg.parse_assignment(text)
+        head, _, rest = key.partition(".")
+        if head == "stages" and rest:
+            name, _, rest = rest.partition(".")
+            _set_in(_stage(tree, name, key), rest, value, key)
+        else:
+            _set_in(tree, key, value, key)
+    return tree
+
+
+def _copy(raw: Mapping[str, Any]) -> dict[str, Any]:
+    import copy
+
+    return copy.deepcopy(dict(raw))
+
+
+def _stage(tree: dict[str, Any], name: str, key: str) -> dict[str, Any]:
+    for stage in tree.get("stages") or []:
+        if isinstance(stage, dict) and stage.get("name") == name:
+            return stage
+    names = [stage.get("name") for stage in tree.get("stages") or [] if isinstance(stage, dict)]
+    raise ConfigError(
+        f"--set {key}: no stage named {name!r}; stages: {', '.join(map(str, names)) or '(none)'}"
+    )
+
+
+def _set_in(tree: dict[str, Any], key: str, value: Any, full_key: str) -> None:
+    """`base.<key>` merges into the base; `grid.`/`space.<key>` sets one axis; other keys are nested."""
+    head, _, rest = key.partition(".")
+    if head in ("base", "grid", "space") and rest:
+        section = tree.setdefault(head, {})
+        if not isinstance(section, dict):
+            raise ConfigError(f"--set {full_key}: {head!r} in the spec is not a mapping (a file path?)")
+        if head == "base":
+            tree[head] = cfg.merge(cfg.merge({}, section), {rest: value})
+        else:
+            section[rest] = value
+        return
+    if not rest:
+        tree[head] = value
+        return
+    child = tree.setdefault(head, {})
+    if not isinstance(child, dict):
+        raise ConfigError(f"--set {full_key}: {head!r} in the spec is a value, not a mapping")
+    _set_in(child, rest, value, full_key)
 
 
 def parse_study_spec(

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from cnnlab import io
 from cnnlab.errors import CnnlabError
 from cnnlab.study.plan import RUNS_DIR, splits_plan
 from cnnlab.study.queue import open_storage
+from cnnlab.study.runner import spec_text
 from cnnlab.study.selection import metric_value
 from cnnlab.study.spec import SearchParam, TuneSpec, load_tune_spec
 
@@ -57,16 +59,17 @@ def run_tune(
     trials: int | None = None,
     storage: str | None = None,
     heartbeat_s: int = 10,
+    overrides: Sequence[str] = (),
     log: Any = print,
 ) -> TuneOutcome:
     """Run trials until `trials` (default: the spec's) have finished across all processes, then report."""
     from cnnlab.study.checks import check_config
 
-    spec = load_tune_spec(spec_path)
+    spec = load_tune_spec(spec_path, overrides)
     check_config(cfg.from_dict(spec.base))
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    io.atomic_write_text(out_dir / SPEC_FILE, Path(spec_path).read_text())
+    io.atomic_write_text(out_dir / SPEC_FILE, spec_text(spec_path, spec.raw, overrides))
     budget = trials or spec.trials
     study, created = _open_study(spec, storage or f"sqlite:///{out_dir / STORAGE_FILE}", heartbeat_s)
     remaining = budget - _count_finished(study)
