@@ -84,7 +84,7 @@ def describe_folder(data: DataConfig) -> str:
         scan.check()
     splits = folder_data.load_folder_splits(root, options)
     lines.extend(_split_lines(splits["train"], splits["test"]))
-    bad = splits["train"].bad_files + splits["test"].bad_files
+    bad = tuple(dict.fromkeys(splits["train"].bad_files + splits["test"].bad_files))  # both share a folder's
     if bad:
         lines.append(
             f"excluded {len(bad)} bad image file(s) (data.bad_images=skip): "

@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import struct
 import warnings
 import zlib
@@ -216,7 +217,7 @@ def decode_image(
     Raises BadImage for a file that is not an allowed image, claims more than `max_pixels` in its header
     (checked before anything is allocated), or fails to decode completely.
     """
-    from PIL import Image, ImageOps
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with warnings.catch_warnings():
@@ -229,8 +230,13 @@ def decode_image(
                 rgb = to_rgb(upright, background)
     except BadImage:
         raise
-    except Image.DecompressionBombError as error:
-        raise BadImage(f"over the pixel cap ({error})") from None
+    except Image.DecompressionBombError as error:  # Pillow's own check fired first, also from the header
+        claimed = re.search(r"\((\d+) pixels\)", str(error))
+        raise BadImage(
+            f"header claims {claimed[1] if claimed else 'too many'} pixels, over the cap of {max_pixels}"
+        ) from None
+    except UnidentifiedImageError:
+        raise BadImage("empty file" if _is_empty(path) else "not an image Pillow can identify") from None
     except (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error, MemoryError) as error:
         raise BadImage(_reason(error)) from None
     return np.ascontiguousarray(_fit_square(rgb, size).transpose(2, 0, 1))
@@ -277,6 +283,11 @@ def _fit_square(rgb: np.ndarray, size: int) -> np.ndarray:
     left, top = (width - side) / 2, (height - side) / 2
     box = (left, top, left + side, top + side)
     return np.asarray(Image.fromarray(rgb).resize((size, size), Image.Resampling.BILINEAR, box=box))
+
+
+def _is_empty(path: Path) -> bool:
+    """True for a zero-byte file."""
+    return path.is_file() and path.stat().st_size == 0
 
 
 def _reason(error: BaseException) -> str:

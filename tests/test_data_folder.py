@@ -1,0 +1,233 @@
+"""Folder datasets: preflight scan, bad-file policies, colour conversion, pixel cap, the decode cache."""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageFile
+
+from cnnlab import cli
+from cnnlab.config import DataConfig
+from cnnlab.data import FolderOptions, load_folder, load_split, scan_folder
+from cnnlab.data import folder as folder_module
+from cnnlab.errors import DataError
+from tests.test_data_support import isolate
+
+BAD_FILES = {"cat/half.jpg", "cat/zero.jpg", "cat/text.png", "cat/huge.png"}
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    return isolate(monkeypatch, tmp_path)
+
+
+def _solid(mode: str, colour: object, size: tuple[int, int] = (12, 10)) -> Image.Image:
+    return Image.new(mode, size, colour)
+
+
+def _png_header_only(path: Path, width: int, height: int) -> None:
+    """A PNG whose IHDR claims width x height, followed by a tiny IDAT (a decompression-bomb header)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+def _build_fixture(root: Path) -> Path:
+    """Two classes of real images in every colour mode, plus every kind of file a folder must survive."""
+    cat, dog = root / "cat", root / "dog"
+    for folder in (cat, dog, root / ".hidden", root / "empty"):
+        folder.mkdir(parents=True)
+    (root / ".hidden" / "ghost.png").write_bytes(b"")
+    (root / "empty" / ".gitkeep").write_bytes(b"")
+    (cat / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (cat / "notes.txt").write_text("not an image")
+    _solid("RGB", (10, 200, 30)).save(cat / "rgb.png")
+    _solid("RGBA", (255, 0, 0, 0)).save(cat / "rgba_clear.png")
+    _solid("RGBA", (0, 0, 255, 255)).save(cat / "rgba_opaque.png")
+    _solid("LA", (0, 0)).save(cat / "la_clear.png")
+    palette = _solid("P", 1)
+    palette.putpalette([0, 255, 0, 255, 0, 255])
+    palette.save(cat / "p_clear.png", transparency=1)
+    _solid("CMYK", (0, 255, 255, 0)).save(cat / "cmyk.jpg", quality=95)
+    Image.fromarray(np.full((10, 12), 65535, np.uint16)).save(cat / "white16.png")
+    Image.fromarray(np.full((10, 12), 32768, np.uint16)).save(cat / "mid16.png")
+    full_jpeg = cat / "full.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)).save(full_jpeg)
+    (cat / "half.jpg").write_bytes(full_jpeg.read_bytes()[: full_jpeg.stat().st_size // 2])
+    (cat / "zero.jpg").write_bytes(b"")
+    (cat / "text.png").write_text("I am text with an image name")
+    _png_header_only(cat / "huge.png", 30000, 30000)
+    for index in range(6):
+        _solid("RGB", (index * 40, 100, 100), (20, 14)).save(dog / f"dog{index}.jpg")
+    return root
+
+
+@pytest.fixture
+def photo_folder(tmp_path: Path) -> Path:
+    return _build_fixture(tmp_path / "photos")
+
+
+def _pixels(image_set: object, stem: str) -> torch.Tensor:
+    """The float [0, 1] pixels of the image whose file stem is `stem`."""
+    index = image_set.ids.index(stem)
+    return image_set.images[index].float() / 255
+
+
+def test_scan_ignores_hidden_counts_non_images_and_rejects_empty_class(photo_folder: Path) -> None:
+    scan = scan_folder(photo_folder)
+    assert scan.class_names == ("cat", "dog", "empty")
+    assert set(scan.hidden) == {".hidden", "cat/.DS_Store", "empty/.gitkeep"}
+    assert scan.non_images == ("cat/notes.txt",) and scan.empty_classes == ("empty",)
+    assert len(scan.files) == 13 + 6
+    with pytest.raises(DataError, match=r"empty class folders \(no image files\): empty"):
+        load_split(DataConfig(name=f"folder:{photo_folder}"), "train")
+
+
+def test_default_policy_exits_2_naming_exactly_the_bad_files(
+    photo_folder: Path, capsys: pytest.CaptureFixture
+) -> None:
+    (photo_folder / "empty" / ".gitkeep").unlink()
+    (photo_folder / "empty").rmdir()
+    assert cli.main(["data", f"folder:{photo_folder}", "--image-size", "8"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "4 bad image file(s)" in err and "data.bad_images=skip" in err
+    named = set(re.findall(r"(cat/\S+\.(?:jpg|png)) \(", err))
+    assert named == BAD_FILES
+
+
+def test_skip_excludes_bad_files_before_splitting_and_writes_their_list(
+    photo_folder: Path, isolated: Path
+) -> None:
+    (photo_folder / "empty" / ".gitkeep").unlink()
+    (photo_folder / "empty").rmdir()
+    config = DataConfig(name=f"folder:{photo_folder}", image_size=8, bad_images="skip")
+    train, test = load_split(config, "train"), load_split(config, "test")
+    assert len(train) + len(test) == 9 + 6 and len(test) == 3
+    assert not {Path(f).stem for f in BAD_FILES} & set(train.ids + test.ids)
+    assert {rel for rel, _ in train.bad_files} == BAD_FILES
+    listed = list((isolated / "folders").glob("*.bad_images.txt"))
+    assert len(listed) == 1
+    assert {line.split("\t")[0] for line in listed[0].read_text().splitlines()} == BAD_FILES
+    assert train.shape == (3, 8, 8) and train.class_names == ("cat", "dog")
+
+
+def test_colour_modes_are_converted_correctly(photo_folder: Path) -> None:
+    (photo_folder / "empty" / ".gitkeep").unlink()
+    (photo_folder / "empty").rmdir()
+    loaded = load_folder(photo_folder, FolderOptions(image_size=4, bad_images="skip")).image_set
+    white = torch.ones(3, 4, 4)
+    assert torch.equal(_pixels(loaded, "white16"), white)  # 16-bit 65535 -> 1.0
+    assert torch.allclose(_pixels(loaded, "mid16"), torch.full((3, 4, 4), 0.5), atol=0.005)  # 32768 -> ~0.5
+    for transparent in ("rgba_clear", "la_clear", "p_clear"):
+        assert torch.equal(_pixels(loaded, transparent), white), transparent  # background shows through
+    assert _pixels(loaded, "rgba_opaque")[:, 0, 0].tolist() == [0.0, 0.0, 1.0]
+    assert torch.allclose(_pixels(loaded, "rgb")[:, 0, 0], torch.tensor([10, 200, 30]) / 255)
+    red = _pixels(loaded, "cmyk")[:, 0, 0]
+    assert red[0] > 0.9 and red[1] < 0.1 and red[2] < 0.1
+    black = load_folder(photo_folder, FolderOptions(image_size=4, bad_images="skip", background=(0, 0, 0)))
+    assert torch.equal(_pixels(black.image_set, "rgba_clear"), torch.zeros(3, 4, 4))
+
+
+def test_oversized_header_is_rejected_without_decoding(
+    photo_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loaded_files: list[str] = []
+    original_load = ImageFile.ImageFile.load
+
+    def spy(self: ImageFile.ImageFile) -> object:
+        loaded_files.append(Path(getattr(self, "filename", "")).name)
+        return original_load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", spy)
+    (photo_folder / "empty" / ".gitkeep").unlink()
+    (photo_folder / "empty").rmdir()
+    result = load_folder(photo_folder, FolderOptions(image_size=4, bad_images="skip"))
+    reasons = dict(result.bad_files)
+    assert reasons["cat/huge.png"].startswith("header claims 900000000 pixels, over the cap of")
+    assert "huge.png" not in loaded_files
+    assert "rgb.png" in loaded_files
+    loaded_files.clear()
+    capped = load_folder(photo_folder, FolderOptions(image_size=4, bad_images="skip", max_pixels=150))
+    assert dict(capped.bad_files)["dog/dog0.jpg"] == "header claims 20x14 pixels, over the cap of 150"
+    assert "dog0.jpg" not in loaded_files and "rgb.png" in loaded_files  # 12x10 is under the cap
+
+
+def test_second_load_decodes_nothing_and_a_changed_file_is_decoded_again(
+    photo_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (photo_folder / "empty" / ".gitkeep").unlink()
+    (photo_folder / "empty").rmdir()
+    decoded: list[str] = []
+    original = folder_module.decode_image
+
+    def counting(path: Path, **kwargs: object) -> np.ndarray:
+        decoded.append(f"{path.parent.name}/{path.name}")
+        return original(path, **kwargs)
+
+    monkeypatch.setattr(folder_module, "decode_image", counting)
+    options = FolderOptions(image_size=6, bad_images="skip")
+    first = load_folder(photo_folder, options)
+    assert len(decoded) == 19 and first.decoded == 19
+    decoded.clear()
+    second = load_folder(photo_folder, options)
+    assert decoded == [] and second.decoded == 0
+    assert (
+        torch.equal(first.image_set.images, second.image_set.images) and second.bad_files == first.bad_files
+    )
+    changed = photo_folder / "dog" / "dog3.jpg"
+    _solid("RGB", (255, 255, 255), (20, 14)).save(changed)
+    os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
+    third = load_folder(photo_folder, options)
+    assert decoded == ["dog/dog3.jpg"] and third.decoded == 1
+    assert torch.equal(_pixels(third.image_set, "dog3"), torch.ones(3, 6, 6))
+    decoded.clear()
+    assert load_folder(photo_folder, FolderOptions(image_size=7, bad_images="skip")).decoded == 19  # new size
+
+
+def test_symlink_leaving_the_folder_is_rejected(tmp_path: Path) -> None:
+    root = tmp_path / "linked"
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        for index in range(2):
+            _solid("RGB", (index, 0, 0)).save(root / name / f"{name}{index}.png")
+    outside = tmp_path / "outside.png"
+    _solid("RGB", (1, 2, 3)).save(outside)
+    (root / "a" / "escape.png").symlink_to(outside)
+    (root / "b" / "inside.png").symlink_to(root / "b" / "b0.png")
+    scan = scan_folder(root)
+    assert scan.outside_links == ("a/escape.png",) and "b/inside.png" in dict(scan.files)
+    with pytest.raises(DataError, match=r"symlinks leaving the folder: a/escape.png"):
+        load_split(DataConfig(name=f"folder:{root}"), "train")
+
+
+def test_train_and_test_subfolders_are_used_as_the_splits(tmp_path: Path) -> None:
+    root = tmp_path / "split"
+    for part, count in (("train", 3), ("test", 2)):
+        for name in ("x", "y"):
+            (root / part / name).mkdir(parents=True)
+            for index in range(count):
+                _solid("L", index * 50).save(root / part / name / f"{part}{index}.png")
+    config = DataConfig(name=f"folder:{root}", image_size=5)
+    train, test = load_split(config, "train"), load_split(config, "test")
+    assert (len(train), len(test)) == (6, 4) and test.class_names == ("x", "y") and test.shape == (3, 5, 5)
+    assert set(test.ids) == {"test0", "test1"}
+
+
+def test_missing_folder_is_a_data_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="folder .*nowhere not found"):
+        load_split(DataConfig(name=f"folder:{tmp_path / 'nowhere'}"), "train")
