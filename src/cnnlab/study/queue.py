@@ -82,14 +82,13 @@ def open_storage(
         if "heartbeat_stale_trial_callback" in inspect.signature(RDBStorage).parameters
         else "failed_trial_callback"
     )
+    options = {
+        "heartbeat_interval": heartbeat_s,
+        "grace_period": grace_s or 3 * heartbeat_s,
+        callback_arg: on_stale,
+    }
     try:
-        storage = RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=heartbeat_s,
-            grace_period=grace_s or 3 * heartbeat_s,
-            **{callback_arg: on_stale},
-        )
+        storage = _first_connection(url, engine_kwargs, options)
     except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.OperationalError, ImportError, ValueError) as error:
         raise ConfigError(
             f"--storage {url!r} cannot be opened: {str(error).splitlines()[0]}; expected an "
@@ -98,6 +97,18 @@ def open_storage(
     if sqlite:
         _serialize_sqlite_transactions(storage.engine)
     return storage
+
+
+def _first_connection(url: str, engine_kwargs: dict[str, Any], options: dict[str, Any]) -> RDBStorage:
+    """Open the storage; processes starting together race to create its tables, so a loser tries again."""
+    for attempt in range(8):
+        try:
+            return RDBStorage(url, engine_kwargs=engine_kwargs, **options)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
+            if attempt == 7:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _serialize_sqlite_transactions(engine: sqlalchemy.engine.Engine) -> None:
@@ -180,12 +191,19 @@ class RunQueue:
             if index is None or not claimable(index):
                 continue
             trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
-            if not self.storage.set_trial_state_values(trial_id, TrialState.RUNNING):
+            if not self._take(trial_id):
                 continue  # another worker took it first
             self.storage.record_heartbeat(trial_id)
             self.storage.set_trial_user_attr(trial_id, WORKER, {"host": HOST, "pid": os.getpid()})
             return Claim(trial_id, trial.number, index, int(trial.user_attrs.get(ATTEMPT, 1)))
         return None
+
+    def _take(self, trial_id: int) -> bool:
+        """WAITING → RUNNING, atomically; False when another worker moved the trial first."""
+        try:
+            return self.storage.set_trial_state_values(trial_id, TrialState.RUNNING)
+        except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+            return False  # it was taken and already finished since we listed it
 
     @contextlib.contextmanager
     def heartbeat(self, claim: Claim) -> Iterator[None]:

@@ -7,10 +7,10 @@ Read from study.json (the plan), the queue in its storage (running / retrying), 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
-from cnnlab import io
 from cnnlab.errors import CnnlabError
 from cnnlab.study import queue as work_queue
 from cnnlab.study.plan import PLAN_FILE, RUNS_DIR
@@ -50,7 +50,7 @@ def study_status(study_dir: str | Path, *, storage: str | None = None) -> StudyS
         raise CnnlabError(
             f"{study_dir} is not a study folder: {PLAN_FILE} not found (run `cnnlab study run` first)"
         )
-    plan = io.read_json(plan_path)
+    plan = json.loads(plan_path.read_text())
     queue_states = _queue_states(plan, storage or plan.get("storage"))
     runs = tuple(_run_status(study_dir, entry, queue_states) for entry in plan["runs"])
     counts = {state: sum(run.state == state for run in runs) for state in STATES}
@@ -115,7 +115,7 @@ def _result(study_dir: Path, run_id: str | None) -> dict[str, Any] | None:
     if not run_id:
         return None
     path = study_dir / RUNS_DIR / run_id / "result.json"
-    return io.read_json(path) if path.is_file() else None
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def format_status(status: StudyStatus) -> str:
