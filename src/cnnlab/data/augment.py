@@ -62,21 +62,19 @@ def random_crop(
 ) -> torch.Tensor:
     """Pad by `padding` (zeros or reflection) and crop back to size at a per-image random offset.
 
-    Implemented as one gather with per-image row/column indices, so no padded copy is materialised.
+    The padded batch is viewed as every possible window (`unfold`, no copy) and one window per image is
+    picked by advanced indexing, so the cost is one padded copy and one gather for the whole batch.
     """
     batch, _, height, width = images.shape
     offsets = torch.randint(0, 2 * padding + 1, (batch, 2), generator=generator).to(images.device)
-    rows = offsets[:, :1] - padding + torch.arange(height, device=images.device)  # (B, H) source rows
-    cols = offsets[:, 1:] - padding + torch.arange(width, device=images.device)  # (B, W) source columns
     if reflect:
-        rows, cols = _reflect(rows, height), _reflect(cols, width)
-    inside = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]
-    batch_index = torch.arange(batch, device=images.device)[:, None, None]
-    gathered = images[
-        batch_index, :, rows.clamp(0, height - 1)[:, :, None], cols.clamp(0, width - 1)[:, None, :]
-    ]
-    gathered = gathered * inside[..., None].to(images.dtype)  # zero padding outside the image
-    return gathered.permute(0, 3, 1, 2)
+        rows = _reflect(torch.arange(-padding, height + padding, device=images.device), height)
+        cols = _reflect(torch.arange(-padding, width + padding, device=images.device), width)
+        padded = images.index_select(2, rows).index_select(3, cols)
+    else:
+        padded = F.pad(images, (padding, padding, padding, padding))
+    windows = padded.unfold(2, height, 1).unfold(3, width, 1)  # (B, C, 2p+1, 2p+1, H, W) view
+    return windows[torch.arange(batch, device=images.device), :, offsets[:, 0], offsets[:, 1]]
 
 
 def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
