@@ -14,7 +14,7 @@ from cnnlab.config import DataConfig
 from cnnlab.data import catalog, get_spec, load_split, locate, locations
 from cnnlab.data.readers import read_cifar_pickle, read_idx_images, read_idx_labels
 from cnnlab.errors import ConfigError, DataError
-from tests.test_data_support import isolate, write_cifar10, write_idx, write_mnist_like
+from tests.test_data_support import isolate, write_cifar10, write_cifar100, write_idx, write_mnist_like
 
 
 @pytest.fixture(autouse=True)
@@ -84,6 +84,22 @@ def test_cifar10_batches_are_parsed_with_class_names(tmp_path: Path) -> None:
     data, labels = written["data_batch_2"]
     assert torch.equal(train.images[4:8], torch.from_numpy(data.reshape(4, 3, 32, 32)))
     assert train.labels[4:8].tolist() == labels
+
+
+def test_cifar100_uses_the_fine_labels_and_names(tmp_path: Path) -> None:
+    written = write_cifar100(tmp_path / "cifar100", train=9, test=3)
+    test = load_split(DataConfig(name="cifar100", data_dir=str(tmp_path)), "test")
+    assert len(test) == 3 and len(test.class_names) == 100 and test.class_names[99] == "class99"
+    assert test.labels.tolist() == written["test"][1]
+
+
+def test_loads_are_memoised_per_process(tmp_path: Path) -> None:
+    write_mnist_like(tmp_path / "mnist", train=10, test=10, compress=True)
+    config = DataConfig(name="mnist", data_dir=str(tmp_path))
+    first = load_split(config, "train")
+    for path in (tmp_path / "mnist").iterdir():
+        path.unlink()  # a memoised split does not touch the files again
+    assert load_split(config, "train") is first
 
 
 class _RunsCode:

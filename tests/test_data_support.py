@@ -74,3 +74,23 @@ def write_cifar10(directory: Path, *, per_batch: int, seed: int = 0) -> dict:
     meta = {b"label_names": names, b"num_cases_per_batch": per_batch, b"num_vis": 3072}
     (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
     return written
+
+
+def write_cifar100(directory: Path, *, train: int, test: int, seed: int = 0) -> dict:
+    """cifar-100-python/: train, test and meta pickles with fine and coarse labels."""
+    rng = np.random.default_rng(seed)
+    folder = directory / "cifar-100-python"
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name, count in (("train", train), ("test", test)):
+        data = rng.integers(0, 256, (count, 3072), dtype=np.uint8)
+        fine = [int(x) for x in rng.integers(0, 100, count)]
+        batch = {b"data": data, b"fine_labels": fine, b"coarse_labels": [f // 5 for f in fine]}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+        written[name] = (data, fine)
+    meta = {
+        b"fine_label_names": [f"class{i}".encode() for i in range(100)],
+        b"coarse_label_names": [f"super{i}".encode() for i in range(20)],
+    }
+    (folder / "meta").write_bytes(pickle.dumps(meta, protocol=2))
+    return written

@@ -391,7 +391,10 @@ def check_data_config(data: DataConfig) -> None:
     """Validate the data keys that config.py cannot check alone (dataset name, augmentation preset)."""
     from cnnlab.data.augment import parse_augment
 
-    if not data.name.startswith(FOLDER_PREFIX):
+    if data.name.startswith(FOLDER_PREFIX):
+        folder_data.resolve_folder(data.name[len(FOLDER_PREFIX) :])
+        folder_data.check_background(tuple(data.background))
+    else:
         get_spec(data.name)
     parse_augment(data.augment)
     if data.image_size is not None and data.image_size < 1:
