@@ -1,0 +1,303 @@
+"""Studies end to end on digits with tiny runs: resume after a kill, two processes on one storage, select,
+ensembles from saved predictions, status, and smoke runs of the shipped quickstart and transfer specs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from cnnlab import cli
+from cnnlab.study import run_study, study_status
+from cnnlab.study.runner import WorkerOptions
+
+STUDIES = Path(__file__).resolve().parents[1] / "studies"
+TINY = {
+    "model.name": "lenet5",
+    "model.activation": "relu",
+    "data.name": "digits",
+    "data.subset": 150,
+    "data.batch_size": 32,
+    "optim.optimizer": "adam",
+    "optim.lr": 0.01,
+    "train.epochs": 2,
+}
+GRID_2X2_2SEEDS_3FOLDS = {
+    "base": TINY,
+    "grid": {"optim.lr": [0.003, 0.02], "data.batch_size": [16, 32]},
+    "seeds": [0, 1],
+    "cv": {"folds": 3},
+    "ensembles": [
+        {"name": "mean", "members": ["0.003", "0.02"], "method": "mean"},
+        {"name": "vote", "members": ["0.003", "0.02"], "method": "vote"},
+    ],
+}
+FAST = WorkerOptions(heartbeat_s=1, poll_s=0.1)
+
+
+def write_spec(path: Path, raw: dict) -> Path:
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def run_metrics(study_dir: Path) -> dict:
+    """(configuration, seed, fold) → (best val acc, test acc), from every run's result.json."""
+    table = {}
+    for path in sorted(study_dir.glob("runs/*/result.json")):
+        result = json.loads(path.read_text())
+        tags = result["tags"]
+        key = (tags["configuration"], tags["seed"], tags["fold"], tags["role"])
+        table[key] = (result["status"], result["best"]["val_acc"], (result["test"] or {}).get("acc"))
+    return table
+
+
+def cnnlab_process(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CNNLAB_QUIET": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "cnnlab", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+
+
+def read_until(process: subprocess.Popen, wanted, lines: list[str], timeout: float = 120) -> str:
+    """Read the process's output line by line until `wanted(line, lines)` holds; returns that line."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            raise AssertionError(f"process ended before the expected line:\n{''.join(lines)}")
+        lines.append(line)
+        if wanted(line, lines):
+            return line
+    raise AssertionError("timed out")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The 2×2 grid × 2 seeds × 3 folds study run without interruption (24 runs)."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    spec = write_spec(root / "grid.yaml", GRID_2X2_2SEEDS_3FOLDS)
+    outcome = run_study(spec, root / "study", options=FAST, log=lambda line: None)
+    assert outcome.counts == {"done": 24, "failed": 0, "running": 0, "pending": 0}
+    return root / "study"
+
+
+def test_killed_study_continues_with_only_its_unfinished_runs(tmp_path, uninterrupted, monkeypatch):
+    spec = write_spec(tmp_path / "grid.yaml", GRID_2X2_2SEEDS_3FOLDS)
+    study_dir = tmp_path / "study"
+    process = cnnlab_process("study", "run", str(spec), "--out", str(study_dir), "--heartbeat", "1")
+    lines: list[str] = []
+    read_until(
+        process, lambda line, seen: sum(" completed " in s for s in seen) >= 6 and " start " in line, lines
+    )
+    process.send_signal(signal.SIGKILL)  # mid-run: it has just started its seventh run
+    process.wait(timeout=30)
+    finished = sum(
+        json.loads(p.read_text())["status"] == "completed" for p in study_dir.glob("runs/*/result.json")
+    )
+    assert 6 <= finished < 24
+
+    status = study_status(study_dir)
+    assert status.counts["done"] == finished and sum(status.counts.values()) == 24
+
+    import cnnlab.train
+
+    trained = []
+    real_fit = cnnlab.train.fit
+
+    def counting_fit(config, out_dir, **kwargs):
+        trained.append(Path(out_dir).name)
+        return real_fit(config, out_dir, **kwargs)
+
+    monkeypatch.setattr(cnnlab.train, "fit", counting_fit)
+    outcome = run_study(spec, study_dir, options=FAST, log=lambda line: None)
+    assert len(trained) == 24 - finished, "only the unfinished runs execute"
+    assert outcome.trained == 24 - finished and outcome.counts["done"] == 24
+    assert run_metrics(study_dir) == run_metrics(uninterrupted), "same table as an uninterrupted study"
+
+
+def test_ensemble_accuracy_equals_a_direct_computation_from_member_probabilities(uninterrupted):
+    for method in ("mean", "vote"):
+        result = json.loads((uninterrupted / "ensembles" / method / "result.json").read_text())
+        assert result["kind"] == "ensemble" and result["method"] == method and len(result["members"]) == 24
+        members = [
+            np.load(uninterrupted / "runs" / run_id / "predictions" / "test.npz")
+            for run_id in result["members"]
+        ]
+        order = [np.argsort(m["indices"]) for m in members]
+        probs = np.stack([m["probs"][o] for m, o in zip(members, order)])
+        labels = members[0]["labels"][order[0]]
+        if method == "mean":
+            predicted = probs.mean(axis=0).argmax(axis=1)
+        else:
+            votes = np.stack([(probs.argmax(axis=2) == k).sum(axis=0) for k in range(probs.shape[2])], axis=1)
+            predicted = (votes + 0.5 * probs.mean(axis=0)).argmax(axis=1)
+        assert result["test"]["acc"] == pytest.approx(float(np.mean(predicted == labels)), abs=1e-12)
+        assert result["val"] is None  # under k-fold the members validated on different folds
+        saved = np.load(uninterrupted / "ensembles" / method / "predictions" / "test.npz")
+        assert saved["probs"].shape == probs.shape[1:]
+
+
+def test_status_command_counts_runs(uninterrupted, capsys):
+    assert cli.main(["study", "status", str(uninterrupted)]) == 0
+    assert "24 runs: 24 done, 0 running, 0 failed, 0 pending" in capsys.readouterr().out
+    assert cli.main(["study", "status", str(uninterrupted.parent)]) == 2
+    assert "not a study folder" in capsys.readouterr().err
+
+
+def test_two_processes_share_one_storage_and_retry_a_killed_workers_run(tmp_path):
+    raw = {
+        "base": {**TINY, "data.subset": 300, "train.epochs": 3},
+        "grid": {"optim.lr": [0.003, 0.01, 0.03]},
+        "seeds": [0, 1],
+    }
+    spec = write_spec(tmp_path / "pair.yaml", raw)
+    study_dir = tmp_path / "study"
+    first = cnnlab_process("study", "run", str(spec), "--out", str(study_dir), "--heartbeat", "1")
+    second = cnnlab_process("study", "run", str(spec), "--out", str(study_dir), "--heartbeat", "1")
+    first_lines: list[str] = []
+    killed_line = read_until(first, lambda line, seen: " start " in line, first_lines)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    killed_run = killed_line.split()[2]
+    output, _ = second.communicate(timeout=180)
+    assert second.returncode == 0, output
+    lines = first_lines + output.splitlines()
+    completed = [line.split()[2] for line in lines if " completed " in line]
+    assert sorted(completed) == sorted(set(completed)) and len(completed) == 6, (
+        "every run completed exactly once"
+    )
+    assert killed_run in completed and f"start    {killed_run}" in output, (
+        "the killed worker's run was retried"
+    )
+    assert study_status(study_dir).counts["done"] == 6
+
+
+def test_select_touches_the_test_split_only_in_the_retrained_run(tmp_path, monkeypatch):
+    import cnnlab.train.run as run_module
+
+    raw = {
+        "base": TINY,
+        "grid": {"optim.lr": [0.0001, 0.02]},
+        "seeds": [0, 1],
+        "cv": {"folds": 2},
+        "select": {"metric": "best.val_acc"},
+    }
+    spec = write_spec(tmp_path / "select.yaml", raw)
+    test_loads = []
+    real_load_split = run_module.load_split
+
+    def spying_load_split(data, split):
+        if split == "test":
+            test_loads.append((data.folds, data.val_fraction, data.splits_file))
+        return real_load_split(data, split)
+
+    monkeypatch.setattr(run_module, "load_split", spying_load_split)
+    run_study(spec, tmp_path / "study", options=FAST, log=lambda line: None)
+    results = [json.loads(p.read_text()) for p in (tmp_path / "study").glob("runs/*/result.json")]
+    members = [r for r in results if r["tags"]["role"] == "member"]
+    finals = [r for r in results if r["tags"]["role"] == "final"]
+    assert len(members) == 8 and len(finals) == 1
+    assert test_loads == [(None, 0.0, None)], "the test split is loaded once, by the retrained run"
+    assert all(r["test"] is None for r in members) and finals[0]["test"]["acc"] is not None
+    assert [p.parent.parent.name for p in (tmp_path / "study").glob("runs/*/predictions/test.npz")] == [
+        finals[0]["run_id"]
+    ]
+    means = {}
+    for label in ("optim.lr=0.0001", "optim.lr=0.02"):
+        means[label] = np.mean([r["best"]["val_acc"] for r in members if r["tags"]["configuration"] == label])
+    best = max(means, key=means.get)
+    assert finals[0]["tags"]["configuration"] == best and finals[0]["config"]["optim"]["lr"] == float(
+        best.split("=")[1]
+    )
+    assert finals[0]["config"]["data"]["folds"] is None and finals[0]["config"]["data"]["val_fraction"] == 0.0
+    selection = json.loads((tmp_path / "study" / "select.json").read_text())
+    assert selection["chosen"] == best and selection["final_runs"] == {"0": finals[0]["run_id"]}
+
+
+def test_tune_two_processes_share_storage_and_trial_budget(tmp_path):
+    raw = {
+        "base": {**TINY, "train.epochs": 1},
+        "cv": {"folds": 3},
+        "pruner": "none",
+        "space": {"optim.lr": {"low": 0.001, "high": 0.05, "log": True}, "data.batch_size": [16, 32]},
+    }
+    spec = write_spec(tmp_path / "tune.yaml", raw)
+    out = tmp_path / "tune"
+    processes = [
+        cnnlab_process("tune", str(spec), "--out", str(out), "--trials", "6", "--heartbeat", "1")
+        for _ in range(2)
+    ]
+    outputs = [process.communicate(timeout=240)[0] for process in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs
+    summary = json.loads((out / "tune.json").read_text())
+    complete = [t for t in summary["trials"] if t["state"] == "complete"]
+    assert 6 <= len(complete) <= 7, "the budget counts over both processes (each alone would run 6)"
+    for trial in complete:  # objective = mean 3-fold validation accuracy of the trial's runs
+        folds = [
+            json.loads(p.read_text())
+            for p in out.glob("runs/*/result.json")
+            if json.loads(p.read_text())["tags"]["trial"] == trial["number"]
+        ]
+        if len(folds) == 3:  # (a trial whose params repeat an earlier one reuses that trial's runs)
+            assert trial["value"] == pytest.approx(np.mean([f["best"]["val_acc"] for f in folds]))
+    best = max(complete, key=lambda t: t["value"])
+    assert summary["best"]["value"] == best["value"]
+    best_config = yaml.safe_load((out / "best.yaml").read_text())
+    assert best_config["optim"]["lr"] == best["params"]["optim.lr"]
+    assert best_config["data"]["batch_size"] == best["params"]["data.batch_size"]
+    assert any("best of" in output for output in outputs)
+
+
+def test_quickstart_smoke_prints_table_and_report_path(tmp_path, capsys):
+    code = cli.main(
+        [
+            "study",
+            "run",
+            str(STUDIES / "quickstart.yaml"),
+            "--out",
+            str(tmp_path / "q"),
+            "--set",
+            "base.train.epochs=1",
+            "--set",
+            "base.data.subset=100",
+            "--heartbeat",
+            "1",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "6 done, 0 failed" in out and "ensemble all-nets (mean of 6 runs)" in out
+    assert f"report: {tmp_path / 'q' / 'report.html'}" in out and (tmp_path / "q" / "report.html").is_file()
+    assert "net=resnet20" in out  # the results table lists the configurations
+
+
+def test_transfer_smoke_chains_pretraining_into_fine_tuning(tmp_path):
+    overrides = [
+        "base.data.name=digits",
+        "seeds=[0]",
+        "stages.pretrain.base.data.per_class=10",
+        "stages.pretrain.base.train.epochs=1",
+        "stages.transfer.base.data.per_class=10",
+        "stages.transfer.base.train.epochs=1",
+    ]
+    outcome = run_study(
+        STUDIES / "transfer.yaml", tmp_path / "t", options=FAST, overrides=overrides, log=lambda line: None
+    )
+    assert outcome.counts == {"done": 8, "failed": 0, "running": 0, "pending": 0}
+    results = [json.loads(p.read_text()) for p in (tmp_path / "t").glob("runs/*/result.json")]
+    pretrain = {r["run_id"]: r for r in results if r["tags"]["stage"] == "pretrain"}
+    for result in results:
+        if result["tags"]["stage"] == "transfer" and "recipe=scratch" not in result["tags"]["configuration"]:
+            source = Path(result["config"]["train"]["init"].removeprefix("run:")).name
+            assert pretrain[source]["config"]["model"]["name"] == result["config"]["model"]["name"]
+            assert result["class_names"] == ["5", "6", "7", "8", "9"]
