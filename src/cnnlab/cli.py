@@ -8,8 +8,10 @@ A user error (CnnlabError) prints one line and exits 2; a diverged run exits 3.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from cnnlab.errors import EXIT_DIVERGED, EXIT_USAGE, CnnlabError
 
@@ -52,6 +54,123 @@ def _command(commands: argparse._SubParsersAction, name: str, summary: str, run:
     return sub
 
 
+TRAIN_FLAGS = {  # flag -> (dotted config key, type, help)
+    "model": ("model.name", str, "architecture from `cnnlab models`"),
+    "data": ("data.name", str, "dataset from `cnnlab data` (digits, fashion-mnist, folder:PATH, ...)"),
+    "data_dir": ("data.data_dir", str, "folder searched first for dataset files"),
+    "epochs": ("train.epochs", int, "number of epochs"),
+    "batch_size": ("data.batch_size", int, "training batch size"),
+    "lr": ("optim.lr", float, "peak learning rate"),
+    "optimizer": ("optim.optimizer", str, "sgd, adam or adamw"),
+    "seed": ("train.seed", int, "seed of initialisation, split, data order and augmentation"),
+    "init": ("train.init", str, "scratch, torchvision:<WEIGHTS>, file:<path> or run:<run dir>"),
+    "finetune": ("train.finetune", str, "full, linear (frozen backbone) or gradual"),
+    "devices": ("train.devices", str, "Lightning devices (auto, 1, 2, ...)"),
+    "num_nodes": ("train.num_nodes", int, "Lightning number of nodes"),
+    "strategy": ("train.strategy", str, "Lightning strategy (auto, ddp, ...)"),
+}
+
+
+def _add_train(commands: argparse._SubParsersAction) -> None:
+    sub = _command(commands, "train", "Train one run and write its run directory.", _run_train)
+    sub.add_argument("-c", "--config", help="run config YAML (deltas from the defaults)")
+    sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override any config key, e.g. --set optim.weight_decay=0 (repeatable)")
+    for flag, (key, kind, text) in TRAIN_FLAGS.items():
+        sub.add_argument(f"--{flag.replace('_', '-')}", type=kind, help=f"{text} [{key}]")
+    sub.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt")
+    sub.add_argument("--out", required=True, help="run directory to write")
+
+
+def run_config_from_args(args: argparse.Namespace) -> Any:
+    """The RunConfig of `cnnlab train`: defaults <- config file <- flags <- --set."""
+    from cnnlab import config
+
+    tree = config.load_yaml(args.config) if args.config else {}
+    flags = {key: getattr(args, flag) for flag, (key, _, _) in TRAIN_FLAGS.items()
+             if getattr(args, flag) is not None}
+    tree = config.merge(tree, flags)
+    tree = config.merge(tree, dict(config.parse_assignment(item) for item in args.set))
+    return config.from_dict(tree)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from cnnlab.train import fit
+
+    result = fit(run_config_from_args(args), args.out, resume=args.resume)
+    summary = result.summary
+    print(f"{result.status}: {_run_scores(summary)} -> {result.out_dir}")
+    if result.status == "diverged":
+        print(f"cnnlab: run diverged: {summary['reason']}", file=sys.stderr)
+        return EXIT_DIVERGED
+    if result.status == "failed":
+        print(f"cnnlab: run failed: {summary['reason']} (see {result.out_dir / 'error.log'})", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_scores(summary: dict[str, Any]) -> str:
+    """'best val_acc 0.95 (epoch 2), test acc 0.94' with whatever the run has."""
+    parts = []
+    if summary.get("best"):
+        parts.append(f"best val_acc {summary['best']['val_acc']:.4f} (epoch {summary['best']['epoch']})")
+    if summary.get("test"):
+        parts.append(f"test acc {summary['test']['acc']:.4f}")
+    return ", ".join(parts) or "no epoch finished"
+
+
+def _add_evaluate(commands: argparse._SubParsersAction) -> None:
+    sub = _command(commands, "evaluate", "Print a trained model's metrics on a dataset split as JSON.",
+                   _run_evaluate)
+    sub.add_argument("--checkpoint", required=True, help="checkpoint file, run directory or export directory")
+    sub.add_argument("--data", help="dataset to evaluate on (default: the run's own)")
+    sub.add_argument("--data-dir", help="folder searched first for dataset files")
+    sub.add_argument("--split", default="test", choices=("test", "val", "train"))
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from cnnlab.train import evaluate_checkpoint
+
+    metrics = evaluate_checkpoint(args.checkpoint, data=args.data, split=args.split, data_dir=args.data_dir)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _add_predict(commands: argparse._SubParsersAction) -> None:
+    sub = _command(commands, "predict", "Predict an image folder (or a dataset's test split) to CSV.",
+                   _run_predict)
+    sub.add_argument("--checkpoint", required=True, help="checkpoint file, run directory or export directory")
+    sub.add_argument("--images", required=True, help="folder of images, or a dataset name")
+    sub.add_argument("--out", required=True, help="CSV file to write")
+    sub.add_argument("--format", default="kaggle", choices=("kaggle", "probs"),
+                     help="kaggle: id,label (label = class index); probs: id and one column per class name")
+    sub.add_argument("--data-dir", help="folder searched first for dataset files")
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from cnnlab.train import predict_images
+
+    path = predict_images(args.checkpoint, args.images, args.out, fmt=args.format, data_dir=args.data_dir)
+    print(f"wrote {path}")
+    return 0
+
+
+def _add_export(commands: argparse._SubParsersAction) -> None:
+    sub = _command(commands, "export", "Export weights (safetensors) and a manifest, optionally ONNX.",
+                   _run_export)
+    sub.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
+    sub.add_argument("--out", required=True, help="directory to write model.safetensors and manifest.json")
+    sub.add_argument("--onnx", action="store_true", help="also write model.onnx")
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from cnnlab.train import export_checkpoint
+
+    out = export_checkpoint(args.checkpoint, args.out, onnx=args.onnx)
+    print(f"exported to {out}")
+    return 0
+
+
 def _add_report(commands: argparse._SubParsersAction) -> None:
     sub = _command(
         commands, "report", "Write report.html, report.md and results.csv for a study folder.", _run_report
@@ -69,15 +188,57 @@ def _run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+
+def _add_models(commands: argparse._SubParsersAction) -> None:
+    sub = _command(
+        commands,
+        "models",
+        "List the model zoo: name, family, input, parameters, GFLOPs and torchvision's pretrained weights.",
+        _run_models,
+    )
+    sub.add_argument("names", nargs="*", metavar="NAME", help="only these models (default: all)")
+    sub.add_argument("--json", action="store_true", help="print a JSON list of objects (same data as the table)")
+    sub.add_argument(
+        "--input-size",
+        metavar="CxHxW",
+        help="count parameters and GFLOPs at this input for every model, e.g. 1x28x28; ImageNet-shaped nets "
+        "take the small stem below 64 px, as model.stem=auto does (default: each model's own input size)",
+    )
+    sub.add_argument(
+        "--num-classes",
+        type=int,
+        metavar="N",
+        help="classifier outputs (default: each model's native count: 1000 for the ImageNet nets, "
+        "10 for lenet5 and the CIFAR nets)",
+    )
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from cnnlab.models import describe_zoo, format_zoo_table, parse_input_size
+
+    input_size = parse_input_size(args.input_size) if args.input_size is not None else None
+    rows = describe_zoo(args.names or None, input_size=input_size, num_classes=args.num_classes)
+    print(json.dumps([row.to_dict() for row in rows], indent=2) if args.json else format_zoo_table(rows))
+    return 0
+
+
 def _add_data(commands: argparse._SubParsersAction) -> None:
-    sub = _command(commands, "data", "List known datasets and where they are, or describe one (no download).",
-                   _run_data)
-    sub.add_argument("name", nargs="?", metavar="NAME",
-                     help="dataset to describe (digits, fashion-mnist, cifar10, folder:PATH, ...)")
+    sub = _command(
+        commands, "data", "List known datasets and where they are, or describe one (no download).", _run_data
+    )
+    sub.add_argument(
+        "name",
+        nargs="?",
+        metavar="NAME",
+        help="dataset to describe (digits, fashion-mnist, cifar10, folder:PATH, ...)",
+    )
     sub.add_argument("--data-dir", help="folder searched first for dataset files")
     sub.add_argument("--image-size", type=int, help="side in pixels (folders are decoded and cached at it)")
-    sub.add_argument("--bad-images", choices=("error", "skip"),
-                     help="folders: stop on bad image files (error, the default) or exclude them (skip)")
+    sub.add_argument(
+        "--bad-images",
+        choices=("error", "skip"),
+        help="folders: stop on bad image files (error, the default) or exclude them (skip)",
+    )
 
 
 def _run_data(args: argparse.Namespace) -> int:
@@ -87,8 +248,12 @@ def _run_data(args: argparse.Namespace) -> int:
     if args.name is None:
         print(dataset_table(args.data_dir))
         return 0
-    keys = {"name": args.name, "data_dir": args.data_dir, "image_size": args.image_size,
-            "bad_images": args.bad_images}
+    keys = {
+        "name": args.name,
+        "data_dir": args.data_dir,
+        "image_size": args.image_size,
+        "bad_images": args.bad_images,
+    }
     data = config.from_dict({"data": {k: v for k, v in keys.items() if v is not None}}).data
     print(describe_dataset(data))
     return 0
@@ -209,4 +374,4 @@ def _run_tune(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction, _add_study, _add_tune], None]] = [_add_report, _add_data]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_train, _add_evaluate, _add_predict, _add_export, _add_report, _add_models, _add_data, _add_study, _add_tune]

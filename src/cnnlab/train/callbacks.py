@@ -29,15 +29,13 @@ class RunDiverged(Exception):
 
 
 class EpochSeeder(pl.Callback):
-    """Seeds torch (dropout, init-free randomness) and the data order at every epoch start."""
+    """Seeds torch's global generator (dropout) at every epoch start; the loader seeds its own order."""
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        epoch = trainer.current_epoch
-        torch.manual_seed(epoch_seed(self.seed, epoch))
-        trainer.datamodule.set_epoch(epoch)
+        torch.manual_seed(epoch_seed(self.seed, trainer.current_epoch))
 
 
 class EpochRecorder(pl.Callback):

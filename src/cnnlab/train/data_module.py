@@ -12,7 +12,7 @@ from cnnlab.data import InMemoryLoader
 
 
 class InMemoryDataModule(pl.LightningDataModule):
-    """Train/val loaders over uint8 image tensors; the epoch's order is a function of (seed, epoch)."""
+    """Train/val loaders over uint8 images; Lightning sets each epoch through the loader's sampler hook."""
 
     def __init__(
         self,
@@ -66,9 +66,6 @@ class InMemoryDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> InMemoryLoader | list:
         return self.val_loader if self.val_loader is not None else []
-
-    def set_epoch(self, epoch: int) -> None:
-        self.train_loader.set_epoch(epoch)
 
     @property
     def train_images_per_epoch(self) -> int:

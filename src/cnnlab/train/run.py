@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import platform
@@ -26,7 +25,7 @@ from torch import nn
 
 from cnnlab import config as cfg
 from cnnlab import io
-from cnnlab.data import ImageSet, Splits, load_split, make_splits, normalization
+from cnnlab.data import ImageSet, Splits, load_split, make_splits, normalization, take
 from cnnlab.errors import ConfigError
 from cnnlab.models import count_flops, count_params, create_model, load_pretrained, model_info, resolve_stem
 from cnnlab.train.callbacks import BackboneFreeze, DivergenceGuard, EpochRecorder, EpochSeeder, RunDiverged
@@ -99,10 +98,11 @@ def prepare_run(config: cfg.RunConfig) -> PreparedRun:
     """Resolve the config (stem, image size), load data and splits, build and initialise the model."""
     info = model_info(config.model.name)
     native = load_split(config.data, "train")
-    stem, side = resolve_stem(info.name, config.model.stem, config.data.image_size or native.images.shape[-1])
-    resolved = cfg.replace(
-        config, **{"model.stem": _config_stem(config.model.stem, stem, info), "data.image_size": side}
-    )
+    pretrained = config.train.init.startswith("torchvision:")
+    native_side = config.data.image_size or native.images.shape[-1]
+    stem, side = resolve_stem(info.name, config.model.stem, native_side, pretrained=pretrained)
+    recorded_stem = _recorded_stem(config.model.stem, stem, resized=side != native_side)
+    resolved = cfg.replace(config, **{"model.stem": recorded_stem, "data.image_size": side})
     train_set = load_split(resolved.data, "train")
     splits = _splits_for(resolved, train_set)
     train_idx, _ = splits.indices(resolved.data.fold if resolved.data.folds else 0)
@@ -110,6 +110,7 @@ def prepare_run(config: cfg.RunConfig) -> PreparedRun:
     hparams = _model_hparams(
         resolved, info, stem, in_chans=train_set.images.shape[1], num_classes=len(train_set.class_names)
     )
+    torch.manual_seed(resolved.train.seed)  # weight initialisation is part of the run's seed
     model = create_model(info.name, **hparams)
     _initialise(model, resolved.train.init, info.name)
     return PreparedRun(
@@ -117,11 +118,13 @@ def prepare_run(config: cfg.RunConfig) -> PreparedRun:
     )
 
 
-def _config_stem(option: str, stem: str, info: Any) -> str:
-    """The stem option as recorded in the resolved config: 'auto' is replaced by what it chose."""
-    if option != "auto" or not info.supports("stem"):
+def _recorded_stem(option: str, stem: str | None, *, resized: bool) -> str:
+    """The stem choice written to the resolved config: 'auto' becomes what it chose (small or resize)."""
+    if option != "auto" or stem is None:
         return option
-    return "small" if stem == "small" else "resize"
+    if stem == "small":
+        return "small"
+    return "resize" if resized else option
 
 
 def _model_hparams(config: cfg.RunConfig, info: Any, stem: str, *, in_chans: int, num_classes: int) -> dict:
@@ -130,7 +133,7 @@ def _model_hparams(config: cfg.RunConfig, info: Any, stem: str, *, in_chans: int
         "norm": config.model.norm,
         "activation": config.model.activation,
         "pool": config.model.pool,
-        "stem": stem if info.supports("stem") else None,
+        "stem": stem,
     }
     return {
         "num_classes": num_classes,
@@ -142,11 +145,7 @@ def _model_hparams(config: cfg.RunConfig, info: Any, stem: str, *, in_chans: int
 def _splits_for(config: cfg.RunConfig, train_set: ImageSet) -> Splits:
     if config.data.splits_file:
         splits = Splits.load(config.data.splits_file)
-        if splits.num_samples != len(train_set.labels):
-            raise ConfigError(
-                f"data.splits_file {config.data.splits_file} covers {splits.num_samples} images "
-                f"but the training split has {len(train_set.labels)}"
-            )
+        splits.check_labels(train_set.labels, source=f"data.splits_file {config.data.splits_file}")
         return splits
     return make_splits(
         train_set.labels,
@@ -228,10 +227,9 @@ def _train(
     )
     system.extra_checkpoint = _checkpoint_meta(prepared)
     recorder = EpochRecorder(out_dir / "metrics.csv", echo=not _quiet())
-    trainer = _build_trainer(config, out_dir, recorder, has_val=len(val_idx) > 0)
-    torch.manual_seed(config.train.seed)
     try:
         with _quiet_lightning():
+            trainer = _build_trainer(config, out_dir, recorder, has_val=len(val_idx) > 0)
             trainer.fit(system, datamodule=data, ckpt_path=checkpoint)
     except RunDiverged as diverged:
         return "diverged", str(diverged), recorder
@@ -395,7 +393,7 @@ def _evaluate_best(prepared: PreparedRun, out_dir: Path) -> dict[str, Any]:
     device = torch.device("cuda" if _accelerator(config) == "cuda" else "cpu")
     result: dict[str, Any] = {}
     if len(val_idx):
-        val = _subset(prepared.train_set, val_idx)
+        val = take(prepared.train_set, val_idx)
         scores = _predict_and_save(
             trained.model, val, np.asarray(val_idx), prepared, device, out_dir / "predictions" / "val.npz"
         )
@@ -413,16 +411,6 @@ def _evaluate_best(prepared: PreparedRun, out_dir: Path) -> dict[str, Any]:
         result["test"] = {"acc": scores["acc"], "loss": scores["loss"]}
         result["per_class_accuracy"] = scores["per_class_accuracy"]
     return result
-
-
-def _subset(images: ImageSet, indices: Any) -> ImageSet:
-    index = torch.as_tensor(indices)
-    return dataclasses.replace(
-        images,
-        images=images.images[index],
-        labels=images.labels[index],
-        ids=tuple(images.ids[i] for i in index.tolist()) if images.ids else None,
-    )
 
 
 def _predict_and_save(

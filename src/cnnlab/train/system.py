@@ -75,8 +75,8 @@ class ClassifierSystem(pl.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = build_optimizer(self.model, self.optim, self.backbone_lr_mult)
-        steps_per_epoch = max(1, self.trainer.num_training_batches)
-        total_steps = steps_per_epoch * self.trainer.max_epochs
+        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        steps_per_epoch = max(1, total_steps // self.trainer.max_epochs)
         scheduler = build_scheduler(optimizer, self.optim, steps_per_epoch, total_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

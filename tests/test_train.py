@@ -1,0 +1,200 @@
+"""One run: artefacts, determinism, divergence, transfer, evaluate/predict/export, user errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from cnnlab import config as cfg
+from cnnlab import io
+from cnnlab.cli import main
+from cnnlab.train import fit, load_model
+from cnnlab.train.checkpoint import model_state
+
+
+def tiny(**dotted) -> cfg.RunConfig:
+    """lenet5 on a digits subset: a run that takes a second or two on one core."""
+    base = {
+        "model.name": "lenet5",
+        "model.activation": "relu",
+        "data.name": "digits",
+        "data.subset": 400,
+        "data.batch_size": 32,
+        "optim.lr": 0.05,
+        "train.epochs": 2,
+    }
+    return cfg.from_dict({**base, **dotted})
+
+
+def read_metrics(path) -> list[dict[str, str]]:
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    return fit(tiny(), out)
+
+
+def test_run_directory_has_every_artefact(tiny_run):
+    out = tiny_run.out_dir
+    assert tiny_run.status == "completed"
+    for name in (
+        "config.yaml",
+        "result.json",
+        "metrics.csv",
+        "splits.json",
+        "predictions/val.npz",
+        "predictions/test.npz",
+        "checkpoints/last.ckpt",
+        "checkpoints/best.ckpt",
+    ):
+        assert (out / name).is_file(), name
+    assert any((out / "tensorboard").rglob("events.out.tfevents.*"))
+    rows = read_metrics(out / "metrics.csv")
+    assert [row["epoch"] for row in rows] == ["0", "1"]
+    assert set(rows[0]) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s"}
+    summary = io.read_json(out / "result.json")
+    assert summary["status"] == "completed" and summary["epochs_run"] == 2
+    assert summary["params"] == 61_706 and summary["gflops"] > 0
+    assert 0.0 <= summary["test"]["acc"] <= 1.0 and set(summary["per_class_accuracy"]) == set("0123456789")
+    assert summary["provenance"]["versions"]["torch"] == torch.__version__
+    assert summary["train_images_per_s"] > 0
+    assert cfg.load_yaml(out / "config.yaml")["data"]["image_size"] == 28
+
+
+def test_saved_test_probabilities_match_reported_accuracy(tiny_run):
+    saved = np.load(tiny_run.out_dir / "predictions" / "test.npz")
+    accuracy = float((saved["probs"].argmax(1) == saved["labels"]).mean())
+    assert accuracy == pytest.approx(tiny_run.summary["test"]["acc"])
+    assert np.allclose(saved["probs"].sum(1), 1, atol=1e-4)
+
+
+def test_completed_run_is_not_trained_again(tiny_run):
+    again = fit(tiny(), tiny_run.out_dir)
+    assert again.summary == tiny_run.summary
+
+
+def test_same_config_and_seed_give_bitwise_equal_weights(tiny_run, tmp_path):
+    twin = fit(tiny(), tmp_path / "twin")
+    first = model_state(io.load_checkpoint(tiny_run.out_dir / "checkpoints" / "last.ckpt"))
+    second = model_state(io.load_checkpoint(twin.out_dir / "checkpoints" / "last.ckpt"))
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[key], second[key]) for key in first)
+    timing = "epoch_time_s"
+    strip = [
+        {k: v for k, v in row.items() if k != timing}
+        for row in read_metrics(tiny_run.out_dir / "metrics.csv")
+    ]
+    assert strip == [
+        {k: v for k, v in row.items() if k != timing} for row in read_metrics(twin.out_dir / "metrics.csv")
+    ]
+
+
+def test_non_finite_loss_marks_run_diverged_and_keeps_best_checkpoint(tmp_path, monkeypatch):
+    from cnnlab.train import system
+
+    original = system.ClassifierSystem.training_step
+
+    def poisoned(self, batch, batch_idx):
+        loss = original(self, batch, batch_idx)
+        return loss * float("nan") if self.current_epoch >= 1 else loss
+
+    monkeypatch.setattr(system.ClassifierSystem, "training_step", poisoned)
+    result = fit(tiny(**{"train.epochs": 3}), tmp_path / "nan")
+    assert result.status == "diverged" and "non-finite" in result.summary["reason"]
+    assert result.summary["epochs_run"] == 1
+    trained = load_model(tmp_path / "nan" / "checkpoints" / "best.ckpt")
+    assert all(torch.isfinite(p).all() for p in trained.model.parameters())
+
+
+def test_huge_learning_rate_exits_with_diverged_code(tmp_path, capsys):
+    code = main(
+        [
+            "train",
+            "--model",
+            "lenet5",
+            "--set",
+            "model.activation=relu",
+            "--set",
+            "data.subset=200",
+            "--data",
+            "digits",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "32",
+            "--lr",
+            "1e6",
+            "--out",
+            str(tmp_path / "boom"),
+        ]
+    )
+    assert code == 3
+    assert io.read_json(tmp_path / "boom" / "result.json")["status"] == "diverged"
+    assert "diverged" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "resnet20_cifarr"], "unknown model 'resnet20_cifarr' (did you mean resnet20_cifar"),
+        (["--data", "digitz"], "digitz"),
+        (["--set", "optim.lrr=0.1"], "unknown config key 'optim.lrr' (did you mean optim.lr"),
+        (["--set", "train.epochs=many"], "train.epochs must be an integer, got 'many'"),
+        (["--optimizer", "adamx"], "optim.optimizer='adamx' is not allowed"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, args, message):
+    out = tmp_path / "run"
+    code = main(["train", "--out", str(out), *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+class _Evil:
+    def __reduce__(self):
+        return (exec, ("open(__import__('os').environ['CNNLAB_MARKER'], 'w').write('pwned')",))
+
+
+def test_evaluate_refuses_code_running_checkpoint(tmp_path, monkeypatch, capsys):
+    marker = tmp_path / "marker"
+    monkeypatch.setenv("CNNLAB_MARKER", str(marker))
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": _Evil()}, evil, pickle_protocol=pickle.HIGHEST_PROTOCOL)
+    assert main(["evaluate", "--checkpoint", str(evil)]) == 2
+    assert "refused to load" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+def test_evaluate_prints_json_metrics_equal_to_the_run(tiny_run, capsys):
+    assert main(["evaluate", "--checkpoint", str(tiny_run.out_dir / "checkpoints" / "best.ckpt")]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["acc"] == pytest.approx(tiny_run.summary["test"]["acc"])
+    assert metrics["images"] == 360
+
+
+def test_export_round_trip_and_hash_check(tiny_run, tmp_path, capsys):
+    out = tmp_path / "export"
+    assert main(["export", "--checkpoint", str(tiny_run.out_dir), "--out", str(out)]) == 0
+    manifest = io.read_json(out / "manifest.json")
+    assert manifest["architecture"] == "lenet5" and manifest["input_size"] == [1, 28, 28]
+    assert manifest["sha256"]["model.safetensors"] == io.sha256_file(out / "model.safetensors")
+    exported = load_model(out)
+    original = load_model(tiny_run.out_dir)
+    for key, value in original.model.state_dict().items():
+        assert torch.equal(exported.model.state_dict()[key], value)
+    data = bytearray((out / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (out / "model.safetensors").write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(out)]) == 2
+    assert "does not match the SHA-256" in capsys.readouterr().err

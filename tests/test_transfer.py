@@ -1,0 +1,138 @@
+"""Transfer learning: run: init across class subsets, linear/full/gradual fine-tuning, lr groups, weights files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+from cnnlab import config as cfg
+from cnnlab import io
+from cnnlab.cli import main
+from cnnlab.models import create_model
+from cnnlab.train import fit
+from cnnlab.train.checkpoint import model_state
+from cnnlab.train.run import prepare_run
+from cnnlab.train.system import build_optimizer, split_parameters
+
+FIRST = [str(c) for c in range(5)]
+SECOND = [str(c) for c in range(5, 10)]
+
+
+def small(classes, **dotted) -> cfg.RunConfig:
+    base = {
+        "model.name": "resnet20_cifar",
+        "data.name": "digits",
+        "data.classes": classes,
+        "data.subset": 150,
+        "data.batch_size": 32,
+        "train.epochs": 1,
+        "train.test": False,
+    }
+    return cfg.from_dict({**base, **dotted})
+
+
+def weights(run_dir) -> dict[str, torch.Tensor]:
+    return model_state(io.load_checkpoint(run_dir / "checkpoints" / "last.ckpt"))
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    return fit(small(FIRST), tmp_path_factory.mktemp("pre") / "pretrain").out_dir
+
+
+def _changed(before: dict, after: dict) -> set[str]:
+    return {key for key in after if not torch.equal(before[key], after[key])}
+
+
+def head_keys(state: dict) -> set[str]:
+    return {key for key in state if key.startswith("fc.")}
+
+
+def test_run_init_on_other_classes_with_linear_probe_moves_only_the_head(pretrained, tmp_path):
+    probe = fit(
+        small(SECOND, **{"train.init": f"run:{pretrained}", "train.finetune": "linear"}), tmp_path / "lin"
+    )
+    assert probe.status == "completed" and probe.summary["class_names"] == SECOND
+    before, after = weights(pretrained), weights(probe.out_dir)
+    changed = _changed(before, after)
+    assert changed and changed <= head_keys(after)
+    running = [key for key in after if "running_mean" in key or "running_var" in key]
+    assert running and all(torch.equal(before[key], after[key]) for key in running)
+
+
+def test_full_finetune_changes_every_layer(pretrained, tmp_path):
+    full = fit(small(SECOND, **{"train.init": f"run:{pretrained}"}), tmp_path / "full")
+    before, after = weights(pretrained), weights(full.out_dir)
+    counters = {k for k in after if k.endswith("num_batches_tracked")}
+    assert _changed(before, after) - counters == set(after) - counters
+
+
+@pytest.mark.parametrize(("epochs", "backbone_moves"), [(1, False), (2, True)])
+def test_gradual_unfreezes_at_the_given_epoch(pretrained, tmp_path, epochs, backbone_moves):
+    config = small(
+        SECOND,
+        **{
+            "train.init": f"run:{pretrained}",
+            "train.finetune": "gradual",
+            "train.unfreeze_epoch": 1,
+            "train.epochs": epochs,
+        },
+    )
+    run = fit(config, tmp_path / f"gradual{epochs}")
+    backbone = {k for k in _changed(weights(pretrained), weights(run.out_dir)) if not k.startswith("fc.")}
+    assert bool(backbone) is backbone_moves
+
+
+def test_backbone_lr_mult_makes_two_parameter_groups():
+    model = create_model("resnet20_cifar", num_classes=10)
+    optim = cfg.OptimConfig(lr=0.1)
+    optimizer = build_optimizer(model, optim, backbone_lr_mult=0.01)
+    head, backbone = split_parameters(model)
+    assert [group["lr"] for group in optimizer.param_groups] == [0.1, pytest.approx(0.001)]
+    assert optimizer.param_groups[0]["params"] == head and optimizer.param_groups[1]["params"] == backbone
+    assert {id(p) for p in head} == {id(p) for p in model.get_classifier().parameters()}
+
+
+def test_file_init_with_torchvision_state_dict_adapts_first_conv_and_replaces_head(tmp_path):
+    reference = torchvision.models.resnet18(num_classes=1000)
+    path = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), path)
+    config = cfg.from_dict(
+        {
+            "model.name": "resnet18",
+            "model.stem": "resize",
+            "data.name": "digits",
+            "data.subset": 100,
+            "train.init": f"file:{path}",
+        }
+    )
+    prepared = prepare_run(config)
+    model = prepared.model
+    assert prepared.config.data.image_size == 224
+    assert torch.allclose(model.conv1.weight, reference.conv1.weight.sum(dim=1, keepdim=True))
+    assert model.get_classifier().out_features == 10
+    assert torch.equal(model.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
+
+
+def test_torchvision_init_offline_says_how_to_use_a_local_file(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    code = main(
+        [
+            "train",
+            "--model",
+            "resnet18",
+            "--data",
+            "digits",
+            "--init",
+            "torchvision:IMAGENET1K_V1",
+            "--epochs",
+            "1",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "IMAGENET1K_V1" in err and "file:" in err
+    assert not (tmp_path / "run").exists()
