@@ -198,3 +198,55 @@ def test_export_round_trip_and_hash_check(tiny_run, tmp_path, capsys):
     capsys.readouterr()
     assert main(["evaluate", "--checkpoint", str(out)]) == 2
     assert "does not match the SHA-256" in capsys.readouterr().err
+
+
+def test_predict_kaggle_and_probs_match_the_models_argmax_per_file(tiny_run, tmp_path):
+    from PIL import Image
+
+    from cnnlab.data import load_split
+    from cnnlab.train.inference import predict_probs
+
+    test = load_split(tiny().data, "test")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for number in range(1, 13):  # ids 1..12: Kaggle sorts them numerically (10 after 9)
+        Image.fromarray(test.images[number, 0].numpy(), mode="L").save(folder / f"{number}.png")
+    (folder / ".DS_Store").write_bytes(b"junk")
+    trained = load_model(tiny_run.out_dir)
+    probs = predict_probs(
+        trained.model,
+        test.images[1:13],
+        mean=tuple(trained.meta["mean"]),
+        std=tuple(trained.meta["std"]),
+        device=torch.device("cpu"),
+        batch_size=64,
+    )
+    kaggle, table = tmp_path / "kaggle.csv", tmp_path / "probs.csv"
+    assert (
+        main(
+            ["predict", "--checkpoint", str(tiny_run.out_dir), "--images", str(folder), "--out", str(kaggle)]
+        )
+        == 0
+    )
+    rows = list(csv.reader(kaggle.read_text().splitlines()))
+    assert rows[0] == ["id", "label"]
+    assert rows[1:] == [[str(n), str(int(probs[n - 1].argmax()))] for n in range(1, 13)]
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(tiny_run.out_dir),
+                "--images",
+                str(folder),
+                "--out",
+                str(table),
+                "--format",
+                "probs",
+            ]
+        )
+        == 0
+    )
+    header, *values = list(csv.reader(table.read_text().splitlines()))
+    assert header == ["id", *trained.class_names]
+    assert np.allclose(np.array([row[1:] for row in values], dtype=float), probs, atol=1e-5)

@@ -1,4 +1,4 @@
-"""Transfer learning: run: init across class subsets, linear/full/gradual fine-tuning, lr groups, weights files."""
+"""Transfer: run: init across class subsets, linear/full/gradual fine-tuning, lr groups, weights files."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from torch import nn
 from cnnlab import config as cfg
 from cnnlab import io
 from cnnlab.data import InMemoryLoader, Splits, load_split
-from cnnlab.errors import ConfigError, WeightsError
+from cnnlab.errors import ConfigError, DataError, WeightsError
 from cnnlab.train.checkpoint import TrainedModel, load_trained_model
 
 MANIFEST = "manifest.json"
@@ -106,12 +106,11 @@ def predict_images(
     path: str | Path, images: str, out: str | Path, *, fmt: str = "kaggle", data_dir: str | None = None
 ) -> Path:
     """Write predictions for an image folder or a dataset's test split as CSV (kaggle: id,label; probs)."""
-    from cnnlab.data import load_image_files
-
     trained = load_model(path)
-    side = trained.meta["image_size"]
     if Path(images).is_dir():
-        ids, pixels = load_image_files(images, image_size=side, channels=trained.meta["in_chans"])
+        ids, pixels = read_image_folder(
+            images, size=trained.meta["image_size"], channels=trained.meta["in_chans"]
+        )
     else:
         data_config = _data_config(trained, images, data_dir)
         test = load_split(data_config, "test")
@@ -128,6 +127,35 @@ def predict_images(
     rows = sorted(zip(ids, probs), key=lambda item: _id_sort_key(item[0]))
     io.atomic_write_text(out, _predictions_csv(rows, trained.class_names, fmt))
     return Path(out)
+
+
+def read_image_folder(folder: str | Path, *, size: int, channels: int) -> tuple[list[str], torch.Tensor]:
+    """(file stems, uint8 images) of every image file directly in `folder`, decoded like training folders."""
+    from cnnlab.data.folder import IMAGE_SUFFIXES, BadImage, decode_image
+
+    folder = Path(folder)
+    files = sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+    )
+    if not files:
+        raise DataError(f"no image files in {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    decoded, bad = [], []
+    for file in files:
+        try:
+            decoded.append(decode_image(file, size=size))
+        except BadImage as error:
+            bad.append(f"{file.name} ({error})")
+    if bad:
+        raise DataError(f"{len(bad)} unreadable image(s) in {folder}: {'; '.join(bad)}; remove or fix them")
+    pixels = torch.from_numpy(np.stack(decoded))
+    if channels == 1:  # ITU-R 601 luma, as PIL's "L" mode
+        luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        pixels = (pixels.float() * luma).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+    elif channels != 3:
+        raise ConfigError(f"cannot feed folder images to a model with {channels} input channels (1 or 3)")
+    return [file.stem for file in files], pixels
 
 
 def export_checkpoint(path: str | Path, out_dir: str | Path, *, onnx: bool = False) -> Path:
