@@ -8,12 +8,17 @@ A user error (CnnlabError) prints one line and exits 2; a diverged run exits 3.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from cnnlab.errors import EXIT_DIVERGED, EXIT_USAGE, CnnlabError
 
-EPILOG = f"Exit codes: 0 success; {EXIT_USAGE} invalid usage, configuration or data; {EXIT_DIVERGED} run diverged."
+EPILOG = (
+    f"Exit codes: 0 success; 1 run failed; {EXIT_USAGE} invalid usage, configuration or data; "
+    f"{EXIT_DIVERGED} run diverged."
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -46,10 +51,145 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _command(commands: argparse._SubParsersAction, name: str, summary: str, run: Callable) -> argparse.ArgumentParser:
+def _command(
+    commands: argparse._SubParsersAction, name: str, summary: str, run: Callable
+) -> argparse.ArgumentParser:
     sub = commands.add_parser(name, help=summary, description=summary, epilog=EPILOG)
     sub.set_defaults(run=run)
     return sub
+
+
+TRAIN_FLAGS = {  # flag -> (dotted config key, type, help)
+    "model": ("model.name", str, "architecture from `cnnlab models`"),
+    "data": ("data.name", str, "dataset from `cnnlab data` (digits, fashion-mnist, folder:PATH, ...)"),
+    "data_dir": ("data.data_dir", str, "folder searched first for dataset files"),
+    "epochs": ("train.epochs", int, "number of epochs"),
+    "batch_size": ("data.batch_size", int, "training batch size"),
+    "lr": ("optim.lr", float, "peak learning rate"),
+    "optimizer": ("optim.optimizer", str, "sgd, adam or adamw"),
+    "seed": ("train.seed", int, "seed of initialisation, split, data order and augmentation"),
+    "init": ("train.init", str, "scratch, torchvision:<WEIGHTS>, file:<path> or run:<run dir>"),
+    "finetune": ("train.finetune", str, "full, linear (frozen backbone) or gradual"),
+    "devices": ("train.devices", str, "Lightning devices (auto, 1, 2, ...)"),
+    "num_nodes": ("train.num_nodes", int, "Lightning number of nodes"),
+    "strategy": ("train.strategy", str, "Lightning strategy (auto, ddp, ...)"),
+}
+
+
+def _add_train(commands: argparse._SubParsersAction) -> None:
+    sub = _command(commands, "train", "Train one run and write its run directory.", _run_train)
+    sub.add_argument("-c", "--config", help="run config YAML (deltas from the defaults)")
+    sub.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config key, e.g. --set optim.weight_decay=0 (repeatable)",
+    )
+    for flag, (key, kind, text) in TRAIN_FLAGS.items():
+        sub.add_argument(f"--{flag.replace('_', '-')}", type=kind, help=f"{text} [{key}]")
+    sub.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt")
+    sub.add_argument("--out", required=True, help="run directory to write")
+
+
+def run_config_from_args(args: argparse.Namespace) -> Any:
+    """The RunConfig of `cnnlab train`: defaults <- config file <- flags <- --set."""
+    from cnnlab import config
+
+    tree = config.load_yaml(args.config) if args.config else {}
+    flags = {
+        key: getattr(args, flag)
+        for flag, (key, _, _) in TRAIN_FLAGS.items()
+        if getattr(args, flag) is not None
+    }
+    tree = config.merge(tree, flags)
+    tree = config.merge(tree, dict(config.parse_assignment(item) for item in args.set))
+    return config.from_dict(tree)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from cnnlab.train import fit
+
+    result = fit(run_config_from_args(args), args.out, resume=args.resume)
+    summary = result.summary
+    print(f"{result.status}: {_run_scores(summary)} -> {result.out_dir}")
+    if result.status == "diverged":
+        print(f"cnnlab: run diverged: {summary['reason']}", file=sys.stderr)
+        return EXIT_DIVERGED
+    if result.status == "failed":
+        error_log = result.out_dir / "error.log"
+        print(f"cnnlab: run failed: {summary['reason']} (see {error_log})", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_scores(summary: dict[str, Any]) -> str:
+    """'best val_acc 0.95 (epoch 2), test acc 0.94' with whatever the run has."""
+    parts = []
+    if summary.get("best"):
+        parts.append(f"best val_acc {summary['best']['val_acc']:.4f} (epoch {summary['best']['epoch']})")
+    if summary.get("test"):
+        parts.append(f"test acc {summary['test']['acc']:.4f}")
+    return ", ".join(parts) or "no epoch finished"
+
+
+def _add_evaluate(commands: argparse._SubParsersAction) -> None:
+    sub = _command(
+        commands, "evaluate", "Print a trained model's metrics on a dataset split as JSON.", _run_evaluate
+    )
+    sub.add_argument("--checkpoint", required=True, help="checkpoint file, run directory or export directory")
+    sub.add_argument("--data", help="dataset to evaluate on (default: the run's own)")
+    sub.add_argument("--data-dir", help="folder searched first for dataset files")
+    sub.add_argument("--split", default="test", choices=("test", "val", "train"))
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from cnnlab.train import evaluate_checkpoint
+
+    metrics = evaluate_checkpoint(args.checkpoint, data=args.data, split=args.split, data_dir=args.data_dir)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _add_predict(commands: argparse._SubParsersAction) -> None:
+    sub = _command(
+        commands, "predict", "Predict an image folder (or a dataset's test split) to CSV.", _run_predict
+    )
+    sub.add_argument("--checkpoint", required=True, help="checkpoint file, run directory or export directory")
+    sub.add_argument("--images", required=True, help="folder of images, or a dataset name")
+    sub.add_argument("--out", required=True, help="CSV file to write")
+    sub.add_argument(
+        "--format",
+        default="kaggle",
+        choices=("kaggle", "probs"),
+        help="kaggle: id,label (label = class index); probs: id and one column per class name",
+    )
+    sub.add_argument("--data-dir", help="folder searched first for dataset files")
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from cnnlab.train import predict_images
+
+    path = predict_images(args.checkpoint, args.images, args.out, fmt=args.format, data_dir=args.data_dir)
+    print(f"wrote {path}")
+    return 0
+
+
+def _add_export(commands: argparse._SubParsersAction) -> None:
+    sub = _command(
+        commands, "export", "Export weights (safetensors) and a manifest, optionally ONNX.", _run_export
+    )
+    sub.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
+    sub.add_argument("--out", required=True, help="directory to write model.safetensors and manifest.json")
+    sub.add_argument("--onnx", action="store_true", help="also write model.onnx")
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from cnnlab.train import export_checkpoint
+
+    out = export_checkpoint(args.checkpoint, args.out, onnx=args.onnx)
+    print(f"exported to {out}")
+    return 0
 
 
 def _add_report(commands: argparse._SubParsersAction) -> None:
@@ -66,6 +206,39 @@ def _run_report(args: argparse.Namespace) -> int:
     print(paths.table)
     print(f"wrote {paths.csv} and {paths.markdown}")
     print(f"report: {paths.html}")
+    return 0
+
+
+def _add_models(commands: argparse._SubParsersAction) -> None:
+    sub = _command(
+        commands,
+        "models",
+        "List the model zoo: name, family, input, parameters, GFLOPs and torchvision's pretrained weights.",
+        _run_models,
+    )
+    sub.add_argument("names", nargs="*", metavar="NAME", help="only these models (default: all)")
+    sub.add_argument("--json", action="store_true", help="print a JSON list (same data as the table)")
+    sub.add_argument(
+        "--input-size",
+        metavar="CxHxW",
+        help="count parameters and GFLOPs at this input for every model, e.g. 1x28x28; ImageNet-shaped nets "
+        "take the small stem below 64 px, as model.stem=auto does (default: each model's own input size)",
+    )
+    sub.add_argument(
+        "--num-classes",
+        type=int,
+        metavar="N",
+        help="classifier outputs (default: each model's native count: 1000 for the ImageNet nets, "
+        "10 for lenet5 and the CIFAR nets)",
+    )
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from cnnlab.models import describe_zoo, format_zoo_table, parse_input_size
+
+    input_size = parse_input_size(args.input_size) if args.input_size is not None else None
+    rows = describe_zoo(args.names or None, input_size=input_size, num_classes=args.num_classes)
+    print(json.dumps([row.to_dict() for row in rows], indent=2) if args.json else format_zoo_table(rows))
     return 0
 
 
@@ -107,31 +280,64 @@ def _run_data(args: argparse.Namespace) -> int:
 
 
 def _add_study(commands: argparse._SubParsersAction) -> None:
-    sub = _command(commands, "study", "Run a study spec (grid × seeds × folds, stages, select, ensembles).",
-                   lambda args: _usage(sub))
+    sub = _command(
+        commands,
+        "study",
+        "Run a study spec (grid × seeds × folds, stages, select, ensembles).",
+        lambda args: _usage(sub),
+    )
     actions = sub.add_subparsers(title="study commands", metavar="ACTION")
-    run = actions.add_parser("run", help="run or continue a study", epilog=EPILOG,
-                             description="Run a study spec, or continue it: completed runs are never re-run. "
-                             "Several processes (here or on other machines sharing DIR) may run one spec "
-                             "against one --storage; each run executes once.")
+    run = actions.add_parser(
+        "run",
+        help="run or continue a study",
+        epilog=EPILOG,
+        description="Run a study spec, or continue it: completed runs are never re-run. "
+        "Several processes (here or on other machines sharing DIR) may run one spec "
+        "against one --storage; each run executes once.",
+    )
     run.set_defaults(run=_run_study)
     run.add_argument("spec", metavar="SPEC", help="study spec YAML (see docs/studies.md and studies/)")
     run.add_argument("--out", required=True, metavar="DIR", help="study folder (runs/, splits/, report)")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a spec key, e.g. --set base.data.name=cifar10 or --set seeds=[0] "
-                     "(repeatable; see docs/studies.md)")
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec key, e.g. --set base.data.name=cifar10 or --set seeds=[0] "
+        "(repeatable; see docs/studies.md)",
+    )
     run.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes on this machine")
-    run.add_argument("--storage", metavar="URL",
-                     help="SQLAlchemy URL of the shared queue (default sqlite:///DIR/study.db; "
-                     "postgresql://... across machines)")
-    run.add_argument("--worker-only", action="store_true",
-                     help="only work through the queue another `study run` filled; no ensembles or report")
-    run.add_argument("--heartbeat", type=int, default=10, metavar="S",
-                     help="seconds between heartbeats; a run silent for 3 beats is retried elsewhere")
-    run.add_argument("--max-attempts", type=int, default=3, metavar="N",
-                     help="tries per run whose worker died (a run that fails or diverges is not retried)")
-    status = actions.add_parser("status", help="count done/running/failed/pending runs", epilog=EPILOG,
-                                description="Count the done, running, failed and pending runs of a study.")
+    run.add_argument(
+        "--storage",
+        metavar="URL",
+        help="SQLAlchemy URL of the shared queue (default sqlite:///DIR/study.db; "
+        "postgresql://... across machines)",
+    )
+    run.add_argument(
+        "--worker-only",
+        action="store_true",
+        help="only work through the queue another `study run` filled; no ensembles or report",
+    )
+    run.add_argument(
+        "--heartbeat",
+        type=int,
+        default=10,
+        metavar="S",
+        help="seconds between heartbeats; a run silent for 3 beats is retried elsewhere",
+    )
+    run.add_argument(
+        "--max-attempts",
+        type=int,
+        default=3,
+        metavar="N",
+        help="tries per run whose worker died (a run that fails or diverges is not retried)",
+    )
+    status = actions.add_parser(
+        "status",
+        help="count done/running/failed/pending runs",
+        epilog=EPILOG,
+        description="Count the done, running, failed and pending runs of a study.",
+    )
     status.set_defaults(run=_run_study_status)
     status.add_argument("dir", metavar="DIR", help="study folder")
     status.add_argument("--storage", metavar="URL", help="queue storage (default: the one in DIR/study.json)")
@@ -151,12 +357,18 @@ def _run_study(args: argparse.Namespace) -> int:
         raise ConfigError("--workers, --heartbeat and --max-attempts must be at least 1")
     options = WorkerOptions(storage=args.storage, heartbeat_s=args.heartbeat, max_attempts=args.max_attempts)
     outcome = run_study(
-        args.spec, args.out, workers=args.workers, worker_only=args.worker_only, options=options,
+        args.spec,
+        args.out,
+        workers=args.workers,
+        worker_only=args.worker_only,
+        options=options,
         overrides=args.set,
     )
     counts = ", ".join(f"{number} {state}" for state, number in outcome.counts.items())
-    print(f"study {outcome.study_dir}: {counts} (this process trained {outcome.trained}, "
-          f"found {outcome.skipped} already completed)")
+    print(
+        f"study {outcome.study_dir}: {counts} (this process trained {outcome.trained}, "
+        f"found {outcome.skipped} already completed)"
+    )
     if args.worker_only:
         return 0
     from cnnlab.report import write_report
@@ -175,8 +387,16 @@ def _run_study_status(args: argparse.Namespace) -> int:
 
     status = study_status(args.dir, storage=args.storage)
     if args.json:
-        print(json.dumps({"study_dir": str(status.study_dir), "counts": status.counts,
-                          "runs": [dataclasses.asdict(run) for run in status.runs]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "study_dir": str(status.study_dir),
+                    "counts": status.counts,
+                    "runs": [dataclasses.asdict(run) for run in status.runs],
+                },
+                indent=2,
+            )
+        )
     else:
         print(format_status(status))
     return 0
@@ -188,15 +408,31 @@ def _add_tune(commands: argparse._SubParsersAction) -> None:
     )
     sub.add_argument("spec", metavar="SPEC", help="tune spec YAML: base, space, cv (see docs/studies.md)")
     sub.add_argument("--out", required=True, metavar="DIR", help="tune folder (runs/, best.yaml, tune.json)")
-    sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a spec key, e.g. --set base.data.name=cifar10 (repeatable)")
-    sub.add_argument("--trials", type=int, metavar="N",
-                     help="finished trials wanted over all processes sharing the storage "
-                     "(default: the spec's)")
-    sub.add_argument("--storage", metavar="URL",
-                     help="SQLAlchemy URL shared by tune processes (default sqlite:///DIR/tune.db)")
-    sub.add_argument("--heartbeat", type=int, default=10, metavar="S",
-                     help="seconds between heartbeats; a trial silent for 3 beats is retried")
+    sub.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec key, e.g. --set base.data.name=cifar10 (repeatable)",
+    )
+    sub.add_argument(
+        "--trials",
+        type=int,
+        metavar="N",
+        help="finished trials wanted over all processes sharing the storage (default: the spec's)",
+    )
+    sub.add_argument(
+        "--storage",
+        metavar="URL",
+        help="SQLAlchemy URL shared by tune processes (default sqlite:///DIR/tune.db)",
+    )
+    sub.add_argument(
+        "--heartbeat",
+        type=int,
+        default=10,
+        metavar="S",
+        help="seconds between heartbeats; a trial silent for 3 beats is retried",
+    )
 
 
 def _run_tune(args: argparse.Namespace) -> int:
@@ -208,17 +444,33 @@ def _run_tune(args: argparse.Namespace) -> int:
     if (args.trials is not None and args.trials < 1) or args.heartbeat < 1:
         raise ConfigError("--trials and --heartbeat must be at least 1")
     outcome = run_tune(
-        args.spec, args.out, trials=args.trials, storage=args.storage, heartbeat_s=args.heartbeat,
+        args.spec,
+        args.out,
+        trials=args.trials,
+        storage=args.storage,
+        heartbeat_s=args.heartbeat,
         overrides=args.set,
     )
     if outcome.best_trial is None:
         print(f"tune {outcome.out_dir}: {outcome.finished} finished trials, none completed")
         return 0
-    print(f"best of {outcome.finished} finished trials: trial {outcome.best_trial}, "
-          f"mean validation accuracy {outcome.best_value:.4f}")
+    print(
+        f"best of {outcome.finished} finished trials: trial {outcome.best_trial}, "
+        f"mean validation accuracy {outcome.best_value:.4f}"
+    )
     print(yaml.safe_dump(outcome.best_params, sort_keys=False).rstrip())
     print(f"best config: {outcome.best_file}")
     return 0
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction, _add_study, _add_tune], None]] = [_add_report, _add_data]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_train,
+    _add_evaluate,
+    _add_predict,
+    _add_export,
+    _add_report,
+    _add_models,
+    _add_data,
+    _add_study,
+    _add_tune,
+]
