@@ -319,6 +319,7 @@ def clear_memory_cache() -> None:
     _load_memoised.cache_clear()
     _read_files.cache_clear()
     _generated.cache_clear()
+    folder_data.load_folder_splits.cache_clear()
 
 
 def _check_split(split: str) -> str:

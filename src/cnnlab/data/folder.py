@@ -147,6 +147,14 @@ def _ignored(name: str) -> bool:
 
 def scan_folder(root: Path) -> FolderScan:
     """Preflight scan of a class root: class folders, image files, and everything ignored or rejected."""
+    try:
+        return _scan(root)
+    except OSError as error:
+        raise DataError(f"cannot scan folder {root}: {error.strerror or error} ({error.filename})") from None
+
+
+def _scan(root: Path) -> FolderScan:
+    """The scan itself (file-system errors are turned into a DataError by scan_folder)."""
     real_root = root.resolve()
     found: dict[str, list[str]] = {"hidden": [], "non_images": [], "outside": []}
     class_names, class_files = [], []
@@ -374,6 +382,8 @@ def _read_cache(cache_file: Path) -> dict[str, tuple[tuple[int, int], Any]]:
         cached = io.load_checkpoint(cache_file)
     except WeightsError as error:
         log.warning("ignoring unreadable decode cache %s: %s", cache_file, error)
+        return {}
+    if cached.get("format") != CACHE_FORMAT:
         return {}
     entries: dict[str, tuple[tuple[int, int], Any]] = {}
     for row, (rel, size, mtime) in enumerate(cached.get("files", [])):
