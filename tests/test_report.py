@@ -147,6 +147,7 @@ def test_paired_comparison_matches_scipy_and_is_stated_in_words(paired) -> None:
     sentence = describe(comparison)
     assert f"{100 * differences.mean():.1f} points of test accuracy" in sentence
     assert f"paired t-test {format_p(stats.ttest_rel(with_dropout, without).pvalue)}" in sentence
+    assert ("beat" in sentence) == (comparison.t_p < 0.05)  # "beat" only for a significant difference
     assert sentence in paths.markdown.read_text()
     assert "Paired comparisons" in paths.html.read_text()
 

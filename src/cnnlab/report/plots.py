@@ -25,6 +25,7 @@ from cnnlab.report.statistics import ConfigurationRow
 DPI = 110
 LEGEND_WIDTH = 70  # characters per legend line before wrapping
 ENSEMBLE_COLOUR = "#333333"
+CROWDED_BARS = 10  # more bars than this: smaller, slanted member names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -291,7 +292,14 @@ def _ensemble_bars(axes: Axes, ensemble: EnsembleRecord, study: Study, colours: 
     bar_colours.append(ENSEMBLE_COLOUR)
     bars = axes.bar(range(len(values)), values, color=bar_colours)
     axes.bar_label(bars, labels=[f"{v:.1f}" for v in values], padding=2, fontsize=9)
-    axes.set_xticks(range(len(values)), names, fontsize=8)
+    crowded = len(values) > CROWDED_BARS
+    axes.set_xticks(
+        range(len(values)),
+        names,
+        fontsize=7 if crowded else 8,
+        rotation=45 if crowded else 0,
+        ha="right" if crowded else "center",
+    )
     lowest = max(0.0, 10 * math.floor((min(values) - 5) / 10))
     axes.set_ylim(lowest, 100 + 0.06 * (100 - lowest))
     split = "test" if use_test else "validation"

@@ -140,12 +140,14 @@ def describe(comparison: PairedComparison) -> str:
         tests += f"; Wilcoxon signed-rank {format_p(comparison.wilcoxon_p)}"
     tests += f"; d_z = {format_effect(comparison.d_z)}"
     units = _units_phrase(comparison.units)
+    significant = math.isfinite(comparison.t_p) and comparison.t_p < SIGNIFICANCE
     if points == 0:
         lead = f"{context}{better} and {worse} tied on {metric} over {units} ({tests})."
     else:
+        verb = "beat" if significant else "scored higher than"
         by = f"by {points:.1f} points of {metric} on average over {units}"
-        lead = f"{context}{better} beat {worse} {by} ({tests})."
-    return f"{lead[0].upper()}{lead[1:]} {_verdict(comparison)}"
+        lead = f"{context}{better} {verb} {worse} {by} ({tests})."
+    return f"{lead} {_verdict(comparison)}"
 
 
 def format_p(p: float) -> str:
@@ -282,24 +284,24 @@ def _verdict(comparison: PairedComparison) -> str:
     size = _effect_size_word(comparison.d_z)
     if comparison.t_p < SIGNIFICANCE:
         return (
-            f"The difference is statistically significant at the 5% level and the effect is {size}: "
+            f"The difference is statistically significant at the 5% level (effect size {size}): "
             "run-to-run noise (seeds, folds) alone would rarely produce it."
         )
     return (
-        f"The difference is not statistically significant at the 5% level (effect {size}): with "
-        f"{comparison.n} pairs it could be run-to-run noise (seeds, folds); do not claim one beats the other."
+        f"The difference is not statistically significant at the 5% level (effect size {size}): with "
+        f"{comparison.n} pairs it could be run-to-run noise (seeds, folds), so do not claim one is better."
     )
 
 
 def _effect_size_word(d_z: float) -> str:
     size = abs(d_z)
     if size >= 0.8:
-        return "large (|d_z| ≥ 0.8)"
+        return "large, |d_z| ≥ 0.8"
     if size >= 0.5:
-        return "medium (|d_z| ≥ 0.5)"
+        return "medium, |d_z| ≥ 0.5"
     if size >= 0.2:
-        return "small (|d_z| ≥ 0.2)"
-    return "negligible (|d_z| < 0.2)"
+        return "small, |d_z| ≥ 0.2"
+    return "negligible, |d_z| < 0.2"
 
 
 def _mean(values: Sequence[object]) -> float | None:
