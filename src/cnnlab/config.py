@@ -63,7 +63,7 @@ class DataConfig:
     classes: tuple[str, ...] | None = None  # keep these classes, re-indexed in this order
     augment: str = "none"  # none | flip | crop | flip+crop | randomresizedcrop
     normalize: str = "dataset"  # dataset statistics | pretrained weights' statistics | none
-    batch_size: int = 128
+    batch_size: int = 64
     eval_batch_size: int = 1024
     bad_images: str = "error"  # folder datasets: error lists bad files; skip excludes them
     test_fraction: float = 0.2  # folder datasets without a test split: stratified test share
@@ -76,7 +76,7 @@ class OptimConfig:
     """Optimizer, learning-rate schedule and loss options."""
 
     optimizer: str = "sgd"  # sgd | adam | adamw
-    lr: float = 0.05  # peak learning rate
+    lr: float = 0.1  # peak learning rate
     momentum: float = 0.9  # sgd only
     nesterov: bool = True  # sgd only
     weight_decay: float = 5e-4

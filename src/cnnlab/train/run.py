@@ -25,7 +25,7 @@ from torch import nn
 
 from cnnlab import config as cfg
 from cnnlab import io
-from cnnlab.data import ImageSet, Splits, load_split, make_splits, normalization, take
+from cnnlab.data import ImageSet, Splits, load_split, make_splits, normalization, take, write_bad_files
 from cnnlab.errors import ConfigError
 from cnnlab.models import count_flops, count_params, create_model, load_pretrained, model_info, resolve_stem
 from cnnlab.train.callbacks import BackboneFreeze, DivergenceGuard, EpochRecorder, EpochSeeder, RunDiverged
@@ -192,10 +192,20 @@ def _resume_checkpoint(out_dir: Path, config: cfg.RunConfig, resume: bool) -> Pa
 def _write_run_header(out_dir: Path, prepared: PreparedRun, *, fresh: bool) -> None:
     """config.yaml and splits.json; a fresh start clears what an earlier unfinished attempt left."""
     if fresh:
-        for stale in ("checkpoints", "tensorboard", "predictions", "metrics.csv", RESULT_FILE, "error.log"):
+        for stale in (
+            "checkpoints",
+            "tensorboard",
+            "predictions",
+            "metrics.csv",
+            RESULT_FILE,
+            "error.log",
+            "bad_images.txt",
+        ):
             target = out_dir / stale
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
     io.atomic_write_text(out_dir / "config.yaml", cfg.dump_yaml(prepared.config))
+    if prepared.train_set.bad_files:
+        write_bad_files(prepared.train_set.bad_files, out_dir / "bad_images.txt")
     if not prepared.config.data.splits_file:
         prepared.splits.save(out_dir / "splits.json")
 
@@ -226,7 +236,7 @@ def _train(
         backbone_lr_mult=config.train.backbone_lr_mult,
     )
     system.extra_checkpoint = _checkpoint_meta(prepared)
-    recorder = EpochRecorder(out_dir / "metrics.csv", echo=not _quiet())
+    recorder = EpochRecorder(out_dir / "metrics.csv", echo=not os.environ.get("CNNLAB_QUIET"))
     try:
         with _quiet_lightning():
             trainer = _build_trainer(config, out_dir, recorder, has_val=len(val_idx) > 0)
@@ -273,7 +283,7 @@ def _build_trainer(
         callbacks=callbacks,
         plugins=[SafeCheckpointIO()],
         default_root_dir=out_dir,
-        enable_progress_bar=not _quiet(),
+        enable_progress_bar=_progress_bar(),
         enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=1.0 if has_val else 0,
@@ -299,9 +309,9 @@ def _precision(config: cfg.RunConfig) -> str:
     return "bf16-mixed" if _accelerator(config) == "cuda" else "32-true"
 
 
-def _quiet() -> bool:
-    """No progress bar when output is not a terminal (CI, logs) or CNNLAB_QUIET is set."""
-    return bool(os.environ.get("CNNLAB_QUIET")) or not sys.stdout.isatty()
+def _progress_bar() -> bool:
+    """A progress bar on a terminal; per-epoch lines only in CI and logs (or with CNNLAB_QUIET set)."""
+    return sys.stdout.isatty() and not os.environ.get("CNNLAB_QUIET")
 
 
 class _quiet_lightning:
