@@ -1,0 +1,162 @@
+"""The model registry: name → builder with its metadata beside it, and the one factory `create_model`.
+
+Every builder is keyword-only: `builder(*, num_classes, in_chans, **switches)`. `create_model` drops switches
+whose value is None (the architecture's own default applies), so one set of run flags drives every model, and
+rejects a switch a model does not have, or a value it cannot honour, with a ConfigError naming both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from torch import nn
+
+from cnnlab.config import CHOICES
+from cnnlab.errors import ConfigError, close_matches, unknown_choice
+
+STEMS = ("imagenet", "small")  # built layouts: torchvision's stem, or 3x3 stride-1 conv without max-pool
+STEM_OPTIONS = CHOICES["model.stem"]  # run option: auto | resize | small
+SMALL_INPUT_SIDE = 64  # auto picks the small stem below this input side
+UNIVERSAL_HPARAMS = (
+    "image_size",
+)  # accepted by every builder; ignored where the layout does not depend on it
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """What the registry knows about a model without building it."""
+
+    name: str
+    family: str  # resnet, resnext, wide_resnet, vgg, alexnet, googlenet, densenet, lenet
+    source: str  # "torchvision" (torchvision's classes, state_dict compatible) or "cnnlab" (written here)
+    default_input_size: tuple[int, int, int]  # (C, H, W) the architecture was designed for
+    native_classes: int  # class count of that design's dataset (ImageNet 1000, MNIST/CIFAR 10)
+    switches: Mapping[str, tuple[str, ...] | None]  # switch → allowed values (None: a number or sizes)
+    first_conv: str  # state_dict prefix of the stem convolution (default switches)
+    classifier: str  # state_dict prefix of the final linear layer (default switches)
+    torchvision_weights: tuple[str, ...] = ()  # names in torchvision's weights enum for this model
+    ignored_weight_prefixes: tuple[str, ...] = ()  # weight-file tensors with no place here (aux heads)
+    # converts a weights file's state_dict to this layout (legacy keys, folded input transforms), or None
+    adapt_weights: Callable[[dict[str, Any]], dict[str, Any]] | None = dataclasses.field(
+        default=None, repr=False, compare=False
+    )
+    builder: Callable[..., nn.Module] = dataclasses.field(default=None, repr=False, compare=False)
+
+    @property
+    def imagenet_shaped(self) -> bool:
+        """True for nets laid out for 224 px inputs, which take the `stem` switch."""
+        return "stem" in self.switches
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+
+def register_model(info: ModelInfo) -> ModelInfo:
+    """Add a model to the registry (done once per model at import of its module)."""
+    if info.name in _REGISTRY:
+        raise ValueError(f"model {info.name!r} is registered twice")
+    _REGISTRY[info.name] = info
+    return info
+
+
+def list_models() -> list[str]:
+    """Every model name, in registration order (the hand-written nets first, then the torchvision-backed)."""
+    return list(_REGISTRY)
+
+
+def model_info(name: str) -> ModelInfo:
+    """The metadata of a model; an unknown name is a ConfigError listing close matches."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise unknown_choice("model", name, _REGISTRY) from None
+
+
+def create_model(name: str, *, num_classes: int, in_chans: int = 3, **hparams: Any) -> nn.Module:
+    """Build a zoo model with fresh weights; hparams set to None are dropped (the model's default applies)."""
+    info = model_info(name)
+    _check_count(name, "num_classes", num_classes)
+    _check_count(name, "in_chans", in_chans)
+    switches = {key: value for key, value in hparams.items() if value is not None}
+    for key, value in switches.items():
+        _check_switch(info, key, value)
+    return info.builder(num_classes=num_classes, in_chans=in_chans, **switches)
+
+
+def resolve_stem(
+    name: str, stem_option: str, image_side: int, *, pretrained: bool = False
+) -> tuple[str | None, int]:
+    """Map the run option auto|resize|small to (the `stem` switch to build with, the input side to feed).
+
+    auto: the small stem below 64 px (imagenet stem at 224 when loading pretrained weights, whose stem
+    kernels only fit that layout), else the imagenet stem at the native side; resize: imagenet stem at 224;
+    small: small stem at the native side. Nets without a stem switch return (None, image_side); None is
+    dropped by create_model, so the pair can always be passed through.
+    """
+    if stem_option not in STEM_OPTIONS:
+        raise ConfigError(
+            f"model.stem={stem_option!r} is not allowed{close_matches(stem_option, STEM_OPTIONS)}; "
+            f"allowed: {', '.join(STEM_OPTIONS)}"
+        )
+    info = model_info(name)
+    if not info.imagenet_shaped:
+        return None, image_side
+    if stem_option == "auto":
+        if image_side >= SMALL_INPUT_SIDE:
+            return "imagenet", image_side
+        stem_option = "resize" if pretrained else "small"
+    if stem_option == "resize":
+        return "imagenet", info.default_input_size[-1]
+    return "small", image_side
+
+
+def _check_count(model: str, key: str, value: Any) -> None:
+    """num_classes / in_chans must be positive integers."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ConfigError(f"{key} for model {model!r} must be a positive integer, got {value!r}")
+
+
+def _check_switch(info: ModelInfo, key: str, value: Any) -> None:
+    """Reject a switch the model does not have, or a value outside what it can honour."""
+    if key not in info.switches and key not in UNIVERSAL_HPARAMS:
+        have = ", ".join(sorted(info.switches)) or "none"
+        raise ConfigError(
+            f"model {info.name!r} has no {key!r} switch{close_matches(key, info.switches)}; "
+            f"its switches: {have}"
+        )
+    allowed = info.switches.get(key)
+    if allowed is not None:
+        if value not in allowed:
+            raise ConfigError(
+                f"model {info.name!r} does not support {key}={value!r}{close_matches(str(value), allowed)}; "
+                f"allowed for {info.name}: {', '.join(allowed)}"
+            )
+        return
+    _NUMERIC_CHECKS[key](info.name, key, value)
+
+
+def _check_probability(model: str, key: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
+        raise ConfigError(f"{key} for model {model!r} must be a number in [0, 1), got {value!r}")
+
+
+def _check_positive_int(model: str, key: str, value: Any) -> None:
+    _check_count(model, key, value)
+
+
+def _check_positive_ints(model: str, key: str, value: Any) -> None:
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ConfigError(f"{key} for model {model!r} must be a list of positive integers, got {value!r}")
+    for item in value:
+        _check_count(model, key, item)
+
+
+_NUMERIC_CHECKS: dict[str, Callable[[str, str, Any], None]] = {
+    "dropout": _check_probability,
+    "image_size": _check_positive_int,
+    "blocks": _check_positive_int,
+    "widths": _check_positive_ints,
+}

@@ -1,0 +1,86 @@
+"""`cnnlab models`: the zoo table and its JSON form, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+
+import pytest
+
+from cnnlab.cli import main
+from cnnlab.models import list_models
+from cnnlab.models.zoo import format_gflops
+
+
+@pytest.fixture(scope="module")
+def zoo_json() -> list[dict]:
+    """`cnnlab models --json` parsed (the whole zoo at each model's own input size)."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        assert main(["models", "--json"]) == 0
+    return json.loads(buffer.getvalue())
+
+
+def test_json_lists_every_model_with_params_and_gflops(zoo_json: list[dict]) -> None:
+    assert [row["name"] for row in zoo_json] == list_models()
+    by_name = {row["name"]: row for row in zoo_json}
+    assert all(row["params"] > 0 and row["gflops"] > 0 for row in zoo_json)
+    assert by_name["resnet18"]["params"] == 11_689_512
+    assert by_name["resnet18"]["input_size"] == "3x224x224" and by_name["resnet18"]["num_classes"] == 1000
+    assert by_name["resnet50"]["pretrained"] == ["IMAGENET1K_V1", "IMAGENET1K_V2"]
+    assert by_name["lenet5"]["params"] == 61_706
+    assert by_name["lenet5"]["gflops"] == pytest.approx(833_040 / 1e9)
+    assert by_name["densenet264"]["pretrained"] == []
+
+
+def test_table_carries_the_same_data(zoo_json: list[dict], capsys: pytest.CaptureFixture) -> None:
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:4] == ["name", "family", "input", "params"]
+    for row in zoo_json:
+        line = next(line for line in lines if line.split()[0] == row["name"])
+        assert f"{row['params']:,}" in line.split()
+        assert format_gflops(row["gflops"]) in line.split()
+        assert row["family"] in line.split()
+        assert all(name in line for name in row["pretrained"])
+
+
+def test_input_size_applies_to_every_model(capsys: pytest.CaptureFixture) -> None:
+    assert (
+        main(["models", "--json", "--input-size", "1x28x28", "--num-classes", "10", "lenet5", "resnet50"])
+        == 0
+    )
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert rows["lenet5"]["params"] == 61_706
+    assert (rows["resnet50"]["input_size"], rows["resnet50"]["stem"]) == ("1x28x28", "small")
+    assert rows["resnet50"]["num_classes"] == 10
+
+
+def test_input_too_small_is_a_note_not_a_crash(capsys: pytest.CaptureFixture) -> None:
+    assert main(["models", "--input-size", "3x8x8", "vgg11", "resnet20_cifar"]) == 0
+    out = capsys.readouterr().out
+    assert "vgg11: cannot take a 3x8x8 input" in out
+    vgg_line = next(line for line in out.splitlines() if line.startswith("vgg11 "))
+    assert re.split(r"\s{2,}", vgg_line)[4] == "-"  # no GFLOPs
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["models", "--input-size", "banana"], ["--input-size", "'banana'", "CxHxW", "1x28x28"]),
+        (["models", "--input-size", "1x28x32"], ["--input-size", "square"]),
+        (["models", "resnet19"], ["unknown model 'resnet19'", "did you mean resnet18"]),
+        (["models", "--num-classes", "0", "lenet5"], ["num_classes", "lenet5"]),
+    ],
+)
+def test_user_errors_are_one_line_exit_2(
+    argv: list[str], words: list[str], capsys: pytest.CaptureFixture
+) -> None:
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("cnnlab: error: ") and captured.err.count("\n") == 1
+    assert "Traceback" not in captured.err
+    assert all(word in captured.err for word in words), captured.err
