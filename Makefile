@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 demo: $(VENV)/.installed
-	$(BIN)/cnnlab models --input-size 1x28x28
+	$(BIN)/cnnlab study run studies/quickstart.yaml --out $(DEMO_OUT)
 
 test: $(VENV)/.installed
 	$(BIN)/ruff check src tests benchmarks
