@@ -50,9 +50,8 @@ class ModelConfig:
 class DataConfig:
     """Which images, how they are split, augmented, normalized and batched."""
 
-    name: str = (
-        "digits"  # digits | mnist | fashion-mnist | kmnist | cifar10 | cifar100 | folder:PATH | synthetic
-    )
+    # digits | mnist | fashion-mnist | kmnist | cifar10 | cifar100 | folder:PATH | synthetic
+    name: str = "digits"
     data_dir: str | None = None  # searched first for dataset files
     image_size: int | None = None  # square side in pixels; None: the dataset's own
     val_fraction: float = 0.1  # stratified holdout taken from the training split
