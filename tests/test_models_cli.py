@@ -2,25 +2,44 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
+from collections.abc import Callable
 
 import pytest
 
+import cnnlab.models
 from cnnlab.cli import main
-from cnnlab.models import list_models
+from cnnlab.models import ZooRow, describe_zoo, list_models
 from cnnlab.models.zoo import format_gflops
 
 
 @pytest.fixture(scope="module")
-def zoo_json() -> list[dict]:
-    """`cnnlab models --json` parsed (the whole zoo at each model's own input size)."""
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
-        assert main(["models", "--json"]) == 0
-    return json.loads(buffer.getvalue())
+def whole_zoo() -> list[ZooRow]:
+    """The whole zoo at each model's own input size, described once (it takes seconds) for both outputs."""
+    return describe_zoo()
+
+
+@pytest.fixture
+def zoo_json(
+    whole_zoo: list[ZooRow], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> list[dict]:
+    """`cnnlab models --json`, parsed."""
+    monkeypatch.setattr(cnnlab.models, "describe_zoo", _described_once(whole_zoo))
+    assert main(["models", "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def _described_once(rows: list[ZooRow]) -> Callable[..., list[ZooRow]]:
+    """Stand-in for describe_zoo that serves the cached description of the default listing only."""
+
+    def describe(
+        names: object = None, *, input_size: object = None, num_classes: object = None
+    ) -> list[ZooRow]:
+        assert (names, input_size, num_classes) == (None, None, None)
+        return rows
+
+    return describe
 
 
 def test_json_lists_every_model_with_params_and_gflops(zoo_json: list[dict]) -> None:
@@ -35,7 +54,13 @@ def test_json_lists_every_model_with_params_and_gflops(zoo_json: list[dict]) -> 
     assert by_name["densenet264"]["pretrained"] == []
 
 
-def test_table_carries_the_same_data(zoo_json: list[dict], capsys: pytest.CaptureFixture) -> None:
+def test_table_carries_the_same_data(
+    zoo_json: list[dict],
+    whole_zoo: list[ZooRow],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    monkeypatch.setattr(cnnlab.models, "describe_zoo", _described_once(whole_zoo))
     assert main(["models"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:4] == ["name", "family", "input", "params"]

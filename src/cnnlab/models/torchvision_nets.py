@@ -173,9 +173,14 @@ class TorchvisionVGG(ClassifierHeadMixin, VGG):
             features[0] = _stem_conv(features[0], in_chans, small=False)
         if stem == "small":
             features[_first_max_pool_index(features)] = nn.Identity()
-        super().__init__(features, num_classes=num_classes, init_weights=True, dropout=dropout)
         if stem == "small":
+            # torchvision's classifier is built on the meta device here: its 25088-wide first layer is
+            # replaced by _pool_globally, so it is never allocated or initialised
+            with torch.device("meta"):
+                super().__init__(features, num_classes=num_classes, init_weights=True, dropout=dropout)
             self._pool_globally(features)
+        else:
+            super().__init__(features, num_classes=num_classes, init_weights=True, dropout=dropout)
         self.stem_kind = stem
         self._init_head(0.0)
 
@@ -185,16 +190,20 @@ class TorchvisionVGG(ClassifierHeadMixin, VGG):
         At 28-32 px the last feature map is 1x1 or 2x2; torchvision's 7x7 adaptive pool would hand the first
         hidden layer up to 49 copies of each feature (multiplying its effective learning rate and initial
         scale by as much, with 25088x4096 weights), so the small stem pools globally as CIFAR VGGs do.
+        The classifier, built on the meta device, is materialised beside the features with torchvision's
+        VGG linear initialisation.
         """
         channels = [layer for layer in features if isinstance(layer, nn.Conv2d)][-1].out_channels
-        first_hidden = nn.Linear(channels, self.classifier[0].out_features)
-        nn.init.normal_(first_hidden.weight, 0, 0.01)  # torchvision's VGG linear initialisation
-        nn.init.zeros_(first_hidden.bias)
+        self.classifier[0] = nn.Linear(channels, self.classifier[0].out_features, device="meta")
+        self.classifier.to_empty(device=features[0].weight.device)
+        for layer in self.classifier:
+            if isinstance(layer, nn.Linear):
+                nn.init.normal_(layer.weight, 0, 0.01)
+                nn.init.zeros_(layer.bias)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.classifier[0] = first_hidden
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Conv stages, 7x7 adaptive pool, and the two hidden linear layers (4096 features)."""
+        """Conv stages, adaptive pool (7x7; 1x1 with the small stem), the two hidden linear layers (4096)."""
         x = torch.flatten(self.avgpool(self.features(x)), 1)
         return self.classifier[:-1](x)
 
