@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import ast
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 import torchvision
@@ -428,3 +432,34 @@ def test_count_flops_meta_equals_real_and_keeps_mode() -> None:
         meta = create_model("resnet20_cifar", num_classes=10)
     assert count_flops(real, (3, 32, 32)) == count_flops(meta, (3, 32, 32)) > 0
     assert real.training
+
+
+def test_models_package_never_imports_lightning() -> None:
+    """Every module cnnlab.models imports, directly or through other cnnlab modules, is free of Lightning."""
+    pending, seen, imported = ["cnnlab.models"], set(), set()
+    while pending:
+        module = pending.pop()
+        source = _module_source(module)
+        if module in seen or source is None:
+            continue
+        seen.add(module)
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            imported.update(names)
+            pending += [name for name in names if name.startswith("cnnlab")]
+    assert {"cnnlab.models.torchvision_nets", "cnnlab.models.weights", "cnnlab.io"} <= seen
+    assert not [name for name in imported if name.split(".")[0] in ("lightning", "pytorch_lightning")]
+
+
+def _module_source(name: str) -> Path | None:
+    """The source file of module `name`, or None when the dotted name is an attribute, not a module."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except ModuleNotFoundError:
+        return None
+    return Path(spec.origin) if spec and spec.origin and spec.origin.endswith(".py") else None
