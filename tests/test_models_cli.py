@@ -84,11 +84,13 @@ def test_input_size_applies_to_every_model(capsys: pytest.CaptureFixture) -> Non
 
 
 def test_input_too_small_is_a_note_not_a_crash(capsys: pytest.CaptureFixture) -> None:
-    assert main(["models", "--input-size", "3x8x8", "vgg11", "resnet20_cifar"]) == 0
+    assert main(["models", "--input-size", "3x8x8", "vgg11", "lenet5", "resnet20_cifar"]) == 0
     out = capsys.readouterr().out
     assert "vgg11: cannot take a 3x8x8 input" in out
-    vgg_line = next(line for line in out.splitlines() if line.startswith("vgg11 "))
-    assert re.split(r"\s{2,}", vgg_line)[4] == "-"  # no GFLOPs
+    assert "lenet5: cannot take a 3x8x8 input: lenet5 needs inputs of at least 12x12 pixels" in out
+    cells = {line.split()[0]: re.split(r"\s{2,}", line) for line in out.splitlines()[1:4]}
+    assert cells["vgg11"][4] == "-" and cells["lenet5"][3:5] == ["-", "-"]  # no GFLOPs; no parameters either
+    assert cells["resnet20_cifar"][3] == "272,378"
 
 
 @pytest.mark.parametrize(
@@ -97,7 +99,7 @@ def test_input_too_small_is_a_note_not_a_crash(capsys: pytest.CaptureFixture) ->
         (["models", "--input-size", "banana"], ["--input-size", "'banana'", "CxHxW", "1x28x28"]),
         (["models", "--input-size", "1x28x32"], ["--input-size", "square"]),
         (["models", "resnet19"], ["unknown model 'resnet19'", "did you mean resnet18"]),
-        (["models", "--num-classes", "0", "lenet5"], ["num_classes", "lenet5"]),
+        (["models", "--num-classes", "0", "lenet5"], ["num_classes must be a positive integer, got 0"]),
     ],
 )
 def test_user_errors_are_one_line_exit_2(

@@ -30,7 +30,7 @@ class ZooRow:
     input_size: tuple[int, int, int]  # (C, H, W) fed to the model
     stem: str | None  # imagenet | small for ImageNet-shaped nets, else None
     num_classes: int
-    params: int
+    params: int | None  # None when the model cannot be built for this input (see note)
     gflops: float | None  # None when the model cannot take this input (see note)
     pretrained: tuple[str, ...]  # torchvision weight names
     note: str | None = None
@@ -69,10 +69,13 @@ def describe_model(
         stem, side = resolve_stem(name, "auto", input_size[-1])
         size = (input_size[0], side, side)
     classes = num_classes if num_classes is not None else info.native_classes
-    with torch.device("meta"):
-        model = create_model(name, num_classes=classes, in_chans=size[0], stem=stem, image_size=size[-1])
-    gflops, note = None, None
-    try:
+    if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
+        raise ConfigError(f"num_classes must be a positive integer, got {classes!r}")
+    params, gflops, note = None, None, None
+    try:  # a layout that cannot take this input fails while it is built (lenet5) or run (pooling to 0x0)
+        with torch.device("meta"):
+            model = create_model(name, num_classes=classes, in_chans=size[0], stem=stem, image_size=size[-1])
+        params = count_params(model)
         gflops = count_flops(model, size) / 1e9
     except (RuntimeError, ValueError, CnnlabError) as error:
         note = f"cannot take a {'x'.join(map(str, size))} input: {str(error).strip().splitlines()[0][:100]}"
@@ -83,7 +86,7 @@ def describe_model(
         input_size=size,
         stem=stem,
         num_classes=classes,
-        params=count_params(model),
+        params=params,
         gflops=gflops,
         pretrained=info.torchvision_weights,
         note=note,
@@ -113,7 +116,7 @@ def format_zoo_table(rows: Sequence[ZooRow]) -> str:
             row.name,
             row.family,
             "x".join(map(str, row.input_size)) + (f" {row.stem} stem" if row.stem else ""),
-            f"{row.params:,}",
+            "-" if row.params is None else f"{row.params:,}",
             format_gflops(row.gflops),
             ", ".join(row.pretrained) or "-",
         )
