@@ -138,6 +138,7 @@ def _model_hparams(config: cfg.RunConfig, info: Any, stem: str, *, in_chans: int
     return {
         "num_classes": num_classes,
         "in_chans": in_chans,
+        "image_size": config.data.image_size,
         **{key: value for key, value in switches.items() if value is not None},
     }
 
