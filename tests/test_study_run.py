@@ -301,3 +301,16 @@ def test_transfer_smoke_chains_pretraining_into_fine_tuning(tmp_path):
             source = Path(result["config"]["train"]["init"].removeprefix("run:")).name
             assert pretrain[source]["config"]["model"]["name"] == result["config"]["model"]["name"]
             assert result["class_names"] == ["5", "6", "7", "8", "9"]
+
+
+def test_workers_option_runs_every_run_once_across_local_processes(tmp_path):
+    raw = {"base": {**TINY, "train.epochs": 1}, "grid": {"optim.lr": [0.003, 0.01]}, "seeds": [0, 1]}
+    spec = write_spec(tmp_path / "workers.yaml", raw)
+    process = cnnlab_process(
+        "study", "run", str(spec), "--out", str(tmp_path / "w"), "--workers", "2", "--heartbeat", "1"
+    )
+    output, _ = process.communicate(timeout=180)
+    assert process.returncode == 0, output
+    completed = [line.split()[2] for line in output.splitlines() if " completed " in line]
+    assert len(completed) == 4 and len(set(completed)) == 4, output
+    assert "4 done, 0 failed" in output and (tmp_path / "w" / "report.html").is_file()

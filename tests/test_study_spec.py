@@ -187,11 +187,25 @@ def test_stages_chain_pretraining_runs_into_the_next_stage_by_seed_and_model(tmp
             assert run.config.train.init == "scratch" and run.depends_on == ()
 
 
+def test_a_single_seed_source_stage_feeds_every_seed(tmp_path):
+    raw = {
+        "base": BASE,
+        "stages": [
+            {"name": "pretrain", "seeds": [7]},
+            {"name": "transfer", "seeds": [0, 1, 2], "base": {"train.init": "stage:pretrain"}},
+        ],
+    }
+    plan = plan_of(raw, tmp_path)
+    source = plan.runs[0]
+    assert [r.depends_on for r in plan.runs[1:]] == [(source.index,)] * 3
+    assert {r.config.train.init for r in plan.runs[1:]} == {f"run:{plan.study_dir / 'runs' / source.run_id}"}
+
+
 def test_stage_without_matching_source_run_is_an_error(tmp_path):
     raw = {
         "base": BASE,
         "stages": [
-            {"name": "pretrain", "seeds": [0]},
+            {"name": "pretrain", "seeds": [0, 2]},
             {"name": "transfer", "seeds": [0, 1], "base": {"train.init": "stage:pretrain"}},
         ],
     }

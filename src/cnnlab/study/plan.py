@@ -235,12 +235,16 @@ def _init_source(
     earlier: Sequence[PlannedRun],
     stage: StageSpec,
 ) -> PlannedRun:
-    """The run of `source_stage` this run starts from: same seed, same values on the source's grid axes."""
-    candidates = [run for run in earlier if run.stage == source_stage and run.seed == seed]
+    """The run of `source_stage` this run starts from: same seed (or the source stage's only seed), and the
+    same values on the source's grid axes."""
+    source_runs = [run for run in earlier if run.stage == source_stage]
+    source_seeds = {run.seed for run in source_runs}
+    # a source stage with one seed was pretrained once and feeds every seed of this stage
+    candidates = source_runs if len(source_seeds) == 1 else [run for run in source_runs if run.seed == seed]
     if not candidates:
         raise ConfigError(
             f"stage {stage.name!r}: train.init=stage:{source_stage} has no run with seed {seed}; "
-            f"give stage {source_stage!r} the same seeds"
+            f"give stage {source_stage!r} the same seeds, or a single seed"
         )
     current = cfg.to_dict(cfg.from_dict(cfg.merge(tree, {"train.init": "scratch"})))
     matching = [run for run in candidates if _agrees(run, point, current)]

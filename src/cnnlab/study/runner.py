@@ -366,7 +366,11 @@ def _stop(helper: subprocess.Popen) -> None:
     """Terminate a helper worker still running (this process was interrupted); its run is retried later."""
     if helper.poll() is None:
         helper.terminate()
-        helper.wait(timeout=30)
+        try:
+            helper.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            helper.kill()  # Lightning defers SIGTERM to the end of a step; a run killed here is resumed later
+            helper.wait()
 
 
 def _set_threads(threads: int) -> None:
