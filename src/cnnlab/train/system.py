@@ -8,6 +8,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch import nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from cnnlab.config import OptimConfig
@@ -40,8 +41,12 @@ class ClassifierSystem(pl.LightningModule):
         self.optim = optim
         self.backbone_lr_mult = backbone_lr_mult
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=optim.label_smoothing)
-        self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        # epoch metrics: updated every step (no per-step self.log, no input checks that sync the device),
+        # logged once per epoch
+        self.train_loss = MeanMetric(nan_strategy="disable")
+        self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro", validate_args=False)
+        self.val_loss = MeanMetric(nan_strategy="disable")
+        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro", validate_args=False)
         self.frozen_backbone = False  # set by the fine-tune callbacks; frozen BatchNorm stays in eval mode
         self.extra_checkpoint: dict[str, Any] = {}
 
@@ -57,21 +62,38 @@ class ClassifierSystem(pl.LightningModule):
                     module.eval()
         return self
 
+    def on_train_epoch_start(self) -> None:
+        self.train_loss.reset()
+        self.train_acc.reset()
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
         logits = self.model(images)
         loss = self.loss_fn(logits, labels)
-        self.train_acc(logits.detach(), labels)
-        self.log("train_loss", loss.detach(), on_step=False, on_epoch=True, batch_size=len(labels))
-        self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(labels))
+        self.train_loss.update(loss.detach(), weight=len(labels))
+        self.train_acc.update(logits.detach(), labels)
+        if batch_idx + 1 == self.trainer.num_training_batches:
+            # logged at the last step, so callbacks reading callback_metrics at epoch end see the values
+            self._log_epoch_metrics("train", self.train_loss, self.train_acc)
         return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_loss.reset()
+        self.val_acc.reset()
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         images, labels = batch
         logits = self.model(images)
-        self.val_acc(logits, labels)
-        self.log("val_loss", self.loss_fn(logits, labels), on_epoch=True, batch_size=len(labels))
-        self.log("val_acc", self.val_acc, on_epoch=True, batch_size=len(labels))
+        self.val_loss.update(self.loss_fn(logits, labels), weight=len(labels))
+        self.val_acc.update(logits, labels)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics("val", self.val_loss, self.val_acc)
+
+    def _log_epoch_metrics(self, stage: str, loss: MeanMetric, accuracy: MulticlassAccuracy) -> None:
+        """Log `<stage>_loss` (mean over images) and `<stage>_acc` once per epoch (synced across ranks)."""
+        self.log(f"{stage}_loss", loss.compute(), on_step=False, on_epoch=True)
+        self.log(f"{stage}_acc", accuracy.compute(), on_step=False, on_epoch=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = build_optimizer(self.model, self.optim, self.backbone_lr_mult)
