@@ -250,3 +250,11 @@ def test_predict_kaggle_and_probs_match_the_models_argmax_per_file(tiny_run, tmp
     header, *values = list(csv.reader(table.read_text().splitlines()))
     assert header == ["id", *trained.class_names]
     assert np.allclose(np.array([row[1:] for row in values], dtype=float), probs, atol=1e-5)
+
+
+def test_last_checkpoint_is_refreshed_even_when_validation_does_not_improve(tmp_path):
+    frozen = fit(tiny(**{"optim.lr": 1e-12, "optim.weight_decay": 0.0}), tmp_path / "flat")
+    rows = read_metrics(frozen.out_dir / "metrics.csv")
+    assert rows[0]["val_acc"] == rows[1]["val_acc"]  # epoch 1 is not a new best
+    assert io.load_checkpoint(frozen.out_dir / "checkpoints" / "last.ckpt")["epoch"] == 1
+    assert io.load_checkpoint(frozen.out_dir / "checkpoints" / "best.ckpt")["epoch"] == 0

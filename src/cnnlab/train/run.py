@@ -253,19 +253,24 @@ def _train(
 def _build_trainer(
     config: cfg.RunConfig, out_dir: Path, recorder: EpochRecorder, *, has_val: bool
 ) -> pl.Trainer:
-    checkpoints = ModelCheckpoint(
-        dirpath=out_dir / "checkpoints",
+    # Two callbacks: Lightning's save_last refreshes last.ckpt only in epochs that improved the best one.
+    folder = out_dir / "checkpoints"
+    best = ModelCheckpoint(
+        dirpath=folder,
         filename="best",
         monitor="val_acc" if has_val else None,
         mode="max",
-        save_last=True,
         save_on_train_epoch_end=True,
         enable_version_counter=False,
+    )
+    last = ModelCheckpoint(
+        dirpath=folder, filename="last", save_on_train_epoch_end=True, enable_version_counter=False
     )
     callbacks: list[pl.Callback] = [
         EpochSeeder(config.train.seed),
         recorder,
-        checkpoints,
+        best,
+        last,
         DivergenceGuard(check_every=1 if _accelerator(config) == "cpu" else 25),
     ]
     if config.train.finetune != "full":
