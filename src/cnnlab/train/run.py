@@ -32,6 +32,7 @@ from cnnlab.train.callbacks import BackboneFreeze, DivergenceGuard, EpochRecorde
 from cnnlab.train.checkpoint import SafeCheckpointIO, load_trained_model, model_state, run_checkpoint_path
 from cnnlab.train.data_module import InMemoryDataModule
 from cnnlab.train.inference import predict_probs, score_predictions
+from cnnlab.train.speed import keep_freed_memory
 from cnnlab.train.system import ClassifierSystem
 
 RESULT_FILE = "result.json"
@@ -235,8 +236,11 @@ def _train(
         num_classes=len(prepared.train_set.class_names),
         optim=config.optim,
         backbone_lr_mult=config.train.backbone_lr_mult,
+        compile=config.train.compile,
     )
     system.extra_checkpoint = _checkpoint_meta(prepared)
+    if _accelerator(config) == "cpu":
+        keep_freed_memory()  # no page faults per step (benchmarks/RESULTS.md)
     recorder = EpochRecorder(out_dir / "metrics.csv", echo=not os.environ.get("CNNLAB_QUIET"))
     try:
         with _quiet_lightning():

@@ -12,6 +12,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from cnnlab.config import OptimConfig
+from cnnlab.train.speed import compiled_forward
 
 BatchNormTypes = (nn.modules.batchnorm._BatchNorm,)
 
@@ -34,10 +35,19 @@ class ClassifierSystem(pl.LightningModule):
     """Cross-entropy classification of one zoo model; the plain nn.Module stays separate (`self.model`)."""
 
     def __init__(
-        self, model: nn.Module, *, num_classes: int, optim: OptimConfig, backbone_lr_mult: float
+        self,
+        model: nn.Module,
+        *,
+        num_classes: int,
+        optim: OptimConfig,
+        backbone_lr_mult: float,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
+        # train.compile: a compiled forward beside the plain model (a function, not a submodule, so the
+        # checkpoint's state_dict keys do not change)
+        self.compiled_forward = compiled_forward(model) if compile else None
         self.optim = optim
         self.backbone_lr_mult = backbone_lr_mult
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=optim.label_smoothing)
@@ -51,6 +61,8 @@ class ClassifierSystem(pl.LightningModule):
         self.extra_checkpoint: dict[str, Any] = {}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.compiled_forward is not None:
+            return self.compiled_forward(images)
         return self.model(images)
 
     def train(self, mode: bool = True) -> ClassifierSystem:
@@ -68,7 +80,7 @@ class ClassifierSystem(pl.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
-        logits = self.model(images)
+        logits = self(images)
         loss = self.loss_fn(logits, labels)
         self.train_loss.update(loss.detach(), weight=len(labels))
         self.train_acc.update(logits.detach(), labels)
@@ -83,7 +95,7 @@ class ClassifierSystem(pl.LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         images, labels = batch
-        logits = self.model(images)
+        logits = self(images)
         self.val_loss.update(self.loss_fn(logits, labels), weight=len(labels))
         self.val_acc.update(logits, labels)
 

@@ -1,0 +1,159 @@
+"""Shared helpers of the benchmark scripts: the data they run on, the machine, repetition statistics,
+the matmul peak and writing a section of RESULTS.md.
+
+Not a test module and not part of the package: the scripts import it as `common` from this folder.
+"""
+
+from __future__ import annotations
+
+import datetime
+import gzip
+import os
+import platform
+import statistics
+import struct
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+FASHION_SHAPE = (1, 28, 28)
+FASHION_SIZES = {"train": 60000, "t10k": 10000}
+IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
+IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
+
+
+def fashion_data_dir(sizes: dict[str, int] | None = None) -> tuple[str | None, str]:
+    """(data.data_dir for cnnlab, description): None when Fashion-MNIST is installed (and `sizes` is not
+    given), else a temporary folder of generated IDX files of that shape (random pixels: chance accuracy)."""
+    from cnnlab.data import get_spec, locate
+
+    if sizes is None and locate(get_spec("fashion-mnist"), None) is not None:
+        return None, "Fashion-MNIST (real files, 60,000 training / 10,000 test images of 1x28x28)"
+    counts = sizes or FASHION_SIZES
+    folder = Path(tempfile.mkdtemp(prefix="cnnlab-bench-fashion-"))
+    write_generated_idx(folder, counts)
+    return str(folder), (
+        f"generated Fashion-MNIST-shaped IDX files ({counts['train']:,} / {counts['t10k']:,} random 1x28x28 "
+        "images: the Debian package dataset-fashion-mnist is absent or --generated was asked)"
+    )
+
+
+def write_generated_idx(folder: Path, sizes: dict[str, int]) -> None:
+    """Write gzipped IDX image/label files named like Fashion-MNIST's, with seeded random content."""
+    generator = torch.Generator().manual_seed(0)
+    for prefix, count in sizes.items():
+        images = torch.randint(0, 256, (count, 28, 28), generator=generator, dtype=torch.uint8)
+        labels = torch.arange(count, dtype=torch.uint8) % 10  # every class present, for stratified splits
+        header = struct.pack(">IIII", IDX_IMAGES_MAGIC, count, 28, 28)
+        with gzip.open(folder / f"{prefix}-images-idx3-ubyte.gz", "wb", compresslevel=1) as handle:
+            handle.write(header + images.numpy().tobytes())
+        with gzip.open(folder / f"{prefix}-labels-idx1-ubyte.gz", "wb", compresslevel=1) as handle:
+            handle.write(struct.pack(">II", IDX_LABELS_MAGIC, count) + labels.numpy().tobytes())
+
+
+def sync(device: torch.device | str) -> None:
+    """Wait for queued GPU work, so a timer read afterwards covers it."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_gflops(device: str, *, size: int = 2048, repeats: int = 10) -> list[float]:
+    """Measured fp32 GEMM throughput (size x size @ size x size), one figure per repetition, in GFLOP/s."""
+    generator = torch.Generator().manual_seed(0)
+    left = torch.randn(size, size, generator=generator).to(device)
+    right = torch.randn(size, size, generator=generator).to(device)
+    if torch.device(device).type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False  # the fp32 peak, not TF32
+    inner = 10 if torch.device(device).type == "cuda" else 1  # a GPU GEMM is too short to time alone
+    for _ in range(2):
+        torch.mm(left, right)
+    rates = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(inner):
+            torch.mm(left, right)
+        sync(device)
+        rates.append(2 * size**3 * inner / (time.perf_counter() - start) / 1e9)
+    return rates
+
+
+def spread(values: Sequence[float]) -> tuple[float, float, float]:
+    """(min, median, max) of repeated measurements."""
+    return min(values), statistics.median(values), max(values)
+
+
+def format_spread(values: Sequence[float], digits: int = 1) -> str:
+    """`min / median / max` with a fixed number of decimals and thousands separators."""
+    return " / ".join(f"{value:,.{digits}f}" for value in spread(values))
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (or what platform knows)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def machine(device: str) -> str:
+    """CPU model, cores, GPU when used, versions, torch threads and the current load average."""
+    import lightning
+    import torchvision
+
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.device(device).type == "cuda" else ""
+    return (
+        f"{cpu_model()}, nproc {os.cpu_count()}{gpu}; Python {platform.python_version()}, torch "
+        f"{torch.__version__}, torchvision {torchvision.__version__}, lightning {lightning.__version__}; "
+        f"torch threads {torch.get_num_threads()}; load average {load_average()}"
+    )
+
+
+def load_average() -> str:
+    """The 1-minute load average now (what else was running on the machine)."""
+    return f"{os.getloadavg()[0]:.2f}"
+
+
+def git_commit() -> str:
+    """The short commit of the working tree the benchmark ran from (with '+dirty' when it differs)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=root, timeout=5
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src"], capture_output=True, text=True, cwd=root, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{commit}{'+dirty' if dirty else ''}" if commit else "unknown"
+
+
+def header(command: str, device: str) -> list[str]:
+    """The first lines of a RESULTS.md section: date, the command, the machine, the code's commit."""
+    return [
+        f"{datetime.date.today().isoformat()} — `{command}` (cnnlab commit {git_commit()})",
+        "",
+        f"Machine: {machine(device)}.",
+    ]
+
+
+def record_section(title: str, lines: Sequence[str]) -> None:
+    """Replace (or append) the `## <title>` section of RESULTS.md, keeping every other section."""
+    heading = f"## {title}"
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    body = "\n".join([heading, "", *lines]).rstrip("\n") + "\n"
+    start = text.find(heading + "\n")
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + body
+    else:
+        end = text.find("\n## ", start + len(heading))
+        text = text[:start] + body + (text[end:] if end >= 0 else "")
+    RESULTS.write_text(text)
