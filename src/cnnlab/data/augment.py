@@ -51,9 +51,17 @@ def augment_uint8(
     return images
 
 
+def to_device(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Move per-sample random parameters (drawn on the CPU) to the images' device without a host sync:
+    on CUDA through pinned memory, asynchronously, so the training loop never waits for the GPU."""
+    if device.type != "cuda":
+        return values.to(device)
+    return values.pin_memory().to(device, non_blocking=True)
+
+
 def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Mirror each image left-right with probability 1/2."""
-    mask = (torch.rand(images.shape[0], generator=generator) < 0.5).to(images.device)
+    mask = to_device(torch.rand(images.shape[0], generator=generator) < 0.5, images.device)
     return torch.where(mask[:, None, None, None], images.flip(-1), images)
 
 
@@ -66,7 +74,7 @@ def random_crop(
     picked by advanced indexing, so the cost is one padded copy and one gather for the whole batch.
     """
     batch, _, height, width = images.shape
-    offsets = torch.randint(0, 2 * padding + 1, (batch, 2), generator=generator).to(images.device)
+    offsets = to_device(torch.randint(0, 2 * padding + 1, (batch, 2), generator=generator), images.device)
     if reflect:
         rows = _reflect(torch.arange(-padding, height + padding, device=images.device), height)
         cols = _reflect(torch.arange(-padding, width + padding, device=images.device), width)
@@ -100,5 +108,6 @@ def random_resized_crop(images: torch.Tensor, generator: torch.Generator) -> tor
     theta = torch.zeros(batch, 2, 3)
     theta[:, 0, 0], theta[:, 0, 2] = crop_w, centre_x
     theta[:, 1, 1], theta[:, 1, 2] = crop_h, centre_y
-    grid = F.affine_grid(theta.to(images.device, images.dtype), list(images.shape), align_corners=False)
+    theta = to_device(theta, images.device).to(images.dtype)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
