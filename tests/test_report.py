@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import json
 import math
 import os
 import subprocess
@@ -17,8 +18,15 @@ from PIL import Image
 from scipy import stats
 
 from cnnlab.cli import main
-from cnnlab.report import format_results_table, load_study, paired_comparisons, summarize, write_report
-from cnnlab.report.render import epoch_lines
+from cnnlab.report import (
+    Summary,
+    format_results_table,
+    load_study,
+    paired_comparisons,
+    summarize,
+    write_report,
+)
+from cnnlab.report.render import epoch_lines, interval
 from cnnlab.report.statistics import describe, format_p
 from tests.report_fixtures import CONFIGURATIONS, EPOCHS, make_study, read_results, write_run
 
@@ -221,6 +229,19 @@ def test_configurations_are_labelled_by_what_differs_and_fine_tunes_group_across
     assert labels[0].startswith("data.classes=[0, 1]") and "stage=pretrain" in labels[0]
     assert "train.init=run:C1" in labels[1] + labels[2] and "train.init=scratch" in labels[1] + labels[2]
     assert [c.key for c in paired_comparisons(study)] == ["train.init"]
+
+
+def test_configurations_follow_the_study_plan_order(tmp_path: Path) -> None:
+    root = make_study(tmp_path, failures=False, ensemble=False)
+    plan = json.loads((root / "study.json").read_text())
+    (root / "study.json").write_text(json.dumps({"runs": plan["runs"][::-1]}))
+    names = [c.settings["model.name"] for c in load_study(root).configurations]
+    assert names == ["resnet20_cifar", "lenet5", "lenet5"]
+
+
+def test_displayed_interval_never_leaves_0_to_100_percent() -> None:
+    assert interval(Summary(2, 0.99, 0.01, 0.9, 1.08)) == "[90.00, 100.00]"
+    assert interval(Summary(1, 0.99, math.nan, math.nan, math.nan)) == "—"
 
 
 def test_summary_interval_is_the_t_interval() -> None:

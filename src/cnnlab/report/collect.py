@@ -27,7 +27,8 @@ from cnnlab.errors import CnnlabError
 PER_RUN_KEYS = ("train.seed", "data.fold", "data.splits_file")
 TAG_KEYS = ("stage", "role")
 METRIC_COLUMNS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s")
-SPEC_FILES = ("study.yaml", "study.json")
+PLAN_FILE = "study.json"  # a study's expanded plan: its runs in spec order
+SPEC_FILES = ("study.yaml", PLAN_FILE)
 SELECT_FILE = "select.json"  # written by a study's select stage: the chosen configuration and every score
 FINAL_ROLE = "final"  # tags.role of a run retrained on all training data after selection
 
@@ -194,9 +195,9 @@ def load_study(root: str | Path) -> Study:
         raise ReportError(
             f"no run results in {root}: expected runs/<run_id>/result.json (run `cnnlab study run`)"
         )
-    configurations, varying = _group(runs)
-    ensembles = tuple(_read_ensemble(path.parent) for path in sorted(root.glob("ensembles/*/result.json")))
     spec_name, spec_text = _read_spec(root)
+    configurations, varying = _group(runs, _plan_positions(root / PLAN_FILE))
+    ensembles = tuple(_read_ensemble(path.parent) for path in sorted(root.glob("ensembles/*/result.json")))
     selection = _read_json(root / SELECT_FILE) if (root / SELECT_FILE).is_file() else None
     return Study(root, tuple(configurations), ensembles, tuple(varying), spec_text, spec_name, selection)
 
@@ -298,8 +299,22 @@ def _read_spec(root: Path) -> tuple[str | None, str | None]:
     return None, None
 
 
-def _group(runs: Sequence[RunRecord]) -> tuple[list[Configuration], list[str]]:
-    """Group runs into configurations, order them by their differing settings and name them C1, C2, ..."""
+def _plan_positions(path: Path) -> dict[str, int]:
+    """run id → its place in the study's plan (study.json), so the table follows the spec's order."""
+    if not path.is_file():
+        return {}
+    plan = _read_json(path)
+    entries = plan.get("runs") if isinstance(plan, dict) else None
+    if not isinstance(entries, list):
+        return {}
+    ids = [entry.get("run_id") for entry in entries if isinstance(entry, dict)]
+    return {str(run_id): position for position, run_id in enumerate(ids) if run_id}
+
+
+def _group(
+    runs: Sequence[RunRecord], plan_positions: dict[str, int]
+) -> tuple[list[Configuration], list[str]]:
+    """Group runs into configurations, order them (spec order, else by setting) and name them C1, C2, ..."""
     sources = _init_sources(runs)
     keys: dict[int, str] = {}
     for run in runs:
@@ -324,6 +339,7 @@ def _group(runs: Sequence[RunRecord]) -> tuple[list[Configuration], list[str]]:
         key=lambda key: (
             stage_rank[representative[key].get("tags.stage")],
             depth[key],
+            min(plan_positions.get(run.run_id, len(plan_positions)) for run in groups[key]),
             _sort_key(representative[key], varying),
         ),
     )

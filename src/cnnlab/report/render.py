@@ -156,10 +156,10 @@ def mean_std(summary: Summary | None) -> str:
 
 
 def interval(summary: Summary | None) -> str:
-    """`[96.90, 98.16]` in percent, `—` when fewer than two runs."""
+    """`[96.90, 98.16]` in percent, clipped to what an accuracy can be; `—` when fewer than two runs."""
     if summary is None or not math.isfinite(summary.ci_low):
         return "—"
-    return f"[{100 * summary.ci_low:.2f}, {100 * summary.ci_high:.2f}]"
+    return f"[{max(0.0, 100 * summary.ci_low):.2f}, {min(100.0, 100 * summary.ci_high):.2f}]"
 
 
 def results_csv(rows: Sequence[ConfigurationRow]) -> str:
@@ -276,7 +276,8 @@ def _table_notes(report: Report) -> list[str]:
     """What the table's numbers mean, and the study's own selection when it made one."""
     notes = [
         f"★ {BEST_NOTE}. Accuracies in %: mean ± sample std over completed runs; 95% CI of the mean "
-        "(Student's t). Validation accuracy is each run's best epoch."
+        "(Student's t, shown clipped to 0–100; results.csv keeps it unclipped). Validation accuracy is each "
+        "run's best epoch."
     ]
     selection = report.study.selection
     if isinstance(selection, dict) and selection.get("chosen"):

@@ -207,7 +207,8 @@ def _compare(
     if a.mean() < b.mean():
         first, second, a, b = second, first, b, a
     t_statistic, t_p = _ttest(a, b)
-    context = ", ".join(f"{k}={format_value(first.settings.get(k))}" for k in varying if k != key)
+    held = [k for k in varying if k != key and first.settings.get(k) is not None]  # null: the model's default
+    context = ", ".join(f"{k}={format_value(first.settings.get(k))}" for k in held)
     return PairedComparison(
         better=first.ident,
         worse=second.ident,
