@@ -27,7 +27,9 @@ def test_bad_type_names_key():
 
 
 def test_bad_choice_lists_allowed_values():
-    with pytest.raises(ConfigError, match=r"optim\.optimizer='adm'.*did you mean adam.*allowed: sgd, adam, adamw"):
+    with pytest.raises(
+        ConfigError, match=r"optim\.optimizer='adm'.*did you mean adam.*allowed: sgd, adam, adamw"
+    ):
         config.from_dict({"optim.optimizer": "adm"})
 
 
