@@ -62,24 +62,33 @@ def sync(device: torch.device | str) -> None:
         torch.cuda.synchronize()
 
 
-def matmul_gflops(device: str, *, size: int = 2048, repeats: int = 10) -> list[float]:
-    """Measured fp32 GEMM throughput (size x size @ size x size), one figure per repetition, in GFLOP/s."""
+def matmul_gflops(
+    device: str, *, size: int = 2048, repeats: int = 10, dtype: torch.dtype = torch.float32
+) -> list[float]:
+    """Measured GEMM throughput (size x size @ size x size), one figure per repetition, in GFLOP/s.
+
+    fp32 means true fp32: TF32 is switched off for the measurement (and restored after it).
+    """
     generator = torch.Generator().manual_seed(0)
-    left = torch.randn(size, size, generator=generator).to(device)
-    right = torch.randn(size, size, generator=generator).to(device)
-    if torch.device(device).type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = False  # the fp32 peak, not TF32
-    inner = 10 if torch.device(device).type == "cuda" else 1  # a GPU GEMM is too short to time alone
-    for _ in range(2):
-        torch.mm(left, right)
-    rates = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        for _ in range(inner):
+    left = torch.randn(size, size, generator=generator).to(device, dtype)
+    right = torch.randn(size, size, generator=generator).to(device, dtype)
+    on_gpu = torch.device(device).type == "cuda"
+    inner = 20 if on_gpu else 1  # a GPU GEMM is too short to time alone
+    allow_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        for _ in range(3):
             torch.mm(left, right)
-        sync(device)
-        rates.append(2 * size**3 * inner / (time.perf_counter() - start) / 1e9)
+        rates = []
+        for _ in range(repeats):
+            sync(device)
+            start = time.perf_counter()
+            for _ in range(inner):
+                torch.mm(left, right)
+            sync(device)
+            rates.append(2 * size**3 * inner / (time.perf_counter() - start) / 1e9)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
     return rates
 
 
