@@ -53,7 +53,7 @@ import common  # noqa: E402
 SECTION = "Training throughput"
 MODELS = ("resnet20_cifar", "lenet5", "resnet18")
 STEPS = {"resnet20_cifar": 20, "lenet5": 60, "resnet18": 4}  # steps per timed epoch (CPU)
-GPU_STEPS = {"resnet20_cifar": 200, "lenet5": 200, "resnet18": 100}
+GPU_STEPS = {"resnet20_cifar": 100, "lenet5": 100, "resnet18": 100}
 PADDING = 4  # RandomCrop(28, padding=4) and cnnlab's crop
 WORKERS = 2  # DataLoader worker processes of the usual pipeline
 PIPELINES = ("a", "b", "c")

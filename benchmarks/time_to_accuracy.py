@@ -90,6 +90,19 @@ def recipe_rows(recipe: Path, target: float, budget: float | None, attempts: lis
     return rows
 
 
+def real_fashion_mnist(data_dir: str | None) -> str:
+    """Where Fashion-MNIST was found; exits when it is absent (accuracy on generated data means nothing)."""
+    from cnnlab.data import get_spec, locate
+
+    location = locate(get_spec("fashion-mnist"), data_dir)
+    if location is None:
+        sys.exit(
+            "time_to_accuracy: Fashion-MNIST not found (apt-get install dataset-fashion-mnist, or pass "
+            "--data-dir / set CNNLAB_DATA to a folder with its four IDX .gz files); --quick runs without it"
+        )
+    return f"Fashion-MNIST (real files, 60,000 training / 10,000 test images) from {location.directory}"
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -97,6 +110,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--target", type=float, default=0.92, help="target test accuracy for --recipe")
     parser.add_argument("--repeats", type=int, default=3, help="cold-start runs per recipe (seeds 0..)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra override")
+    parser.add_argument("--data-dir", help="folder holding Fashion-MNIST's IDX files (else the usual lookup)")
     parser.add_argument("--quick", action="store_true", help="generated data, 1 epoch on a subset, 1 run")
     parser.add_argument("--record", action="store_true", help=f"write the '{SECTION}' section of RESULTS.md")
     return parser.parse_args()
@@ -112,7 +126,8 @@ def main() -> None:
         overrides += [*QUICK_OVERRIDES, f"data.data_dir={data_dir}"]
         args.repeats = 1
     else:
-        _, source = common.fashion_data_dir()
+        source = real_fashion_mnist(args.data_dir)
+        overrides += [f"data.data_dir={args.data_dir}"] if args.data_dir else []
     print(f"data: {source}\nmachine: {common.machine(device)}", flush=True)
     load_before = common.load_average()
     lines = [
