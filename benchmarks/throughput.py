@@ -73,6 +73,7 @@ class Setting:
     batch_size: int
     device: str
     data_dir: str | None
+    compile: bool = False  # train.compile for (c), the same compiled forward in (b)
     forward_flops: int = 0
     rates: dict[str, list[float]] = field(default_factory=lambda: {key: [] for key in PIPELINES})
 
@@ -93,6 +94,7 @@ def fit_config(setting: Setting, epochs: int):
         "train.test": False,
         "train.accelerator": torch.device(setting.device).type,
         "train.devices": "1",
+        "train.compile": setting.compile,
     }
     return cfg.from_dict(tree)
 
@@ -171,6 +173,7 @@ def hand_loop(setting: Setting) -> Callable[[], None]:
     device = torch.device(setting.device)
     memory_format = torch.channels_last if prepared.config.train.channels_last else torch.contiguous_format
     model = prepared.model.to(device, memory_format=memory_format).train()
+    forward = torch.compile(model.forward) if setting.compile else model
     optimizer = make_optimizer(model)
     images = prepared.train_set.images.to(device)
     labels = prepared.train_set.labels.to(device)
@@ -188,7 +191,7 @@ def hand_loop(setting: Setting) -> Callable[[], None]:
             batch = augment_uint8(images[index], ("crop", "flip"), generator)
             batch = (batch.float() * scale + shift).contiguous(memory_format=memory_format)
             with autocast:
-                loss = F.cross_entropy(model(batch), labels[index])
+                loss = F.cross_entropy(forward(batch), labels[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -259,7 +262,8 @@ def model_table(setting: Setting, peak: float) -> list[str]:
     """Markdown rows for one model: images/s and achieved GFLOP/s per pipeline, then the ratios."""
     train_flops = 3 * setting.forward_flops
     rows = [
-        f"**{setting.model}** — batch {setting.batch_size}, {setting.steps} steps per timed epoch, "
+        f"**{setting.model}**{' (compiled)' if setting.compile else ''} — batch {setting.batch_size}, "
+        f"{setting.steps} steps per timed epoch, "
         f"{train_flops / 1e9:.4f} GFLOP per training image (3 x forward)",
         "",
         "| pipeline | images/s min / median / max | GFLOP/s (median) | of matmul peak |",
@@ -303,6 +307,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=None, help="steps per timed epoch (default per model)")
     parser.add_argument("--repeats", type=int, default=5, help="timed epochs per pipeline")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    parser.add_argument("--compile", action="store_true", help="train.compile in (c), torch.compile in (b)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of a few seconds")
     parser.add_argument("--generated", action="store_true", help="use generated data even if installed")
     parser.add_argument("--profile", metavar="MODEL", help="print a torch.profiler table of fit and exit")
@@ -314,11 +319,13 @@ def settings_from(args: argparse.Namespace, data_dir: str | None) -> list[Settin
     """One Setting per model, with steps per epoch from the flags, the device and --quick."""
     if args.quick:
         models = args.models or ["lenet5"]
-        return [Setting(m, args.steps or 2, min(args.batch_size, 32), args.device, data_dir) for m in models]
+        batch = min(args.batch_size, 32)
+        return [Setting(m, args.steps or 2, batch, args.device, data_dir, args.compile) for m in models]
     table = GPU_STEPS if torch.device(args.device).type == "cuda" else STEPS
+    steps = {model: args.steps or table.get(model, 10) for model in (args.models or MODELS)}
     return [
-        Setting(model, args.steps or table.get(model, 10), args.batch_size, args.device, data_dir)
-        for model in (args.models or MODELS)
+        Setting(model, count, args.batch_size, args.device, data_dir, args.compile)
+        for model, count in steps.items()
     ]
 
 
