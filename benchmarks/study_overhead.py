@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -78,9 +79,11 @@ def write_spec(folder: Path, runs: int, args: argparse.Namespace, data_dir: str 
     return path
 
 
-def run_study(spec: Path, out_dir: Path, runs: int) -> StudyTiming:
+def run_study(spec: Path, out_dir: Path, runs: int, threads: int | None = None) -> StudyTiming:
     """Run the study in a new process; the wall time, and per-run times from the log and result files."""
     env = {**os.environ, "CNNLAB_QUIET": "1"}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)  # torch's intra-op threads in the new process
     command = [sys.executable, "-m", "cnnlab", "study", "run", str(spec), "--out", str(out_dir)]
     start = time.perf_counter()
     completed = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -115,6 +118,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--baseline-runs", type=int, default=2, help="runs in the small study")
     parser.add_argument("--subset", type=int, default=2000, help="training images per run")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS of the study (default: torch's own)")
     parser.add_argument("--quick", action="store_true", help="generated data, 1 and 3 runs, one repetition")
     parser.add_argument("--record", action="store_true", help=f"write the '{SECTION}' section of RESULTS.md")
     return parser.parse_args()
@@ -149,6 +153,8 @@ def main() -> None:
         args.runs, args.baseline_runs, args.repeats, args.subset = 3, 1, 1, 200
     sizes = {"train": 2000, "t10k": 200} if args.quick else None
     data_dir, source = common.fashion_data_dir(sizes)
+    if args.threads:
+        torch.set_num_threads(args.threads)  # so the machine line reports the study's thread count
     print(f"data: {source}\nmachine: {common.machine(args.device)}", flush=True)
     load_before = common.load_average()
     folder = Path(tempfile.mkdtemp(prefix="cnnlab-bench-study-"))
@@ -158,7 +164,7 @@ def main() -> None:
             timings = {}
             for runs in (args.baseline_runs, args.runs):
                 spec = write_spec(folder, runs, args, data_dir)
-                timings[runs] = run_study(spec, folder / f"study-{repeat}-{runs}", runs)
+                timings[runs] = run_study(spec, folder / f"study-{repeat}-{runs}", runs, args.threads)
                 print(
                     f"  repeat {repeat + 1}/{args.repeats}, {runs} runs: wall {timings[runs].wall_s:.1f} s, "
                     f"training {sum(timings[runs].train_s):.1f} s",

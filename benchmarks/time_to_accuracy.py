@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
@@ -53,13 +55,17 @@ class Attempt:
     epochs: int
 
 
-def cold_run(recipe: Path, seed: int, device: str, overrides: list[str], out_dir: Path) -> Attempt:
+def cold_run(
+    recipe: Path, seed: int, device: str, overrides: list[str], out_dir: Path, threads: int | None = None
+) -> Attempt:
     """Train the recipe in a new process and read back its result."""
     sets = [f"train.seed={seed}", f"train.accelerator={device}", "train.devices=1", *overrides]
     command = [sys.executable, "-m", "cnnlab", "train", "-c", str(recipe), "--out", str(out_dir)]
     for item in sets:
         command += ["--set", item]
     env = {**os.environ, "CNNLAB_QUIET": "1"}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)  # torch's intra-op threads in the new process
     start = time.perf_counter()
     completed = subprocess.run(command, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -110,6 +116,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--target", type=float, default=0.92, help="target test accuracy for --recipe")
     parser.add_argument("--repeats", type=int, default=3, help="cold-start runs per recipe (seeds 0..)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra override")
+    parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS of the runs (default: torch's own)")
     parser.add_argument("--data-dir", help="folder holding Fashion-MNIST's IDX files (else the usual lookup)")
     parser.add_argument("--quick", action="store_true", help="generated data, 1 epoch on a subset, 1 run")
     parser.add_argument("--record", action="store_true", help=f"write the '{SECTION}' section of RESULTS.md")
@@ -128,6 +135,8 @@ def main() -> None:
     else:
         source = real_fashion_mnist(args.data_dir)
         overrides += [f"data.data_dir={args.data_dir}"] if args.data_dir else []
+    if args.threads:
+        torch.set_num_threads(args.threads)  # so the machine line reports the runs' thread count
     print(f"data: {source}\nmachine: {common.machine(device)}", flush=True)
     load_before = common.load_average()
     lines = [
@@ -145,7 +154,8 @@ def main() -> None:
         for recipe, target, budget in recipes:
             attempts = []
             for seed in range(args.repeats):
-                attempt = cold_run(recipe, seed, device, overrides, folder / f"{recipe.stem}-{seed}")
+                out_dir = folder / f"{recipe.stem}-{seed}"
+                attempt = cold_run(recipe, seed, device, overrides, out_dir, args.threads)
                 attempts.append(attempt)
                 print(
                     f"  {recipe.name} seed {seed}: {attempt.wall_s:.1f} s wall, {attempt.train_s:.1f} s "
