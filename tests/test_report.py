@@ -313,3 +313,31 @@ def _label(overrides: dict) -> str:
     name = overrides["model.name"]
     dropout = overrides.get("model.dropout")
     return f"model.name={name}, model.dropout={'null' if dropout is None else format(dropout, 'g')}"
+
+
+def test_a_named_grid_axis_pairs_its_options_even_when_they_change_several_settings(tmp_path: Path) -> None:
+    """transfer.yaml's `recipe: {scratch: ..., full: ...}` sets init, lr and normalization at once: the
+    report still compares scratch with full fine-tuning per seed, named by the axis and its option labels."""
+    runs = tmp_path / "runs"
+    recipes = {
+        "scratch": {"train.init": "scratch", "optim.lr": 0.002},
+        "full": {"train.init": "file:pretrained.safetensors", "optim.lr": 0.001, "data.normalize": "none"},
+    }
+    for recipe, accuracy in (("scratch", 0.80), ("full", 0.85)):
+        for seed in (0, 1, 2):
+            point = {"model.name": "lenet5", "recipe": recipe}
+            write_run(
+                runs,
+                {"model.name": "lenet5", "train.seed": seed, **recipes[recipe]},
+                accuracy=accuracy,
+                rng=np.random.default_rng(seed),
+                tags={
+                    "stage": "transfer",
+                    "configuration": f"model.name=lenet5 recipe={recipe}",
+                    "point": point,
+                },
+            )
+    (comparison,) = paired_comparisons(load_study(tmp_path))
+    assert (comparison.key, comparison.better_value, comparison.worse_value) == ("recipe", "full", "scratch")
+    assert comparison.context == "model.name=lenet5" and comparison.n == 3
+    assert "recipe=full" in describe(comparison) and "recipe=scratch" in describe(comparison)

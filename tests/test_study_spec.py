@@ -49,6 +49,7 @@ def test_grid_seeds_folds_expand_to_cartesian_product(tmp_path):
     assert plan.runs[0].tags("s") == {
         "study": "s",
         "configuration": "optim.lr=0.05 data.batch_size=32",
+        "point": {"optim.lr": "0.05", "data.batch_size": "32"},
         "seed": 0,
         "fold": 0,
         "stage": "main",

@@ -123,6 +123,12 @@ class Configuration:
         return tuple(run for run in self.runs if run.completed)
 
     @property
+    def point(self) -> dict[str, str] | None:
+        """Grid axis → chosen value's label, as the study recorded it (None for runs outside a study)."""
+        point = (self.runs[0].result.get("tags") or {}).get("point")
+        return {str(axis): str(value) for axis, value in point.items()} if isinstance(point, dict) else None
+
+    @property
     def title(self) -> str:
         """`C1: model.name=lenet5` — the name used in legends and sentences."""
         return f"{self.ident}: {self.label}"

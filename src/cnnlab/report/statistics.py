@@ -1,9 +1,10 @@
 """The numbers of a report: per-configuration summaries over seeds/folds and paired comparisons.
 
 Means and standard deviations (ddof=1) are over the completed runs of a configuration; the 95% interval of the
-mean uses Student's t with n-1 degrees of freedom. Two configurations that differ in exactly one setting
-and were run on the same (seed, fold) pairs are compared with a paired t-test (and Wilcoxon's signed-rank
-test from six pairs on), on test accuracy when both were tested, else on best validation accuracy.
+mean uses Student's t with n-1 degrees of freedom. Two configurations of one stage that differ in exactly one
+grid axis (for runs without a recorded grid point: one setting) and were run on the same (seed, fold) pairs
+are compared with a paired t-test (and Wilcoxon's signed-rank test from six pairs on), on test accuracy
+when both were tested, else on best validation accuracy.
 """
 
 from __future__ import annotations
@@ -115,17 +116,27 @@ def best_ident(rows: Sequence[ConfigurationRow]) -> str | None:
 
 
 def paired_comparisons(study: Study) -> list[PairedComparison]:
-    """Every pair of configurations that differ in exactly one setting and share at least two seeds/folds."""
+    """Every pair of configurations that differ in exactly one grid axis (or, for runs a study did not
+    record a grid point for, in one setting) and share at least two seeds/folds."""
     found = []
     configurations = study.configurations
     for index, first in enumerate(configurations):
         for second in configurations[index + 1 :]:
-            key = _single_difference(first, second, study.varying_keys)
-            if key is not None:
-                comparison = _compare(first, second, key, study.varying_keys)
+            difference = _single_difference(first, second, study.varying_keys)
+            if difference is not None:
+                comparison = _compare(first, second, difference)
                 if comparison is not None:
                     found.append(comparison)
     return found
+
+
+@dataclasses.dataclass(frozen=True)
+class _Difference:
+    """What two configurations differ in: one key, each side's value, and what they share."""
+
+    key: str
+    values: dict[str, object]  # configuration ident -> its value of `key`
+    context: str
 
 
 def describe(comparison: PairedComparison) -> str:
@@ -184,17 +195,43 @@ def _row(configuration: Configuration, varying: Sequence[str]) -> ConfigurationR
     )
 
 
-def _single_difference(first: Configuration, second: Configuration, varying: Sequence[str]) -> str | None:
-    """The one setting two configurations differ in (None when zero, several, or a stage/role differs)."""
+def _single_difference(
+    first: Configuration, second: Configuration, varying: Sequence[str]
+) -> _Difference | None:
+    """The one grid axis (else setting) two configurations differ in; None when zero, several, or the
+    stage/role differs. A named axis (e.g. `recipe: {scratch: ..., full: ...}`) counts once, however many
+    settings its values change."""
+    if _tag(first, "stage") != _tag(second, "stage") or _tag(first, "role") != _tag(second, "role"):
+        return None
+    if first.point is not None and second.point is not None and first.point.keys() == second.point.keys():
+        return _axis_difference(first, second)
     differing = [key for key in varying if first.settings.get(key) != second.settings.get(key)]
     if len(differing) != 1 or differing[0].startswith("tags."):
         return None
-    return differing[0]
+    key = differing[0]
+    held = [k for k in varying if k != key and not k.startswith("tags.")]
+    held = [k for k in held if first.settings.get(k) is not None]  # null: the model's default
+    context = ", ".join(f"{k}={format_value(first.settings.get(k))}" for k in held)
+    values = {first.ident: first.settings.get(key), second.ident: second.settings.get(key)}
+    return _Difference(key, values, context)
 
 
-def _compare(
-    first: Configuration, second: Configuration, key: str, varying: Sequence[str]
-) -> PairedComparison | None:
+def _axis_difference(first: Configuration, second: Configuration) -> _Difference | None:
+    """Compare by the study's grid points: exactly one axis differs; the other axes are the context."""
+    assert first.point is not None and second.point is not None
+    differing = [axis for axis in first.point if first.point[axis] != second.point[axis]]
+    if len(differing) != 1:
+        return None
+    key = differing[0]
+    context = ", ".join(f"{axis}={value}" for axis, value in first.point.items() if axis != key)
+    return _Difference(key, {first.ident: first.point[key], second.ident: second.point[key]}, context)
+
+
+def _tag(configuration: Configuration, name: str) -> object:
+    return configuration.settings.get(f"tags.{name}")
+
+
+def _compare(first: Configuration, second: Configuration, difference: _Difference) -> PairedComparison | None:
     metric = "test" if _all_tested(first) and _all_tested(second) else "val"
     first_by_unit, second_by_unit = _by_unit(first, metric), _by_unit(second, metric)
     units = tuple(
@@ -207,15 +244,13 @@ def _compare(
     if a.mean() < b.mean():
         first, second, a, b = second, first, b, a
     t_statistic, t_p = _ttest(a, b)
-    held = [k for k in varying if k != key and first.settings.get(k) is not None]  # null: the model's default
-    context = ", ".join(f"{k}={format_value(first.settings.get(k))}" for k in held)
     return PairedComparison(
         better=first.ident,
         worse=second.ident,
-        key=key,
-        better_value=first.settings.get(key),
-        worse_value=second.settings.get(key),
-        context=context.replace("tags.", ""),
+        key=difference.key,
+        better_value=difference.values[first.ident],
+        worse_value=difference.values[second.ident],
+        context=difference.context,
         metric=metric,
         units=units,
         better_values=tuple(a.tolist()),

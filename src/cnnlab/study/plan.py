@@ -54,6 +54,7 @@ class PlannedRun:
         return {
             "study": study,
             "configuration": self.configuration,
+            "point": dict(self.point),
             "seed": self.seed,
             "fold": self.fold,
             "stage": self.stage,
