@@ -341,3 +341,20 @@ def test_a_named_grid_axis_pairs_its_options_even_when_they_change_several_setti
     assert (comparison.key, comparison.better_value, comparison.worse_value) == ("recipe", "full", "scratch")
     assert comparison.context == "model.name=lenet5" and comparison.n == 3
     assert "recipe=full" in describe(comparison) and "recipe=scratch" in describe(comparison)
+
+
+def test_pairs_differing_by_the_same_amount_get_no_test_instead_of_p_zero(tmp_path: Path) -> None:
+    """Accuracies are k/N: 345/360 - 355/360 and 348/360 - 358/360 differ only in float rounding, which a
+    t-test would read as zero variance and call significant (p = 0) from two pairs."""
+    runs = tmp_path / "runs"
+    accuracies = {"lenet5": (345 / 360, 348 / 360), "resnet20_cifar": (355 / 360, 358 / 360)}
+    for model, per_seed in accuracies.items():
+        for seed, accuracy in enumerate(per_seed):
+            run_dir = write_run(runs, {"model.name": model, "train.seed": seed})
+            result = json.loads((run_dir / "result.json").read_text())
+            result["test"]["acc"] = accuracy
+            (run_dir / "result.json").write_text(json.dumps(result))
+    (comparison,) = paired_comparisons(load_study(tmp_path))
+    assert math.isnan(comparison.t_p) and math.isinf(comparison.d_z)
+    sentence = describe(comparison)
+    assert "p not defined" in sentence and "no test applies" in sentence and " beat " not in sentence

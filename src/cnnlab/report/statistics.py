@@ -23,6 +23,7 @@ CONFIDENCE = 0.95
 SIGNIFICANCE = 0.05
 MIN_PAIRS = 2  # a paired t-test needs two differences
 MIN_WILCOXON_PAIRS = 6  # below six pairs the signed-rank test cannot reach p < 0.05
+ROUNDING = 1e-12  # accuracy differences closer than this are equal
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,10 +280,19 @@ def _by_unit(configuration: Configuration, metric: str) -> dict[tuple[int | None
 
 
 def _ttest(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Paired t statistic and p-value; NaN when every pair differs by the same amount (no spread to test)."""
+    if _constant(a - b):
+        return math.nan, math.nan
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         result = stats.ttest_rel(a, b)
     return float(result.statistic), float(result.pvalue)
+
+
+def _constant(differences: np.ndarray) -> bool:
+    """All differences equal up to float rounding (accuracies are k/N, so 0.9889-0.9583 and 0.9972-0.9667
+    may differ in the last bit and would otherwise give a zero-variance t-test p = 0)."""
+    return bool(np.ptp(differences) <= ROUNDING)
 
 
 def _wilcoxon(a: np.ndarray, b: np.ndarray) -> float | None:
@@ -296,11 +306,10 @@ def _wilcoxon(a: np.ndarray, b: np.ndarray) -> float | None:
 
 def _cohens_dz(differences: np.ndarray) -> float:
     """Mean difference over its standard deviation (ddof=1); ±inf when all differences are equal."""
-    spread = float(differences.std(ddof=1))
     mean = float(differences.mean())
-    if spread == 0:
-        return 0.0 if mean == 0 else math.copysign(math.inf, mean)
-    return mean / spread
+    if _constant(differences):
+        return 0.0 if abs(mean) <= ROUNDING else math.copysign(math.inf, mean)
+    return mean / float(differences.std(ddof=1))
 
 
 def _units_phrase(units: Sequence[tuple[int | None, int | None]]) -> str:
