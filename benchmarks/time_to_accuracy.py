@@ -159,7 +159,7 @@ def main() -> None:
     try:
         for recipe, target, budget in recipes:
             attempts = []
-            for seed in range(args.repeats if budget or args.quick else min(args.repeats, args.long_repeats)):
+            for seed in range(args.repeats if budget else min(args.repeats, args.long_repeats)):
                 out_dir = folder / f"{recipe.stem}-{seed}"
                 attempt = cold_run(recipe, seed, device, overrides, out_dir, args.threads)
                 attempts.append(attempt)

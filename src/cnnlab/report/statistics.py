@@ -204,8 +204,9 @@ def _single_difference(
     settings its values change."""
     if _tag(first, "stage") != _tag(second, "stage") or _tag(first, "role") != _tag(second, "role"):
         return None
-    if first.point is not None and second.point is not None and first.point.keys() == second.point.keys():
-        return _axis_difference(first, second)
+    first_point, second_point = first.point, second.point
+    if first_point is not None and second_point is not None and first_point.keys() == second_point.keys():
+        return _axis_difference({first.ident: first_point, second.ident: second_point})
     differing = [key for key in varying if first.settings.get(key) != second.settings.get(key)]
     if len(differing) != 1 or differing[0].startswith("tags."):
         return None
@@ -217,15 +218,16 @@ def _single_difference(
     return _Difference(key, values, context)
 
 
-def _axis_difference(first: Configuration, second: Configuration) -> _Difference | None:
-    """Compare by the study's grid points: exactly one axis differs; the other axes are the context."""
-    assert first.point is not None and second.point is not None
-    differing = [axis for axis in first.point if first.point[axis] != second.point[axis]]
+def _axis_difference(points: dict[str, dict[str, str]]) -> _Difference | None:
+    """Compare two configurations (ident → grid point) by the study's grid: exactly one axis differs; the
+    other axes are the context."""
+    first, second = points.values()
+    differing = [axis for axis in first if first[axis] != second[axis]]
     if len(differing) != 1:
         return None
     key = differing[0]
-    context = ", ".join(f"{axis}={value}" for axis, value in first.point.items() if axis != key)
-    return _Difference(key, {first.ident: first.point[key], second.ident: second.point[key]}, context)
+    context = ", ".join(f"{axis}={value}" for axis, value in first.items() if axis != key)
+    return _Difference(key, {ident: point[key] for ident, point in points.items()}, context)
 
 
 def _tag(configuration: Configuration, name: str) -> object:
