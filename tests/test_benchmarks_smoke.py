@@ -83,7 +83,7 @@ def test_study_overhead_spec_runs_and_its_log_lines_parse(fashion_dir, tmp_path)
     spec = study_overhead.write_spec(tmp_path, 1, options, fashion_dir)
     lines: list[str] = []
     outcome = run_study(spec, tmp_path / "study", log=lines.append)
-    assert outcome.counts.get("done") == 1
+    assert outcome.counts.get("completed") == 1
     parsed = [study_overhead.RUN_LINE.match(line) for line in lines]
     assert [m.group(3) for m in parsed if m] == ["completed"]
 

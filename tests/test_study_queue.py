@@ -7,7 +7,8 @@ import sys
 import textwrap
 import time
 
-from cnnlab.study.queue import DONE, FAILED, PENDING, RUNNING, RunQueue
+from cnnlab.runfolder import COMPLETED, DIVERGED, PENDING, RUNNING
+from cnnlab.study.queue import RunQueue
 
 WORKER = textwrap.dedent(
     """
@@ -101,12 +102,12 @@ def test_failed_runs_are_recorded_not_retried(tmp_path):
     first = queue.claim(lambda index: True)
     queue.finish(first, "diverged", reason="loss became nan")
     states = queue.states()
-    assert states[first.run_index].state == FAILED and states[1 - first.run_index].state == PENDING
+    assert states[first.run_index].state == DIVERGED and states[1 - first.run_index].state == PENDING
     second = queue.claim(lambda index: True)
     assert second.run_index == 1 - first.run_index
     queue.finish(second, "completed", value=0.9)
     assert queue.claim(lambda index: True) is None and queue.drained(2)
-    assert queue.states()[second.run_index].state == DONE
+    assert queue.states()[second.run_index].state == COMPLETED
 
 
 def test_enqueue_is_done_once_per_plan(tmp_path):

@@ -87,7 +87,7 @@ def uninterrupted(tmp_path_factory):
     root = tmp_path_factory.mktemp("uninterrupted")
     spec = write_spec(root / "grid.yaml", GRID_2X2_2SEEDS_3FOLDS)
     outcome = run_study(spec, root / "study", options=FAST, log=lambda line: None)
-    assert outcome.counts == {"done": 24, "failed": 0, "running": 0, "pending": 0}
+    assert outcome.counts["completed"] == 24 and sum(outcome.counts.values()) == 24
     return root / "study"
 
 
@@ -107,7 +107,7 @@ def test_killed_study_continues_with_only_its_unfinished_runs(tmp_path, uninterr
     assert 6 <= finished < 24
 
     status = study_status(study_dir)
-    assert status.counts["done"] == finished and sum(status.counts.values()) == 24
+    assert status.counts["completed"] == finished and sum(status.counts.values()) == 24
 
     import cnnlab.train
 
@@ -121,7 +121,7 @@ def test_killed_study_continues_with_only_its_unfinished_runs(tmp_path, uninterr
     monkeypatch.setattr(cnnlab.train, "fit", counting_fit)
     outcome = run_study(spec, study_dir, options=FAST, log=lambda line: None)
     assert len(trained) == 24 - finished, "only the unfinished runs execute"
-    assert outcome.trained == 24 - finished and outcome.counts["done"] == 24
+    assert outcome.trained == 24 - finished and outcome.counts["completed"] == 24
     assert run_metrics(study_dir) == run_metrics(uninterrupted), "same table as an uninterrupted study"
 
 
@@ -149,7 +149,7 @@ def test_ensemble_accuracy_equals_a_direct_computation_from_member_probabilities
 
 def test_status_command_counts_runs(uninterrupted, capsys):
     assert cli.main(["study", "status", str(uninterrupted)]) == 0
-    assert "24 runs: 24 done, 0 running, 0 failed, 0 pending" in capsys.readouterr().out
+    assert "24 runs: 24 completed, 0 running, 0 interrupted, 0 failed, 0 diverged, 0 pending" in capsys.readouterr().out
     assert cli.main(["study", "status", str(uninterrupted.parent)]) == 2
     assert "not a study folder" in capsys.readouterr().err
 
@@ -172,14 +172,14 @@ def test_two_processes_share_one_storage_and_retry_a_killed_workers_run(tmp_path
     output, _ = second.communicate(timeout=180)
     assert second.returncode == 0, output
     lines = first_lines + output.splitlines()
-    completed = [line.split()[2] for line in lines if " completed " in line]
+    completed = [line.split()[2] for line in lines if line.startswith("[") and " completed " in line]
     assert sorted(completed) == sorted(set(completed)) and len(completed) == 6, (
         "every run completed exactly once"
     )
     assert killed_run in completed and f"start    {killed_run}" in output, (
         "the killed worker's run was retried"
     )
-    assert study_status(study_dir).counts["done"] == 6
+    assert study_status(study_dir).counts["completed"] == 6
 
 
 def test_select_touches_the_test_split_only_in_the_retrained_run(tmp_path, monkeypatch):
@@ -276,7 +276,7 @@ def test_quickstart_smoke_prints_table_and_report_path(tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "6 done, 0 failed" in out and "ensemble all-nets (mean of 6 runs)" in out
+    assert ": 6 completed (" in out and "ensemble all-nets (mean of 6 runs)" in out
     assert f"report: {tmp_path / 'q' / 'report.html'}" in out and (tmp_path / "q" / "report.html").is_file()
     assert "net=resnet20" in out  # the results table lists the configurations
 
@@ -293,7 +293,7 @@ def test_transfer_smoke_chains_pretraining_into_fine_tuning(tmp_path):
     outcome = run_study(
         STUDIES / "transfer.yaml", tmp_path / "t", options=FAST, overrides=overrides, log=lambda line: None
     )
-    assert outcome.counts == {"done": 8, "failed": 0, "running": 0, "pending": 0}
+    assert outcome.counts["completed"] == 8 and sum(outcome.counts.values()) == 8
     results = [json.loads(p.read_text()) for p in (tmp_path / "t").glob("runs/*/result.json")]
     pretrain = {r["run_id"]: r for r in results if r["tags"]["stage"] == "pretrain"}
     for result in results:
@@ -311,6 +311,8 @@ def test_workers_option_runs_every_run_once_across_local_processes(tmp_path):
     )
     output, _ = process.communicate(timeout=180)
     assert process.returncode == 0, output
-    completed = [line.split()[2] for line in output.splitlines() if " completed " in line]
+    completed = [
+        line.split()[2] for line in output.splitlines() if line.startswith("[") and " completed " in line
+    ]
     assert len(completed) == 4 and len(set(completed)) == 4, output
-    assert "4 done, 0 failed" in output and (tmp_path / "w" / "report.html").is_file()
+    assert ": 4 completed (" in output and (tmp_path / "w" / "report.html").is_file()

@@ -125,11 +125,8 @@ def test_ensemble_member_that_matches_nothing_names_the_configurations(tmp_path)
 
 
 def test_unknown_model_or_unsupported_switch_is_caught_before_running(tmp_path):
-    plan = plan_of({"base": BASE, "grid": {"model.name": ["lenet5", "lenet"]}}, tmp_path)
-    with pytest.raises(
-        ConfigError, match=r"configuration 'model\.name=lenet'.*model\.name.*unknown model 'lenet'"
-    ):
-        check_plan(plan)
+    with pytest.raises(ConfigError, match=r"configuration 'model\.name=lenet'.*unknown model 'lenet'"):
+        plan_of({"base": BASE, "grid": {"model.name": ["lenet5", "lenet"]}}, tmp_path)
     plan = plan_of({"base": BASE, "grid": {"model.name": ["densenet121"], "model.norm": ["group"]}}, tmp_path)
     with pytest.raises(ConfigError, match=r"model\.norm='group' is not supported by densenet121"):
         check_plan(plan)

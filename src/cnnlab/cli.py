@@ -13,11 +13,21 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from cnnlab.errors import EXIT_DIVERGED, EXIT_USAGE, CnnlabError
+from cnnlab.errors import (
+    EXIT_DIVERGED,
+    EXIT_FAILED,
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    EXIT_USAGE,
+    CnnlabError,
+    Interrupted,
+)
+from cnnlab.interrupts import signals_raise
 
 EPILOG = (
-    f"Exit codes: 0 success; 1 run failed; {EXIT_USAGE} invalid usage, configuration or data; "
-    f"{EXIT_DIVERGED} run diverged."
+    f"Exit codes: 0 success; {EXIT_FAILED} a run failed; {EXIT_USAGE} invalid usage, configuration or data; "
+    f"{EXIT_DIVERGED} run diverged; {EXIT_SIGINT} interrupted by SIGINT (Ctrl-C), {EXIT_SIGTERM} by SIGTERM "
+    "(the run is kept as interrupted and resumes)."
 )
 
 
@@ -25,17 +35,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if not hasattr(args, "run"):
         parser.print_help()
         return EXIT_USAGE
     try:
-        return int(args.run(args) or 0)
+        with signals_raise():
+            return int(args.run(args) or 0)
     except CnnlabError as error:
         print(f"cnnlab: error: {error}", file=sys.stderr)
         return error.exit_code
-    except KeyboardInterrupt:
-        print("cnnlab: interrupted", file=sys.stderr)
-        return 130
+    except (Interrupted, KeyboardInterrupt) as stop:
+        signum = stop.signum if isinstance(stop, Interrupted) else 2
+        hint = getattr(args, "resume_hint", None)
+        name = "SIGINT" if signum == 2 else stop.signal_name
+        print(f"cnnlab: interrupted by {name}" + (f"; resume with: {hint}" if hint else ""), file=sys.stderr)
+        return 128 + signum
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,7 +104,17 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     for flag, (key, kind, text) in TRAIN_FLAGS.items():
         sub.add_argument(f"--{flag.replace('_', '-')}", type=kind, help=f"{text} [{key}]")
     sub.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt")
-    sub.add_argument("--out", required=True, help="run directory to write")
+    sub.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a run of another config in OUT (only the files cnnlab wrote are removed)",
+    )
+    sub.add_argument(
+        "--out",
+        required=True,
+        help="run directory: new, empty, or a run of the same config (refused when it holds other files "
+        "or another run; one process at a time)",
+    )
 
 
 def run_config_from_args(args: argparse.Namespace) -> Any:
@@ -110,7 +135,9 @@ def run_config_from_args(args: argparse.Namespace) -> Any:
 def _run_train(args: argparse.Namespace) -> int:
     from cnnlab.train import fit
 
-    result = fit(run_config_from_args(args), args.out, resume=args.resume)
+    config = run_config_from_args(args)
+    args.resume_hint = _with_flag(args.argv, "--resume")
+    result = fit(config, args.out, resume=args.resume, overwrite=args.overwrite)
     summary = result.summary
     print(f"{result.status}: {_run_scores(summary)} -> {result.out_dir}")
     if result.status == "diverged":
@@ -119,8 +146,16 @@ def _run_train(args: argparse.Namespace) -> int:
     if result.status == "failed":
         error_log = result.out_dir / "error.log"
         print(f"cnnlab: run failed: {summary['reason']} (see {error_log})", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     return 0
+
+
+def _with_flag(argv: Sequence[str], flag: str) -> str:
+    """The command line as typed, with `flag` added when missing: what to run to resume."""
+    import shlex
+
+    words = ["cnnlab", *argv]
+    return shlex.join(words if not flag or flag in words else [*words, flag])
 
 
 def _run_scores(summary: dict[str, Any]) -> str:
@@ -308,6 +343,12 @@ def _add_study(commands: argparse._SubParsersAction) -> None:
     )
     run.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes on this machine")
     run.add_argument(
+        "--restart",
+        action="store_true",
+        help="DIR holds a study of another spec: discard that study's files (runs, splits, queue, report) "
+        "and start this one; without it such a folder is refused",
+    )
+    run.add_argument(
         "--storage",
         metavar="URL",
         help="SQLAlchemy URL of the shared queue (default sqlite:///DIR/study.db; "
@@ -356,6 +397,7 @@ def _run_study(args: argparse.Namespace) -> int:
     if args.workers < 1 or args.heartbeat < 1 or args.max_attempts < 1:
         raise ConfigError("--workers, --heartbeat and --max-attempts must be at least 1")
     options = WorkerOptions(storage=args.storage, heartbeat_s=args.heartbeat, max_attempts=args.max_attempts)
+    args.resume_hint = _with_flag([word for word in args.argv if word != "--restart"], "")
     outcome = run_study(
         args.spec,
         args.out,
@@ -363,19 +405,27 @@ def _run_study(args: argparse.Namespace) -> int:
         worker_only=args.worker_only,
         options=options,
         overrides=args.set,
+        restart=args.restart,
     )
-    counts = ", ".join(f"{number} {state}" for state, number in outcome.counts.items())
+    counts = ", ".join(f"{number} {state}" for state, number in outcome.counts.items() if number)
     print(
         f"study {outcome.study_dir}: {counts} (this process trained {outcome.trained}, "
         f"found {outcome.skipped} already completed)"
     )
+    unfinished = outcome.counts["failed"] + outcome.counts["diverged"]
     if args.worker_only:
-        return 0
+        return EXIT_FAILED if unfinished else 0
     from cnnlab.report import write_report
 
     paths = write_report(outcome.study_dir)
     print(paths.table)
     print(f"report: {paths.html}")
+    if unfinished:
+        print(
+            f"cnnlab: {unfinished} run(s) failed or diverged; see `cnnlab study status {outcome.study_dir}`",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     return 0
 
 

@@ -215,8 +215,19 @@ def replace(config: RunConfig, **dotted: Any) -> RunConfig:
 
 
 def config_hash(config: RunConfig) -> str:
-    """Stable short hash of the resolved config: the identity of a run."""
-    canonical = json.dumps(to_dict(config), sort_keys=True, separators=(",", ":"))
+    """Stable short hash of the resolved config: the run id (docs/architecture.md, "One identity").
+
+    Nothing in it depends on where a study folder lives: a splits file counts by its name (a study's are
+    named by the digest of how they were made) and a `run:<dir>` init by the source run's folder name (its
+    run id), so a study folder moved or copied elsewhere keeps every run id.
+    """
+    tree = to_dict(config)
+    if tree["data"]["splits_file"]:
+        tree["data"]["splits_file"] = Path(tree["data"]["splits_file"]).name
+    scheme, _, target = tree["train"]["init"].partition(":")
+    if scheme == "run" and target:
+        tree["train"]["init"] = f"run:{Path(target).name}"
+    canonical = json.dumps(tree, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 

@@ -6,8 +6,11 @@ import difflib
 from collections.abc import Iterable
 
 EXIT_OK = 0
+EXIT_FAILED = 1  # a run failed (its error.log holds the traceback), or a study has failed runs
 EXIT_USAGE = 2  # invalid usage, configuration, data or missing file
 EXIT_DIVERGED = 3  # the run stopped on a non-finite loss (status "diverged")
+EXIT_SIGINT = 130  # interrupted by SIGINT (Ctrl-C): 128 + 2, the shell's convention
+EXIT_SIGTERM = 143  # interrupted by SIGTERM: 128 + 15
 
 
 class CnnlabError(Exception):
@@ -40,3 +43,19 @@ def unknown_choice(kind: str, value: object, choices: Iterable[str]) -> ConfigEr
     hint = close_matches(str(value), choices)
     listed = ", ".join(choices) if len(choices) <= 12 else ", ".join(choices[:12]) + ", ..."
     return ConfigError(f"unknown {kind} {value!r}{hint}; allowed: {listed}")
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived. Not an Exception, so no `except Exception` records it as a failure: the run
+    in progress is recorded as interrupted (checkpoint kept) and the process exits 128 + the signal number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+    @property
+    def signal_name(self) -> str:
+        import signal
+
+        return signal.Signals(self.signum).name

@@ -21,6 +21,7 @@ from cnnlab.data.catalog import (
     load_local_split,
     load_split,
     locate,
+    native_side,
 )
 from cnnlab.data.folder import (
     DEFAULT_BACKGROUND,
@@ -59,6 +60,7 @@ __all__ = [
     "load_local_split",
     "load_split",
     "locate",
+    "native_side",
     "make_splits",
     "normalization",
     "parse_augment",

@@ -388,6 +388,15 @@ def _generated(kind: str, split: str, size: int | None) -> ImageSet:
     return digits_split(split) if kind == "digits" else synthetic_split(split, size)
 
 
+def native_side(data: DataConfig) -> int:
+    """The square side a dataset is served at: data.image_size, else the folder default or its stored side."""
+    if data.image_size is not None:
+        return data.image_size
+    if data.name.startswith(FOLDER_PREFIX):
+        return folder_data.DEFAULT_IMAGE_SIZE
+    return get_spec(data.name).shape[-1]
+
+
 def check_data_config(data: DataConfig) -> None:
     """Validate the data keys that config.py cannot check alone (dataset name, augmentation preset)."""
     from cnnlab.data.augment import parse_augment

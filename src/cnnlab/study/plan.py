@@ -1,7 +1,8 @@
 """Study spec → plan: every run of every stage, with its resolved config, stable id, tags and dependencies.
 
-A run's id is `config_hash` of its resolved config, so the same spec in the same folder always plans the same
-ids, and a run whose `result.json` says completed is never trained again. The select stage's retrained run
+A run's id is `config_hash` of its config as `resolve_config` resolves it (the same function `cnnlab train`
+uses), so the same spec always plans the same ids, wherever the study folder lives, and a run whose
+`result.json` says completed is never trained again. The select stage's retrained run
 has no config until its members are done (`role: final`); its config is resolved by `selection`.
 """
 
@@ -18,6 +19,7 @@ from typing import Any
 from cnnlab import config as cfg
 from cnnlab.errors import ConfigError
 from cnnlab.study.spec import STAGE_INIT_PREFIX, EnsembleSpec, GridAxis, StageSpec, StudySpec
+from cnnlab.train.resolve import resolve_config
 
 RUNS_DIR = "runs"
 SPLITS_DIR = "splits"
@@ -222,8 +224,9 @@ def _run_tree(
 
 
 def _validate_run(tree: Mapping[str, Any], stage: StageSpec, label: str) -> cfg.RunConfig:
+    """The run's config, validated and resolved (stem, image size, absolute paths)."""
     try:
-        return cfg.from_dict(tree)
+        return resolve_config(cfg.from_dict(tree))
     except ConfigError as error:
         raise ConfigError(f"stage {stage.name!r}, configuration {label!r}: {error}") from None
 
@@ -247,7 +250,7 @@ def _init_source(
             f"stage {stage.name!r}: train.init=stage:{source_stage} has no run with seed {seed}; "
             f"give stage {source_stage!r} the same seeds, or a single seed"
         )
-    current = cfg.to_dict(cfg.from_dict(cfg.merge(tree, {"train.init": "scratch"})))
+    current = cfg.to_dict(resolve_config(cfg.from_dict(cfg.merge(tree, {"train.init": "scratch"}))))
     matching = [run for run in candidates if _agrees(run, point, current)]
     if len(matching) != 1:
         axes = sorted({key for run in candidates for key in run.point})

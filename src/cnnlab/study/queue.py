@@ -6,7 +6,14 @@ MySQL across machines. A worker claims a WAITING trial by moving it to RUNNING; 
 `SELECT ... FOR UPDATE`, which SQLite ignores, so for SQLite every transaction starts with `BEGIN IMMEDIATE`
 (two processes would otherwise claim the same trial). A claimed trial's worker records heartbeats; a trial
 whose heartbeats stop (or, on the same host, whose worker process is gone) is failed and a WAITING copy is
-added, up to `max_attempts` attempts in all.
+added. An attempt is used up only by a worker that died without progress (no epoch recorded since it
+claimed the run): a run killed repeatedly but resuming from its checkpoint each time is never given up,
+and an interrupted run (SIGINT/SIGTERM) or one whose folder another process holds is requeued as it was.
+A worker whose heartbeat finds its trial no longer RUNNING (it was paused past the grace period and
+reaped) has lost its claim; `heartbeat()` tells it through an Event.
+
+Run states are `cnnlab.runfolder`'s vocabulary (completed, running, interrupted, failed, diverged,
+pending).
 """
 
 from __future__ import annotations
@@ -29,16 +36,19 @@ import sqlalchemy
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from cnnlab import runfolder
 from cnnlab.errors import CnnlabError, ConfigError
 
 ENQUEUED_ATTR = "cnnlab_enqueued"  # study user attr: number of runs, set once every run is enqueued
 RUN_INDEX = "run_index"
 ATTEMPT = "attempt"
 WORKER = "worker"
-STATUS = "status"  # a run's outcome as recorded by its worker: completed | failed | diverged | skipped
+PROGRESS_AT_CLAIM = "epochs_at_claim"  # epochs the run folder recorded when this attempt started
+STATUS = "status"  # a run's outcome as recorded by its worker: a run state, or SKIPPED / BUSY
+SKIPPED = "skipped"  # found already completed
+BUSY = "busy"  # its folder was held by another live process; requeued
+REQUEUED_AS_IS = (runfolder.INTERRUPTED, BUSY)  # outcomes requeued without using an attempt
 HOST = socket.gethostname()
-
-DONE, FAILED, RUNNING, PENDING = "done", "failed", "running", "pending"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +65,7 @@ class Claim:
 class RunState:
     """Where one planned run stands in the queue, from its latest trial."""
 
-    state: str  # done | failed | running | pending
+    state: str  # a runfolder state: completed | running | interrupted | failed | diverged | pending
     trial: FrozenTrial
 
 
@@ -133,12 +143,14 @@ class RunQueue:
         grace_s: int | None = None,
         max_attempts: int = 3,
         create: bool = True,
+        progressed: Callable[[FrozenTrial], bool] | None = None,
     ) -> None:
         self.url = url
         self.name = name
         self.heartbeat_s = heartbeat_s
         self.grace_s = grace_s or 3 * heartbeat_s
         self.max_attempts = max_attempts
+        self.progressed = progressed  # did a dead worker's attempt record an epoch? (then it costs nothing)
         self.storage = open_storage(
             url, heartbeat_s=heartbeat_s, grace_s=self.grace_s, on_stale=self._requeue
         )
@@ -205,33 +217,55 @@ class RunQueue:
         except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
             return False  # it was taken and already finished since we listed it
 
+    def note(self, claim: Claim, **attrs: Any) -> None:
+        """Record facts about a claimed run (its id, its progress at the start) on its trial."""
+        for key, item in attrs.items():
+            self.storage.set_trial_user_attr(claim.trial_id, key, item)
+
+    def still_mine(self, claim: Claim) -> bool:
+        """Is the claim's trial still RUNNING (not reaped while this worker was paused)?"""
+        return self.storage.get_trial(claim.trial_id).state == TrialState.RUNNING
+
     @contextlib.contextmanager
-    def heartbeat(self, claim: Claim) -> Iterator[None]:
-        """Record heartbeats for a claimed run while the body runs, so other workers know it is alive."""
-        stop = threading.Event()
+    def heartbeat(self, claim: Claim) -> Iterator[threading.Event]:
+        """Record heartbeats while the body runs; the yielded Event is set once the claim is found lost."""
+        stop, lost = threading.Event(), threading.Event()
 
         def beat() -> None:
             while not stop.wait(self.heartbeat_s):
                 with contextlib.suppress(Exception):
+                    if not self.still_mine(claim):
+                        lost.set()
+                        return
                     self.storage.record_heartbeat(claim.trial_id)
 
         thread = threading.Thread(target=beat, name=f"heartbeat-{claim.number}", daemon=True)
         thread.start()
         try:
-            yield
+            yield lost
         finally:
             stop.set()
             thread.join()
 
-    def finish(self, claim: Claim, status: str, *, value: float | None = None, **attrs: Any) -> None:
-        """Record a run's outcome: completed/skipped → COMPLETE, failed/diverged → FAIL (not retried)."""
-        for key, item in {STATUS: status, **attrs}.items():
-            self.storage.set_trial_user_attr(claim.trial_id, key, item)
-        if status in ("completed", "skipped"):
-            score = value if value is not None and math.isfinite(value) else 0.0
-            self.storage.set_trial_state_values(claim.trial_id, TrialState.COMPLETE, values=[score])
-        else:
-            self.storage.set_trial_state_values(claim.trial_id, TrialState.FAIL)
+    def finish(self, claim: Claim, status: str, *, value: float | None = None, **attrs: Any) -> bool:
+        """Record a run's outcome: completed/skipped → COMPLETE; failed/diverged → FAIL (not retried);
+        interrupted/busy → FAIL with a WAITING copy on the same attempt. False when the claim was lost
+        (its trial was reaped meanwhile): nothing is recorded then, the requeued copy stands."""
+        try:
+            if not self.still_mine(claim):
+                return False
+            for key, item in {STATUS: status, **attrs}.items():
+                self.storage.set_trial_user_attr(claim.trial_id, key, item)
+            if status in (runfolder.COMPLETED, SKIPPED):
+                score = value if value is not None and math.isfinite(value) else 0.0
+                self.storage.set_trial_state_values(claim.trial_id, TrialState.COMPLETE, values=[score])
+            else:
+                self.storage.set_trial_state_values(claim.trial_id, TrialState.FAIL)
+        except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+            return False
+        if status in REQUEUED_AS_IS:
+            self.study.add_trial(_waiting(claim.run_index, attempt=claim.attempt))
+        return True
 
     def reap(self) -> None:
         """Fail trials whose worker died (stale heartbeat, or a dead process on this host); requeue them."""
@@ -252,14 +286,20 @@ class RunQueue:
         self._requeue(self.study, trial)
 
     def _requeue(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        """Add a WAITING copy of a trial whose worker died, unless the run has used all its attempts."""
+        """Add a WAITING copy of a trial whose worker died: on the same attempt when the attempt made
+        progress, else on the next one, unless the run has used all its attempts."""
         attempt = int(trial.user_attrs.get(ATTEMPT, 1))
         index = trial.user_attrs.get(RUN_INDEX)
-        if index is not None and attempt < self.max_attempts:
+        if index is None:
+            return
+        if self.progressed is not None and self.progressed(trial):
+            study.add_trial(_waiting(index, attempt=attempt))
+        elif attempt < self.max_attempts:
             study.add_trial(_waiting(index, attempt=attempt + 1))
 
     def states(self) -> dict[int, RunState]:
-        """Each run's state from its latest trial: done, failed (final), running or pending (or retrying)."""
+        """Each run's state from its latest trial: completed, failed/diverged (final), running, interrupted
+        (its worker on this host is gone, not yet reaped) or pending (waiting, or about to be retried)."""
         latest: dict[int, FrozenTrial] = {}
         for trial in self._trials():
             index = trial.user_attrs.get(RUN_INDEX)
@@ -269,20 +309,24 @@ class RunQueue:
 
     def _state_of(self, trial: FrozenTrial) -> str:
         if trial.state == TrialState.COMPLETE:
-            return DONE
+            return runfolder.COMPLETED
         if trial.state == TrialState.RUNNING:
-            return RUNNING
+            worker = trial.user_attrs.get(WORKER) or {}
+            gone = worker.get("host") == HOST and not _process_alive(int(worker.get("pid", 0)))
+            return runfolder.INTERRUPTED if gone else runfolder.RUNNING
         if trial.state == TrialState.FAIL:
-            lost = (
-                STATUS not in trial.user_attrs
-            )  # its worker died; a retry is on its way unless attempts ran out
-            return PENDING if lost and int(trial.user_attrs.get(ATTEMPT, 1)) < self.max_attempts else FAILED
-        return PENDING
+            status = trial.user_attrs.get(STATUS)
+            if status in (runfolder.FAILED, runfolder.DIVERGED):
+                return str(status)
+            exhausted = status is None and int(trial.user_attrs.get(ATTEMPT, 1)) >= self.max_attempts
+            if exhausted and not (self.progressed is not None and self.progressed(trial)):
+                return runfolder.FAILED  # its worker died on every attempt
+        return runfolder.PENDING
 
     def drained(self, n_runs: int) -> bool:
-        """True when every run is done or finally failed: nothing waits, runs or is about to be retried."""
+        """True when every run is finished (completed, failed or diverged): nothing waits or runs."""
         states = self.states()
-        return len(states) >= n_runs and all(s.state in (DONE, FAILED) for s in states.values())
+        return len(states) >= n_runs and all(s.state in runfolder.FINISHED_STATES for s in states.values())
 
     def _trials(self) -> list[FrozenTrial]:
         return self.storage.get_all_trials(self.study_id, deepcopy=False)

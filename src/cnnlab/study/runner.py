@@ -4,10 +4,17 @@ Every process (this one, its `--workers`, and any other `cnnlab study run` on th
 this machine or another sharing the study folder) claims runs from the queue until none is left; each run
 trains in-process with `cnnlab.train.fit`, so data is loaded once per worker process. A run whose
 result.json says completed is skipped, a failed or diverged one is recorded and the study goes on.
+
+A study folder belongs to one spec: study.json records the plan it was made for, and a different plan is
+refused (`restart=True` discards the old study's files first). A run folder is held by one process at a
+time (`runfolder.hold`), so a worker that lost its claim while paused can never train beside the new owner;
+it notices through its heartbeat, stops the run without a result, and goes on. SIGINT/SIGTERM record the
+run in progress as interrupted (its checkpoint kept, no attempt used) and end the process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -21,13 +28,14 @@ from typing import Any
 import yaml
 
 from cnnlab import config as cfg
-from cnnlab import io
-from cnnlab.errors import CnnlabError
+from cnnlab import io, runfolder
+from cnnlab.errors import CnnlabError, Interrupted
 from cnnlab.study import queue as work_queue
 from cnnlab.study.ensemble import ENSEMBLES_DIR, build_ensemble
 from cnnlab.study.plan import PLAN_FILE, ROLE_FINAL, SPEC_FILE, PlannedRun, StudyPlan, expand
 from cnnlab.study.selection import final_config, metric_value, select_configuration, write_selection
 from cnnlab.study.spec import load_study_spec
+from cnnlab.train.resolve import resolve_config
 
 Log = Callable[[str], None]
 STORAGE_FILE = "study.db"
@@ -50,7 +58,7 @@ class StudyOutcome:
     """What one `study run` process saw and did."""
 
     study_dir: Path
-    counts: dict[str, int]  # done / failed / running / pending over the whole study
+    counts: dict[str, int]  # runs per state (runfolder.STATES) over the whole study
     trained: int  # runs this process trained
     skipped: int  # runs this process found already completed
     ensembles: tuple[Path, ...]
@@ -78,12 +86,18 @@ def run_study(
     worker_only: bool = False,
     options: WorkerOptions = WorkerOptions(),
     overrides: Sequence[str] = (),
+    restart: bool = False,
     log: Log = print,
 ) -> StudyOutcome:
-    """Run (or continue) a study; with `workers` > 1, that many processes on this machine share the queue."""
+    """Run (or continue) a study; with `workers` > 1, that many processes on this machine share the queue.
+
+    A folder holding another spec's study is refused (StudyFolderError) unless `restart`."""
     plan = plan_study(spec_path, out_dir, overrides)
     url = options.storage or default_storage(plan.study_dir)
+    check_study_folder(plan, Path(spec_path), restart=restart and not worker_only)
     if not worker_only:
+        if options.storage:
+            open_storage_first(url)
         prepare_study_dir(plan, Path(spec_path), url, options, overrides)
     queue = open_queue(plan, url, options)
     if worker_only:
@@ -105,6 +119,59 @@ def run_study(
     return StudyOutcome(plan.study_dir, counts, trained, skipped, ensembles)
 
 
+class StudyFolderError(CnnlabError):
+    """The study folder holds a study of another spec."""
+
+
+# What a study writes into its folder; --restart removes these and nothing else.
+STUDY_FILES = (SPEC_FILE, PLAN_FILE, STORAGE_FILE, "select.json", "report.html", "report.md", "results.csv")
+STUDY_DIRS = ("runs", "splits", ENSEMBLES_DIR, "report_files")
+
+
+def check_study_folder(plan: StudyPlan, spec_path: Path, *, restart: bool) -> None:
+    """Refuse a folder whose study.json was written for another plan; with `restart`, clear it first."""
+    existing = _existing_plan(plan.study_dir)
+    if existing is None or existing.get("plan_hash") == plan.plan_hash:
+        return
+    if restart:
+        discard_study(plan.study_dir)
+        return
+    theirs = f"{existing.get('name')!r} from {existing.get('spec_path') or 'an unknown spec'}"
+    raise StudyFolderError(
+        f"study folder {str(plan.study_dir)!r} holds study {theirs} (plan {existing.get('plan_hash')}); "
+        f"refusing {plan.spec.name!r} from {spec_path} (plan {plan.plan_hash}): a folder holds one spec; "
+        "use another --out, or --restart to discard that study and start over"
+    )
+
+
+def _existing_plan(study_dir: Path) -> dict[str, Any] | None:
+    path = study_dir / PLAN_FILE
+    if not path.is_file():
+        return None
+    try:
+        plan = io.read_json(path)
+    except (OSError, ValueError) as error:
+        raise StudyFolderError(
+            f"{path} is unreadable ({error}); move it away, or use --restart to start the study over"
+        ) from None
+    return plan if isinstance(plan, dict) else {}
+
+
+def discard_study(study_dir: Path) -> None:
+    """Remove what a study wrote into its folder (STUDY_FILES, STUDY_DIRS); other files stay."""
+    import shutil
+
+    for name in STUDY_FILES:
+        (study_dir / name).unlink(missing_ok=True)
+    for name in STUDY_DIRS:
+        shutil.rmtree(study_dir / name, ignore_errors=True)
+
+
+def open_storage_first(url: str) -> None:
+    """Open the storage before anything is written, so a bad --storage URL changes no file."""
+    work_queue.open_storage(url)
+
+
 def prepare_study_dir(
     plan: StudyPlan, spec_path: Path, url: str, options: WorkerOptions, overrides: Sequence[str] = ()
 ) -> None:
@@ -115,7 +182,13 @@ def prepare_study_dir(
     write_splits(plan)
     io.atomic_write_json(
         study_dir / PLAN_FILE,
-        {**plan.to_json(), "storage": url, "queue": queue_name(plan), "max_attempts": options.max_attempts},
+        {
+            **plan.to_json(),
+            "spec_path": str(spec_path.absolute()),
+            "storage": url,
+            "queue": queue_name(plan),
+            "max_attempts": options.max_attempts,
+        },
     )
 
 
@@ -153,7 +226,17 @@ def open_queue(plan: StudyPlan, url: str, options: WorkerOptions) -> work_queue.
         heartbeat_s=options.heartbeat_s,
         grace_s=options.grace_s,
         max_attempts=options.max_attempts,
+        progressed=functools.partial(_progressed, plan),
     )
+
+
+def _progressed(plan: StudyPlan, trial: Any) -> bool:
+    """Did a dead worker's attempt record an epoch in the run folder since it claimed the run?"""
+    run_id = trial.user_attrs.get("run_id")
+    start = trial.user_attrs.get(work_queue.PROGRESS_AT_CLAIM)
+    if not run_id or start is None:
+        return False
+    return runfolder.epochs_recorded(plan.run_dir(str(run_id))) > int(start)
 
 
 def work(
@@ -163,7 +246,7 @@ def work(
     trained = skipped = 0
     n_runs = len(plan.runs)
     while True:
-        claim = queue.claim(functools.partial(_claimable, plan, queue.states()))
+        claim = queue.claim(functools.partial(_claimable, plan, queue.states(), time.monotonic()))
         if claim is None:
             if queue.drained(n_runs):
                 return trained, skipped
@@ -174,39 +257,71 @@ def work(
         skipped += outcome == "skipped"
 
 
-def _claimable(plan: StudyPlan, states: dict[int, work_queue.RunState], index: int) -> bool:
-    """A run may start once each run it depends on is done or has finally failed."""
+_BUSY_UNTIL: dict[int, float] = {}  # run index → when this process may look at it again (folder was held)
+
+
+def _claimable(plan: StudyPlan, states: dict[int, work_queue.RunState], now: float, index: int) -> bool:
+    """A run may start once the runs it depends on are finished, while no other process holds its folder."""
+    run = plan.runs[index]
+    if _BUSY_UNTIL.get(index, 0.0) > now:
+        return False
+    if run.run_id is not None and runfolder.is_held(plan.run_dir(run.run_id)):
+        return False
     return all(
-        source in states and states[source].state in (work_queue.DONE, work_queue.FAILED)
-        for source in plan.runs[index].depends_on
+        source in states and states[source].state in runfolder.FINISHED_STATES for source in run.depends_on
     )
 
 
 def execute(plan: StudyPlan, queue: work_queue.RunQueue, claim: work_queue.Claim, *, log: Log = print) -> str:
-    """Run one claimed run; returns "trained", "skipped" or "failed" and records the outcome in the queue."""
+    """Run one claimed run; returns "trained", "skipped", "failed", "lost" or "busy" and records the outcome
+    in the queue. An interrupt records the run as interrupted (no attempt used) and is re-raised."""
     run = plan.runs[claim.run_index]
     where = f"[{run.index + 1}/{len(plan.runs)}]"
     try:
         run = _resolved(plan, run, queue.states())
     except CnnlabError as error:
-        queue.finish(claim, "failed", reason=str(error))
+        queue.finish(claim, runfolder.FAILED, reason=str(error))
         log(f"{where} failed   {run.configuration}: {error}")
         return "failed"
     assert run.config is not None and run.run_id is not None
     run_dir = plan.run_dir(run.run_id)
-    finished = _completed_summary(run_dir)
+    finished = runfolder.completed_result(run_dir)
     if finished is not None:
-        queue.finish(claim, "skipped", value=_score(finished), run_id=run.run_id)
+        queue.finish(claim, work_queue.SKIPPED, value=_score(finished), run_id=run.run_id)
         log(f"{where} skipped  {run.run_id} {_describe(run)} (already completed)")
         return "skipped"
+    queue.note(claim, run_id=run.run_id, **{work_queue.PROGRESS_AT_CLAIM: runfolder.epochs_recorded(run_dir)})
     log(f"{where} start    {run.run_id} {_describe(run)}")
     started = time.perf_counter()
-    with queue.heartbeat(claim):
-        status, summary = _fit(plan, run, run_dir)
+    try:
+        with queue.heartbeat(claim) as lost:
+            status, summary = _fit(plan, run, run_dir, lost)
+    except Interrupted as stop:
+        queue.finish(
+            claim, runfolder.INTERRUPTED, run_id=run.run_id, reason=f"interrupted by {stop.signal_name}"
+        )
+        log(f"{where} interrupted {run.run_id} {_describe(run)} (resumes from its last checkpoint)")
+        raise
+    except RunLost:
+        log(
+            f"{where} lost     {run.run_id} {_describe(run)}: this worker was paused past its heartbeat "
+            "and the run went back to the queue; stopped it without a result (it resumes from its checkpoint)"
+        )
+        return "lost"
+    except runfolder.RunFolderBusy as busy:
+        queue.finish(claim, work_queue.BUSY, run_id=run.run_id)
+        _BUSY_UNTIL[run.index] = time.monotonic() + queue.grace_s
+        log(f"{where} busy     {run.run_id} {_describe(run)}: {busy}; trying other runs first")
+        return "busy"
     elapsed = time.perf_counter() - started
-    queue.finish(claim, status, value=_score(summary), run_id=run.run_id, reason=summary.get("reason"))
-    log(f"{where} {status:<8} {run.run_id} {_describe(run)} {_metrics(summary)} {elapsed:.1f} s")
+    mine = queue.finish(claim, status, value=_score(summary), run_id=run.run_id, reason=summary.get("reason"))
+    note = "" if mine else " (its claim had expired meanwhile; no other worker ran it)"
+    log(f"{where} {status:<8} {run.run_id} {_describe(run)} {_metrics(summary)} {elapsed:.1f} s{note}")
     return "trained"
+
+
+class RunLost(Exception):
+    """The worker lost its claim on the run it was training (paused past its heartbeat)."""
 
 
 def _resolved(plan: StudyPlan, run: PlannedRun, states: dict[int, work_queue.RunState]) -> PlannedRun:
@@ -214,7 +329,7 @@ def _resolved(plan: StudyPlan, run: PlannedRun, states: dict[int, work_queue.Run
     if run.role == ROLE_FINAL:
         selection = select_configuration(plan)
         finals = {
-            r.seed: cfg.config_hash(final_config(selection, r.seed))
+            r.seed: cfg.config_hash(resolve_config(final_config(selection, r.seed)))
             for r in plan.runs
             if r.role == ROLE_FINAL
         }
@@ -223,7 +338,7 @@ def _resolved(plan: StudyPlan, run: PlannedRun, states: dict[int, work_queue.Run
             run, config=final_config(selection, run.seed), configuration=selection.chosen.configuration
         )
     for index in run.depends_on:
-        if states[index].state != work_queue.DONE:
+        if states[index].state != runfolder.COMPLETED:
             source = plan.runs[index]
             raise CnnlabError(
                 f"it starts from run {source.run_id} ({source.stage}: {source.configuration}, "
@@ -232,47 +347,44 @@ def _resolved(plan: StudyPlan, run: PlannedRun, states: dict[int, work_queue.Run
     return run
 
 
-def _fit(plan: StudyPlan, run: PlannedRun, run_dir: Path) -> tuple[str, dict[str, Any]]:
+def _fit(plan: StudyPlan, run: PlannedRun, run_dir: Path, lost: Any) -> tuple[str, dict[str, Any]]:
     """Train one run in this process; an error becomes a recorded failure instead of stopping the study."""
-    from cnnlab.train import fit
+    from cnnlab.train import RunAbandoned, fit
 
     assert run.config is not None
     try:
-        result = fit(run.config, run_dir, tags=run.tags(plan.spec.name), resume=True)
+        result = fit(run.config, run_dir, tags=run.tags(plan.spec.name), resume=True, abandon=lost)
         return result.status, dict(result.summary)
+    except RunAbandoned:
+        raise RunLost() from None
+    except runfolder.RunFolderBusy:
+        raise
     except Exception as error:  # any failure of one run is recorded; the study goes on
         reason = str(error) if isinstance(error, CnnlabError) else f"{type(error).__name__}: {error}"
-        return "failed", _record_failure(plan, run, run_dir, reason)
+        return runfolder.FAILED, _record_failure(plan, run, run_dir, reason)
 
 
 def _record_failure(plan: StudyPlan, run: PlannedRun, run_dir: Path, reason: str) -> dict[str, Any]:
     """A failed result.json for a run that stopped before fit could write one (e.g. a bad model switch)."""
-    assert run.config is not None
-    existing = run_dir / "result.json"
-    if existing.is_file():
-        return io.read_json(existing)
-    summary = {
-        "run_id": run.run_id,
-        "status": "failed",
-        "reason": reason,
-        "model": run.config.model.name,
-        "dataset": run.config.data.name,
-        "config": cfg.to_dict(run.config),
-        "tags": run.tags(plan.spec.name),
-        "best": None,
-        "last": None,
-        "test": None,
-    }
-    io.atomic_write_json(existing, summary)
+    assert run.config is not None and run.run_id is not None
+    with runfolder.hold(run_dir, run.run_id):
+        existing = runfolder.read_result(run_dir)
+        if existing is not None and existing.get("status") == runfolder.FAILED:
+            return existing
+        summary = {
+            "run_id": run.run_id,
+            "status": runfolder.FAILED,
+            "reason": reason,
+            "model": run.config.model.name,
+            "dataset": run.config.data.name,
+            "config": cfg.to_dict(run.config),
+            "tags": run.tags(plan.spec.name),
+            "best": None,
+            "last": None,
+            "test": None,
+        }
+        runfolder.write_result(run_dir, summary)
     return summary
-
-
-def _completed_summary(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / "result.json"
-    if not path.is_file():
-        return None
-    summary = io.read_json(path)
-    return summary if summary.get("status") == "completed" else None
 
 
 def _score(summary: dict[str, Any]) -> float | None:
@@ -305,7 +417,7 @@ def build_ensembles(plan: StudyPlan, *, log: Log = print) -> tuple[Path, ...]:
     for ensemble in plan.spec.ensembles:
         members = [plan.runs[index] for index in plan.ensemble_members[ensemble.name]]
         dirs = [plan.run_dir(str(run.run_id)) for run in members]
-        dirs = [d for d in dirs if _completed_summary(d) is not None]
+        dirs = [d for d in dirs if runfolder.completed_result(d) is not None]
         if not dirs:
             log(f"ensemble {ensemble.name}: no completed member run; skipped")
             continue
@@ -323,9 +435,9 @@ def build_ensembles(plan: StudyPlan, *, log: Log = print) -> tuple[Path, ...]:
 
 
 def _count(states: dict[int, work_queue.RunState], n_runs: int) -> dict[str, int]:
-    counts = {work_queue.DONE: 0, work_queue.FAILED: 0, work_queue.RUNNING: 0, work_queue.PENDING: 0}
+    counts = dict.fromkeys(runfolder.STATES, 0)
     for index in range(n_runs):
-        counts[states[index].state if index in states else work_queue.PENDING] += 1
+        counts[states[index].state if index in states else runfolder.PENDING] += 1
     return counts
 
 
@@ -363,13 +475,15 @@ def _start_helpers(
 
 
 def _stop(helper: subprocess.Popen) -> None:
-    """Terminate a helper worker still running (this process was interrupted); its run is retried later."""
+    """Stop a helper still running (this process was interrupted): it records its run as interrupted."""
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        helper.wait(timeout=2)  # a Ctrl-C reached the helpers too; let them finish recording
     if helper.poll() is None:
         helper.terminate()
         try:
-            helper.wait(timeout=10)
+            helper.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            helper.kill()  # Lightning defers SIGTERM to the end of a step; a run killed here is resumed later
+            helper.kill()  # it did not stop; its run is resumed later from its checkpoint
             helper.wait()
 
 

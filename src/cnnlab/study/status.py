@@ -1,7 +1,8 @@
-"""`study status`: how many runs of a study are done, running, failed or pending.
+"""`study status`: how many runs of a study are completed, running, interrupted, failed, diverged or pending
+(`cnnlab.runfolder`'s states).
 
 Read from study.json (the plan), the queue in its storage (running / retrying), and each run's result.json
-(a completed or failed result counts even when the storage is gone).
+(a completed, interrupted or failed result counts even when the storage is gone).
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cnnlab import runfolder
 from cnnlab.errors import CnnlabError
 from cnnlab.study import queue as work_queue
 from cnnlab.study.plan import PLAN_FILE, RUNS_DIR
 
-STATES = (work_queue.DONE, work_queue.RUNNING, work_queue.FAILED, work_queue.PENDING)
+STATES = runfolder.STATES
+SHOWN_STATES = (runfolder.RUNNING, runfolder.INTERRUPTED, runfolder.FAILED, runfolder.DIVERGED)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,9 +53,15 @@ def study_status(study_dir: str | Path, *, storage: str | None = None) -> StudyS
         raise CnnlabError(
             f"{study_dir} is not a study folder: {PLAN_FILE} not found (run `cnnlab study run` first)"
         )
-    plan = json.loads(plan_path.read_text())
+    try:
+        plan = json.loads(plan_path.read_text(encoding="utf-8"))
+        entries = plan["runs"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+        raise CnnlabError(
+            f"{plan_path} is not a readable study plan ({type(error).__name__}: {error})"
+        ) from None
     queue_states = _queue_states(plan, storage or plan.get("storage"))
-    runs = tuple(_run_status(study_dir, entry, queue_states) for entry in plan["runs"])
+    runs = tuple(_run_status(study_dir, entry, queue_states) for entry in entries)
     counts = {state: sum(run.state == state for run in runs) for state in STATES}
     return StudyStatus(study_dir, counts, runs, queue_states is not None)
 
@@ -97,25 +106,28 @@ def _run_status(
 
 
 def _state(result: dict[str, Any] | None, queued: work_queue.RunState | None) -> tuple[str, str | None]:
-    """Files first (a completed result is done whatever the storage says), then the queue."""
-    if result is not None and result.get("status") == "completed":
-        return work_queue.DONE, None
-    if queued is not None and queued.state in (work_queue.RUNNING, work_queue.PENDING):
+    """Files first (a completed result is completed whatever the storage says), then the queue."""
+    status = result.get("status") if result is not None else None
+    if status == runfolder.COMPLETED:
+        return runfolder.COMPLETED, None
+    if queued is not None and queued.state in (runfolder.RUNNING, runfolder.INTERRUPTED):
+        return queued.state, None if queued.state == runfolder.RUNNING else "its worker is gone"
+    if status in (runfolder.INTERRUPTED, runfolder.FAILED, runfolder.DIVERGED):
+        return str(status), result.get("reason") if result else None
+    if queued is not None and queued.state == runfolder.FAILED:
+        return runfolder.FAILED, queued.trial.user_attrs.get("reason") or "its worker died on every attempt"
+    if queued is not None:
         return queued.state, None
-    if result is not None and result.get("status") in ("failed", "diverged"):
-        return work_queue.FAILED, f"{result['status']}: {result.get('reason')}"
-    if queued is not None and queued.state == work_queue.FAILED:
-        return work_queue.FAILED, queued.trial.user_attrs.get("reason") or "its worker died on every attempt"
-    if queued is not None and queued.state == work_queue.DONE:
-        return work_queue.DONE, None
-    return work_queue.PENDING, None
+    return runfolder.PENDING, None
 
 
 def _result(study_dir: Path, run_id: str | None) -> dict[str, Any] | None:
     if not run_id:
         return None
-    path = study_dir / RUNS_DIR / run_id / "result.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    try:
+        return runfolder.read_result(study_dir / RUNS_DIR / run_id)
+    except runfolder.RunFolderError:
+        return {"status": runfolder.FAILED, "reason": "its result.json is unreadable"}
 
 
 def format_status(status: StudyStatus) -> str:
@@ -126,7 +138,7 @@ def format_status(status: StudyStatus) -> str:
     if not status.storage_read:
         lines.append("(storage not readable: running/pending told apart from files only)")
     for run in status.runs:
-        if run.state in (work_queue.RUNNING, work_queue.FAILED):
+        if run.state in SHOWN_STATES:
             fold = f" fold={run.fold}" if run.fold is not None else ""
             why = f" — {run.reason}" if run.reason else ""
             lines.append(

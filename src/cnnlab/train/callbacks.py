@@ -1,11 +1,10 @@
-"""Lightning callbacks of a run: per-epoch seeding, metrics.csv, divergence, backbone freezing."""
+"""Lightning callbacks of a run: per-epoch seeding, metrics.csv, divergence, lost claims, freezing."""
 
 from __future__ import annotations
 
-import csv
-import io as text_io
 import math
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -13,10 +12,8 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from cnnlab.io import atomic_write_text
+from cnnlab import runfolder
 from cnnlab.train.system import ClassifierSystem
-
-METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s")
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -26,6 +23,30 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 class RunDiverged(Exception):
     """Raised inside training when the loss stops being finite."""
+
+
+class RunAbandoned(Exception):
+    """Raised inside training when the run's claim passed to another worker: stop, write nothing more."""
+
+
+class AbandonWatch(pl.Callback):
+    """Stops training at the next batch once `event` is set (a study worker found its claim lost)."""
+
+    def __init__(self, event: threading.Event | None) -> None:
+        self.event = event
+
+    def _check(self) -> None:
+        if self.event is not None and self.event.is_set():
+            raise RunAbandoned("the claim on this run passed to another worker")
+
+    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        self._check()
+
+    def on_validation_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        self._check()
+
+    def on_train_epoch_end(self, *args: Any, **kwargs: Any) -> None:
+        self._check()
 
 
 class EpochSeeder(pl.Callback):
@@ -41,8 +62,8 @@ class EpochSeeder(pl.Callback):
 class EpochRecorder(pl.Callback):
     """Writes metrics.csv (one row per epoch) and prints the per-epoch line users know."""
 
-    def __init__(self, path: Path, *, echo: bool) -> None:
-        self.path = path
+    def __init__(self, run_dir: Path, *, echo: bool) -> None:
+        self.run_dir = run_dir
         self.echo = echo
         self.rows: list[dict[str, float]] = []
         self.train_seconds = 0.0
@@ -73,7 +94,7 @@ class EpochRecorder(pl.Callback):
         for name in ("train_loss", "train_acc", "val_loss", "val_acc"):
             row[name] = float(metrics[name]) if name in metrics else math.nan
         self.rows.append(row)
-        atomic_write_text(self.path, format_metrics_csv(self.rows))
+        runfolder.write_metrics(self.run_dir, self.rows)
         if self.echo:
             print(format_epoch_line(row), file=sys.stdout, flush=True)
 
@@ -84,15 +105,6 @@ class EpochRecorder(pl.Callback):
         self.rows = list(state_dict["rows"])
         self.train_seconds = state_dict["train_seconds"]
         self.train_images = state_dict["train_images"]
-
-
-def format_metrics_csv(rows: list[dict[str, float]]) -> str:
-    """metrics.csv text: a header and one row per epoch."""
-    buffer = text_io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
 
 
 def format_epoch_line(row: dict[str, float]) -> str:

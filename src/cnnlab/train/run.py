@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import platform
-import shutil
 import subprocess
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -24,18 +24,25 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
 from cnnlab import config as cfg
-from cnnlab import io
+from cnnlab import io, runfolder
 from cnnlab.data import ImageSet, Splits, load_split, make_splits, normalization, take, write_bad_files
-from cnnlab.errors import ConfigError
+from cnnlab.errors import ConfigError, Interrupted
 from cnnlab.models import count_flops, count_params, create_model, load_pretrained, model_info, resolve_stem
-from cnnlab.train.callbacks import BackboneFreeze, DivergenceGuard, EpochRecorder, EpochSeeder, RunDiverged
+from cnnlab.train.callbacks import (
+    AbandonWatch,
+    BackboneFreeze,
+    DivergenceGuard,
+    EpochRecorder,
+    EpochSeeder,
+    RunAbandoned,
+    RunDiverged,
+)
 from cnnlab.train.checkpoint import SafeCheckpointIO, load_trained_model, model_state, run_checkpoint_path
 from cnnlab.train.data_module import InMemoryDataModule
 from cnnlab.train.inference import predict_probs, score_predictions
+from cnnlab.train.resolve import resolve_config
 from cnnlab.train.speed import keep_freed_memory
 from cnnlab.train.system import ClassifierSystem
-
-RESULT_FILE = "result.json"
 
 
 @dataclass(frozen=True)
@@ -51,8 +58,8 @@ class RunResult:
 class PreparedRun:
     """Everything resolved before anything is written: data, splits, model and its initial weights."""
 
-    run_id: str  # hash of the config as requested: the run's identity in a study
-    config: cfg.RunConfig  # resolved: stem and image size filled in
+    run_id: str  # hash of the resolved config: the run's identity, in a study and outside
+    config: cfg.RunConfig  # resolved (`resolve_config`): stem, image size and absolute paths
     train_set: ImageSet
     splits: Splits
     model: nn.Module
@@ -62,48 +69,94 @@ class PreparedRun:
 
 
 def fit(
-    config: cfg.RunConfig, out_dir: str | Path, *, tags: dict[str, Any] | None = None, resume: bool = False
+    config: cfg.RunConfig,
+    out_dir: str | Path,
+    *,
+    tags: dict[str, Any] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    abandon: threading.Event | None = None,
 ) -> RunResult:
-    """Train one run into `out_dir` and return its result; a completed run directory is returned as is.
+    """Train one run into `out_dir` and return its result; a completed run of this config is returned as is.
 
-    Configuration and data errors raise CnnlabError before anything is written. A non-finite loss ends the
-    run with status "diverged"; any other exception during training with status "failed" (traceback in
-    error.log). `resume` continues from checkpoints/last.ckpt when it exists.
+    The folder is refused (RunFolderError, nothing touched) when it holds files cnnlab did not write, another
+    run (unless `overwrite`), or is held by another process. Configuration and data errors raise CnnlabError
+    before anything is written. A non-finite loss ends the run "diverged"; any other exception during
+    training "failed" (traceback in error.log); SIGINT/SIGTERM "interrupted" (checkpoint kept, Interrupted
+    re-raised). `resume` continues from checkpoints/last.ckpt. When `abandon` is set (a study worker lost its
+    claim) training stops and RunAbandoned is raised without writing a result.
     """
-    out_dir = Path(out_dir)
-    finished = completed_result(out_dir)
-    if finished is not None:
+    out_dir = Path(out_dir).absolute()
+    config = resolve_config(config)
+    run_id = cfg.config_hash(config)
+    runfolder.check_folder(out_dir, run_id, overwrite=overwrite)
+    if not overwrite and (finished := _completed(out_dir, run_id)) is not None:
         return finished
-    prepared = prepare_run(config)
-    checkpoint = _resume_checkpoint(out_dir, prepared.config, resume)
-    _write_run_header(out_dir, prepared, fresh=checkpoint is None)
+    with runfolder.hold(out_dir, run_id):
+        if not overwrite and (finished := _completed(out_dir, run_id)) is not None:
+            return finished  # another process completed it while this one waited
+        if overwrite:
+            runfolder.clear_run_files(out_dir)
+        prepared = prepare_run(config)
+        checkpoint = runfolder.checkpoint_path(out_dir) if resume else None
+        checkpoint = checkpoint if checkpoint is not None and checkpoint.is_file() else None
+        _write_run_header(out_dir, prepared, fresh=checkpoint is None)
+        return _train_and_record(prepared, out_dir, checkpoint, tags, abandon)
+
+
+def _train_and_record(
+    prepared: PreparedRun,
+    out_dir: Path,
+    checkpoint: Path | None,
+    tags: dict[str, Any] | None,
+    abandon: threading.Event | None,
+) -> RunResult:
+    """Train, then write result.json: scored when the run ended, without scores when it was interrupted."""
     started = time.perf_counter()
-    status, reason, recorder = _train(prepared, out_dir, checkpoint)
-    summary = _summarize(prepared, out_dir, status, reason, recorder, time.perf_counter() - started, tags)
-    io.atomic_write_json(out_dir / RESULT_FILE, summary)
+    recorder = EpochRecorder(out_dir, echo=not os.environ.get("CNNLAB_QUIET"))
+    try:
+        status, reason = _train(prepared, out_dir, checkpoint, recorder, abandon)
+        if abandon is not None and abandon.is_set():
+            raise RunAbandoned("the claim on this run passed to another worker")
+        summary = _summarize(prepared, out_dir, status, reason, recorder, time.perf_counter() - started, tags)
+    except Interrupted as stop:
+        reason = f"interrupted by {stop.signal_name} after {len(recorder.rows)} epoch(s)"
+        summary = _summarize(
+            prepared,
+            out_dir,
+            runfolder.INTERRUPTED,
+            reason,
+            recorder,
+            time.perf_counter() - started,
+            tags,
+            evaluate=False,
+        )
+        runfolder.write_result(out_dir, summary)
+        raise
+    runfolder.write_result(out_dir, summary)
     return RunResult(status=status, out_dir=out_dir, summary=summary)
+
+
+def _completed(out_dir: Path, run_id: str) -> RunResult | None:
+    summary = runfolder.completed_result(out_dir)
+    if summary is None or summary.get("run_id") != run_id:
+        return None
+    return RunResult(status=runfolder.COMPLETED, out_dir=out_dir, summary=summary)
 
 
 def completed_result(out_dir: Path) -> RunResult | None:
     """The result of a run directory whose result.json says completed, else None."""
-    path = out_dir / RESULT_FILE
-    if not path.is_file():
-        return None
-    summary = io.read_json(path)
-    if summary.get("status") != "completed":
-        return None
-    return RunResult(status="completed", out_dir=out_dir, summary=summary)
+    summary = runfolder.completed_result(out_dir)
+    return None if summary is None else RunResult(runfolder.COMPLETED, Path(out_dir), summary)
 
 
 def prepare_run(config: cfg.RunConfig) -> PreparedRun:
-    """Resolve the config (stem, image size), load data and splits, build and initialise the model."""
-    info = model_info(config.model.name)
-    native = load_split(config.data, "train")
-    pretrained = config.train.init.startswith("torchvision:")
-    native_side = config.data.image_size or native.images.shape[-1]
-    stem, side = resolve_stem(info.name, config.model.stem, native_side, pretrained=pretrained)
-    recorded_stem = _recorded_stem(config.model.stem, stem, resized=side != native_side)
-    resolved = cfg.replace(config, **{"model.stem": recorded_stem, "data.image_size": side})
+    """Load data and splits, build and initialise the model of a resolved config (nothing is written)."""
+    resolved = resolve_config(config)
+    info = model_info(resolved.model.name)
+    stem, _ = resolve_stem(
+        info.name, resolved.model.stem, resolved.data.image_size, pretrained=_pretrained(resolved)
+    )
     train_set = load_split(resolved.data, "train")
     splits = _splits_for(resolved, train_set)
     train_idx, _ = splits.indices(resolved.data.fold if resolved.data.folds else 0)
@@ -115,17 +168,12 @@ def prepare_run(config: cfg.RunConfig) -> PreparedRun:
     model = create_model(info.name, **hparams)
     _initialise(model, resolved.train.init, info.name)
     return PreparedRun(
-        cfg.config_hash(config), resolved, train_set, splits, model, hparams, tuple(mean), tuple(std)
+        cfg.config_hash(resolved), resolved, train_set, splits, model, hparams, tuple(mean), tuple(std)
     )
 
 
-def _recorded_stem(option: str, stem: str | None, *, resized: bool) -> str:
-    """The stem choice written to the resolved config: 'auto' becomes what it chose (small or resize)."""
-    if option != "auto" or stem is None:
-        return option
-    if stem == "small":
-        return "small"
-    return "resize" if resized else option
+def _pretrained(config: cfg.RunConfig) -> bool:
+    return config.train.init.startswith("torchvision:")
 
 
 def _model_hparams(config: cfg.RunConfig, info: Any, stem: str, *, in_chans: int, num_classes: int) -> dict:
@@ -178,43 +226,24 @@ def _initialise(model: nn.Module, init: str, model_name: str) -> None:
     load_pretrained(model, state, name=model_name)
 
 
-def _resume_checkpoint(out_dir: Path, config: cfg.RunConfig, resume: bool) -> Path | None:
-    last = out_dir / "checkpoints" / "last.ckpt"
-    if not resume or not last.is_file():
-        return None
-    previous = cfg.from_dict(cfg.load_yaml(out_dir / "config.yaml"))
-    if cfg.config_hash(previous) != cfg.config_hash(config):
-        raise ConfigError(
-            f"cannot resume in {out_dir}: it holds a run with a different config; "
-            "use the same config or another --out"
-        )
-    return last
-
-
 def _write_run_header(out_dir: Path, prepared: PreparedRun, *, fresh: bool) -> None:
-    """config.yaml and splits.json; a fresh start clears what an earlier unfinished attempt left."""
+    """config.yaml and splits.json; a fresh start clears what an earlier unfinished attempt of cnnlab left."""
     if fresh:
-        for stale in (
-            "checkpoints",
-            "tensorboard",
-            "predictions",
-            "metrics.csv",
-            RESULT_FILE,
-            "error.log",
-            "bad_images.txt",
-        ):
-            target = out_dir / stale
-            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-    io.atomic_write_text(out_dir / "config.yaml", cfg.dump_yaml(prepared.config))
+        runfolder.clear_run_files(out_dir)
+    io.atomic_write_text(out_dir / runfolder.CONFIG_FILE, cfg.dump_yaml(prepared.config))
     if prepared.train_set.bad_files:
-        write_bad_files(prepared.train_set.bad_files, out_dir / "bad_images.txt")
+        write_bad_files(prepared.train_set.bad_files, out_dir / runfolder.BAD_IMAGES_FILE)
     if not prepared.config.data.splits_file:
-        prepared.splits.save(out_dir / "splits.json")
+        prepared.splits.save(out_dir / runfolder.SPLITS_FILE)
 
 
 def _train(
-    prepared: PreparedRun, out_dir: Path, checkpoint: Path | None
-) -> tuple[str, str | None, EpochRecorder]:
+    prepared: PreparedRun,
+    out_dir: Path,
+    checkpoint: Path | None,
+    recorder: EpochRecorder,
+    abandon: threading.Event | None,
+) -> tuple[str, str | None]:
     config = prepared.config
     train_idx, val_idx = prepared.splits.indices(config.data.fold if config.data.folds else 0)
     data = InMemoryDataModule(
@@ -241,24 +270,30 @@ def _train(
     system.extra_checkpoint = _checkpoint_meta(prepared)
     if _accelerator(config) == "cpu":
         keep_freed_memory()  # no page faults per step (benchmarks/RESULTS.md)
-    recorder = EpochRecorder(out_dir / "metrics.csv", echo=not os.environ.get("CNNLAB_QUIET"))
     try:
         with _quiet_lightning():
-            trainer = _build_trainer(config, out_dir, recorder, has_val=len(val_idx) > 0)
+            trainer = _build_trainer(config, out_dir, recorder, abandon, has_val=len(val_idx) > 0)
             trainer.fit(system, datamodule=data, ckpt_path=checkpoint)
     except RunDiverged as diverged:
-        return "diverged", str(diverged), recorder
+        return runfolder.DIVERGED, str(diverged)
+    except RunAbandoned:
+        raise
     except Exception as error:  # a training crash is recorded as a failed run; the study goes on
-        io.atomic_write_text(out_dir / "error.log", traceback.format_exc())
-        return "failed", f"{type(error).__name__}: {error}", recorder
-    return "completed", None, recorder
+        io.atomic_write_text(out_dir / runfolder.ERROR_LOG, traceback.format_exc())
+        return runfolder.FAILED, f"{type(error).__name__}: {error}"
+    return runfolder.COMPLETED, None
 
 
 def _build_trainer(
-    config: cfg.RunConfig, out_dir: Path, recorder: EpochRecorder, *, has_val: bool
+    config: cfg.RunConfig,
+    out_dir: Path,
+    recorder: EpochRecorder,
+    abandon: threading.Event | None,
+    *,
+    has_val: bool,
 ) -> pl.Trainer:
     # Two callbacks: Lightning's save_last refreshes last.ckpt only in epochs that improved the best one.
-    folder = out_dir / "checkpoints"
+    folder = out_dir / runfolder.CHECKPOINTS_DIR
     best = ModelCheckpoint(
         dirpath=folder,
         filename="best",
@@ -271,6 +306,7 @@ def _build_trainer(
         dirpath=folder, filename="last", save_on_train_epoch_end=True, enable_version_counter=False
     )
     callbacks: list[pl.Callback] = [
+        AbandonWatch(abandon),  # first: a lost claim stops the run before anything more is written
         EpochSeeder(config.train.seed),
         recorder,
         best,
@@ -289,7 +325,9 @@ def _build_trainer(
         num_nodes=config.train.num_nodes,
         strategy=config.train.strategy,
         precision=_precision(config),
-        logger=TensorBoardLogger(out_dir, name="tensorboard", version="", default_hp_metric=False),
+        logger=TensorBoardLogger(
+            out_dir, name=runfolder.TENSORBOARD_DIR, version="", default_hp_metric=False
+        ),
         callbacks=callbacks,
         plugins=[SafeCheckpointIO()],
         default_root_dir=out_dir,
@@ -366,6 +404,8 @@ def _summarize(
     recorder: EpochRecorder,
     wall: float,
     tags: dict[str, Any] | None,
+    *,
+    evaluate: bool = True,
 ) -> dict[str, Any]:
     config = prepared.config
     rows = recorder.rows
@@ -382,7 +422,8 @@ def _summarize(
         "test": None,
         "per_class_accuracy": None,
     }
-    summary.update(_evaluate_best(prepared, out_dir))
+    if evaluate:
+        summary.update(_evaluate_best(prepared, out_dir))
     side = config.data.image_size
     in_chans = prepared.model_hparams["in_chans"]
     summary.update(
@@ -414,9 +455,7 @@ def _evaluate_best(prepared: PreparedRun, out_dir: Path) -> dict[str, Any]:
     result: dict[str, Any] = {}
     if len(val_idx):
         val = take(prepared.train_set, val_idx)
-        scores = _predict_and_save(
-            trained.model, val, np.asarray(val_idx), prepared, device, out_dir / "predictions" / "val.npz"
-        )
+        scores = _predict_and_save(trained.model, val, np.asarray(val_idx), prepared, device, out_dir, "val")
         result["per_class_accuracy"] = scores["per_class_accuracy"]
     if config.train.test:
         test_set = load_split(config.data, "test")
@@ -426,7 +465,8 @@ def _evaluate_best(prepared: PreparedRun, out_dir: Path) -> dict[str, Any]:
             np.arange(len(test_set.labels)),
             prepared,
             device,
-            out_dir / "predictions" / "test.npz",
+            out_dir,
+            "test",
         )
         result["test"] = {"acc": scores["acc"], "loss": scores["loss"]}
         result["per_class_accuracy"] = scores["per_class_accuracy"]
@@ -439,7 +479,8 @@ def _predict_and_save(
     indices: np.ndarray,
     prepared: PreparedRun,
     device: torch.device,
-    path: Path,
+    out_dir: Path,
+    split: str,
 ) -> dict[str, Any]:
     probs = predict_probs(
         model,
@@ -450,13 +491,7 @@ def _predict_and_save(
         batch_size=prepared.config.data.eval_batch_size,
     )
     labels = images.labels.numpy()
-    with io.atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.savez(
-            handle,
-            probs=probs.astype(np.float32),
-            labels=labels.astype(np.int64),
-            indices=indices.astype(np.int64),
-        )
+    runfolder.write_predictions(out_dir, split, probs, labels, indices)
     return score_predictions(probs, labels, prepared.train_set.class_names)
 
 

@@ -1,0 +1,59 @@
+"""The one place a run config is resolved: `cnnlab train` and the study planner both call `resolve_config`,
+so a run's id (the hash of the resolved config) is the same whichever of them made it.
+
+Resolved means: the stem and the image side the model is fed (`model.stem: auto` becomes what it chose),
+and every path (folder datasets, data_dir, splits_file, file:/run: inits) absolute, so any command works
+from any working directory. Resolving a resolved config changes nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cnnlab import config as cfg
+from cnnlab.data import native_side
+from cnnlab.data.catalog import FOLDER_PREFIX
+from cnnlab.models import model_info, resolve_stem
+
+PATH_INIT_SCHEMES = ("file", "run")
+
+
+def resolve_config(config: cfg.RunConfig) -> cfg.RunConfig:
+    """The config a run trains with: stem and image size chosen, every path absolute."""
+    info = model_info(config.model.name)
+    side = native_side(config.data)
+    pretrained = config.train.init.startswith("torchvision:")
+    stem, fed_side = resolve_stem(info.name, config.model.stem, side, pretrained=pretrained)
+    recorded = recorded_stem(config.model.stem, stem, resized=fed_side != side)
+    return cfg.replace(
+        config, **{"model.stem": recorded, "data.image_size": fed_side, **_absolute_paths(config)}
+    )
+
+
+def recorded_stem(option: str, stem: str | None, *, resized: bool) -> str:
+    """The stem choice written to the resolved config: 'auto' becomes what it chose (small or resize)."""
+    if option != "auto" or stem is None:
+        return option
+    if stem == "small":
+        return "small"
+    return "resize" if resized else option
+
+
+def absolute(path: str) -> str:
+    """A user path made absolute against the working directory (`~` expanded)."""
+    return str(Path(path).expanduser().absolute())
+
+
+def _absolute_paths(config: cfg.RunConfig) -> dict[str, str]:
+    data, train = config.data, config.train
+    paths: dict[str, str] = {}
+    if data.name.startswith(FOLDER_PREFIX) and data.name[len(FOLDER_PREFIX) :].strip():
+        paths["data.name"] = FOLDER_PREFIX + absolute(data.name[len(FOLDER_PREFIX) :])
+    if data.data_dir:
+        paths["data.data_dir"] = absolute(data.data_dir)
+    if data.splits_file:
+        paths["data.splits_file"] = absolute(data.splits_file)
+    scheme, _, target = train.init.partition(":")
+    if scheme in PATH_INIT_SCHEMES and target:
+        paths["train.init"] = f"{scheme}:{absolute(target)}"
+    return paths
