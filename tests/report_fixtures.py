@@ -2,8 +2,9 @@
 
 `make_study(root)` writes a 2-fold × 3-seed study of three configurations (lenet5 with dropout 0 and 0.5,
 resnet20_cifar) with metrics.csv, val/test predictions, one failed and one diverged run, an ensemble, and
-study.yaml/study.json. Accuracies are drawn from a fixed RNG, so tests recompute every number from the files.
-Reusable by anyone who needs finished run directories without training.
+study.yaml/study.json. `make_staged_study(root)` writes a two-stage study like studies/transfer.yaml (a
+pretraining stage whose runs initialise a fine-tuning stage). Accuracies are drawn from a fixed RNG, so tests
+recompute every number from the files. Reusable by anyone who needs finished run directories without training.
 """
 
 from __future__ import annotations
@@ -37,6 +38,19 @@ CONFIGURATIONS: dict[str, tuple[dict[str, Any], float, int, float, float]] = {
     "resnet": ({"model.name": "resnet20_cifar"}, 0.95, 272474, 0.0411, 41.0),
 }
 BASE = {"data.name": "digits", "data.folds": FOLDS, "train.epochs": EPOCHS, "optim.lr": 0.05}
+# status → the reason result.json records (as train writes it); a completed run has none
+REASONS = {
+    "failed": "DataError: fold file unreadable (simulated failure)",
+    "diverged": "non-finite loss (nan) at epoch 2; last good checkpoint kept",
+    "interrupted": "interrupted by SIGTERM after 2 epoch(s)",
+}
+# the staged study: each stage's classes and each configuration's mean test accuracy
+STAGED_BASE = {"data.name": "digits", "train.epochs": EPOCHS, "optim.lr": 0.05}
+PRETRAIN_CLASSES = tuple(str(digit) for digit in range(8))
+FINETUNE_CLASSES = ("6", "7", "8", "9")
+PRETRAIN_ACCURACY = {"lenet5": 0.97, "resnet20_cifar": 0.985}
+FINETUNE_ACCURACY = {("lenet5", "scratch"): 0.72, ("lenet5", "full"): 0.80}
+FINETUNE_ACCURACY |= {("resnet20_cifar", "scratch"): 0.75, ("resnet20_cifar", "full"): 0.86}
 
 
 def make_study(root: Path, *, paired: bool = True, failures: bool = True, ensemble: bool = True) -> Path:
@@ -84,18 +98,20 @@ def write_run(
     gflops: float = 0.000429,
     seconds: float = 8.0,
     tags: Mapping[str, Any] | None = None,
+    classes: Sequence[str] = CLASS_NAMES,
 ) -> Path:
-    """Write one run directory (config.yaml, result.json, metrics.csv, predictions) and return it."""
+    """Write one run directory (config.yaml, result.json, metrics.csv, predictions) and return it.
+
+    `status` is completed, failed (no metrics), diverged or interrupted (two epochs, no test)."""
     rng = rng or np.random.default_rng(0)
     config = from_dict(dict(dotted))
     run_dir = runs_root / config_hash(config)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_yaml(config))
-    result = _result(config, status, tags or {}, params, gflops)
-    if status == "failed":
-        result["reason"] = "DataError: fold file unreadable (simulated failure)"
-    else:
-        _write_trained(run_dir, result, status, accuracy, rng, seconds)
+    result = _result(config, status, tags or {}, params, gflops, classes)
+    result["reason"] = REASONS.get(status)
+    if status != "failed":
+        _write_trained(run_dir, result, status, accuracy, rng, seconds, len(classes))
     (run_dir / "result.json").write_text(json.dumps(result, indent=2))
     return run_dir
 
@@ -131,6 +147,53 @@ def write_ensemble(root: Path, name: str, members: Sequence[str]) -> Path:
     return folder
 
 
+def make_staged_study(root: Path, *, plan: bool = True) -> Path:
+    """A study like studies/transfer.yaml: stage `pretrain` (8 classes, one seed, high accuracy) trains lenet5
+    and resnet20_cifar; stage `finetune` (4 classes, seeds 0-2) trains each net from scratch or from
+    its pretrained run. `plan=False` leaves out study.json, so only the `run:` inits order the stages."""
+    runs, entries, pretrained = root / "runs", [], {}
+    for model, accuracy in PRETRAIN_ACCURACY.items():
+        config = {**STAGED_BASE, "data.classes": list(PRETRAIN_CLASSES), "model.name": model, "train.seed": 0}
+        tags = _stage_tags("pretrain", {"model.name": model})
+        pretrained[model] = _staged_run(runs, config, tags, accuracy, PRETRAIN_CLASSES, entries)
+    for (model, recipe), accuracy in FINETUNE_ACCURACY.items():
+        init = f"run:{pretrained[model]}" if recipe == "full" else "scratch"
+        for seed in (0, 1, 2):
+            config = {
+                **STAGED_BASE,
+                "data.classes": list(FINETUNE_CLASSES),
+                "model.name": model,
+                "train.seed": seed,
+            }
+            tags = _stage_tags("finetune", {"model.name": model, "recipe": recipe})
+            config["train.init"] = init
+            _staged_run(runs, config, tags, accuracy, FINETUNE_CLASSES, entries)
+    if plan:
+        (root / "study.json").write_text(json.dumps({"stages": ["pretrain", "finetune"], "runs": entries}))
+    return root
+
+
+def _stage_tags(stage: str, point: Mapping[str, str]) -> dict[str, Any]:
+    """The tags a study's planner gives a run (study/plan.py PlannedRun.tags)."""
+    label = " ".join(f"{axis}={value}" for axis, value in point.items())
+    return {"study": "staged", "stage": stage, "role": "member", "configuration": label, "point": dict(point)}
+
+
+def _staged_run(
+    runs: Path,
+    config: dict[str, Any],
+    tags: dict[str, Any],
+    accuracy: float,
+    classes: Sequence[str],
+    entries: list[dict[str, Any]],
+) -> Path:
+    """Write one run of the staged study and add its study.json entry."""
+    rng = np.random.default_rng([len(entries), config["train.seed"]])
+    run_dir = write_run(runs, config, accuracy=accuracy, rng=rng, tags=tags, classes=classes)
+    entries.append({"run_id": run_dir.name, "stage": tags["stage"], "seed": config["train.seed"]})
+    return run_dir
+
+
 def read_results(root: Path) -> list[dict[str, Any]]:
     """Every run's result.json under root/runs (what tests recompute the report from)."""
     return [json.loads(path.read_text()) for path in sorted((root / "runs").glob("*/result.json"))]
@@ -145,7 +208,9 @@ def _status(name: str, seed: int, fold: int) -> str:
     return "completed"
 
 
-def _result(config: Any, status: str, tags: Mapping[str, Any], params: int, gflops: float) -> dict[str, Any]:
+def _result(
+    config: Any, status: str, tags: Mapping[str, Any], params: int, gflops: float, classes: Sequence[str]
+) -> dict[str, Any]:
     run_id = config_hash(config)
     return {
         "run_id": run_id,
@@ -153,7 +218,7 @@ def _result(config: Any, status: str, tags: Mapping[str, Any], params: int, gflo
         "reason": None,
         "model": config.model.name,
         "dataset": config.data.name,
-        "class_names": list(CLASS_NAMES),
+        "class_names": list(classes),
         "epochs_run": 0,
         "best": None,
         "last": None,
@@ -182,10 +247,12 @@ def _write_trained(
     accuracy: float,
     rng: np.random.Generator,
     seconds: float,
+    classes: int,
 ) -> None:
-    """Fill metrics.csv, predictions and the metric fields of a run that trained (completed or diverged)."""
+    """Fill metrics.csv, predictions and the metric fields of a run that trained (completed, diverged or
+    interrupted: two epochs and no test)."""
     epochs = EPOCHS if status == "completed" else 2
-    val = _predictions(VAL_SIZE, accuracy - 0.02 + rng.normal(0, 0.02), rng)
+    val = _predictions(VAL_SIZE, accuracy - 0.02 + rng.normal(0, 0.02), rng, classes)
     val_acc = float((val["probs"].argmax(axis=1) == val["labels"]).mean())
     rows = _metric_rows(epochs, val_acc, rng, diverged=status == "diverged")
     _write_csv(run_dir / "metrics.csv", rows)
@@ -202,17 +269,15 @@ def _write_trained(
     result.update(
         train_time_s=train_time, wall_time_s=train_time + 1.5, train_images_per_s=1500 * epochs / train_time
     )
-    if status == "diverged":
-        result["reason"] = "non-finite loss (nan) at epoch 2; last good checkpoint kept"
+    if status != "completed":
         return
-    test = _predictions(TEST_SIZE, accuracy + rng.normal(0, 0.015), rng)
+    test = _predictions(TEST_SIZE, accuracy + rng.normal(0, 0.015), rng, classes)
     np.savez(run_dir / "predictions" / "test.npz", **test)
     result["test"] = {"acc": float((test["probs"].argmax(axis=1) == test["labels"]).mean()), "loss": 0.3}
 
 
-def _predictions(size: int, accuracy: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def _predictions(size: int, accuracy: float, rng: np.random.Generator, classes: int) -> dict[str, np.ndarray]:
     """Probabilities whose argmax is right on round(accuracy·size) samples, with realistic confusions."""
-    classes = len(CLASS_NAMES)
     labels = np.arange(size, dtype=np.int64) % classes
     correct = np.zeros(size, dtype=bool)
     correct[rng.permutation(size)[: int(round(np.clip(accuracy, 0, 1) * size))]] = True

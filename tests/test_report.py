@@ -28,7 +28,15 @@ from cnnlab.report import (
 )
 from cnnlab.report.render import epoch_lines, interval
 from cnnlab.report.statistics import describe, format_p
-from tests.report_fixtures import CONFIGURATIONS, EPOCHS, make_study, read_results, write_run
+from tests.report_fixtures import (
+    CONFIGURATIONS,
+    EPOCHS,
+    REASONS,
+    make_staged_study,
+    make_study,
+    read_results,
+    write_run,
+)
 
 PLOT_FILES = {
     "learning_curves.png",
@@ -264,7 +272,7 @@ def test_cli_report_prints_the_table_then_the_report_path(unpaired: Path, capsys
     assert sum(line.lstrip("* ").startswith("C") for line in lines) == len(CONFIGURATIONS)
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "malformed"])
+@pytest.mark.parametrize("case", ["missing", "empty", "malformed", "malformed predictions"])
 def test_cli_report_on_a_folder_without_results_exits_2_with_one_line(
     tmp_path: Path, case: str, capsys
 ) -> None:
@@ -274,6 +282,9 @@ def test_cli_report_on_a_folder_without_results_exits_2_with_one_line(
     if case == "malformed":
         (target / "runs" / "abc").mkdir(parents=True)
         (target / "runs" / "abc" / "result.json").write_text("{not json")
+    if case == "malformed predictions":
+        run_dir = write_run(target / "runs", {"model.name": "lenet5"})
+        (run_dir / "predictions" / "test.npz").write_bytes(b"not an npz file")
     assert main(["report", str(target)]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and error.startswith("cnnlab: error: ") and "Traceback" not in error
@@ -358,3 +369,102 @@ def test_pairs_differing_by_the_same_amount_get_no_test_instead_of_p_zero(tmp_pa
     assert math.isnan(comparison.t_p) and math.isinf(comparison.d_z)
     sentence = describe(comparison)
     assert "p not defined" in sentence and "no test applies" in sentence and " beat " not in sentence
+
+
+@pytest.mark.parametrize("plan", [True, False], ids=["stages-from-study.json", "stages-from-init-chain"])
+def test_a_staged_study_reports_its_final_stage_and_each_earlier_stage_apart(
+    tmp_path: Path, plan: bool
+) -> None:
+    """transfer.yaml-like: pretraining (8 classes) scores higher than fine-tuning (4 classes), yet the
+    headline table, its ★ and the confusion matrix belong to the fine-tuning stage the study exists for."""
+    root = make_staged_study(tmp_path, plan=plan)
+    paths = write_report(root)
+    study = load_study(root)
+    assert study.stages == ("pretrain", "finetune") and study.final_stage == "finetune"
+    idents = {stage: [c.ident for c in study.stage_configurations(stage)] for stage in study.stages}
+    val_means = _val_means_by_label(read_results(root))
+    best_label = max((label for label in val_means if "finetune" in label), key=val_means.get)
+    assert max(val_means.values()) > val_means[best_label]  # pretraining scores higher, on its own task
+    markdown = paths.markdown.read_text()
+    sections = _md_sections(markdown)
+    headline = _md_table_rows(sections["Results: stage finetune"])
+    assert [row[1] for row in headline] == idents["finetune"]
+    (best,) = [(row[1], row[2]) for row in headline if row[0] == "★"]
+    assert best[1] == best_label
+    earlier = _md_table_rows(sections["Stage pretrain (feeds finetune)"])
+    assert [row[1] for row in earlier] == idents["pretrain"] and all(row[0] == "" for row in earlier)
+    assert markdown.count("| ★ |") == 1
+    assert f"\n{best[0]}: {best_label}, test split." in sections["Figures"]  # the confusion matrix caption
+    assert "Stage finetune only" in sections["Figures"]  # the learning curves
+    page = paths.html.read_text()
+    assert "<h2>Results: stage finetune</h2>" in page and "<h2>Stage pretrain (feeds finetune)</h2>" in page
+    table = format_results_table(root)
+    assert table == paths.table
+    assert [line.lstrip("* ").split()[0] for line in table.splitlines()[2:-1]] == idents["finetune"]
+    with open(paths.csv, newline="") as handle:
+        csv_rows = list(csv.DictReader(handle))
+    assert [(row["ident"], row["stage"]) for row in csv_rows] == [
+        (ident, stage) for stage in study.stages for ident in idents[stage]
+    ]
+    assert [row["configuration"] for row in csv_rows if row["best"] == "1"] == [best_label]
+
+
+def test_an_interrupted_run_is_listed_as_incomplete_with_its_reason_and_not_averaged(tmp_path: Path) -> None:
+    for model, accuracy in (("lenet5", 0.86), ("resnet20_cifar", 0.95)):
+        for seed in (0, 1, 2):
+            status = "interrupted" if (model, seed) == ("resnet20_cifar", 2) else "completed"
+            config = {"model.name": model, "train.seed": seed}
+            rng = np.random.default_rng(seed)
+            write_run(
+                tmp_path / "runs", config, status=status, accuracy=accuracy, rng=rng, tags={"stage": "main"}
+            )
+    paths = write_report(tmp_path)
+    resnet = [r for r in read_results(tmp_path) if r["config"]["model"]["name"] == "resnet20_cifar"]
+    done = [r for r in resnet if r["status"] == "completed"]
+    assert len(resnet) == 3 and len(done) == 2
+    with open(paths.csv, newline="") as handle:
+        row = next(row for row in csv.DictReader(handle) if row["model.name"] == "resnet20_cifar")
+    assert (row["n"], row["interrupted"], row["failed"]) == ("2", "1", "0")
+    assert float(row["val_acc_mean"]) == pytest.approx(np.mean([r["best"]["val_acc"] for r in done]))
+    markdown = paths.markdown.read_text()
+    sections = _md_sections(markdown)
+    assert "Results" in sections and not any(title.startswith("Stage ") for title in sections)
+    (listed,) = [
+        line
+        for line in sections["Runs that did not complete (excluded from the means)"].splitlines()
+        if line.startswith("- ")
+    ]
+    assert "resnet20_cifar" in listed and "interrupted" in listed and listed.endswith(REASONS["interrupted"])
+    assert "6 run(s): 5 completed, 0 failed, 0 diverged, 1 interrupted." in markdown
+    assert "1 interrupted" in paths.table
+    assert REASONS["interrupted"] in paths.html.read_text()
+
+
+def _md_sections(markdown: str) -> dict[str, str]:
+    """`## Title` → the text up to the next `## ` heading."""
+    sections = {}
+    for chunk in markdown.split("\n## ")[1:]:
+        title, _, body = chunk.partition("\n")
+        sections[title] = body
+    return sections
+
+
+def _md_table_rows(section: str) -> list[list[str]]:
+    """The cells of the first Markdown table's body rows in a section."""
+    rows = []
+    for line in section.strip().splitlines():
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip().strip("|").split(" | ")])
+    return rows[2:]
+
+
+def _val_means_by_label(results: list[dict]) -> dict[str, float]:
+    """The report's configuration label (`<tags.configuration> (stage=<stage>)`) → mean best val accuracy."""
+    values: dict[str, list[float]] = {}
+    for result in results:
+        tags = result["tags"]
+        values.setdefault(f"{tags['configuration']} (stage={tags['stage']})", []).append(
+            result["best"]["val_acc"]
+        )
+    return {label: float(np.mean(found)) for label, found in values.items()}

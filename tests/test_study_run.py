@@ -301,6 +301,16 @@ def test_transfer_smoke_chains_pretraining_into_fine_tuning(tmp_path):
             source = Path(result["config"]["train"]["init"].removeprefix("run:")).name
             assert pretrain[source]["config"]["model"]["name"] == result["config"]["model"]["name"]
             assert result["class_names"] == ["5", "6", "7", "8", "9"]
+    from cnnlab.report import write_report
+
+    paths = write_report(tmp_path / "t")
+    report = paths.markdown.read_text()
+    headline = report.index("## Results: stage transfer")
+    pretraining = report.index("## Stage pretrain (feeds transfer)")
+    starred = [line for line in report.splitlines() if line.startswith("| ★")]
+    assert headline < pretraining and len(starred) == 1
+    assert report.index(starred[0]) < pretraining, "the ★ best row is the transfer stage's"
+    assert "pretrain" not in paths.table and "recipe=" in paths.table
 
 
 def test_workers_option_runs_every_run_once_across_local_processes(tmp_path):

@@ -1,32 +1,37 @@
 """Read a study (or any folder of runs) from its result files and group the runs into configurations.
 
 Only files are read: every `**/result.json` of a run (ensemble folders excluded), its `metrics.csv` and
-`predictions/*.npz`, every `ensembles/*/result.json`, and `study.yaml` / `study.json` when present.
-No model is built and nothing from `cnnlab.models` or `cnnlab.train` is imported.
+`predictions/*.npz`, every `ensembles/*/result.json`, and `study.yaml` / `study.json` when present. A run
+folder's files are read through `cnnlab.runfolder`, their one owner. No model is built and nothing from
+`cnnlab.models` or `cnnlab.train` is imported.
 
 A configuration is a run's config minus the per-run keys (`train.seed`, `data.fold`, `data.splits_file`),
 plus the stage/role the study tagged it with; `tags.configuration`, when present, is the study's own label.
 A `train.init` of `run:<dir>` pointing at a run of this study becomes `run:<that run's configuration>`, so
 the fine-tune runs of every seed (each initialised from its own pretraining run) form one configuration.
+
+Configurations are ordered stage by stage: the stages in study.json's order, else a stage before the stages
+its runs initialise. The last stage is the final one, the stage the study exists for.
 """
 
 from __future__ import annotations
 
-import csv
+import contextlib
 import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cnnlab import runfolder
 from cnnlab.errors import CnnlabError
+from cnnlab.runfolder import Predictions
 
 PER_RUN_KEYS = ("train.seed", "data.fold", "data.splits_file")
 TAG_KEYS = ("stage", "role")
-METRIC_COLUMNS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s")
 PLAN_FILE = "study.json"  # a study's expanded plan: its runs in spec order
 SPEC_FILES = ("study.yaml", PLAN_FILE)
 SELECT_FILE = "select.json"  # written by a study's select stage: the chosen configuration and every score
@@ -35,15 +40,6 @@ FINAL_ROLE = "final"  # tags.role of a run retrained on all training data after 
 
 class ReportError(CnnlabError):
     """The folder given to the report holds no readable runs, or one of its result files is malformed."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Predictions:
-    """Saved class probabilities of one split: `probs` (N, K), `labels` (N,), `indices` (N,)."""
-
-    probs: np.ndarray
-    labels: np.ndarray
-    indices: np.ndarray
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -62,17 +58,17 @@ class RunRecord:
 
     @property
     def status(self) -> str:
-        """completed, failed or diverged."""
+        """One of runfolder.RESULT_STATES: completed, failed, diverged or interrupted."""
         return str(self.result.get("status", "unknown"))
 
     @property
     def completed(self) -> bool:
         """Only completed runs enter means, intervals, comparisons and plots."""
-        return self.status == "completed"
+        return self.status == runfolder.COMPLETED
 
     @property
     def reason(self) -> str | None:
-        """Why a run failed or diverged (None for a completed run)."""
+        """Why a run failed, diverged or was interrupted (None for a completed run)."""
         return self.result.get("reason")
 
     @property
@@ -104,8 +100,9 @@ class RunRecord:
         return [str(name) for name in self.result.get("class_names") or []]
 
     def predictions(self, split: str) -> Predictions | None:
-        """The saved predictions of `split` (val or test), None when the file is absent."""
-        return read_predictions(self.run_dir / "predictions" / f"{split}.npz")
+        """The saved predictions of `split` (val or test) sorted by index, None when the file is absent."""
+        with _report_errors():
+            return runfolder.read_predictions(self.run_dir, split)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -119,8 +116,14 @@ class Configuration:
 
     @property
     def completed_runs(self) -> tuple[RunRecord, ...]:
-        """Runs that finished; failed and diverged runs are listed in the report but not averaged."""
+        """Runs that finished; failed, diverged and interrupted runs are listed, never averaged."""
         return tuple(run for run in self.runs if run.completed)
+
+    @property
+    def stage(self) -> str | None:
+        """The study stage its runs were tagged with (`main` for a study without stages), None untagged."""
+        stage = self.settings.get("tags.stage")
+        return None if stage is None else str(stage)
 
     @property
     def point(self) -> dict[str, str] | None:
@@ -190,6 +193,32 @@ class Study:
         """The configuration a run belongs to."""
         return next(configuration for configuration in self.configurations if run in configuration.runs)
 
+    @property
+    def stages(self) -> tuple[str | None, ...]:
+        """The stages that have runs, in study order; the last is the final stage."""
+        return tuple(dict.fromkeys(configuration.stage for configuration in self.configurations))
+
+    @property
+    def final_stage(self) -> str | None:
+        """The stage the study exists for (the last of study.json's stages, else the deepest in the `run:`
+        init chain): its configurations make the headline table, the best row and the figures."""
+        return self.stages[-1]
+
+    @property
+    def staged(self) -> bool:
+        """Whether the runs come from more than one stage (a study without stages has one, `main`)."""
+        return len(self.stages) > 1
+
+    def stage_configurations(self, stage: str | None) -> tuple[Configuration, ...]:
+        """The configurations of one stage, in table order."""
+        return tuple(configuration for configuration in self.configurations if configuration.stage == stage)
+
+    def feeds(self, stage: str | None) -> tuple[str | None, ...]:
+        """The other stages with runs initialised (`train.init: run:`) from runs of `stage`."""
+        sources = {f"run:{configuration.ident}" for configuration in self.stage_configurations(stage)}
+        fed = [c.stage for c in self.configurations if c.settings.get("train.init") in sources]
+        return tuple(name for name in dict.fromkeys(fed) if name != stage)
+
 
 def load_study(root: str | Path) -> Study:
     """Read every run and ensemble under `root`; a missing folder or one without runs is a ReportError."""
@@ -202,28 +231,11 @@ def load_study(root: str | Path) -> Study:
             f"no run results in {root}: expected runs/<run_id>/result.json (run `cnnlab study run`)"
         )
     spec_name, spec_text = _read_spec(root)
-    configurations, varying = _group(runs, _plan_positions(root / PLAN_FILE))
+    plan = _read_plan(root / PLAN_FILE)
+    configurations, varying = _group(runs, _plan_positions(plan), _plan_stages(plan))
     ensembles = tuple(_read_ensemble(path.parent) for path in sorted(root.glob("ensembles/*/result.json")))
     selection = _read_json(root / SELECT_FILE) if (root / SELECT_FILE).is_file() else None
     return Study(root, tuple(configurations), ensembles, tuple(varying), spec_text, spec_name, selection)
-
-
-def read_predictions(path: Path) -> Predictions | None:
-    """Load a predictions file (probs, labels, indices), None when absent; a bad file is a ReportError."""
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            probs, labels = (
-                np.asarray(data["probs"], dtype=np.float64),
-                np.asarray(data["labels"], dtype=np.int64),
-            )
-            indices = np.asarray(data["indices"]) if "indices" in data else np.arange(len(labels))
-    except (OSError, KeyError, ValueError) as error:
-        raise ReportError(
-            f"cannot read predictions {path}: {error}; expected keys probs, labels, indices"
-        ) from None
-    return Predictions(probs, labels, indices)
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -253,7 +265,7 @@ def format_value(value: Any) -> str:
 def _run_result_files(root: Path) -> list[Path]:
     """Every run's result.json under root, ensembles and report output excluded."""
     found = []
-    for path in sorted(root.glob("**/result.json")):
+    for path in sorted(root.glob(f"**/{runfolder.RESULT_FILE}")):
         parts = path.relative_to(root).parts
         if "ensembles" in parts or "report_files" in parts:
             continue
@@ -261,20 +273,40 @@ def _run_result_files(root: Path) -> list[Path]:
     return found
 
 
+@contextlib.contextmanager
+def _report_errors() -> Iterator[None]:
+    """A malformed run-folder file is a ReportError (its message names the file)."""
+    try:
+        yield
+    except runfolder.RunFolderError as error:
+        raise ReportError(str(error)) from None
+
+
 def _read_run(run_dir: Path) -> RunRecord:
-    result = _read_json(run_dir / "result.json")
-    if not isinstance(result, dict) or result.get("kind") == "ensemble":
-        raise ReportError(f"{run_dir / 'result.json'} is not a run result (expected a mapping with status)")
+    with _report_errors():
+        result = runfolder.read_result(run_dir)
+        metrics = runfolder.read_metrics(run_dir)
+    if result is None or result.get("kind") == "ensemble":
+        path = run_dir / runfolder.RESULT_FILE
+        raise ReportError(f"{path} is not a run result (expected a mapping with status)")
     settings = {k: v for k, v in flatten(result.get("config") or {}).items() if k not in PER_RUN_KEYS}
     tags = result.get("tags") or {}
     settings.update({f"tags.{key}": tags[key] for key in TAG_KEYS if tags.get(key) is not None})
-    return RunRecord(run_dir, result, settings, _read_metrics(run_dir / "metrics.csv"))
+    return RunRecord(run_dir, result, settings, _finite_metrics(metrics))
+
+
+def _finite_metrics(metrics: dict[str, np.ndarray] | None) -> dict[str, np.ndarray] | None:
+    """metrics.csv columns with non-finite cells as NaN (missing), as the figures and appendix expect."""
+    if metrics is None:
+        return None
+    return {name: np.where(np.isfinite(values), values, np.nan) for name, values in metrics.items()}
 
 
 def _read_ensemble(ensemble_dir: Path) -> EnsembleRecord:
-    result = _read_json(ensemble_dir / "result.json")
-    if not isinstance(result, dict):
-        raise ReportError(f"{ensemble_dir / 'result.json'} is not an ensemble result (expected a mapping)")
+    with _report_errors():
+        result = runfolder.read_result(ensemble_dir)
+    if result is None:
+        raise ReportError(f"{ensemble_dir / runfolder.RESULT_FILE} is not an ensemble result")
     return EnsembleRecord(ensemble_dir, result)
 
 
@@ -285,18 +317,6 @@ def _read_json(path: Path) -> Any:
         raise ReportError(f"cannot read {path}: {error}") from None
 
 
-def _read_metrics(path: Path) -> dict[str, np.ndarray] | None:
-    """metrics.csv as columns of floats (missing cells are NaN), None when the file is absent or empty."""
-    if not path.is_file():
-        return None
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows or "epoch" not in rows[0]:
-        return None
-    columns = ("epoch",) + tuple(name for name in METRIC_COLUMNS if name in rows[0])
-    return {name: np.array([_number(row.get(name)) for row in rows], dtype=np.float64) for name in columns}
-
-
 def _read_spec(root: Path) -> tuple[str | None, str | None]:
     for name in SPEC_FILES:
         path = root / name
@@ -305,22 +325,34 @@ def _read_spec(root: Path) -> tuple[str | None, str | None]:
     return None, None
 
 
-def _plan_positions(path: Path) -> dict[str, int]:
-    """run id → its place in the study's plan (study.json), so the table follows the spec's order."""
+def _read_plan(path: Path) -> dict[str, Any] | None:
+    """study.json (the study's expanded plan), None when absent or not a mapping."""
     if not path.is_file():
-        return {}
+        return None
     plan = _read_json(path)
-    entries = plan.get("runs") if isinstance(plan, dict) else None
+    return plan if isinstance(plan, dict) else None
+
+
+def _plan_positions(plan: dict[str, Any] | None) -> dict[str, int]:
+    """run id → its place in the study's plan (study.json), so the table follows the spec's order."""
+    entries = (plan or {}).get("runs")
     if not isinstance(entries, list):
         return {}
     ids = [entry.get("run_id") for entry in entries if isinstance(entry, dict)]
     return {str(run_id): position for position, run_id in enumerate(ids) if run_id}
 
 
+def _plan_stages(plan: dict[str, Any] | None) -> list[str]:
+    """The study's stage names in spec order (study.json's `stages`); the last is the final stage."""
+    stages = (plan or {}).get("stages")
+    return [str(stage) for stage in stages] if isinstance(stages, list) else []
+
+
 def _group(
-    runs: Sequence[RunRecord], plan_positions: dict[str, int]
+    runs: Sequence[RunRecord], plan_positions: dict[str, int], plan_stages: Sequence[str]
 ) -> tuple[list[Configuration], list[str]]:
-    """Group runs into configurations, order them (spec order, else by setting) and name them C1, C2, ..."""
+    """Group runs into configurations, order them (stage by stage, then spec order, else by setting) and
+    name them C1, C2, ..."""
     sources = _init_sources(runs)
     keys: dict[int, str] = {}
     for run in runs:
@@ -336,16 +368,18 @@ def _group(
         representative[key]["train.init"] = f"run:{source}"
     varying = _varying_keys(list(representative.values()))
     depth = {key: _source_depth(key, source_key) for key in groups}
-    stage_rank: dict[Any, int] = {}
-    for key, settings in representative.items():
-        stage = settings.get("tags.stage")
-        stage_rank[stage] = max(stage_rank.get(stage, 0), depth[key])
+    position = {
+        key: min(plan_positions.get(run.run_id, len(plan_positions)) for run in members)
+        for key, members in groups.items()
+    }
+    stage_of = {key: settings.get("tags.stage") for key, settings in representative.items()}
+    stage_order = _stage_order(stage_of, depth, position, plan_stages)
     order = sorted(
         groups,
         key=lambda key: (
-            stage_rank[representative[key].get("tags.stage")],
+            stage_order[key],
             depth[key],
-            min(plan_positions.get(run.run_id, len(plan_positions)) for run in groups[key]),
+            position[key],
             _sort_key(representative[key], varying),
         ),
     )
@@ -391,6 +425,22 @@ def _group_key(run: RunRecord, sources: dict[int, RunRecord], keys: dict[int, st
     canonical = json.dumps(identity, sort_keys=True, default=str)
     keys[id(run)] = hashlib.sha256(canonical.encode()).hexdigest()[:16]
     return keys[id(run)]
+
+
+def _stage_order(
+    stage_of: dict[str, Any], depth: dict[str, int], position: dict[str, int], plan_stages: Sequence[str]
+) -> dict[str, tuple]:
+    """Configuration key → its stage's place: study.json's stage order (stages it does not list first), then
+    the deepest `run:` init of the stage (a stage sorts before the stages it feeds), then its first run."""
+    members: dict[str, list[str]] = {}
+    for key, stage in stage_of.items():
+        members.setdefault(_canonical(stage), []).append(key)
+    places = {}
+    for name, keys in members.items():
+        stage = stage_of[keys[0]]
+        listed = plan_stages.index(stage) if stage in plan_stages else -1
+        places[name] = (listed, max(depth[k] for k in keys), min(position[k] for k in keys), name)
+    return {key: places[_canonical(stage)] for key, stage in stage_of.items()}
 
 
 def _varying_keys(settings: Sequence[dict[str, Any]]) -> list[str]:

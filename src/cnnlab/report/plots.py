@@ -1,7 +1,8 @@
 """The report's figures, drawn with matplotlib's object API (no pyplot state, Agg canvas) into PNG bytes.
 
 Each configuration keeps one colour in every figure. Curves show the mean over a configuration's completed
-runs with a band from the lowest to the highest run, so a reader sees both the trend and the spread.
+runs with a band from the lowest to the highest run, so a reader sees both the trend and the spread. In a
+study with stages, the learning curves, the confusion matrix and accuracy against cost show the final stage.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from cnnlab.report.collect import Configuration, EnsembleRecord, Predictions, RunRecord, Study
-from cnnlab.report.statistics import ConfigurationRow
+from cnnlab.report.collect import Configuration, EnsembleRecord, RunRecord, Study
+from cnnlab.report.statistics import ConfigurationRow, stage_rows
+from cnnlab.runfolder import Predictions
 
 DPI = 110
 LEGEND_WIDTH = 70  # characters per legend line before wrapping
@@ -41,11 +43,12 @@ class Plot:
 def make_plots(study: Study, rows: Sequence[ConfigurationRow]) -> list[Plot]:
     """Every figure the study's files support, in report order (absent data → the figure is skipped)."""
     colours = configuration_colours(study)
-    best = next((row.ident for row in rows if row.best), None)
+    final_rows = stage_rows(rows, study.final_stage)
+    best = next((row.ident for row in final_rows if row.best), None)
     candidates = [
         learning_curves(study, colours),
         confusion_matrix(study, best),
-        accuracy_vs_cost(study, rows, colours),
+        accuracy_vs_cost(study, final_rows, colours),
         ensembles_vs_members(study, colours),
     ]
     return [plot for plot in candidates if plot is not None]
@@ -60,8 +63,9 @@ def configuration_colours(study: Study) -> dict[str, str]:
 
 
 def learning_curves(study: Study, colours: dict[str, str]) -> Plot | None:
-    """Train/validation loss and accuracy per epoch: mean line, min–max band over seeds/folds."""
-    curves = [(c, [r.metrics for r in c.completed_runs if r.metrics]) for c in study.configurations]
+    """Train/validation loss and accuracy per epoch of the final stage: mean line, min–max band over runs."""
+    configurations = study.stage_configurations(study.final_stage)
+    curves = [(c, [r.metrics for r in c.completed_runs if r.metrics]) for c in configurations]
     curves = [(c, tables) for c, tables in curves if tables]
     if not curves:
         return None
@@ -85,7 +89,8 @@ def learning_curves(study: Study, colours: dict[str, str]) -> Plot | None:
     return Plot(
         "learning_curves",
         "Learning curves",
-        "Mean over each configuration's completed runs; the shaded band spans the lowest to the highest run.",
+        "Mean over each configuration's completed runs; the shaded band spans the lowest to the highest run."
+        + _stage_note(study),
         _png(figure),
     )
 
@@ -139,7 +144,8 @@ def accuracy_vs_cost(study: Study, rows: Sequence[ConfigurationRow], colours: di
         "accuracy_vs_cost",
         "Accuracy against size and training time",
         f"{name} accuracy, mean ± std over each configuration's completed runs, against the model's "
-        "parameter count and the mean training time of one run. Up and to the left is better.",
+        "parameter count and the mean training time of one run. Up and to the left is better."
+        + _stage_note(study),
         _png(figure),
     )
 
@@ -158,6 +164,11 @@ def ensembles_vs_members(study: Study, colours: dict[str, str]) -> Plot | None:
         "Accuracy of each ensemble (dark bar) and of each member run (in its configuration's colour).",
         _png(figure),
     )
+
+
+def _stage_note(study: Study) -> str:
+    """What a caption adds in a study with stages: which stage the figure shows."""
+    return f" Stage {study.final_stage} only (the final stage)." if study.staged else ""
 
 
 def _band(

@@ -3,6 +3,9 @@
 `report.html` carries its CSS inline and its figures as base64 PNG data URIs, so it opens from a file or an
 e-mail attachment. `report.md` links the same PNGs, written to `report_files/` beside it. Every file is
 written atomically.
+
+In a study with stages the headline table, its best row and the figures are the final stage's (the stage the
+study exists for); each earlier stage gets its own section and table after it, with no best row.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from cnnlab import __version__
+from cnnlab import __version__, runfolder
 from cnnlab.io import atomic_write_bytes, atomic_write_text
 from cnnlab.report.collect import Configuration, RunRecord, Study, format_value, load_study
 from cnnlab.report.plots import Plot, make_plots
@@ -34,6 +37,7 @@ from cnnlab.report.statistics import (
     format_effect,
     format_p,
     paired_comparisons,
+    stage_rows,
 )
 
 PLOT_DIR = "report_files"
@@ -72,6 +76,16 @@ class Report:
     plots: list[Plot]
     generated: str
 
+    @property
+    def headline_rows(self) -> list[ConfigurationRow]:
+        """The final stage's rows: the headline table (every row for a study without stages)."""
+        return stage_rows(self.rows, self.study.final_stage)
+
+    @property
+    def earlier_stages(self) -> list[tuple[str | None, list[ConfigurationRow]]]:
+        """(stage, its rows) for each stage before the final one, in study order."""
+        return [(stage, stage_rows(self.rows, stage)) for stage in self.study.stages[:-1]]
+
 
 def build_report(study_dir: str | Path) -> Report:
     """Read the study's files and compute the table, the paired comparisons and the figures."""
@@ -90,15 +104,19 @@ def write_report(study_dir: str | Path) -> ReportPaths:
     markdown_path = atomic_write_text(root / "report.md", render_markdown(report))
     html_path = atomic_write_text(root / "report.html", render_html(report))
     return ReportPaths(
-        html_path, markdown_path, csv_path, tuple(plot_paths), format_results_table(report.rows)
+        html_path, markdown_path, csv_path, tuple(plot_paths), format_results_table(report.headline_rows)
     )
 
 
 def format_results_table(source: str | Path | Study | Sequence[ConfigurationRow]) -> str:
-    """The results table as aligned plain text for a terminal (a study folder, a Study or computed rows)."""
+    """The results table as aligned plain text for a terminal: the final stage's rows of a study folder or
+    Study, or the rows given."""
     if isinstance(source, (str, Path)):
         source = load_study(source)
-    rows = configuration_rows(source) if isinstance(source, Study) else list(source)
+    if isinstance(source, Study):
+        rows = stage_rows(configuration_rows(source), source.final_stage)
+    else:
+        rows = list(source)
     header, body = table_cells(rows, marker="*")
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
     lines = [
@@ -111,7 +129,7 @@ def format_results_table(source: str | Path | Study | Sequence[ConfigurationRow]
 
 def table_cells(rows: Sequence[ConfigurationRow], marker: str) -> tuple[list[str], list[list[str]]]:
     """Header and formatted cells of the results table (accuracies in %, shared by every renderer)."""
-    incomplete = any(row.failed or row.diverged for row in rows)
+    incomplete = any(row.failed or row.diverged or row.interrupted for row in rows)
     header = [
         "",
         "#",
@@ -163,9 +181,11 @@ def interval(summary: Summary | None) -> str:
 
 
 def results_csv(rows: Sequence[ConfigurationRow]) -> str:
-    """results.csv: one row per configuration, full-precision numbers (accuracies as fractions)."""
-    keys = list(rows[0].settings) if rows else []
-    columns = ["ident", "configuration", "best", *keys, "n", "seeds", "folds", "failed", "diverged"]
+    """results.csv: one row per configuration of every stage, full-precision numbers (accuracies as
+    fractions)."""
+    keys = [key for key in rows[0].settings if key != "tags.stage"] if rows else []  # the stage column
+    columns = ["ident", "configuration", "stage", "best", *keys, "n", "seeds", "folds"]
+    columns += ["failed", "diverged", "interrupted"]
     for name in CSV_SUMMARIES:
         columns += [f"{name}_mean", f"{name}_std", f"{name}_ci_low", f"{name}_ci_high"]
     columns += ["params", "gflops", "train_time_s", "train_images_per_s"]
@@ -176,6 +196,7 @@ def results_csv(rows: Sequence[ConfigurationRow]) -> str:
         values: list[Any] = [
             row.ident,
             row.label,
+            "" if row.stage is None else row.stage,
             int(row.best),
             *(_csv_setting(row.settings[k]) for k in keys),
             row.n,
@@ -183,6 +204,7 @@ def results_csv(rows: Sequence[ConfigurationRow]) -> str:
             row.folds,
             row.failed,
             row.diverged,
+            row.interrupted,
         ]
         for name in CSV_SUMMARIES:
             summary = getattr(row, name)
@@ -217,18 +239,19 @@ def epoch_lines(run: RunRecord) -> list[str]:
 def render_markdown(report: Report) -> str:
     """report.md: table, comparisons in words, figures (linked PNGs), provenance and per-epoch appendix."""
     study = report.study
-    header, body = table_cells(report.rows, marker="★")
-    out = [f"# Study report: {study.root.name}", "", _summary_line(report), "", "## Results", ""]
-    out += [_md_row(header), _md_row(["---"] * len(header))] + [_md_row(cells) for cells in body]
-    out += [""] + [line for note in _table_notes(report) for line in (note, "")]
+    out = [f"# Study report: {study.root.name}", "", _summary_line(report), "", f"## {_results_title(study)}"]
+    out += ["", *_md_table(*table_cells(report.headline_rows, marker="★")), ""]
+    out += [line for note in _table_notes(report) for line in (note, "")]
+    for stage, rows in report.earlier_stages:
+        out += [f"## {_stage_title(study, stage)}", "", *_md_table(*table_cells(rows, marker="★")), ""]
+        out += [_stage_note(study, stage), ""]
     out += _md_comparisons(report.comparisons)
     out += _md_incomplete(study)
     out += ["## Figures", ""] + ([] if report.plots else [NO_FIGURES, ""])
     for plot in report.plots:
         out += [f"### {plot.title}", "", f"![{plot.title}]({PLOT_DIR}/{plot.name}.png)", "", plot.caption, ""]
     out += _md_ensembles(study)
-    out += ["## Runs", "", _md_row(_RUN_HEADER), _md_row(["---"] * len(_RUN_HEADER))]
-    out += [_md_row(cells) for cells in _run_cells(study)] + [""]
+    out += ["## Runs", "", *_md_table(_RUN_HEADER, _run_cells(study)), ""]
     out += _md_provenance(report)
     out += ["## Appendix: per-epoch lines", "", EPOCH_NOTE, ""]
     for run in study.runs:
@@ -244,10 +267,13 @@ def render_html(report: Report) -> str:
     title = f"Study report: {study.root.name}"
     parts = [f"<h1>{_e(title)}</h1>", f"<p class='summary'>{_e(_summary_line(report))}</p>"]
     parts += [
-        "<h2>Results</h2>",
-        _html_results_table(report.rows),
+        f"<h2>{_e(_results_title(study))}</h2>",
+        _html_results_table(report.headline_rows),
         *(f"<p class='note'>{_e(note)}</p>" for note in _table_notes(report)),
     ]
+    for stage, rows in report.earlier_stages:
+        parts += [f"<h2>{_e(_stage_title(study, stage))}</h2>", _html_results_table(rows)]
+        parts.append(f"<p class='note'>{_e(_stage_note(study, stage))}</p>")
     parts += _html_comparisons(report.comparisons)
     parts += _html_incomplete(study)
     parts += ["<h2>Figures</h2>"] + [_html_figure(plot) for plot in report.plots]
@@ -279,7 +305,14 @@ def _table_notes(report: Report) -> list[str]:
         "(Student's t, shown clipped to 0–100; results.csv keeps it unclipped). Validation accuracy is each "
         "run's best epoch."
     ]
-    selection = report.study.selection
+    study = report.study
+    if study.staged:
+        earlier = ", ".join(str(stage) for stage in study.stages[:-1])
+        notes.append(
+            f"This table is stage {study.final_stage}, the stage the study exists for; the earlier stage(s) "
+            f"{earlier} have their own tables below."
+        )
+    selection = study.selection
     if isinstance(selection, dict) and selection.get("chosen"):
         final = ", ".join(str(run) for run in (selection.get("final_runs") or {}).values())
         notes.append(
@@ -289,15 +322,37 @@ def _table_notes(report: Report) -> list[str]:
     return notes
 
 
+def _results_title(study: Study) -> str:
+    """`Results`, or `Results: stage finetune` for the final stage of a study with stages."""
+    return f"Results: stage {study.final_stage}" if study.staged else "Results"
+
+
+def _stage_title(study: Study, stage: str | None) -> str:
+    """`Stage pretrain (feeds finetune)`: the heading of an earlier stage's section."""
+    fed = ", ".join(str(name) for name in study.feeds(stage))
+    return f"Stage {stage} (feeds {fed})" if fed else f"Stage {stage}"
+
+
+def _stage_note(study: Study, stage: str | None) -> str:
+    """Why an earlier stage's table has no best row."""
+    fed = ", ".join(str(name) for name in study.feeds(stage))
+    feeding = f"Its runs initialise stage {fed}; it" if fed else "It"
+    return (
+        f"{feeding} is measured on its own data and classes, so its rows are not ranked: ★ marks only the "
+        f"best configuration of stage {study.final_stage}."
+    )
+
+
 def _summary_line(report: Report) -> str:
     runs = report.study.runs
-    counts = {
-        status: sum(run.status == status for run in runs) for status in ("completed", "failed", "diverged")
-    }
+    states = (runfolder.COMPLETED, runfolder.FAILED, runfolder.DIVERGED, runfolder.INTERRUPTED)
+    counts = {status: sum(run.status == status for run in runs) for status in states}
     datasets = sorted({str(run.result.get("dataset") or run.settings.get("data.name")) for run in runs})
+    interrupted = f", {counts[runfolder.INTERRUPTED]} interrupted" if counts[runfolder.INTERRUPTED] else ""
     text = (
-        f"{len(report.study.configurations)} configuration(s), {len(runs)} run(s): {counts['completed']} "
-        f"completed, {counts['failed']} failed, {counts['diverged']} diverged. Data: {', '.join(datasets)}."
+        f"{len(report.study.configurations)} configuration(s), {len(runs)} run(s): "
+        f"{counts[runfolder.COMPLETED]} completed, {counts[runfolder.FAILED]} failed, "
+        f"{counts[runfolder.DIVERGED]} diverged{interrupted}. Data: {', '.join(datasets)}."
     )
     if report.study.ensembles:
         text += f" {len(report.study.ensembles)} ensemble(s)."
@@ -314,6 +369,7 @@ def _n_cell(row: ConfigurationRow) -> str:
 def _incomplete_cell(row: ConfigurationRow) -> str:
     parts = [f"{row.failed} failed"] if row.failed else []
     parts += [f"{row.diverged} diverged"] if row.diverged else []
+    parts += [f"{row.interrupted} interrupted"] if row.interrupted else []
     return ", ".join(parts)
 
 
@@ -433,13 +489,16 @@ def _md_row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(str(cell).replace("|", "\\|").replace("\n", " ") for cell in cells) + " |"
 
 
+def _md_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
+    return [_md_row(header), _md_row(["---"] * len(header))] + [_md_row(cells) for cells in body]
+
+
 def _md_comparisons(comparisons: Sequence[PairedComparison]) -> list[str]:
     if not comparisons:
         return []
     out = ["## Paired comparisons", ""]
     out += [f"- {describe(comparison)}" for comparison in comparisons] + [""]
-    out += [_md_row(_COMPARISON_HEADER), _md_row(["---"] * len(_COMPARISON_HEADER))]
-    return out + [_md_row(_comparison_cells(c)) for c in comparisons] + [""]
+    return out + _md_table(_COMPARISON_HEADER, [_comparison_cells(c) for c in comparisons]) + [""]
 
 
 def _md_incomplete(study: Study) -> list[str]:

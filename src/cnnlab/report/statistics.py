@@ -4,7 +4,8 @@ Means and standard deviations (ddof=1) are over the completed runs of a configur
 mean uses Student's t with n-1 degrees of freedom. Two configurations of one stage that differ in exactly one
 grid axis (for runs without a recorded grid point: one setting) and were run on the same (seed, fold) pairs
 are compared with a paired t-test (and Wilcoxon's signed-rank test from six pairs on), on test accuracy
-when both were tested, else on best validation accuracy.
+when both were tested, else on best validation accuracy. The best configuration is chosen within the final
+stage, the one the study exists for.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import stats
 
+from cnnlab import runfolder
 from cnnlab.report.collect import Configuration, Study, format_value
 
 CONFIDENCE = 0.95
@@ -43,12 +45,14 @@ class ConfigurationRow:
 
     ident: str
     label: str
+    stage: str | None  # the study stage (tags.stage) of the configuration
     settings: dict[str, object]  # the study's differing settings for this configuration
     n: int  # completed runs (seeds × folds)
     seeds: int
     folds: int
     failed: int
     diverged: int
+    interrupted: int
     val_acc: Summary | None  # best validation accuracy per run
     test_acc: Summary | None
     params: int | None
@@ -98,10 +102,16 @@ def summarize(values: Sequence[float]) -> Summary | None:
 
 
 def configuration_rows(study: Study) -> list[ConfigurationRow]:
-    """The results table: one row per configuration, the best (by mean validation accuracy) marked."""
+    """One row per configuration, every stage; the best of the final stage (by mean validation accuracy)
+    marked. Earlier stages feed the final one and have no best row of their own."""
     rows = [_row(configuration, study.varying_keys) for configuration in study.configurations]
-    best = best_ident(rows)
+    best = best_ident(stage_rows(rows, study.final_stage))
     return [dataclasses.replace(row, best=row.ident == best) for row in rows]
+
+
+def stage_rows(rows: Sequence[ConfigurationRow], stage: str | None) -> list[ConfigurationRow]:
+    """The rows of one stage, in table order."""
+    return [row for row in rows if row.stage == stage]
 
 
 def best_ident(rows: Sequence[ConfigurationRow]) -> str | None:
@@ -180,12 +190,14 @@ def _row(configuration: Configuration, varying: Sequence[str]) -> ConfigurationR
     return ConfigurationRow(
         ident=configuration.ident,
         label=configuration.label,
+        stage=configuration.stage,
         settings={key: configuration.settings.get(key) for key in varying},
         n=len(done),
         seeds=len({run.seed for run in done}),
         folds=len({run.fold for run in done}),
-        failed=sum(run.status == "failed" for run in configuration.runs),
-        diverged=sum(run.status == "diverged" for run in configuration.runs),
+        failed=_count(configuration, runfolder.FAILED),
+        diverged=_count(configuration, runfolder.DIVERGED),
+        interrupted=_count(configuration, runfolder.INTERRUPTED),
         val_acc=summarize([run.val_acc for run in done if run.val_acc is not None]),
         test_acc=summarize([run.test_acc for run in done if run.test_acc is not None]),
         params=_integer(first.get("params")),
@@ -194,6 +206,10 @@ def _row(configuration: Configuration, varying: Sequence[str]) -> ConfigurationR
         images_per_s=_mean([run.result.get("train_images_per_s") for run in done]),
         best=False,
     )
+
+
+def _count(configuration: Configuration, status: str) -> int:
+    return sum(run.status == status for run in configuration.runs)
 
 
 def _single_difference(

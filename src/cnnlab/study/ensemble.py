@@ -7,40 +7,16 @@ split; members are aligned by index. A split is combined only when every member 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cnnlab import io
+from cnnlab import runfolder
 from cnnlab.errors import CnnlabError
 
-SPLITS = ("val", "test")
 ENSEMBLES_DIR = "ensembles"
-
-
-@dataclasses.dataclass(frozen=True)
-class SplitPredictions:
-    """One split's saved predictions, sorted by source index."""
-
-    probs: np.ndarray
-    labels: np.ndarray
-    indices: np.ndarray
-
-
-def read_predictions(path: Path) -> SplitPredictions | None:
-    """Load a predictions npz sorted by index; None when the file does not exist."""
-    if not path.is_file():
-        return None
-    with np.load(path) as data:
-        order = np.argsort(data["indices"], kind="stable")
-        return SplitPredictions(
-            probs=data["probs"][order].astype(np.float64),
-            labels=data["labels"][order],
-            indices=data["indices"][order],
-        )
 
 
 def combine(probs: Sequence[np.ndarray], method: str) -> tuple[np.ndarray, np.ndarray]:
@@ -63,7 +39,7 @@ def combine(probs: Sequence[np.ndarray], method: str) -> tuple[np.ndarray, np.nd
 
 def build_ensemble(name: str, method: str, member_dirs: Sequence[Path], out_dir: Path) -> dict[str, Any]:
     """Combine the members' saved predictions and write `out_dir/result.json` and `predictions/*.npz`."""
-    results = [io.read_json(d / "result.json") for d in member_dirs]
+    results = [runfolder.read_result(d) or {} for d in member_dirs]
     class_names = list(results[0].get("class_names") or [])
     summary: dict[str, Any] = {
         "kind": "ensemble",
@@ -82,21 +58,20 @@ def build_ensemble(name: str, method: str, member_dirs: Sequence[Path], out_dir:
             for r, d in zip(results, member_dirs)
         },
     }
-    for split in SPLITS:
-        members = [read_predictions(d / "predictions" / f"{split}.npz") for d in member_dirs]
+    for split in runfolder.PREDICTION_SPLITS:
+        members = [runfolder.read_predictions(d, split) for d in member_dirs]
         if any(m is None for m in members) or not _aligned(members):
             continue
         probs, predicted = combine([m.probs for m in members], method)
         labels, indices = members[0].labels, members[0].indices
         summary[split] = {"acc": float(np.mean(predicted == labels)), "n": int(len(labels))}
         summary["per_class_accuracy"] = _per_class(predicted, labels, class_names)
-        with io.atomic_path(out_dir / "predictions" / f"{split}.npz") as tmp, open(tmp, "wb") as handle:
-            np.savez(handle, probs=probs.astype(np.float32), labels=labels, indices=indices)
-    io.atomic_write_json(out_dir / "result.json", summary)
+        runfolder.write_predictions(out_dir, split, probs, labels, indices)
+    runfolder.write_result(out_dir, summary)
     return summary
 
 
-def _aligned(members: Sequence[SplitPredictions | None]) -> bool:
+def _aligned(members: Sequence[runfolder.Predictions | None]) -> bool:
     first = members[0]
     assert first is not None
     return all(

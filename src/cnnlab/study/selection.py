@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab import config as cfg
-from cnnlab import io
+from cnnlab import io, runfolder
 from cnnlab.errors import CnnlabError
 from cnnlab.study.plan import ROLE_MEMBER, PlannedRun, StudyPlan
 
@@ -43,8 +43,7 @@ def run_result(plan: StudyPlan, run: PlannedRun) -> dict[str, Any] | None:
     """A planned run's result.json, or None when it has not written one."""
     if run.run_id is None:
         return None
-    path = plan.run_dir(run.run_id) / "result.json"
-    return io.read_json(path) if path.is_file() else None
+    return runfolder.read_result(plan.run_dir(run.run_id))
 
 
 def metric_value(result: Mapping[str, Any], metric: str) -> float | None:
@@ -64,7 +63,8 @@ def select_configuration(plan: StudyPlan) -> Selection:
     for run in members:
         templates.setdefault(run.configuration, run)
         result = run_result(plan, run)
-        value = metric_value(result, metric) if result and result.get("status") == "completed" else None
+        completed = result is not None and result.get("status") == runfolder.COMPLETED
+        value = metric_value(result, metric) if completed else None
         if value is not None:
             values.setdefault(run.configuration, []).append(value)
     scores = tuple(_score(label, found) for label, found in values.items())

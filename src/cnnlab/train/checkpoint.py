@@ -9,7 +9,7 @@ from typing import Any
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import nn
 
-from cnnlab import io
+from cnnlab import io, runfolder
 from cnnlab.errors import ConfigError, WeightsError
 
 MODEL_PREFIX = "model."
@@ -51,9 +51,9 @@ def model_state(checkpoint: dict[str, Any]) -> dict[str, Any]:
 def run_checkpoint_path(run_dir: str | Path) -> Path:
     """The checkpoint a finished run hands on: best by validation accuracy, else last."""
     run_dir = Path(run_dir)
-    for name in ("best.ckpt", "last.ckpt"):
-        if (run_dir / "checkpoints" / name).is_file():
-            return run_dir / "checkpoints" / name
+    for name in (runfolder.BEST_CHECKPOINT, runfolder.LAST_CHECKPOINT):
+        if runfolder.checkpoint_path(run_dir, name).is_file():
+            return runfolder.checkpoint_path(run_dir, name)
     raise ConfigError(f"run directory {run_dir} has no checkpoints/best.ckpt or last.ckpt; train it first")
 
 

@@ -1,0 +1,332 @@
+"""The run and the study as units of work: one spec per study folder, one owner per run folder, one identity
+per run, interrupts that end a run as `interrupted` and resume it, and lost claims that never execute a run
+twice. Real processes and real signals (SIGINT, SIGTERM, SIGKILL, SIGSTOP/SIGCONT)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from cnnlab import cli, runfolder
+from cnnlab.config import config_hash, from_dict, load_yaml
+from tests.test_study_run import TINY, write_spec
+
+pytestmark = pytest.mark.slow
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CNNLAB_QUIET": "1"}
+LONG_RUN = {**TINY, "data.subset": None, "train.epochs": 40}  # ~0.2 s per epoch on one core
+
+
+def start(*args: str, cwd: Path | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "cnnlab", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+        cwd=cwd,
+    )
+
+
+def finish(process: subprocess.Popen, timeout: float = 240) -> tuple[int, str, str]:
+    out, err = process.communicate(timeout=timeout)
+    return process.returncode, out, err
+
+
+def wait_for_epochs(run_dir: Path, epochs: int, timeout: float = 120) -> list[dict]:
+    """Poll metrics.csv until it records `epochs` rows; returns them."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = metric_rows(run_dir)
+        if len(rows) >= epochs:
+            return rows
+        time.sleep(0.05)
+    raise AssertionError(f"{run_dir} did not reach {epochs} epochs")
+
+
+def metric_rows(run_dir: Path) -> list[dict]:
+    path = run_dir / runfolder.METRICS_FILE
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def only_run_dir(study_dir: Path, timeout: float = 120) -> Path:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = sorted((study_dir / "runs").glob("*")) if (study_dir / "runs").is_dir() else []
+        if found:
+            return found[0]
+        time.sleep(0.05)
+    raise AssertionError(f"no run folder appeared in {study_dir}")
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file under a folder → sha256 of its bytes."""
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def assert_resumed(before_kill: list[dict], final: list[dict], epochs: int) -> None:
+    """Every epoch recorded once, and the epochs checkpointed before a kill were not trained again."""
+    assert [int(row["epoch"]) for row in final] == list(range(epochs))
+    kept = before_kill[:-1]  # the last row may be newer than the last checkpoint
+    assert final[: len(kept)] == kept, "epochs finished before the interrupt were not retrained"
+
+
+def one_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+# 1. A study folder belongs to one spec ---------------------------------------------------------------------
+
+
+def test_a_different_spec_into_a_study_folder_is_refused_and_nothing_changes(tmp_path, capsys):
+    first = write_spec(tmp_path / "first.yaml", {"base": {**TINY, "train.epochs": 1}, "seeds": [0]})
+    second = write_spec(
+        tmp_path / "second.yaml", {"base": {**TINY, "train.epochs": 1, "optim.lr": 0.05}, "seeds": [0]}
+    )
+    study = tmp_path / "study"
+    assert cli.main(["study", "run", str(first), "--out", str(study), "--heartbeat", "1"]) == 0
+    before = snapshot(study)
+    capsys.readouterr()
+    code = cli.main(["study", "run", str(second), "--out", str(study), "--heartbeat", "1"])
+    err = capsys.readouterr().err
+    assert code == 2
+    line = one_line(err)
+    assert str(first) in line and str(second) in line and "--restart" in line
+    assert snapshot(study) == before, "study.yaml, study.json and every run are byte-identical"
+    assert cli.main(["study", "run", str(second), "--out", str(study), "--restart", "--heartbeat", "1"]) == 0
+    plan = json.loads((study / "study.json").read_text())
+    assert plan["spec_path"] == str(second) and len(list((study / "runs").iterdir())) == 1
+
+
+# 2. A worker paused past its heartbeat never executes its run a second time -------------------------------
+
+
+def test_a_paused_worker_loses_its_claim_and_every_run_executes_once(tmp_path):
+    spec = write_spec(
+        tmp_path / "pause.yaml",
+        {"base": {**LONG_RUN, "train.epochs": 25}, "grid": {"optim.lr": [0.003, 0.01]}, "seeds": [0]},
+    )
+    study = tmp_path / "study"
+    args = ("study", "run", str(spec), "--out", str(study), "--heartbeat", "2")
+    sleeper = start(*args)
+    paused_dir = only_run_dir(study)
+    wait_for_epochs(paused_dir, 2)
+    sleeper.send_signal(signal.SIGSTOP)
+    other = start(*args)
+    paused_at = time.monotonic()
+    wait_until_reaped(study, paused_at + 60)  # the other worker failed the paused one's trial
+    time.sleep(max(0.0, paused_at + 20 - time.monotonic()))
+    sleeper.send_signal(signal.SIGCONT)
+    results = [finish(sleeper), finish(other)]
+    for code, out, err in results:
+        assert code == 0 and "Traceback" not in out + err, out + err
+    lines = [line for _, out, _ in results for line in out.splitlines() if line.startswith("[")]
+    completed = [line.split()[2] for line in lines if line.split()[1] == "completed"]
+    run_ids = sorted(path.name for path in (study / "runs").iterdir())
+    assert sorted(completed) == run_ids, f"each run completed exactly once:\n{chr(10).join(lines)}"
+    assert any(line.split()[1] == "lost" for line in lines), "the woken worker noticed its lost claim"
+    for run_id in run_ids:
+        result = runfolder.read_result(study / "runs" / run_id)
+        assert result["status"] == "completed" and result["epochs_run"] == 25
+        assert [int(row["epoch"]) for row in metric_rows(study / "runs" / run_id)] == list(range(25))
+
+
+def wait_until_reaped(study: Path, deadline: float) -> None:
+    """Until no run of the study counts as running (the paused worker's trial was failed and requeued)."""
+    from cnnlab.study import study_status
+
+    while time.monotonic() < deadline:
+        if (study / "study.json").is_file() and study_status(study).counts["running"] == 0:
+            return
+        time.sleep(0.5)
+    raise AssertionError("the paused worker's claim was never taken back")
+
+
+# 3. A run killed again and again resumes from its checkpoint each time ------------------------------------
+
+
+def test_three_sigkills_in_a_row_do_not_use_up_the_run(tmp_path):
+    spec = write_spec(tmp_path / "kill.yaml", {"base": {**LONG_RUN, "train.epochs": 20}, "seeds": [0]})
+    study = tmp_path / "study"
+    args = ("study", "run", str(spec), "--out", str(study), "--heartbeat", "1")
+    recorded = 0
+    for _ in range(3):
+        process = start(*args)
+        rows = wait_for_epochs(only_run_dir(study), recorded + 2)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+        recorded = len(rows)
+        before_kill = rows
+    code, out, err = finish(start(*args))
+    assert code == 0, out + err
+    assert ": 1 completed (this process trained 1" in out
+    assert_resumed(before_kill, metric_rows(only_run_dir(study)), 20)
+
+
+# 4. SIGTERM and SIGINT: one line, 143 / 130, recorded as interrupted, resumed -------------------------------
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_train_interrupted_by_a_signal_is_recorded_and_resumes(tmp_path, signum, code):
+    out_dir = tmp_path / "run"
+    args = ["train", "--model", "lenet5", "--data", "digits", "--epochs", "30", "--out", str(out_dir)]
+    process = start(*args, "--set", "model.activation=relu")
+    rows = wait_for_epochs(out_dir, 3)
+    process.send_signal(signum)
+    returncode, out, err = finish(process)
+    assert returncode == code
+    line = one_line(err)
+    assert line.startswith(f"cnnlab: interrupted by {signal.Signals(signum).name}; resume with: cnnlab train")
+    assert line.endswith("--resume")
+    result = runfolder.read_result(out_dir)
+    assert result["status"] == "interrupted" and result["test"] is None
+    assert runfolder.checkpoint_path(out_dir).is_file()
+    returncode, out, err = finish(start(*args, "--set", "model.activation=relu", "--resume"))
+    assert returncode == 0, out + err
+    assert_resumed(rows, metric_rows(out_dir), 30)
+    assert runfolder.read_result(out_dir)["status"] == "completed"
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_study_interrupted_by_a_signal_shows_interrupted_and_resumes(tmp_path, signum, code):
+    spec = write_spec(tmp_path / "stop.yaml", {"base": {**LONG_RUN, "train.epochs": 30}, "seeds": [0]})
+    study = tmp_path / "study"
+    args = ("study", "run", str(spec), "--out", str(study), "--heartbeat", "1")
+    process = start(*args)
+    run_dir = only_run_dir(study)
+    rows = wait_for_epochs(run_dir, 3)
+    process.send_signal(signum)
+    returncode, out, err = finish(process)
+    assert returncode == code
+    line = one_line(err)
+    assert f"interrupted by {signal.Signals(signum).name}; resume with: cnnlab study run" in line
+    assert " interrupted " in out
+    status = subprocess.run(
+        [sys.executable, "-m", "cnnlab", "study", "status", str(study)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        check=True,
+    ).stdout
+    assert "1 interrupted" in status and "0 running" in status and "interrupted" in status.splitlines()[-1]
+    returncode, out, err = finish(start(*args))
+    assert returncode == 0, out + err
+    assert_resumed(rows, metric_rows(run_dir), 30)
+
+
+# 5. train --out never touches what it does not own -------------------------------------------------------
+
+
+def test_train_out_refuses_foreign_files_another_run_and_a_second_process(tmp_path, capsys):
+    foreign = tmp_path / "mine"
+    (foreign / "checkpoints").mkdir(parents=True)
+    (foreign / "predictions").mkdir()
+    (foreign / "checkpoints" / "my_model.pt").write_bytes(b"user weights")
+    (foreign / "predictions" / "preds.csv").write_text("id,label\n1,0\n")
+    before = snapshot(foreign)
+    base = ["train", "--data", "digits", "--epochs", "1", "--set", "data.subset=100"]
+    assert cli.main([*base, "--model", "lenet5", "--out", str(foreign)]) == 2
+    assert "files that cnnlab did not write" in one_line(capsys.readouterr().err)
+    assert snapshot(foreign) == before
+
+    run = tmp_path / "run"
+    assert cli.main([*base, "--model", "lenet5", "--out", str(run)]) == 0
+    completed = snapshot(run)
+    capsys.readouterr()
+    assert cli.main([*base, "--model", "resnet20_cifar", "--out", str(run)]) == 2
+    assert "holds another run" in one_line(capsys.readouterr().err) and snapshot(run) == completed
+    assert cli.main([*base, "--model", "resnet20_cifar", "--out", str(run), "--overwrite"]) == 0
+    assert runfolder.read_result(run)["model"] == "resnet20_cifar"
+
+    busy = tmp_path / "busy"
+    long_args = ["train", "--model", "lenet5", "--data", "digits", "--epochs", "200", "--out", str(busy)]
+    first = start(*long_args)
+    wait_for_epochs(busy, 1)
+    code, _, err = finish(start(*long_args))
+    first.send_signal(signal.SIGTERM)
+    finish(first)
+    assert code == 2 and f"in use by process {first.pid}" in one_line(err)
+
+
+# 6. One identity: location-free run ids, absolute paths ---------------------------------------------------
+
+
+def test_a_copied_study_trains_nothing_and_reports_the_same_numbers(tmp_path, capsys):
+    spec = write_spec(
+        tmp_path / "copy.yaml", {"base": {**TINY, "train.epochs": 1}, "grid": {"optim.lr": [0.003, 0.01]}}
+    )
+    original = tmp_path / "original"
+    assert cli.main(["study", "run", str(spec), "--out", str(original), "--heartbeat", "1"]) == 0
+    copy = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(original, copy)
+    (copy / "study.db").unlink()  # a fresh queue: only the run ids can tell that the runs are done
+    capsys.readouterr()
+    assert cli.main(["study", "run", str(spec), "--out", str(copy), "--heartbeat", "1"]) == 0
+    assert "this process trained 0, found 2 already completed" in capsys.readouterr().out
+    assert (copy / "results.csv").read_text() == (original / "results.csv").read_text()
+    for run_dir in (copy / "runs").iterdir():
+        result = runfolder.read_result(run_dir)
+        resolved = from_dict(load_yaml(run_dir / "config.yaml"))
+        assert result["run_id"] == result["provenance"]["config_hash"] == config_hash(resolved) == run_dir.name
+    run_dir = next((copy / "runs").iterdir())
+    evaluated = subprocess.run(
+        [sys.executable, "-m", "cnnlab", "evaluate", "--checkpoint", str(run_dir)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd="/",
+    )
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert 0.0 <= json.loads(evaluated.stdout)["acc"] <= 1.0
+
+
+def test_relative_data_and_init_paths_are_stored_absolute(tmp_path, monkeypatch):
+    for label, shade in (("dark", 40), ("light", 215)):
+        (tmp_path / "pics" / label).mkdir(parents=True)
+        for i in range(12):
+            Image.new("RGB", (16, 16), (shade + i, shade, shade)).save(tmp_path / "pics" / label / f"{i}.png")
+    monkeypatch.chdir(tmp_path)
+    base = ["train", "--model", "lenet5", "--epochs", "1", "--set", "data.image_size=16"]
+    assert cli.main([*base, "--data", "folder:pics", "--out", "pre"]) == 0
+    assert cli.main([*base, "--data", "folder:pics", "--init", "run:pre", "--out", "tuned"]) == 0
+    config = yaml.safe_load((tmp_path / "tuned" / "config.yaml").read_text())
+    assert config["data"]["name"] == f"folder:{tmp_path / 'pics'}"
+    assert config["train"]["init"] == f"run:{tmp_path / 'pre'}"
+    monkeypatch.chdir("/")
+    assert cli.main(["evaluate", "--checkpoint", str(tmp_path / "tuned")]) == 0
+
+
+# 8. One reader and one writer of each run file --------------------------------------------------------------
+
+
+def test_only_runfolder_names_reads_or_writes_the_run_files():
+    source = Path(runfolder.__file__).parent
+    offenders = []
+    for path in sorted(source.rglob("*.py")):
+        if path.name == "runfolder.py":
+            continue
+        code = path.read_text()
+        for needle in ('"result.json"', '"metrics.csv"', '"predictions"', "np.savez", "np.load("):
+            if needle in code:
+                offenders.append(f"{path.relative_to(source)}: {needle}")
+    assert offenders == []
