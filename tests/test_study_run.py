@@ -149,7 +149,8 @@ def test_ensemble_accuracy_equals_a_direct_computation_from_member_probabilities
 
 def test_status_command_counts_runs(uninterrupted, capsys):
     assert cli.main(["study", "status", str(uninterrupted)]) == 0
-    assert "24 runs: 24 completed, 0 running, 0 interrupted, 0 failed, 0 diverged, 0 pending" in capsys.readouterr().out
+    counts = "24 runs: 24 completed, 0 running, 0 interrupted, 0 failed, 0 diverged, 0 pending"
+    assert counts in capsys.readouterr().out
     assert cli.main(["study", "status", str(uninterrupted.parent)]) == 2
     assert "not a study folder" in capsys.readouterr().err
 
