@@ -287,7 +287,8 @@ def test_a_copied_study_trains_nothing_and_reports_the_same_numbers(tmp_path, ca
     for run_dir in (copy / "runs").iterdir():
         result = runfolder.read_result(run_dir)
         resolved = from_dict(load_yaml(run_dir / "config.yaml"))
-        identity = {result["run_id"], result["provenance"]["config_hash"], config_hash(resolved), run_dir.name}
+        hashes = (result["run_id"], result["provenance"]["config_hash"], config_hash(resolved))
+        identity = {*hashes, run_dir.name}
         assert len(identity) == 1
     run_dir = next((copy / "runs").iterdir())
     evaluated = subprocess.run(
