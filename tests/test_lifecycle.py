@@ -124,7 +124,7 @@ def test_a_different_spec_into_a_study_folder_is_refused_and_nothing_changes(tmp
 def test_a_paused_worker_loses_its_claim_and_every_run_executes_once(tmp_path):
     spec = write_spec(
         tmp_path / "pause.yaml",
-        {"base": {**LONG_RUN, "train.epochs": 25}, "grid": {"optim.lr": [0.003, 0.01]}, "seeds": [0]},
+        {"base": {**LONG_RUN, "train.epochs": 15}, "grid": {"optim.lr": [0.003, 0.01]}, "seeds": [0]},
     )
     study = tmp_path / "study"
     args = ("study", "run", str(spec), "--out", str(study), "--heartbeat", "2")
@@ -134,7 +134,7 @@ def test_a_paused_worker_loses_its_claim_and_every_run_executes_once(tmp_path):
     sleeper.send_signal(signal.SIGSTOP)
     other = start(*args)
     paused_at = time.monotonic()
-    wait_until_reaped(study, paused_at + 60)  # the other worker failed the paused one's trial
+    wait_until_reaped(study, paused_dir.name, paused_at + 150)  # the other worker took the claim back
     time.sleep(max(0.0, paused_at + 20 - time.monotonic()))
     sleeper.send_signal(signal.SIGCONT)
     results = [finish(sleeper), finish(other)]
@@ -147,16 +147,17 @@ def test_a_paused_worker_loses_its_claim_and_every_run_executes_once(tmp_path):
     assert any(line.split()[1] == "lost" for line in lines), "the woken worker noticed its lost claim"
     for run_id in run_ids:
         result = runfolder.read_result(study / "runs" / run_id)
-        assert result["status"] == "completed" and result["epochs_run"] == 25
-        assert [int(row["epoch"]) for row in metric_rows(study / "runs" / run_id)] == list(range(25))
+        assert result["status"] == "completed" and result["epochs_run"] == 15
+        assert [int(row["epoch"]) for row in metric_rows(study / "runs" / run_id)] == list(range(15))
 
 
-def wait_until_reaped(study: Path, deadline: float) -> None:
-    """Until no run of the study counts as running (the paused worker's trial was failed and requeued)."""
+def wait_until_reaped(study: Path, run_id: str, deadline: float) -> None:
+    """Until the paused worker's run no longer counts as running (its trial was failed and requeued)."""
     from cnnlab.study import study_status
 
     while time.monotonic() < deadline:
-        if (study / "study.json").is_file() and study_status(study).counts["running"] == 0:
+        states = {run.run_id: run.state for run in study_status(study).runs}
+        if states.get(run_id) not in (None, "running"):
             return
         time.sleep(0.5)
     raise AssertionError("the paused worker's claim was never taken back")

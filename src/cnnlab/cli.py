@@ -2,7 +2,8 @@
 
 Each command is a pair: `_add_<name>(subparsers)` declares its arguments, `_run_<name>(args)` calls the
 library. Library modules are imported inside the `_run_` functions so `cnnlab --help` stays fast.
-A user error (CnnlabError) prints one line and exits 2; a diverged run exits 3.
+A user error (CnnlabError) prints one line and exits 2; a failed run (or a study with failed runs) exits 1,
+a diverged run 3; SIGINT/SIGTERM end the command with one line saying how to resume, exit 130/143.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from cnnlab.errors import (
 from cnnlab.interrupts import signals_raise
 
 EPILOG = (
-    f"Exit codes: 0 success; {EXIT_FAILED} a run failed; {EXIT_USAGE} invalid usage, configuration or data; "
+    f"Exit codes: 0 success; {EXIT_FAILED} a run failed (study: some runs failed); {EXIT_USAGE} invalid usage, configuration or data; "
     f"{EXIT_DIVERGED} run diverged; {EXIT_SIGINT} interrupted by SIGINT (Ctrl-C), {EXIT_SIGTERM} by SIGTERM "
     "(the run is kept as interrupted and resumes)."
 )
@@ -375,9 +376,10 @@ def _add_study(commands: argparse._SubParsersAction) -> None:
     )
     status = actions.add_parser(
         "status",
-        help="count done/running/failed/pending runs",
+        help="count completed/running/interrupted/failed/diverged/pending runs",
         epilog=EPILOG,
-        description="Count the done, running, failed and pending runs of a study.",
+        description="Count a study's runs by state: completed, running, interrupted, failed, diverged, "
+        "pending; list the ones that need attention.",
     )
     status.set_defaults(run=_run_study_status)
     status.add_argument("dir", metavar="DIR", help="study folder")

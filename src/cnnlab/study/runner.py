@@ -130,7 +130,12 @@ STUDY_DIRS = ("runs", "splits", ENSEMBLES_DIR, "report_files")
 
 def check_study_folder(plan: StudyPlan, spec_path: Path, *, restart: bool) -> None:
     """Refuse a folder whose study.json was written for another plan; with `restart`, clear it first."""
-    existing = _existing_plan(plan.study_dir)
+    try:
+        existing = _existing_plan(plan.study_dir)
+    except StudyFolderError:
+        if not restart:
+            raise
+        existing = {}
     if existing is None or existing.get("plan_hash") == plan.plan_hash:
         return
     if restart:

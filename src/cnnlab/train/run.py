@@ -95,9 +95,9 @@ def fit(
     with runfolder.hold(out_dir, run_id):
         if not overwrite and (finished := _completed(out_dir, run_id)) is not None:
             return finished  # another process completed it while this one waited
+        prepared = prepare_run(config)  # before anything is removed: a data error leaves the folder as it was
         if overwrite:
             runfolder.clear_run_files(out_dir)
-        prepared = prepare_run(config)
         checkpoint = runfolder.checkpoint_path(out_dir) if resume else None
         checkpoint = checkpoint if checkpoint is not None and checkpoint.is_file() else None
         _write_run_header(out_dir, prepared, fresh=checkpoint is None)
