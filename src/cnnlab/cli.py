@@ -26,7 +26,8 @@ from cnnlab.errors import (
 from cnnlab.interrupts import signals_raise
 
 EPILOG = (
-    f"Exit codes: 0 success; {EXIT_FAILED} a run failed (study: some runs failed); {EXIT_USAGE} invalid usage, configuration or data; "
+    f"Exit codes: 0 success; {EXIT_FAILED} a run failed (study: some runs failed); "
+    f"{EXIT_USAGE} invalid usage, configuration or data; "
     f"{EXIT_DIVERGED} run diverged; {EXIT_SIGINT} interrupted by SIGINT (Ctrl-C), {EXIT_SIGTERM} by SIGTERM "
     "(the run is kept as interrupted and resumes)."
 )

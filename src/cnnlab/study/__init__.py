@@ -2,8 +2,8 @@
 
 `run_study(spec, out_dir)` plans a study (grid × seeds × folds, stages, select), saves its splits once,
 fills a work queue in Optuna's RDB storage and trains each run exactly once across every worker process;
-`study_status(dir)` counts runs by state (`cnnlab.runfolder.STATES`); `run_tune(spec, out_dir)` searches hyperparameters
-with TPE and fold-wise pruning. This package never draws: reports are `cnnlab.report`'s job.
+`study_status(dir)` counts runs by state (`cnnlab.runfolder.STATES`); `run_tune(spec, out_dir)` searches
+hyperparameters with TPE and fold-wise pruning. This package never draws: reports are `cnnlab.report`'s job.
 """
 
 from __future__ import annotations
