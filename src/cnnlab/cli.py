@@ -22,6 +22,8 @@ from cnnlab.errors import (
     EXIT_USAGE,
     CnnlabError,
     Interrupted,
+    describe_os_error,
+    one_line,
 )
 from cnnlab.interrupts import signals_raise
 
@@ -36,6 +38,9 @@ EPILOG = (
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     parser = build_parser()
+    for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 print escaped, never crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if not hasattr(args, "run"):
@@ -45,8 +50,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         with signals_raise():
             return int(args.run(args) or 0)
     except CnnlabError as error:
-        print(f"cnnlab: error: {error}", file=sys.stderr)
+        print(f"cnnlab: error: {one_line(str(error))}", file=sys.stderr)
         return error.exit_code
+    except OSError as error:  # a full disk, a read-only or foreign folder: the user's to fix
+        print(f"cnnlab: error: {describe_os_error(error)}", file=sys.stderr)
+        return EXIT_USAGE
     except (Interrupted, KeyboardInterrupt) as stop:
         signum = stop.signum if isinstance(stop, Interrupted) else 2
         hint = getattr(args, "resume_hint", None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -131,21 +132,50 @@ def all_keys() -> list[str]:
     return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; a missing file or bad YAML is a ConfigError naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise ConfigError(f"key {short(key)} is given twice (line {key_node.start_mark.line + 1})")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """Parse YAML text strictly (duplicate keys refused); errors name `where` and the line."""
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: invalid YAML{where}: {getattr(error, 'problem', error)}") from None
+        line = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{where}: invalid YAML{line}: {getattr(error, 'problem', error)}") from None
+
+
+def load_yaml(path: str | Path, kind: str = "config file") -> dict[str, Any]:
+    """Read a YAML mapping; a missing, unreadable or non-UTF-8 file or bad YAML is a ConfigError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        problem = "is a folder, not a YAML file" if path.is_dir() else "not found"
+        raise ConfigError(f"{kind} {problem}: {quoted(path)}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{kind} {quoted(path)} is not UTF-8 text (byte {error.start}); save it as UTF-8"
+        ) from None
+    except OSError as error:
+        raise ConfigError(f"cannot read {kind} {quoted(path)}: {error.strerror}") from None
+    data = parse_yaml(text, quoted(path))
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+        raise ConfigError(f"{quoted(path)}: expected a mapping of config keys, got {type(data).__name__}")
     return data
 
 
@@ -153,12 +183,23 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     """`key=value` from `--set`; the value is parsed as YAML (so 0.1, true, [1, 2] are typed)."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"--set expects key=value, got {text!r}")
+        raise ConfigError(f"--set expects key=value, got {short(text)}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
+        value = yaml.load(raw, Loader=_StrictLoader) if raw.strip() else None  # noqa: S506
+    except (yaml.YAMLError, ConfigError):
         value = raw
     return key.strip(), value
+
+
+def short(value: Any, limit: int = 80) -> str:
+    """repr(value) for a one-line message: control characters escaped, long values cut in the middle."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit // 2]}...{text[-limit // 4 :]} ({len(text)} chars)"
+
+
+def quoted(path: str | Path) -> str:
+    """A file name for a one-line message (newlines, tabs and undecodable bytes escaped)."""
+    return short(str(path), 160)
 
 
 def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
@@ -174,7 +215,9 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
 
 
 def merge(base: Mapping[str, Any], delta: Mapping[str, Any]) -> dict[str, Any]:
-    """Deep-merge `delta` over `base`; dotted keys in `delta` are expanded first."""
+    """Deep-merge `delta` over `base`; dotted keys in `delta` are expanded first. A key that `delta` gives
+    twice (`model.name` beside `model: {name: ...}`) is a ConfigError."""
+    _check_unique_leaves(delta)
     merged = json.loads(json.dumps(base, default=list))
     for key, value in delta.items():
         if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
@@ -184,6 +227,20 @@ def merge(base: Mapping[str, Any], delta: Mapping[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = json.loads(json.dumps(value, default=list)) if isinstance(value, Mapping) else value
     return merged
+
+
+def _check_unique_leaves(tree: Mapping[str, Any], prefix: str = "") -> set[str]:
+    leaves: set[str] = set()
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        found = (
+            _check_unique_leaves(value, f"{dotted}.") if isinstance(value, Mapping) and value else {dotted}
+        )
+        twice = leaves & found
+        if twice:
+            raise ConfigError(f"config key {sorted(twice)[0]!r} is given twice (dotted and nested); keep one")
+        leaves |= found
+    return leaves
 
 
 def from_dict(tree: Mapping[str, Any]) -> RunConfig:
@@ -197,7 +254,7 @@ def from_dict(tree: Mapping[str, Any]) -> RunConfig:
                 f"allowed: {', '.join(SECTIONS)}"
             )
         if not isinstance(values, Mapping):
-            raise ConfigError(f"config section {section!r} must be a mapping of keys, got {values!r}")
+            raise ConfigError(f"config section {section!r} must be a mapping of keys, got {short(values)}")
         sections[section] = _build_section(section, SECTIONS[section], values)
     config = RunConfig(**sections)
     _check_ranges(config)
@@ -264,7 +321,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if origin is tuple:
         items = [value] if isinstance(value, (str, int, float)) else value
         if not isinstance(items, (list, tuple)):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
+            raise ConfigError(f"{key} must be a list, got {short(value)}")
         return tuple(_coerce(item, args[0], key) for item in items)
     return _coerce_scalar(value, annotation, key)
 
@@ -275,33 +332,69 @@ def _coerce_scalar(value: Any, kind: type, key: str) -> Any:
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
             return value.lower() in ("true", "yes")
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
+        raise ConfigError(f"{key} must be true or false, got {short(value)}")
     if kind is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        return _finite(float(value), key)
     if kind is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
         return str(value)
     if kind in (int, float) and isinstance(value, str):
         try:
-            return kind(value)
+            number = kind(value)
         except ValueError:
             pass
+        else:
+            return _finite(number, key) if kind is float else number
     expected = {int: "an integer", float: "a number", str: "a string"}.get(kind, kind.__name__)
-    raise ConfigError(f"{key} must be {expected}, got {value!r}")
+    raise ConfigError(f"{key} must be {expected}, got {short(value)}")
+
+
+def _finite(number: float, key: str) -> float:
+    if not math.isfinite(number):
+        raise ConfigError(f"{key} must be a finite number, got {number!r}")
+    return number
 
 
 def _check_choice(key: str, value: Any) -> None:
     allowed = CHOICES.get(key)
     if allowed is not None and value is not None and value not in allowed:
         raise ConfigError(
-            f"{key}={value!r} is not allowed{close_matches(value, allowed)}; allowed: {', '.join(allowed)}"
+            f"{key}={short(value)} is not allowed{close_matches(value, allowed)}; "
+            f"allowed: {', '.join(allowed)}"
         )
 
 
+SEED_LIMIT = 2**32  # numpy's and Lightning's seeds are 32-bit
+
+
 def _check_ranges(config: RunConfig) -> None:
+    data, optim, train = config.data, config.optim, config.train
     checks = [
         ("train.epochs", config.train.epochs >= 1, "at least 1"),
+        ("train.seed", 0 <= train.seed < SEED_LIMIT, f"in [0, {SEED_LIMIT})"),
+        ("data.image_size", data.image_size is None or 1 <= data.image_size <= 4096, "in [1, 4096]"),
+        ("data.subset", data.subset is None or data.subset >= 1, "at least 1"),
+        ("data.per_class", data.per_class is None or data.per_class >= 1, "at least 1"),
+        (
+            "data.background",
+            len(data.background) == 3 and all(0 <= c <= 255 for c in data.background),
+            "three values in 0..255",
+        ),
+        ("optim.momentum", 0 <= optim.momentum < 1, "in [0, 1)"),
+        ("optim.weight_decay", optim.weight_decay >= 0, "0 or more"),
+        ("optim.warmup_epochs", optim.warmup_epochs >= 0, "0 or more"),
+        (
+            "optim.milestones",
+            all(m >= 1 for m in optim.milestones) and list(optim.milestones) == sorted(set(optim.milestones)),
+            "increasing epochs, each at least 1",
+        ),
+        ("optim.gamma", optim.gamma > 0, "positive"),
+        ("optim.label_smoothing", 0 <= optim.label_smoothing < 1, "in [0, 1)"),
+        ("optim.grad_clip", optim.grad_clip is None or optim.grad_clip > 0, "positive"),
+        ("train.unfreeze_epoch", train.unfreeze_epoch >= 0, "0 or more"),
+        ("train.early_stopping", train.early_stopping is None or train.early_stopping >= 1, "at least 1"),
+        ("train.num_nodes", train.num_nodes >= 1, "at least 1"),
         ("data.batch_size", config.data.batch_size >= 1, "at least 1"),
         ("data.eval_batch_size", config.data.eval_batch_size >= 1, "at least 1"),
         ("optim.lr", config.optim.lr > 0, "positive"),
@@ -320,4 +413,4 @@ def _check_ranges(config: RunConfig) -> None:
         if not ok:
             section, name = key.split(".")
             value = getattr(getattr(config, section), name)
-            raise ConfigError(f"{key}={value!r} is out of range; it must be {allowed}")
+            raise ConfigError(f"{key}={short(value)} is out of range; it must be {allowed}")

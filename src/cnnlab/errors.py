@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import errno
 from collections.abc import Iterable
 
 EXIT_OK = 0
@@ -29,6 +30,44 @@ class DataError(CnnlabError):
 
 class WeightsError(CnnlabError):
     """A checkpoint or weights file cannot be loaded safely."""
+
+
+OS_ERROR_HINTS = {
+    errno.ENOSPC: "no space left on the device; free some space and run the command again (finished work "
+    "is kept, an interrupted run resumes from its last checkpoint)",
+    errno.EDQUOT: "disk quota exceeded; free some space and run the command again",
+    errno.EROFS: "the file system is read-only; give an output folder on a writable disk",
+    errno.EACCES: "permission denied; give a folder you can write to",
+    errno.EPERM: "operation not permitted; give a folder you can write to",
+    errno.ENAMETOOLONG: "the file name is too long; use a shorter path",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EISDIR: "the path is a folder; give a file path",
+    errno.EEXIST: "the path already exists",
+    errno.ENOENT: "no such file or folder",
+}
+
+
+def describe_os_error(error: OSError) -> str:
+    """One line for an operating-system error a user can fix: what happened, to which file, what to do."""
+    hint = OS_ERROR_HINTS.get(error.errno or -1, error.strerror or type(error).__name__)
+    name = error.filename if error.filename is not None else ""
+    where = f" ({_escaped(str(name))})" if name else ""
+    return f"{hint}{where}"
+
+
+def _escaped(text: str, limit: int = 160) -> str:
+    text = repr(text)
+    return text if len(text) <= limit else f"{text[:70]}...{text[-70:]}"
+
+
+def one_line(message: str, limit: int = 2000) -> str:
+    """A message on one line: embedded newlines and tabs shown escaped, very long text shortened."""
+    text = message.replace("\r", "\\r").replace("\n", "\\n").replace("\t", "\\t")
+    return text if len(text) <= limit else text[: limit - 40] + f" ... ({len(text)} characters)"
+
+
+class DiskFull(CnnlabError):
+    """The disk filled during a run: nothing is recorded as failed; free space and rerun to resume."""
 
 
 def close_matches(word: str, choices: Iterable[str], n: int = 3) -> str:

@@ -88,15 +88,26 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         return _load_safetensors(path)
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, EOFError, ValueError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    except pickle.UnpicklingError as error:
         raise WeightsError(
-            f"refused to load {path}: it is not a weights-only checkpoint ({first_line[:160]}); "
+            f"refused to load {path}: it is not a weights-only checkpoint ({_first_sentence(error)}); "
             "cnnlab loads only safetensors and plain state_dict/Lightning checkpoints"
+        ) from None
+    except (OSError, RuntimeError, AttributeError, TypeError, EOFError, ValueError, KeyError) as error:
+        raise WeightsError(
+            f"cannot read {path}: the file is truncated, corrupt or not a checkpoint "
+            f"({type(error).__name__}: {_first_sentence(error)}); write it again"
         ) from None
     if not isinstance(loaded, dict):
         raise WeightsError(f"{path} holds a {type(loaded).__name__}, not a state_dict or checkpoint mapping")
     return loaded
+
+
+def _first_sentence(error: BaseException, limit: int = 160) -> str:
+    """The first sentence of an exception's message, on one line: never cut mid-word without saying so."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    sentence = text.split(". ")[0].rstrip(".")
+    return sentence if len(sentence) <= limit else sentence[:limit].rsplit(" ", 1)[0] + " ..."
 
 
 def _load_safetensors(path: Path) -> dict[str, Any]:
@@ -106,7 +117,7 @@ def _load_safetensors(path: Path) -> dict[str, Any]:
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as error:
-        raise WeightsError(f"cannot read safetensors file {path}: {error}") from None
+        raise WeightsError(f"cannot read safetensors file {path}: {_first_sentence(error)}") from None
 
 
 def _json_default(obj: Any) -> Any:

@@ -29,7 +29,7 @@ import yaml
 
 from cnnlab import config as cfg
 from cnnlab import io, runfolder
-from cnnlab.errors import CnnlabError, Interrupted
+from cnnlab.errors import CnnlabError, DiskFull, Interrupted
 from cnnlab.study import queue as work_queue
 from cnnlab.study.ensemble import ENSEMBLES_DIR, build_ensemble
 from cnnlab.study.plan import PLAN_FILE, ROLE_FINAL, SPEC_FILE, PlannedRun, StudyPlan, expand
@@ -313,6 +313,11 @@ def execute(plan: StudyPlan, queue: work_queue.RunQueue, claim: work_queue.Claim
             "and the run went back to the queue; stopped it without a result (it resumes from its checkpoint)"
         )
         return "lost"
+    except DiskFull:
+        with contextlib.suppress(Exception):  # the storage may sit on the same full disk
+            queue.finish(claim, runfolder.INTERRUPTED, run_id=run.run_id, reason="the disk filled")
+        log(f"{where} stopped  {run.run_id} {_describe(run)}: the disk filled (resumes once space is freed)")
+        raise
     except runfolder.RunFolderBusy as busy:
         queue.finish(claim, work_queue.BUSY, run_id=run.run_id)
         _BUSY_UNTIL[run.index] = time.monotonic() + queue.grace_s
@@ -362,7 +367,7 @@ def _fit(plan: StudyPlan, run: PlannedRun, run_dir: Path, lost: Any) -> tuple[st
         return result.status, dict(result.summary)
     except RunAbandoned:
         raise RunLost() from None
-    except runfolder.RunFolderBusy:
+    except (runfolder.RunFolderBusy, DiskFull):
         raise
     except Exception as error:  # any failure of one run is recorded; the study goes on
         reason = str(error) if isinstance(error, CnnlabError) else f"{type(error).__name__}: {error}"

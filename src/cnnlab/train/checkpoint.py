@@ -59,7 +59,6 @@ def run_checkpoint_path(run_dir: str | Path) -> Path:
 
 def load_trained_model(path: str | Path) -> TrainedModel:
     """Rebuild a checkpoint's model; the architecture is looked up in the registry, never imported."""
-    from cnnlab.models import create_model
 
     path = Path(path)
     if path.is_dir():
@@ -71,6 +70,62 @@ def load_trained_model(path: str | Path) -> TrainedModel:
             f"{path} is not a cnnlab checkpoint (no 'cnnlab' metadata); "
             "pass a checkpoint written by `cnnlab train`"
         )
-    model = create_model(meta["model"], **meta["model_hparams"])
-    model.load_state_dict(model_state(checkpoint), strict=True)
+    return build_trained_model(meta, model_state(checkpoint), source=path)
+
+
+META_TYPES = {  # what evaluate, predict and export read from a checkpoint's (or manifest's) metadata
+    "model": str,
+    "model_hparams": dict,
+    "class_names": list,
+    "in_chans": int,
+    "image_size": int,
+    "mean": list,
+    "std": list,
+    "config": dict,
+}
+
+
+def build_trained_model(meta: dict[str, Any], state: dict[str, Any], *, source: Path) -> TrainedModel:
+    """Check the metadata, rebuild the model from the registry and load `state` into it strictly."""
+    from cnnlab import config as cfg
+    from cnnlab.errors import CnnlabError
+    from cnnlab.models import create_model
+
+    check_meta(meta, source)
+    try:
+        cfg.from_dict(meta["config"])
+        model = create_model(meta["model"], **meta["model_hparams"])
+    except CnnlabError as error:
+        raise WeightsError(
+            f"{source}: its metadata does not describe a model cnnlab can build ({error})"
+        ) from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, KeyError, TypeError) as error:
+        first = str(error).strip().splitlines()[0][:200]
+        raise WeightsError(
+            f"{source}: the weights do not fit its {meta['model']!r} model ({first})"
+        ) from None
     return TrainedModel(model=model.eval(), meta=meta)
+
+
+def check_meta(meta: dict[str, Any], source: Path) -> None:
+    """Every key present with its type, classes matching the model's outputs, normalisation per channel."""
+    for key, kind in META_TYPES.items():
+        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
+            raise WeightsError(
+                f"{source}: metadata key {key!r} is missing or not a {kind.__name__}; "
+                "the file was edited or not written by cnnlab"
+            )
+    classes = meta["model_hparams"].get("num_classes")
+    if classes != len(meta["class_names"]) or not all(isinstance(n, str) for n in meta["class_names"]):
+        raise WeightsError(
+            f"{source}: {len(meta['class_names'])} class names for a model with {classes} outputs"
+        )
+    channels = meta["in_chans"]
+    if (
+        meta["model_hparams"].get("in_chans") != channels
+        or len(meta["mean"]) != channels
+        or len(meta["std"]) != channels
+    ):
+        raise WeightsError(f"{source}: input channels, mean and std disagree ({channels} channels)")

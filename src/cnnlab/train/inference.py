@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from cnnlab import config as cfg
-from cnnlab import io
+from cnnlab import io, runfolder
 from cnnlab.data import InMemoryLoader, Splits, load_split
 from cnnlab.errors import ConfigError, DataError, WeightsError
-from cnnlab.train.checkpoint import TrainedModel, load_trained_model
+from cnnlab.train.checkpoint import TrainedModel, build_trained_model, load_trained_model
 
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
@@ -90,6 +90,7 @@ def evaluate_checkpoint(
             f"--data {data} has {len(_class_names(data_config))} classes but the model was "
             f"trained on {len(trained.class_names)}"
         )
+    _check_input(trained, images, data_config.name)
     probs = predict_probs(
         trained.model,
         images,
@@ -116,6 +117,7 @@ def predict_images(
         test = load_split(data_config, "test")
         pixels = test.images
         ids = list(test.ids) if test.ids else [str(i) for i in range(len(test.labels))]
+    _check_input(trained, pixels, images)
     probs = predict_probs(
         trained.model,
         pixels,
@@ -127,6 +129,17 @@ def predict_images(
     rows = sorted(zip(ids, probs), key=lambda item: _id_sort_key(item[0]))
     io.atomic_write_text(out, _predictions_csv(rows, trained.class_names, fmt))
     return Path(out)
+
+
+def _check_input(trained: TrainedModel, images: torch.Tensor, source: str) -> None:
+    """The images' channels and side must be the ones the model was trained on."""
+    channels, side = trained.meta["in_chans"], trained.meta["image_size"]
+    if tuple(images.shape[1:]) != (channels, side, side):
+        got = "x".join(str(n) for n in images.shape[1:])
+        raise DataError(
+            f"{source} gives {got} images but the model takes {channels}x{side}x{side}; "
+            "evaluate it on data of the shape it was trained on"
+        )
 
 
 def read_image_folder(folder: str | Path, *, size: int, channels: int) -> tuple[list[str], torch.Tensor]:
@@ -186,12 +199,11 @@ def export_checkpoint(path: str | Path, out_dir: str | Path, *, onnx: bool = Fal
 
 def load_exported(export_dir: str | Path) -> TrainedModel:
     """Load an `export` directory after checking every file's SHA-256 against its manifest."""
-    from cnnlab.models import create_model
 
     export_dir = Path(export_dir)
-    manifest = io.read_json(export_dir / MANIFEST)
+    manifest = _read_manifest(export_dir / MANIFEST)
     weights = export_dir / WEIGHTS
-    expected = manifest.get("sha256", {}).get(WEIGHTS)
+    expected = manifest["sha256"].get(WEIGHTS) if isinstance(manifest["sha256"], dict) else None
     if not weights.is_file():
         raise WeightsError(f"{weights} is missing; re-run `cnnlab export`")
     if io.sha256_file(weights) != expected:
@@ -199,20 +211,42 @@ def load_exported(export_dir: str | Path) -> TrainedModel:
             f"{weights} does not match the SHA-256 in {export_dir / MANIFEST} (corrupt or "
             "modified); re-run `cnnlab export`"
         )
-    model = create_model(manifest["architecture"], **manifest["model_hparams"])
-    model.load_state_dict(io.load_checkpoint(weights), strict=True)
-    channels, side, _ = manifest["input_size"]
+    size, stats = manifest["input_size"], manifest["normalization"]
+    if not (isinstance(size, list) and len(size) == 3 and isinstance(stats, dict)):
+        raise WeightsError(f"{export_dir / MANIFEST}: input_size or normalization is malformed")
     meta = {
         "model": manifest["architecture"],
         "model_hparams": manifest["model_hparams"],
         "class_names": manifest["classes"],
-        "in_chans": channels,
-        "image_size": side,
-        "mean": manifest["normalization"]["mean"],
-        "std": manifest["normalization"]["std"],
+        "in_chans": size[0],
+        "image_size": size[1],
+        "mean": stats.get("mean"),
+        "std": stats.get("std"),
         "config": manifest["config"],
     }
-    return TrainedModel(model=model.eval(), meta=meta)
+    return build_trained_model(meta, io.load_checkpoint(weights), source=export_dir / MANIFEST)
+
+
+MANIFEST_KEYS = (
+    "architecture",
+    "model_hparams",
+    "classes",
+    "input_size",
+    "normalization",
+    "sha256",
+    "config",
+)
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        manifest = io.read_json(path)
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise WeightsError(f"cannot read {path}: {error}; re-run `cnnlab export`") from None
+    missing = [key for key in MANIFEST_KEYS if not isinstance(manifest, dict) or key not in manifest]
+    if missing:
+        raise WeightsError(f"{path} lacks {', '.join(missing)}; re-run `cnnlab export`")
+    return manifest
 
 
 def _export_onnx(model: nn.Module, input_size: list[int], path: Path) -> str:
@@ -255,7 +289,9 @@ def _split_images(
     train = load_split(data_config, "train")
     if split == "train":
         return train.images, train.labels
-    splits_file = _run_dir(path) / "splits.json"
+    splits_file = _run_dir(path) / runfolder.SPLITS_FILE
+    if data_config.splits_file and not splits_file.is_file():
+        splits_file = Path(data_config.splits_file)  # a study run: the study's shared splits
     if split != "val" or not splits_file.is_file():
         raise ConfigError(
             f"--split {split!r}: use test, train, or val (val needs the run directory's "

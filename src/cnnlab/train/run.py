@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import platform
@@ -26,7 +27,7 @@ from torch import nn
 from cnnlab import config as cfg
 from cnnlab import io, runfolder
 from cnnlab.data import ImageSet, Splits, load_split, make_splits, normalization, take, write_bad_files
-from cnnlab.errors import ConfigError, Interrupted
+from cnnlab.errors import ConfigError, DiskFull, Interrupted, describe_os_error
 from cnnlab.models import count_flops, count_params, create_model, load_pretrained, model_info, resolve_stem
 from cnnlab.train.callbacks import (
     AbandonWatch,
@@ -40,6 +41,7 @@ from cnnlab.train.callbacks import (
 from cnnlab.train.checkpoint import SafeCheckpointIO, load_trained_model, model_state, run_checkpoint_path
 from cnnlab.train.data_module import InMemoryDataModule
 from cnnlab.train.inference import predict_probs, score_predictions
+from cnnlab.train.options import check_trainer_options
 from cnnlab.train.resolve import resolve_config
 from cnnlab.train.speed import keep_freed_memory
 from cnnlab.train.system import ClassifierSystem
@@ -88,6 +90,7 @@ def fit(
     """
     out_dir = Path(out_dir).absolute()
     config = resolve_config(config)
+    check_trainer_options(config)
     run_id = cfg.config_hash(config)
     runfolder.check_folder(out_dir, run_id, overwrite=overwrite)
     if not overwrite and (finished := _completed(out_dir, run_id)) is not None:
@@ -100,6 +103,8 @@ def fit(
             runfolder.clear_run_files(out_dir)
         checkpoint = runfolder.checkpoint_path(out_dir) if resume else None
         checkpoint = checkpoint if checkpoint is not None and checkpoint.is_file() else None
+        if checkpoint is not None:
+            io.load_checkpoint(checkpoint)  # a crafted or truncated last.ckpt is refused before anything runs
         _write_run_header(out_dir, prepared, fresh=checkpoint is None)
         return _train_and_record(prepared, out_dir, checkpoint, tags, abandon)
 
@@ -279,6 +284,8 @@ def _train(
     except RunAbandoned:
         raise
     except Exception as error:  # a training crash is recorded as a failed run; the study goes on
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(f"the disk filled while training {out_dir} ({describe_os_error(error)})") from None
         io.atomic_write_text(out_dir / runfolder.ERROR_LOG, traceback.format_exc())
         return runfolder.FAILED, f"{type(error).__name__}: {error}"
     return runfolder.COMPLETED, None
@@ -343,7 +350,7 @@ def _build_trainer(
 
 def _accelerator(config: cfg.RunConfig) -> str:
     if config.train.accelerator != "auto":
-        return config.train.accelerator
+        return "cuda" if config.train.accelerator == "gpu" else config.train.accelerator
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
