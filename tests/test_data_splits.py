@@ -73,5 +73,5 @@ def test_loading_splits_for_other_labels_is_refused(tmp_path: Path) -> None:
 
 
 def test_too_many_folds_for_the_data_is_a_data_error() -> None:
-    with pytest.raises(DataError, match="data.folds=10 over 5 images"):
+    with pytest.raises(DataError, match="data.folds=10 needs at least 10 training images of every class"):
         make_splits(torch.tensor([0, 1, 0, 1, 0]), seed=0, folds=10)

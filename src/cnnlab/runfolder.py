@@ -12,6 +12,7 @@ run_dir/
   metrics.csv          one row per epoch (METRIC_COLUMNS)
   predictions/{val,test}.npz   probs (N, K) float32, labels (N,) int64, indices (N,) int64
   checkpoints/{last,best}.ckpt
+  images/{augmented,hardest,confused,gradcam}.npz   thumbnails for the report (ImageSamples)
   tensorboard/         event files
   error.log            traceback of a failed run
   bad_images.txt       folder images excluded by bad_images: skip
@@ -53,6 +54,10 @@ BEST_CHECKPOINT = "best.ckpt"
 PREDICTIONS_DIR = "predictions"
 TENSORBOARD_DIR = "tensorboard"
 PREDICTION_SPLITS = ("val", "test")
+IMAGES_DIR = "images"
+# images/<kind>.npz, written at the end of a run: augmented training samples, the highest-loss evaluation
+# images, misclassified images of the most-confused class pairs, and Grad-CAM maps of a few images.
+IMAGE_KINDS = ("augmented", "hardest", "confused", "gradcam")
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s")
 
 # The run states, used by train (result.json), the study queue, `study status` and the report.
@@ -132,7 +137,59 @@ def read_result(folder: str | Path) -> dict[str, Any] | None:
         raise RunFolderError(f"cannot read {path}: {error}") from None
     if not isinstance(result, dict) or not ("status" in result or result.get("kind") == "ensemble"):
         raise RunFolderError(f"{path} is not a run result (expected a mapping with a status)")
+    problem = result_problem(result)
+    if problem:
+        raise RunFolderError(
+            f"{path}: {problem}; the file was edited or damaged (rerun the run to rewrite it)"
+        )
     return result
+
+
+# key → (low, high) for the numbers a result holds; None is always allowed (not measured)
+_SCORES = {"val_acc": (0.0, 1.0), "train_acc": (0.0, 1.0), "acc": (0.0, 1.0)}
+_LOSSES = ("val_loss", "train_loss", "loss")
+
+
+def result_problem(result: Mapping[str, Any]) -> str | None:
+    """What is wrong with a result mapping's status and numbers, or None: scores finite in [0, 1], losses
+    finite and 0 or more, per-class accuracies in [0, 1]."""
+    if result.get("kind") != "ensemble" and result.get("status") not in RESULT_STATES:
+        return f"status {result.get('status')!r} is not one of {', '.join(RESULT_STATES)}"
+    for section in ("best", "last", "test", "val"):
+        scores = result.get(section)
+        if scores is None:
+            continue
+        if not isinstance(scores, Mapping):
+            return f"{section} must be a mapping or null"
+        for key, value in scores.items():
+            problem = _loss_problem(value) if key in _LOSSES else _number_problem(value, _SCORES.get(key))
+            if problem:
+                return f"{section}.{key}={value!r} {problem}"
+    per_class = result.get("per_class_accuracy")
+    if per_class is not None:
+        if not isinstance(per_class, Mapping):
+            return "per_class_accuracy must be a mapping or null"
+        for name, value in per_class.items():
+            problem = _number_problem(value, (0.0, 1.0))
+            if problem:
+                return f"per_class_accuracy[{name!r}]={value!r} {problem}"
+    return None
+
+
+def _loss_problem(value: Any) -> str | None:
+    """A loss may be NaN or infinite (a diverged run's last loss), never text or negative."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return None
+    return _number_problem(value, (0.0, math.inf))
+
+
+def _number_problem(value: Any, bounds: tuple[float, float] | None) -> str | None:
+    if bounds is None or value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "is not a finite number"
+    low, high = bounds
+    return None if low <= value <= high else f"is outside [{low:g}, {high:g}]"
 
 
 def completed_result(folder: str | Path) -> dict[str, Any] | None:
@@ -222,6 +279,97 @@ def epochs_recorded(folder: str | Path) -> int:
 def checkpoint_path(folder: str | Path, name: str = LAST_CHECKPOINT) -> Path:
     """checkpoints/<name> of a run folder."""
     return Path(folder) / CHECKPOINTS_DIR / name
+
+
+# --- image samples (images/<kind>.npz) ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSamples:
+    """Thumbnails a run saved at its end, with what a caption needs: true class, file name, prediction."""
+
+    split: str  # where the images come from: train (augmented), test or val
+    images: np.ndarray  # (N, C, H, W) uint8, C = 1 or 3
+    labels: np.ndarray  # (N,) int64 true class
+    indices: np.ndarray  # (N,) int64 index into the split (the row of predictions/<split>.npz)
+    ids: tuple[str, ...]  # file stem (folder datasets) or "#<index>"
+    probs: np.ndarray | None = None  # (N, K) float32 predicted probabilities (evaluation images)
+    maps: np.ndarray | None = None  # (N, H, W) float32 in [0, 1]: Grad-CAM of the predicted class
+    variants: np.ndarray | None = None  # (N,) int64, augmented: 0 the original, 1.. augmentation draws
+
+    def __len__(self) -> int:
+        return int(len(self.labels))
+
+
+_SAMPLE_ARRAYS = ("probs", "maps", "variants")
+
+
+def image_samples_path(folder: str | Path, kind: str) -> Path:
+    """images/<kind>.npz of a run folder (kind: one of IMAGE_KINDS)."""
+    if kind not in IMAGE_KINDS:
+        raise ValueError(f"unknown image kind {kind!r}; known: {', '.join(IMAGE_KINDS)}")
+    return Path(folder) / IMAGES_DIR / f"{kind}.npz"
+
+
+def write_image_samples(folder: str | Path, kind: str, samples: ImageSamples) -> Path:
+    """Save thumbnails compressed and atomically; Grad-CAM maps are stored as uint8 (1/255 steps)."""
+    arrays: dict[str, np.ndarray] = {
+        "split": np.asarray(samples.split),
+        "images": np.asarray(samples.images, dtype=np.uint8),
+        "labels": np.asarray(samples.labels, dtype=np.int64),
+        "indices": np.asarray(samples.indices, dtype=np.int64),
+        "ids": np.asarray(samples.ids, dtype=np.str_).reshape(-1),
+    }
+    if samples.probs is not None:
+        arrays["probs"] = np.asarray(samples.probs, dtype=np.float32)
+    if samples.maps is not None:
+        arrays["maps"] = np.rint(255 * np.clip(samples.maps, 0, 1)).astype(np.uint8)
+    if samples.variants is not None:
+        arrays["variants"] = np.asarray(samples.variants, dtype=np.int64)
+    path = image_samples_path(folder, kind)
+    with io.atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(handle, **arrays)
+    return path
+
+
+def read_image_samples(folder: str | Path, kind: str) -> ImageSamples | None:
+    """One kind of saved thumbnails; None when absent; a malformed file is a RunFolderError."""
+    path = image_samples_path(folder, kind)
+    if not path.is_file():
+        return None
+    expected = "split, images, labels, indices, ids (optional probs, maps, variants)"
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            fields = {key: data[key] for key in ("split", "images", "labels", "indices", "ids")}
+            optional = {key: data[key] for key in _SAMPLE_ARRAYS if key in data}
+    except (OSError, KeyError, ValueError, EOFError) as error:
+        raise RunFolderError(f"cannot read {path}: {error}; expected keys {expected}") from None
+    if "maps" in optional:
+        optional["maps"] = optional["maps"].astype(np.float32) / 255
+    samples = ImageSamples(
+        split=str(fields["split"]),
+        images=fields["images"].astype(np.uint8),
+        labels=fields["labels"].astype(np.int64),
+        indices=fields["indices"].astype(np.int64),
+        ids=tuple(str(item) for item in fields["ids"]),
+        **optional,
+    )
+    _check_samples(path, samples)
+    return samples
+
+
+def _check_samples(path: Path, samples: ImageSamples) -> None:
+    """Every array has one entry per image; images are (N, 1|3, H, W); maps match the images' side."""
+    count = len(samples.labels)
+    sizes = [len(samples.images), len(samples.indices), len(samples.ids)]
+    sizes += [len(value) for value in (samples.probs, samples.maps, samples.variants) if value is not None]
+    shaped = samples.images.ndim == 4 and samples.images.shape[1] in (1, 3)
+    if samples.maps is not None:
+        shaped = shaped and samples.maps.shape[1:] == samples.images.shape[2:]
+    if samples.probs is not None:
+        shaped = shaped and samples.probs.ndim == 2
+    if any(size != count for size in sizes) or not shaped:
+        raise RunFolderError(f"{path}: images, labels, indices, ids, probs and maps disagree in shape")
 
 
 # --- ownership and the lock --------------------------------------------------------------------------------
@@ -347,6 +495,7 @@ OWN_FILES = (
     f"{CHECKPOINTS_DIR}/{LAST_CHECKPOINT}",
     f"{CHECKPOINTS_DIR}/{BEST_CHECKPOINT}",
     *(f"{PREDICTIONS_DIR}/{split}.npz" for split in PREDICTION_SPLITS),
+    *(f"{IMAGES_DIR}/{kind}.npz" for kind in IMAGE_KINDS),
 )
 
 
@@ -360,7 +509,7 @@ def clear_run_files(folder: str | Path) -> None:
         for path in board.iterdir():
             if path.name.startswith("events.out.tfevents.") or path.name == "hparams.yaml":
                 path.unlink(missing_ok=True)
-    for name in (CHECKPOINTS_DIR, PREDICTIONS_DIR, TENSORBOARD_DIR):
+    for name in (CHECKPOINTS_DIR, PREDICTIONS_DIR, IMAGES_DIR, TENSORBOARD_DIR):
         with contextlib.suppress(OSError):
             (folder / name).rmdir()  # only when empty
 

@@ -6,6 +6,7 @@ from cnnlab.config import DataConfig
 from cnnlab.data import folder as folder_data
 from cnnlab.data.catalog import FOLDER_PREFIX, SPECS, DatasetSpec, get_spec, load_local_split, locate
 from cnnlab.data.imageset import ImageSet
+from cnnlab.data.locations import OFFLINE_ENV, offline
 
 _SOURCES = {"digits": "bundled with scikit-learn", "synthetic": "generated on the fly"}
 
@@ -34,7 +35,11 @@ def _where(spec: DatasetSpec, data_dir: str | None) -> str:
     if spec.kind in _SOURCES:
         return _SOURCES[spec.kind]
     found = locate(spec, data_dir)
-    return f"{found.directory} ({found.origin})" if found else "not found locally (downloaded on first use)"
+    if found:
+        return f"{found.directory} ({found.origin})"
+    if offline():
+        return f"not found locally (${OFFLINE_ENV} is set: put its files in --data-dir or $CNNLAB_DATA)"
+    return "not found locally (a download is tried on first use; offline, put its files in $CNNLAB_DATA)"
 
 
 def _shape(shape: tuple[int, ...]) -> str:

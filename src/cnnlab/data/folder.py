@@ -85,6 +85,7 @@ class FolderScan:
     non_images: tuple[str, ...]  # files without an image suffix (skipped)
     empty_classes: tuple[str, ...]  # class folders without a single image file
     outside_links: tuple[str, ...]  # symlinks that resolve outside the root
+    skipped_links: tuple[str, ...] = ()  # loops, and links into another class or back up the tree (skipped)
 
     def problems(self) -> list[str]:
         """What stops a load: no classes, empty classes, symlinks leaving the root."""
@@ -156,16 +157,21 @@ def scan_folder(root: Path) -> FolderScan:
 def _scan(root: Path) -> FolderScan:
     """The scan itself (file-system errors are turned into a DataError by scan_folder)."""
     real_root = root.resolve()
-    found: dict[str, list[str]] = {"hidden": [], "non_images": [], "outside": []}
-    class_names, class_files = [], []
+    found: dict[str, list[str]] = {"hidden": [], "non_images": [], "outside": [], "skipped": []}
+    class_names, class_files, class_reals = [], [], set()
     for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        real = _link_target(entry, real_root, real_root, found, entry.name)
+        if real is None:
+            continue
         if _ignored(entry.name):
             found["hidden"].append(entry.name)
-        elif entry.is_symlink() and not _inside(Path(entry.path), real_root):
-            found["outside"].append(entry.name)
         elif entry.is_dir():
+            if real in class_reals or real == real_root:
+                found["skipped"].append(entry.name)  # a second name for a class: never read twice
+                continue
+            class_reals.add(real)
             files: list[str] = []
-            _walk(Path(entry.path), entry.name, real_root, files, found, {Path(entry.path).resolve()})
+            _walk(Path(entry.path), entry.name, (real, real_root), files, found, {real})
             class_names.append(entry.name)
             class_files.append(files)
         else:
@@ -180,37 +186,58 @@ def _scan(root: Path) -> FolderScan:
         tuple(found["non_images"]),
         empty,
         tuple(found["outside"]),
+        tuple(found["skipped"]),
     )
 
 
 def _walk(
     directory: Path,
     rel: str,
-    real_root: Path,
+    roots: tuple[Path, Path],
     files: list[str],
     found: dict[str, list[str]],
     visited: set[Path],
 ) -> None:
-    """Collect image files under one class folder, recording hidden, non-image and escaping entries."""
+    """Collect image files under one class folder (`roots`: its real path and the dataset's), recording
+    hidden, non-image, escaping and skipped entries."""
     for entry in sorted(os.scandir(directory), key=lambda e: e.name):
         entry_rel = f"{rel}/{entry.name}"
+        real = _link_target(entry, roots[0], roots[1], found, entry_rel)
+        if real is None:
+            continue
         if _ignored(entry.name):
             found["hidden"].append(entry_rel)
-        elif entry.is_symlink() and not _inside(Path(entry.path), real_root):
-            found["outside"].append(entry_rel)
         elif entry.is_dir():
-            real = Path(entry.path).resolve()
-            if real not in visited:
-                _walk(Path(entry.path), entry_rel, real_root, files, found, visited | {real})
+            if real in visited:
+                found["skipped"].append(entry_rel)  # a link back up the tree
+            else:
+                _walk(Path(entry.path), entry_rel, roots, files, found, visited | {real})
         elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
             files.append(entry_rel)
         else:
             found["non_images"].append(entry_rel)
 
 
-def _inside(path: Path, real_root: Path) -> bool:
-    """True when `path` (a symlink) resolves to somewhere under the root."""
-    return path.resolve().is_relative_to(real_root)
+def _link_target(
+    entry: os.DirEntry, allowed: Path, real_root: Path, found: dict[str, list[str]], rel: str
+) -> Path | None:
+    """The real path of an entry; None (recorded) for a symlink that loops, leaves the root, or points
+    outside `allowed` (its class folder: a link into another class would read an image under two labels)."""
+    path = Path(entry.path)
+    if not entry.is_symlink():
+        return path.resolve() if entry.is_dir() else path
+    try:
+        real = path.resolve(strict=True)
+    except (OSError, RuntimeError):  # a loop, or a dangling link
+        found["skipped"].append(rel)
+        return None
+    if not real.is_relative_to(real_root):
+        found["outside"].append(rel)
+        return None
+    if not real.is_relative_to(allowed):
+        found["skipped"].append(rel)
+        return None
+    return real
 
 
 def decode_image(
@@ -351,6 +378,14 @@ def _report_ignored(scan: FolderScan) -> None:
             len(scan.hidden),
             ", ".join(scan.hidden[:10]),
         )
+    if scan.skipped_links:
+        log.warning(
+            "folder %s: skipped %d symlinks that loop or point into another class or back up the tree "
+            "(an image is read once, under one label): %s",
+            scan.root,
+            len(scan.skipped_links),
+            ", ".join(scan.skipped_links[:10]),
+        )
     if scan.non_images:
         log.warning(
             "folder %s: skipped %d non-image files: %s",
@@ -385,11 +420,22 @@ def _read_cache(cache_file: Path) -> dict[str, tuple[tuple[int, int], Any]]:
         return {}
     if cached.get("format") != CACHE_FORMAT:
         return {}
+    try:
+        return _cache_entries(cached)
+    except (IndexError, KeyError, TypeError, ValueError, AttributeError) as error:
+        log.warning("ignoring a malformed decode cache %s (rebuilding it): %s", cache_file, error)
+        return {}
+
+
+def _cache_entries(cached: dict[str, Any]) -> dict[str, tuple[tuple[int, int], Any]]:
+    files, images = cached["files"], cached["images"]
+    if len(images) != len(files):
+        raise ValueError(f"{len(images)} images for {len(files)} files")
     entries: dict[str, tuple[tuple[int, int], Any]] = {}
-    for row, (rel, size, mtime) in enumerate(cached.get("files", [])):
-        entries[rel] = ((size, mtime), cached["images"][row].numpy())
+    for row, (rel, size, mtime) in enumerate(files):
+        entries[str(rel)] = ((int(size), int(mtime)), images[row].numpy())
     for rel, size, mtime, reason in cached.get("bad", []):
-        entries[rel] = ((size, mtime), reason)
+        entries[str(rel)] = ((int(size), int(mtime)), str(reason))
     return entries
 
 

@@ -67,7 +67,14 @@ def _read_idx(path: Path, reader: Any) -> torch.Tensor:
         EOFError,
         zlib.error,
     ) as error:
-        raise DataError(f"cannot read IDX file {path}: {first_line(error)}") from None
+        why = (
+            "not an IDX file of the expected kind (bad header or size)"
+            if isinstance(error, AssertionError)
+            else first_line(error)
+        )
+        raise DataError(
+            f"cannot read IDX file {path}: {why}; replace it with the dataset's original file"
+        ) from None
 
 
 def read_cifar_batches(paths: Sequence[Path], label_key: str) -> tuple[torch.Tensor, torch.Tensor]:

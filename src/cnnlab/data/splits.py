@@ -101,6 +101,13 @@ def make_splits(
     from sklearn.model_selection import StratifiedKFold, StratifiedShuffleSplit
 
     labels_np = np.asarray(labels, dtype=np.int64)
+    counts = np.bincount(labels_np) if len(labels_np) else np.zeros(0, dtype=np.int64)
+    present = counts[counts > 0]
+    if folds is not None and len(present) and folds > present.min():
+        raise DataError(
+            f"data.folds={folds} needs at least {folds} training images of every class, but class "
+            f"{int(np.flatnonzero(counts == present.min())[0])} has {int(present.min())}; use fewer folds"
+        )
     state = seed % 2**32
     index = np.zeros(len(labels_np))
     try:

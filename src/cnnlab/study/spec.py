@@ -8,6 +8,7 @@ run config, a search `space` and a k-fold protocol. See docs/studies.md for the 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ TUNE_KEYS = (
     "pruner",
 )
 PRUNERS = ("median", "none")
+SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]{0,99}")  # ensemble names become folder names
 STAGE_INIT_PREFIX = "stage:"  # `train.init: stage:<name>` → the matching run of an earlier stage
 
 
@@ -130,14 +132,14 @@ class TuneSpec:
 def load_study_spec(path: str | Path, overrides: Sequence[str] = ()) -> StudySpec:
     """Read and validate a study spec file (with `--set` overrides); the default name is the file stem."""
     path = Path(path)
-    raw = apply_overrides(cfg.load_yaml(path), overrides)
+    raw = apply_overrides(cfg.load_yaml(path, "study spec"), overrides)
     return parse_study_spec(raw, default_name=path.stem, base_dir=path.parent)
 
 
 def load_tune_spec(path: str | Path, overrides: Sequence[str] = ()) -> TuneSpec:
     """Read and validate a tune spec file (with `--set` overrides); the default name is the file stem."""
     path = Path(path)
-    raw = apply_overrides(cfg.load_yaml(path), overrides)
+    raw = apply_overrides(cfg.load_yaml(path, "tune spec"), overrides)
     return parse_tune_spec(raw, default_name=path.stem, base_dir=path.parent)
 
 
@@ -287,7 +289,7 @@ def _parse_base(value: Any, where: str, base_dir: Path | None) -> dict[str, Any]
         path = Path(value)
         if not path.is_absolute() and base_dir is not None:
             path = base_dir / path
-        value = cfg.load_yaml(path)
+        value = cfg.load_yaml(path, f"run config file of study spec key {where!r}")
     if not isinstance(value, Mapping):
         raise ConfigError(
             f"study spec key {where!r} must be a mapping of run config keys or a YAML file path, "
@@ -521,8 +523,11 @@ def _parse_ensembles(value: Any) -> tuple[EnsembleSpec, ...]:
 def _parse_ensemble(value: Any, where: str) -> EnsembleSpec:
     _check_keys(value, ENSEMBLE_KEYS, f"study spec {where}")
     name = value.get("name")
-    if not isinstance(name, str) or not name.strip() or "/" in name:
-        raise ConfigError(f"study spec key {where}.name must be a non-empty string without '/', got {name!r}")
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name.strip()):
+        raise ConfigError(
+            f"study spec key {where}.name must be a folder-safe name (letters, digits, '.', '_', '+', '-', "
+            f"not starting with '.'), got {cfg.short(name)}"
+        )
     members = value.get("members")
     if not isinstance(members, list) or len(members) < 1:
         raise ConfigError(

@@ -27,7 +27,7 @@ from torch import nn
 from cnnlab import config as cfg
 from cnnlab import io, runfolder
 from cnnlab.data import ImageSet, Splits, load_split, make_splits, normalization, take, write_bad_files
-from cnnlab.errors import ConfigError, DiskFull, Interrupted, describe_os_error
+from cnnlab.errors import ConfigError, DataError, DiskFull, Interrupted, describe_os_error
 from cnnlab.models import count_flops, count_params, create_model, load_pretrained, model_info, resolve_stem
 from cnnlab.train.callbacks import (
     AbandonWatch,
@@ -163,6 +163,7 @@ def prepare_run(config: cfg.RunConfig) -> PreparedRun:
         info.name, resolved.model.stem, resolved.data.image_size, pretrained=_pretrained(resolved)
     )
     train_set = load_split(resolved.data, "train")
+    _check_classes(train_set, resolved.data.name)
     splits = _splits_for(resolved, train_set)
     train_idx, _ = splits.indices(resolved.data.fold if resolved.data.folds else 0)
     mean, std = normalization(train_set.images[torch.as_tensor(train_idx)], resolved.data.normalize)
@@ -175,6 +176,22 @@ def prepare_run(config: cfg.RunConfig) -> PreparedRun:
     return PreparedRun(
         cfg.config_hash(resolved), resolved, train_set, splits, model, hparams, tuple(mean), tuple(std)
     )
+
+
+def _check_classes(train_set: ImageSet, dataset: str) -> None:
+    """A classifier needs two classes or more, each with training images."""
+    names = train_set.class_names
+    if len(names) < 2:
+        raise DataError(
+            f"{cfg.short(dataset)} has {len(names)} class(es) {list(names)} in its training split; a "
+            "classifier needs at least 2 (check data.classes, or the folder's class subfolders)"
+        )
+    empty = [name for name, count in zip(names, train_set.class_counts()) if count == 0]
+    if empty:
+        raise DataError(
+            f"class(es) {', '.join(empty)} of {cfg.short(dataset)} have no training images after "
+            "data.subset / data.per_class; keep more images or drop those classes"
+        )
 
 
 def _pretrained(config: cfg.RunConfig) -> bool:
@@ -477,6 +494,9 @@ def _evaluate_best(prepared: PreparedRun, out_dir: Path) -> dict[str, Any]:
         )
         result["test"] = {"acc": scores["acc"], "loss": scores["loss"]}
         result["per_class_accuracy"] = scores["per_class_accuracy"]
+    from cnnlab.train.artefacts import write_run_images  # the report's pictures: images/*.npz
+
+    write_run_images(trained.model, prepared, out_dir, device)
     return result
 
 
