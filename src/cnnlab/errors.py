@@ -81,7 +81,7 @@ def unknown_choice(kind: str, value: object, choices: Iterable[str]) -> ConfigEr
     choices = sorted(choices)
     hint = close_matches(str(value), choices)
     listed = ", ".join(choices) if len(choices) <= 12 else ", ".join(choices[:12]) + ", ..."
-    return ConfigError(f"unknown {kind} {value!r}{hint}; allowed: {listed}")
+    return ConfigError(f"unknown {kind} {_escaped(str(value), 80)}{hint}; allowed: {listed}")
 
 
 class Interrupted(BaseException):

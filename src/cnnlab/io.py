@@ -45,8 +45,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write text (UTF-8) atomically."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
+    """Write text (UTF-8) atomically; undecodable file-name bytes in it are written escaped (\\xNN)."""
+    return atomic_write_bytes(path, text.encode("utf-8", errors="backslashreplace"))
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:

@@ -107,6 +107,8 @@ def predict_images(
     path: str | Path, images: str, out: str | Path, *, fmt: str = "kaggle", data_dir: str | None = None
 ) -> Path:
     """Write predictions for an image folder or a dataset's test split as CSV (kaggle: id,label; probs)."""
+    if Path(out).is_dir():
+        raise ConfigError(f"--out {cfg.quoted(out)} is a folder; give the CSV file to write, e.g. preds.csv")
     trained = load_model(path)
     if Path(images).is_dir():
         ids, pixels = read_image_folder(

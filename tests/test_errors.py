@@ -1,0 +1,375 @@
+"""The error contract under attack: every user-caused failure is one line on stderr and exit 2 (no
+traceback), before anything is written where possible, and nothing already written is lost or half-written.
+One regression test per case found by trying cnnlab as an adversarial user (docs/errors.md)."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from cnnlab import cli, runfolder
+from cnnlab.config import from_dict
+from cnnlab.data import clear_memory_cache
+from cnnlab.train import fit
+from tests.test_data_support import isolate, write_idx
+from tests.test_study_run import TINY, write_spec
+
+TINY_TRAIN = ["--model", "lenet5", "--data", "digits", "--epochs", "1", "--set", "data.subset=100"]
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def user_error(capsys, argv: list[str], *, contains: str = "", code: int = 2) -> str:
+    """Run the CLI; assert the exit code and exactly one stderr line without a traceback."""
+    capsys.readouterr()
+    assert cli.main(argv) == code
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cnnlab: error: ") and "Traceback" not in err, err
+    assert contains in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """One finished tiny run, copied by the tests that damage it."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    cfg = from_dict({"model.name": "lenet5", "data.name": "digits", "data.subset": 100, "train.epochs": 1})
+    fit(cfg, out)
+    return out
+
+
+@pytest.fixture
+def run_copy(trained, tmp_path) -> Path:
+    target = tmp_path / "run"
+    shutil.copytree(trained, target)
+    return target
+
+
+# --- files that are not what they claim ---------------------------------------------------------------
+
+
+def test_config_and_spec_files_that_are_not_utf8(tmp_path, capsys):
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("model:\n  name: l\xe9net\n".encode("latin-1"))
+    user_error(capsys, ["train", "-c", str(latin), "--out", str(tmp_path / "r")], contains="not UTF-8")
+    user_error(capsys, ["study", "run", str(latin), "--out", str(tmp_path / "s")], contains="not UTF-8")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("base: latin.yaml\n")
+    user_error(capsys, ["study", "run", str(spec), "--out", str(tmp_path / "s")], contains="not UTF-8")
+    assert not (tmp_path / "r").exists() and not (tmp_path / "s").exists()
+
+
+def test_duplicate_keys_and_a_key_given_dotted_and_nested(tmp_path, capsys):
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("train:\n  epochs: 1\n  epochs: 2\n")
+    user_error(capsys, ["train", "-c", str(twice), "--out", str(tmp_path / "r")], contains="given twice")
+    both = tmp_path / "both.yaml"
+    both.write_text("model.name: lenet5\nmodel:\n  name: alexnet\n")
+    user_error(capsys, ["train", "-c", str(both), "--out", str(tmp_path / "r")], contains="given twice")
+
+
+def test_missing_study_spec_is_named_as_such(tmp_path, capsys):
+    user_error(
+        capsys,
+        ["study", "run", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "s")],
+        contains="study spec not found",
+    )
+
+
+@pytest.mark.parametrize(
+    ("assignment", "message"),
+    [
+        ("train.seed=18446744073709551616", "train.seed"),
+        ("data.image_size=0", "data.image_size"),
+        ("optim.lr=.inf", "optim.lr must be a finite number"),
+        ("optim.milestones=[-1]", "optim.milestones"),
+        ("train.accelerator=bogus", "train.accelerator"),
+        ("train.accelerator=gpu", "needs a CUDA GPU"),
+        ("train.precision=bogus", "train.precision"),
+        ("train.strategy=bogus", "train.strategy"),
+        ("train.num_nodes=0", "train.num_nodes"),
+        ("train.devices=-3", "train.devices"),
+    ],
+)
+def test_bad_values_are_refused_before_the_run_folder_exists(tmp_path, capsys, assignment, message):
+    out = tmp_path / "run"
+    user_error(capsys, ["train", *TINY_TRAIN, "--set", assignment, "--out", str(out)], contains=message)
+    assert not out.exists()
+
+
+def test_a_huge_set_value_is_shortened_in_the_message(tmp_path, capsys):
+    line = user_error(capsys, ["train", "--set", "model.name=" + "x" * 100_000, "--out", str(tmp_path / "r")])
+    assert len(line) < 1000
+
+
+# --- output folders that cannot be written --------------------------------------------------------------
+
+
+def test_out_that_is_a_file_under_a_file_or_too_long(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    user_error(capsys, ["train", *TINY_TRAIN, "--out", str(afile)], contains="is a file")
+    user_error(capsys, ["train", *TINY_TRAIN, "--out", str(afile / "run")])
+    user_error(capsys, ["train", *TINY_TRAIN, "--out", str(tmp_path / ("n" * 300))], contains="too long")
+    assert afile.read_text() == "mine"
+
+
+def test_read_only_output_is_one_line(tmp_path, capsys, monkeypatch):
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "run" / "config.yaml"))
+
+    monkeypatch.setattr("cnnlab.io.atomic_write_bytes", read_only)
+    user_error(capsys, ["train", *TINY_TRAIN, "--out", str(tmp_path / "run")], contains="read-only")
+
+
+def test_predict_out_that_is_a_folder(trained, tmp_path, capsys):
+    user_error(
+        capsys,
+        ["predict", "--checkpoint", str(trained), "--images", "digits", "--out", str(tmp_path)],
+        contains="is a folder",
+    )
+
+
+def test_disk_full_stops_the_run_keeps_its_checkpoint_and_a_rerun_resumes(tmp_path, capsys, monkeypatch):
+    real_write = runfolder.write_metrics
+    calls = []
+
+    def fills_up(folder, rows):
+        calls.append(len(rows))
+        if len(rows) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(Path(folder) / "metrics.csv"))
+        return real_write(folder, rows)
+
+    monkeypatch.setattr(runfolder, "write_metrics", fills_up)
+    out = tmp_path / "run"
+    args = ["train", *TINY_TRAIN[:-4], "--epochs", "3", "--set", "data.subset=100", "--out", str(out)]
+    user_error(capsys, args, contains="no space left")
+    assert runfolder.checkpoint_path(out).is_file() and not (out / "result.json").exists()
+    monkeypatch.setattr(runfolder, "write_metrics", real_write)
+    assert cli.main([*args, "--resume"]) == 0
+    assert runfolder.read_result(out)["epochs_run"] == 3
+
+
+def test_disk_full_during_a_study_stops_it_cleanly_and_it_resumes(tmp_path, capsys, monkeypatch):
+    spec = write_spec(tmp_path / "s.yaml", {"base": {**TINY, "train.epochs": 2}, "seeds": [0, 1]})
+    real_write = runfolder.write_metrics
+
+    def fills_up(folder, rows):
+        if len(rows) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(folder))
+        return real_write(folder, rows)
+
+    monkeypatch.setattr(runfolder, "write_metrics", fills_up)
+    study = tmp_path / "study"
+    args = ["study", "run", str(spec), "--out", str(study), "--heartbeat", "1"]
+    user_error(capsys, args, contains="no space left")
+    monkeypatch.setattr(runfolder, "write_metrics", real_write)
+    assert cli.main(args) == 0
+    results = [runfolder.read_result(d) for d in (study / "runs").iterdir()]
+    assert sorted(r["status"] for r in results) == ["completed", "completed"]
+
+
+# --- checkpoints, manifests, results ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fraction", [0.01, 0.1])
+def test_truncated_checkpoint(run_copy, capsys, fraction):
+    best = runfolder.checkpoint_path(run_copy, runfolder.BEST_CHECKPOINT)
+    data = best.read_bytes()
+    best.write_bytes(data[: int(len(data) * fraction)])
+    user_error(capsys, ["evaluate", "--checkpoint", str(best)], contains="truncated")
+
+
+def test_edited_checkpoint_metadata(run_copy, capsys):
+    best = runfolder.checkpoint_path(run_copy, runfolder.BEST_CHECKPOINT)
+    checkpoint = torch.load(best, weights_only=True)
+    checkpoint["cnnlab"]["model"] = "resnet20_cifar"
+    torch.save(checkpoint, best)
+    user_error(capsys, ["evaluate", "--checkpoint", str(best)], contains="do not fit")
+    del checkpoint["cnnlab"]["config"]
+    torch.save(checkpoint, best)
+    user_error(capsys, ["evaluate", "--checkpoint", str(best)], contains="'config' is missing")
+
+
+def test_evaluate_on_data_of_another_shape(trained, capsys):
+    user_error(capsys, ["evaluate", "--checkpoint", str(trained), "--data", "synthetic"], contains="3x28x28")
+
+
+@pytest.mark.parametrize("damage", ["drop_key", "invalid_json", "num_classes", "classes_length"])
+def test_damaged_export_manifest(trained, tmp_path, capsys, damage):
+    export = tmp_path / "export"
+    assert cli.main(["export", "--checkpoint", str(trained), "--out", str(export)]) == 0
+    manifest_path = export / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    if damage == "drop_key":
+        del manifest["normalization"]
+    elif damage == "num_classes":
+        manifest["model_hparams"]["num_classes"] = 3
+    elif damage == "classes_length":
+        manifest["classes"] = ["a", "b"]
+    text = "{not json" if damage == "invalid_json" else json.dumps(manifest)
+    manifest_path.write_text(text)
+    user_error(capsys, ["evaluate", "--checkpoint", str(export)])
+
+
+def test_resume_onto_a_crafted_checkpoint_is_refused_and_nothing_changes(run_copy, tmp_path, capsys):
+    from tests.test_train import _Evil
+
+    os.environ["CNNLAB_MARKER"] = str(tmp_path / "marker")
+    (run_copy / "result.json").unlink()  # an unfinished run, so --resume looks at last.ckpt
+    torch.save({"state_dict": {}, "payload": _Evil()}, runfolder.checkpoint_path(run_copy))
+    before = snapshot(run_copy)
+    args = ["train", "--model", "lenet5", "--data", "digits", "--epochs", "1", "--set", "data.subset=100"]
+    user_error(capsys, [*args, "--out", str(run_copy), "--resume"], contains="refused to load")
+    assert snapshot(run_copy) == before and not (tmp_path / "marker").exists()
+
+
+@pytest.mark.parametrize("value", ['"high"', "NaN", "Infinity", "1.5"])
+def test_a_result_with_a_bad_score_is_named_by_the_report(run_copy, capsys, value):
+    path = run_copy / "result.json"
+    path.write_text(path.read_text().replace('"val_acc": ', f'"val_acc": {value}, "was": ', 1))
+    user_error(capsys, ["report", str(run_copy.parent)], contains=str(path))
+
+
+def test_a_nan_loss_gives_strict_json(tmp_path):
+    runfolder.write_result(tmp_path, {"status": "completed", "best": {"val_loss": float("nan")}})
+    text = (tmp_path / "result.json").read_text()
+    assert "NaN" not in text and json.loads(text)["best"]["val_loss"] is None
+
+
+def test_corrupt_study_json(tmp_path, capsys):
+    (tmp_path / "study.json").write_text("{broken")
+    user_error(capsys, ["study", "status", str(tmp_path)], contains="study.json")
+
+
+def test_rejected_storage_url_rewrites_nothing(tmp_path, capsys):
+    spec = write_spec(tmp_path / "s.yaml", {"base": {**TINY, "train.epochs": 1}, "seeds": [0]})
+    study = tmp_path / "study"
+    assert cli.main(["study", "run", str(spec), "--out", str(study), "--heartbeat", "1"]) == 0
+    before = snapshot(study)
+    args = ["study", "run", str(spec), "--out", str(study), "--storage", "nosuchdb://x/y"]
+    user_error(capsys, args, contains="--storage")
+    assert snapshot(study) == before
+
+
+def test_an_ensemble_named_dot_dot(tmp_path, capsys):
+    spec = write_spec(
+        tmp_path / "s.yaml",
+        {"base": TINY, "grid": {"optim.lr": [0.01]}, "ensembles": [{"name": "..", "members": ["0.01"]}]},
+    )
+    user_error(capsys, ["study", "run", str(spec), "--out", str(tmp_path / "s")], contains="folder-safe")
+    assert not (tmp_path / "s").exists()
+
+
+# --- data --------------------------------------------------------------------------------------------------
+
+
+def _folder(root: Path, classes: dict[str, int]) -> Path:
+    for name, count in classes.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            Image.new("RGB", (8, 8), (30 * i % 255, 100, 200)).save(root / name / f"{i}.png")
+    return root
+
+
+def test_one_class_and_a_filtered_away_class_are_refused(tmp_path, capsys, monkeypatch):
+    isolate(monkeypatch, tmp_path)
+    one = _folder(tmp_path / "one", {"cat": 6})
+    base = ["train", "--model", "lenet5", "--epochs", "1", "--set", "data.image_size=16"]
+    user_error(
+        capsys, [*base, "--data", f"folder:{one}", "--out", str(tmp_path / "r")], contains="at least 2"
+    )
+    user_error(
+        capsys,
+        ["train", *TINY_TRAIN, "--set", "data.classes=[3]", "--out", str(tmp_path / "r")],
+        contains="at least 2",
+    )
+    assert not (tmp_path / "r").exists()
+
+
+def test_symlink_loops_and_links_back_to_the_root_are_skipped(tmp_path, monkeypatch):
+    isolate(monkeypatch, tmp_path)
+    root = _folder(tmp_path / "pets", {"cat": 4, "dog": 5})
+    (root / "cat" / "self").symlink_to(root / "cat" / "self")  # a link to itself
+    (root / "cat" / "loopdir").symlink_to("..")  # back to the dataset root: the dogs again, as cats
+    (root / "dog2").symlink_to(root / "dog")  # a second name for a class
+    from cnnlab.config import DataConfig
+    from cnnlab.data import load_split
+
+    loaded = load_split(DataConfig(name=f"folder:{root}", image_size=8, test_fraction=0.2), "train")
+    test = load_split(DataConfig(name=f"folder:{root}", image_size=8, test_fraction=0.2), "test")
+    assert loaded.class_names == ("cat", "dog") and len(loaded) + len(test) == 9
+
+
+def test_a_damaged_decode_cache_is_rebuilt(tmp_path, monkeypatch):
+    cache = isolate(monkeypatch, tmp_path)
+    root = _folder(tmp_path / "pets", {"cat": 4, "dog": 4})
+    from cnnlab.config import DataConfig
+    from cnnlab.data import load_split
+
+    data = DataConfig(name=f"folder:{root}", image_size=8)
+    first = load_split(data, "train")
+    for cache_file in (cache / "folders").glob("*.pt"):
+        cache_file.write_bytes(cache_file.read_bytes()[:100])
+    clear_memory_cache()
+    assert torch.equal(load_split(data, "train").images, first.images)
+    for cache_file in (cache / "folders").glob("*.pt"):
+        payload = torch.load(cache_file, weights_only=True)
+        payload["images"] = payload["images"][:2]  # fewer rows than files
+        torch.save(payload, cache_file)
+    clear_memory_cache()
+    assert torch.equal(load_split(data, "train").images, first.images)
+
+
+def test_undecodable_and_newline_file_names(tmp_path, capsys, monkeypatch):
+    isolate(monkeypatch, tmp_path)
+    root = _folder(tmp_path / "pets", {"cat": 12, "dog": 12})
+    (root / "cat" / "bad\nname.png").write_bytes(b"not a png")
+    with open(os.fsencode(root / "dog") + b"/\xff\xfe.png", "wb") as handle:
+        handle.write(b"also not a png")
+    base = ["train", "--model", "lenet5", "--epochs", "1", "--set", "data.image_size=16"]
+    out = tmp_path / "run"
+    line = user_error(capsys, [*base, "--data", f"folder:{root}", "--out", str(out)], contains="bad image")
+    assert "bad\\nname.png" in line
+    assert (
+        cli.main([*base, "--data", f"folder:{root}", "--set", "data.bad_images=skip", "--out", str(out)]) == 0
+    )
+    assert (
+        "\\xff" in (out / "bad_images.txt").read_text()
+        or "\udcff" not in (out / "bad_images.txt").read_text()
+    )
+    assert cli.main(["report", str(out)]) == 0
+    images = tmp_path / "unlabeled"
+    images.mkdir()
+    Image.new("RGB", (8, 8)).save(os.fsencode(images) + b"/\xff.png")
+    preds = tmp_path / "preds.csv"
+    assert cli.main(["predict", "--checkpoint", str(out), "--images", str(images), "--out", str(preds)]) == 0
+    assert preds.read_text().count("\n") == 2
+
+
+def test_a_garbage_idx_file_is_named(tmp_path, capsys, monkeypatch):
+    isolate(monkeypatch, tmp_path)
+    data = tmp_path / "fm"
+    write_idx(
+        data / "train-images-idx3-ubyte", torch.zeros(4, 28, 28, dtype=torch.uint8).numpy(), compress=False
+    )
+    for name in ("train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (data / name).write_bytes(os.urandom(64))
+    args = ["train", "--model", "lenet5", "--data", "fashion-mnist", "--data-dir", str(data)]
+    line = user_error(capsys, [*args, "--out", str(tmp_path / "r")], contains="IDX file")
+    assert "AssertionError" not in line
