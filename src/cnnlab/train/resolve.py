@@ -13,6 +13,7 @@ from pathlib import Path
 from cnnlab import config as cfg
 from cnnlab.data import native_side
 from cnnlab.data.catalog import FOLDER_PREFIX
+from cnnlab.errors import ConfigError
 from cnnlab.models import model_info, resolve_stem
 
 PATH_INIT_SCHEMES = ("file", "run")
@@ -39,21 +40,26 @@ def recorded_stem(option: str, stem: str | None, *, resized: bool) -> str:
     return "resize" if resized else option
 
 
-def absolute(path: str) -> str:
-    """A user path made absolute against the working directory (`~` expanded)."""
-    return str(Path(path).expanduser().absolute())
+def absolute(path: str, key: str) -> str:
+    """A user path made absolute against the working directory (`~` expanded); `key` names it in errors."""
+    if "\x00" in path:
+        raise ConfigError(f"{key}={cfg.short(path)} holds a NUL character; give a plain path")
+    try:
+        return str(Path(path).expanduser().absolute())
+    except RuntimeError as error:  # ~user of an unknown user
+        raise ConfigError(f"{key}={cfg.short(path)}: {error}; give the path without ~") from None
 
 
 def _absolute_paths(config: cfg.RunConfig) -> dict[str, str]:
     data, train = config.data, config.train
     paths: dict[str, str] = {}
     if data.name.startswith(FOLDER_PREFIX) and data.name[len(FOLDER_PREFIX) :].strip():
-        paths["data.name"] = FOLDER_PREFIX + absolute(data.name[len(FOLDER_PREFIX) :])
+        paths["data.name"] = FOLDER_PREFIX + absolute(data.name[len(FOLDER_PREFIX) :], "data.name")
     if data.data_dir:
-        paths["data.data_dir"] = absolute(data.data_dir)
+        paths["data.data_dir"] = absolute(data.data_dir, "data.data_dir")
     if data.splits_file:
-        paths["data.splits_file"] = absolute(data.splits_file)
+        paths["data.splits_file"] = absolute(data.splits_file, "data.splits_file")
     scheme, _, target = train.init.partition(":")
     if scheme in PATH_INIT_SCHEMES and target:
-        paths["train.init"] = f"{scheme}:{absolute(target)}"
+        paths["train.init"] = f"{scheme}:{absolute(target, 'train.init')}"
     return paths
