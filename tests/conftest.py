@@ -8,3 +8,24 @@ os.environ.setdefault("CNNLAB_QUIET", "1")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server on 127.0.0.1 for the whole session (tests/postgres_server.py); stopped after.
+
+    Skips, saying why, only where no server can be started (no binaries: install the dev extra)."""
+    from tests.postgres_server import Unavailable, running_server
+
+    server = running_server()
+    try:
+        started = server.__enter__()
+    except Unavailable as reason:
+        pytest.skip(f"no PostgreSQL server could be started: {reason}")
+    try:
+        yield started
+    finally:
+        server.__exit__(None, None, None)

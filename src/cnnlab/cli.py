@@ -148,6 +148,8 @@ def _run_train(args: argparse.Namespace) -> int:
     config = run_config_from_args(args)
     args.resume_hint = _with_flag(args.argv, "--resume")
     result = fit(config, args.out, resume=args.resume, overwrite=args.overwrite)
+    if result.rank:  # another DDP rank: it trained its shard; rank zero prints and writes
+        return {"diverged": EXIT_DIVERGED, "failed": EXIT_FAILED}.get(result.status, 0)
     summary = result.summary
     print(f"{result.status}: {_run_scores(summary)} -> {result.out_dir}")
     if result.status == "diverged":

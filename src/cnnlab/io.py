@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import pickle
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,17 +24,34 @@ from cnnlab.errors import WeightsError
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it is renamed onto `path`, on error removed."""
+    """Yield a temporary path beside `path`; on success it is renamed onto `path`, on error removed.
+
+    The file gets the mode of a normally created file (0o666 less the umask, or what the folder's default
+    ACL says), not mkstemp's private 0o600, so a group sharing a study folder can read what it holds.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _new_temp_file(path)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _new_temp_file(path: Path) -> Path:
+    """Create an empty, uniquely named `.<name>.<random>.tmp` beside `path` (O_EXCL, mode 0o666 & ~umask)."""
+    for _ in range(100):
+        candidate = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o666))
+        except FileExistsError:
+            continue
+        return candidate
+    raise FileExistsError(f"no free temporary name beside {path}")
+
+
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

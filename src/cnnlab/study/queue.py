@@ -2,11 +2,16 @@
 worker dies.
 
 Any SQLAlchemy URL works: a SQLite file on one machine (the default, `sqlite:///DIR/study.db`), PostgreSQL or
-MySQL across machines. A worker claims a WAITING trial by moving it to RUNNING; Optuna checks the state under
+MySQL across machines. A bare `postgresql://` URL is opened with psycopg 3 (the `postgres` extra) when
+SQLAlchemy's default driver for it (psycopg2 before SQLAlchemy 2.1) is not installed (`storage_engine_url`).
+
+A worker claims a WAITING trial by moving it to RUNNING; Optuna checks the state under
 `SELECT ... FOR UPDATE`, which SQLite ignores, so for SQLite every transaction starts with `BEGIN IMMEDIATE`
 (two processes would otherwise claim the same trial). A claimed trial's worker records heartbeats; a trial
-whose heartbeats stop (or, on the same host, whose worker process is gone) is failed and a WAITING copy is
-added. An attempt is used up only by a worker that died without progress (no epoch recorded since it
+whose heartbeats stop (or, on the same machine, whose worker process is gone) is failed and a WAITING copy is
+added. "The same machine" is the same host name, boot and PID namespace (`NODE`): only there does a process
+id name the worker, so two containers or two machines with one host name never judge each other's pids.
+An attempt is used up only by a worker that died without progress (no epoch recorded since it
 claimed the run): a run killed repeatedly but resuming from its checkpoint each time is never given up,
 and an interrupted run (SIGINT/SIGTERM) or one whose folder another process holds is requeued as it was.
 A worker whose heartbeat finds its trial no longer RUNNING (it was paused past the grace period and
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import inspect
 import math
 import os
@@ -29,6 +35,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -49,6 +56,18 @@ SKIPPED = "skipped"  # found already completed
 BUSY = "busy"  # its folder was held by another live process; requeued
 REQUEUED_AS_IS = (runfolder.INTERRUPTED, BUSY)  # outcomes requeued without using an attempt
 HOST = socket.gethostname()
+
+
+def _node() -> str:
+    """Where a process id means something: host name, boot (a reboot reuses pids) and PID namespace."""
+    parts = [HOST]
+    for path in ("/proc/sys/kernel/random/boot_id", "/proc/self/ns/pid"):
+        with contextlib.suppress(OSError):
+            parts.append(os.readlink(path) if path.endswith("/ns/pid") else Path(path).read_text().strip())
+    return "/".join(parts)
+
+
+NODE = _node()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +105,7 @@ def open_storage(
     """Optuna RDB storage with heartbeats; SQLite transactions serialized so claims are exactly once."""
     quiet_optuna()
     sqlite = url.startswith("sqlite")
+    _check_driver(url)
     engine_kwargs = {"connect_args": {"timeout": 120, "isolation_level": None}} if sqlite else {}
     callback_arg = (
         "heartbeat_stale_trial_callback"
@@ -98,7 +118,7 @@ def open_storage(
         callback_arg: on_stale,
     }
     try:
-        storage = _first_connection(url, engine_kwargs, options)
+        storage = _first_connection(storage_engine_url(url), engine_kwargs, options)
     except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.OperationalError, ImportError, ValueError) as error:
         raise ConfigError(
             f"--storage {url!r} cannot be opened: {str(error).splitlines()[0]}; expected an "
@@ -107,6 +127,50 @@ def open_storage(
     if sqlite:
         _serialize_sqlite_transactions(storage.engine)
     return storage
+
+
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+POSTGRES_EXTRA = "pip install 'cnnlab[postgres]'"
+
+
+def storage_engine_url(url: str) -> str:
+    """The URL the engine opens. A bare `postgresql://` (or `postgres://`) URL means SQLAlchemy's default
+    driver, psycopg2 before SQLAlchemy 2.1 and psycopg 3 from 2.1; when that driver is not installed but
+    psycopg 3 (the `postgres` extra) is, it is opened as `postgresql+psycopg://`. Others stay as given."""
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        return url
+    if parsed.drivername not in POSTGRES_SCHEMES:
+        return url
+    parsed = parsed.set(drivername="postgresql")
+    with contextlib.suppress(Exception):
+        if _installed(parsed.get_driver_name()):
+            return parsed.render_as_string(hide_password=False)
+    if _installed("psycopg"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _check_driver(url: str) -> None:
+    """A PostgreSQL URL without its driver installed: say which package to install (one line, exit 2)."""
+    try:
+        parsed = sqlalchemy.engine.make_url(storage_engine_url(url))
+    except sqlalchemy.exc.ArgumentError:
+        return
+    if parsed.get_backend_name() != "postgresql":
+        return
+    driver = parsed.get_driver_name()
+    if not _installed(driver):
+        shown = parsed.render_as_string(hide_password=True)
+        raise ConfigError(
+            f"--storage {shown!r} needs the PostgreSQL driver {driver!r}, which is not installed; "
+            f"install it with: {POSTGRES_EXTRA}"
+        )
 
 
 def _first_connection(url: str, engine_kwargs: dict[str, Any], options: dict[str, Any]) -> RDBStorage:
@@ -206,7 +270,9 @@ class RunQueue:
             if not self._take(trial_id):
                 continue  # another worker took it first
             self.storage.record_heartbeat(trial_id)
-            self.storage.set_trial_user_attr(trial_id, WORKER, {"host": HOST, "pid": os.getpid()})
+            self.storage.set_trial_user_attr(
+                trial_id, WORKER, {"host": HOST, "node": NODE, "pid": os.getpid()}
+            )
             return Claim(trial_id, trial.number, index, int(trial.user_attrs.get(ATTEMPT, 1)))
         return None
 
@@ -272,7 +338,7 @@ class RunQueue:
         optuna.storages.fail_stale_trials(self.study)
         for trial in self.storage.get_all_trials(self.study_id, deepcopy=False, states=(TrialState.RUNNING,)):
             worker = trial.user_attrs.get(WORKER) or {}
-            if worker.get("host") == HOST and not _process_alive(int(worker.get("pid", 0))):
+            if _worker_gone(worker):
                 self._fail_and_requeue(trial)
             elif not worker and _older_than(trial.datetime_start, self.grace_s):
                 self._fail_and_requeue(trial)  # its worker died between claiming and signing it
@@ -311,8 +377,7 @@ class RunQueue:
         if trial.state == TrialState.COMPLETE:
             return runfolder.COMPLETED
         if trial.state == TrialState.RUNNING:
-            worker = trial.user_attrs.get(WORKER) or {}
-            gone = worker.get("host") == HOST and not _process_alive(int(worker.get("pid", 0)))
+            gone = _worker_gone(trial.user_attrs.get(WORKER) or {})
             return runfolder.INTERRUPTED if gone else runfolder.RUNNING
         if trial.state == TrialState.FAIL:
             status = trial.user_attrs.get(STATUS)
@@ -349,6 +414,14 @@ def _waiting(index: int, *, attempt: int) -> FrozenTrial:
     return optuna.trial.create_trial(
         state=TrialState.WAITING, user_attrs={RUN_INDEX: index, ATTEMPT: attempt}
     )
+
+
+def _worker_gone(worker: dict[str, Any]) -> bool:
+    """Is a claim's worker known to be dead: on this machine (NODE) with no live process of its pid?
+    Workers elsewhere are judged by their heartbeats only. (Claims signed before NODE existed name only
+    the host.)"""
+    here = worker.get("node") == NODE if "node" in worker else worker.get("host") == HOST
+    return bool(worker) and here and not _process_alive(int(worker.get("pid", 0)))
 
 
 def _process_alive(pid: int) -> bool:

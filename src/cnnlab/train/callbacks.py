@@ -60,7 +60,9 @@ class EpochSeeder(pl.Callback):
 
 
 class EpochRecorder(pl.Callback):
-    """Writes metrics.csv (one row per epoch) and prints the per-epoch line users know."""
+    """Writes metrics.csv (one row per epoch) and prints the per-epoch line users know: on rank zero only
+    (every rank keeps the rows, so a checkpoint holds them whichever rank saves it). The metrics are global:
+    the epoch metrics are synced over the ranks before they are logged."""
 
     def __init__(self, run_dir: Path, *, echo: bool) -> None:
         self.run_dir = run_dir
@@ -84,7 +86,7 @@ class EpochRecorder(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         now = time.perf_counter()
         self.train_seconds += (self._train_end or now) - self._epoch_start
-        self.train_images += trainer.datamodule.train_images_per_epoch
+        self.train_images += trainer.datamodule.train_images_per_epoch  # all ranks together
         metrics = trainer.callback_metrics
         row = {
             "epoch": trainer.current_epoch,
@@ -94,6 +96,8 @@ class EpochRecorder(pl.Callback):
         for name in ("train_loss", "train_acc", "val_loss", "val_acc"):
             row[name] = float(metrics[name]) if name in metrics else math.nan
         self.rows.append(row)
+        if not trainer.is_global_zero:
+            return  # under DDP rank zero alone writes and prints
         runfolder.write_metrics(self.run_dir, self.rows)
         if self.echo:
             print(format_epoch_line(row), file=sys.stdout, flush=True)
@@ -117,7 +121,8 @@ def format_epoch_line(row: dict[str, float]) -> str:
 
 
 class DivergenceGuard(pl.Callback):
-    """Stops the run on a non-finite training loss, before a bad checkpoint can be written."""
+    """Stops the run on a non-finite training loss, before a bad checkpoint can be written. Under DDP the
+    ranks agree first (a loss that is non-finite on any rank stops every rank at the same step)."""
 
     def __init__(self, check_every: int) -> None:
         self.check_every = check_every
@@ -129,7 +134,10 @@ class DivergenceGuard(pl.Callback):
         if batch_idx % self.check_every and not last_batch:
             return
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if not bool(torch.isfinite(loss)):
+        bad = not bool(torch.isfinite(loss))
+        if trainer.world_size > 1:
+            bad = bool(trainer.strategy.reduce_boolean_decision(bad, all=False))
+        if bad:
             raise RunDiverged(f"non-finite training loss at epoch {trainer.current_epoch}, step {batch_idx}")
 
 

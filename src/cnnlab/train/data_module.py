@@ -1,4 +1,12 @@
-"""The in-memory data path plugged into Lightning: loaders built on the training device, sharded per rank."""
+"""The in-memory data path plugged into Lightning: loaders built on the training device, sharded per rank.
+
+Under DDP each rank trains a disjoint share of every epoch's permutation: rank r takes positions r, r + W,
+r + 2W, ... (W ranks), padded by wrapping to an equal length so every rank runs the same number of steps.
+With `data.batch_size` B per rank, global batch b of a W-rank run is exactly batch b of a one-process run
+with batch size W * B (same images, same order), so the two follow the same trajectory. Validation is
+sharded the same way without padding (no gradient sync there, and a padded image would count twice), and
+the epoch metrics are summed over the ranks, so they are those of the whole validation split.
+"""
 
 from __future__ import annotations
 
@@ -40,7 +48,8 @@ class InMemoryDataModule(pl.LightningDataModule):
         rank, world = self.trainer.global_rank, self.trainer.world_size
         self.train_loader = self._loader(self.train_idx, device, rank, world, train=True)
         if len(self.val_idx):
-            self.val_loader = self._loader(self.val_idx, device, rank, world, train=False)
+            # this rank's disjoint share of the validation split, unpadded: the metrics count each image once
+            self.val_loader = self._loader(self.val_idx[rank::world], device, 0, 1, train=False)
 
     def _loader(
         self, indices: torch.Tensor, device: torch.device, rank: int, world: int, *, train: bool
@@ -69,5 +78,6 @@ class InMemoryDataModule(pl.LightningDataModule):
 
     @property
     def train_images_per_epoch(self) -> int:
-        """Training images seen per epoch by this rank."""
-        return math.ceil(len(self.train_idx) / self.trainer.world_size)
+        """Training images seen per epoch by all ranks together (padding included)."""
+        world = self.trainer.world_size
+        return math.ceil(len(self.train_idx) / world) * world

@@ -40,6 +40,7 @@ from cnnlab.train.callbacks import (
 )
 from cnnlab.train.checkpoint import SafeCheckpointIO, load_trained_model, model_state, run_checkpoint_path
 from cnnlab.train.data_module import InMemoryDataModule
+from cnnlab.train.distributed import run_ranks
 from cnnlab.train.inference import predict_probs, score_predictions
 from cnnlab.train.options import check_trainer_options
 from cnnlab.train.resolve import resolve_config
@@ -54,6 +55,7 @@ class RunResult:
     status: str
     out_dir: Path
     summary: dict[str, Any]
+    rank: int = 0  # global DDP rank of this process; only rank zero (0) wrote the folder and reports
 
 
 @dataclass(frozen=True)
@@ -86,11 +88,15 @@ def fit(
     before anything is written. A non-finite loss ends the run "diverged"; any other exception during
     training "failed" (traceback in error.log); SIGINT/SIGTERM "interrupted" (checkpoint kept, Interrupted
     re-raised). `resume` continues from checkpoints/last.ckpt. When `abandon` is set (a study worker lost its
-    claim) training stops and RunAbandoned is raised without writing a result.
+    claim) training stops and RunAbandoned is raised without writing a result. Under DDP every rank calls
+    `fit`; rank zero does all of the above, the other ranks train and write nothing (`RunResult.rank` > 0).
     """
     out_dir = Path(out_dir).absolute()
     config = resolve_config(config)
     check_trainer_options(config)
+    ranks = run_ranks(config)
+    if not ranks.primary:  # another DDP rank: rank zero owns the folder (lock, files, result.json)
+        return _train_other_rank(config, out_dir, ranks.global_rank, resume=resume and not overwrite)
     run_id = cfg.config_hash(config)
     runfolder.check_folder(out_dir, run_id, overwrite=overwrite)
     if not overwrite and (finished := _completed(out_dir, run_id)) is not None:
@@ -140,6 +146,22 @@ def _train_and_record(
         raise
     runfolder.write_result(out_dir, summary)
     return RunResult(status=status, out_dir=out_dir, summary=summary)
+
+
+def _train_other_rank(config: cfg.RunConfig, out_dir: Path, rank: int, *, resume: bool) -> RunResult:
+    """A DDP process other than rank zero: it trains its shard in step with rank zero and writes nothing
+    (no lock, no file, no line). It resumes exactly when rank zero does: both see the same last.ckpt, which
+    rank zero clears only on a fresh start, before its trainer waits for the other ranks."""
+    run_id = cfg.config_hash(config)
+    if (finished := _completed(out_dir, run_id)) is not None:
+        return RunResult(finished.status, out_dir, finished.summary, rank=rank)
+    prepared = prepare_run(config)
+    checkpoint = runfolder.checkpoint_path(out_dir) if resume else None
+    checkpoint = checkpoint if checkpoint is not None and checkpoint.is_file() else None
+    recorder = EpochRecorder(out_dir, echo=False)
+    status, reason = _train(prepared, out_dir, checkpoint, recorder, None, primary=False)
+    summary = {"run_id": run_id, "status": status, "reason": reason, "rank": rank}
+    return RunResult(status=status, out_dir=out_dir, summary=summary, rank=rank)
 
 
 def _completed(out_dir: Path, run_id: str) -> RunResult | None:
@@ -265,6 +287,8 @@ def _train(
     checkpoint: Path | None,
     recorder: EpochRecorder,
     abandon: threading.Event | None,
+    *,
+    primary: bool = True,
 ) -> tuple[str, str | None]:
     config = prepared.config
     train_idx, val_idx = prepared.splits.indices(config.data.fold if config.data.folds else 0)
@@ -303,7 +327,8 @@ def _train(
     except Exception as error:  # a training crash is recorded as a failed run; the study goes on
         if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
             raise DiskFull(f"the disk filled while training {out_dir} ({describe_os_error(error)})") from None
-        io.atomic_write_text(out_dir / runfolder.ERROR_LOG, traceback.format_exc())
+        if primary:  # rank zero alone writes into the run folder
+            io.atomic_write_text(out_dir / runfolder.ERROR_LOG, traceback.format_exc())
         return runfolder.FAILED, f"{type(error).__name__}: {error}"
     return runfolder.COMPLETED, None
 

@@ -1,0 +1,363 @@
+"""Studies and tunes past one machine: several `cnnlab study run` / `cnnlab tune` processes, each standing
+for a machine, share one REAL PostgreSQL server (started on 127.0.0.1 by the `postgres` fixture) and one
+study folder. Each run executes once; a killed worker's run is taken over after its heartbeats stop; a
+paused worker loses its claim and writes nothing into the new owner's run; a tune reaches its trial budget
+exactly. Executions are counted from the run folders (TensorBoard sessions, metrics rows) and from the
+storage (trials per run)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cnnlab import cli, runfolder
+from cnnlab.study import queue as work_queue
+from tests.test_study_run import TINY
+
+FULL_DIGITS = {**TINY, "data.subset": None}  # ~0.2 s per epoch on one core
+
+
+def _unshare_prefix() -> list[str] | None:
+    """A command prefix that runs a process in its own PID namespace (its pids mean nothing to the other
+    "machines", as on separate hosts), or None where this system does not allow it."""
+    if shutil.which("unshare") is None:
+        return None
+    for prefix in (
+        ["unshare", "--pid", "--fork", "--kill-child"],
+        ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--kill-child"],
+    ):
+        try:
+            done = subprocess.run([*prefix, "true"], capture_output=True, timeout=20)
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if done.returncode == 0:
+            return prefix
+    return None
+
+
+UNSHARE = _unshare_prefix()
+
+
+class Worker:
+    """One `cnnlab` process on a Machine; `pid` is the cnnlab process itself (inside its namespace)."""
+
+    def __init__(self, process: subprocess.Popen, namespaced: bool) -> None:
+        self.process = process
+        self.pid = _child_pid(process.pid) if namespaced else process.pid
+
+    def signal(self, signum: int) -> None:
+        os.kill(self.pid, signum)
+
+    def finish(self, timeout: float = 150) -> tuple[int, str]:
+        try:
+            out, _ = self.process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            out, _ = self.process.communicate()
+            raise AssertionError(f"worker did not finish within {timeout} s:\n{out}") from None
+        return self.process.returncode, out
+
+
+def _child_pid(parent: int, timeout: float = 20) -> int:
+    """The process that `unshare --fork` started."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+        except OSError:
+            children = []
+        if children:
+            return int(children[0])
+        time.sleep(0.02)
+    raise AssertionError(f"unshare (pid {parent}) started no process")
+
+
+class Machine:
+    """A stand-in for one machine: its own working directory, data and cache folders and home (and, where
+    the system allows, its own PID namespace); what it shares with the others is the database and --out."""
+
+    def __init__(self, root: Path, name: str, *, namespaced: bool = True) -> None:
+        self.cwd = root / name
+        self.namespaced = namespaced and UNSHARE is not None
+        for sub in ("data", "cache", "home"):
+            (self.cwd / sub).mkdir(parents=True, exist_ok=True)
+        self.env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "CNNLAB_QUIET": "1",
+            "CNNLAB_DATA": str(self.cwd / "data"),
+            "CNNLAB_CACHE": str(self.cwd / "cache"),
+            "HOME": str(self.cwd / "home"),
+            "MPLCONFIGDIR": str(self.cwd / "home" / "mpl"),
+        }
+
+    def spec(self, name: str, raw: dict) -> str:
+        """Write the spec into this machine's working directory; returns its relative path."""
+        (self.cwd / name).write_text(yaml.safe_dump(raw, sort_keys=False))
+        return name
+
+    def start(self, *args: str) -> Worker:
+        command = [sys.executable, "-m", "cnnlab", *args]
+        if self.namespaced:
+            command = [*UNSHARE, *command]
+        process = subprocess.Popen(
+            command,
+            cwd=self.cwd,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        return Worker(process, self.namespaced)
+
+
+@pytest.fixture
+def database(postgres):
+    """A fresh database on the session's PostgreSQL server; its plain `postgresql://` URL."""
+    return postgres.create_database(f"t_{uuid.uuid4().hex[:12]}")
+
+
+def queue_trials(url: str, study_dir: Path) -> dict[int, list]:
+    """Every trial of the study's queue in the storage, per run index, oldest first."""
+    plan = json.loads((study_dir / "study.json").read_text())
+    storage = work_queue.open_storage(url)
+    study_id = storage.get_study_id_from_name(plan["queue"])
+    trials: dict[int, list] = {}
+    for trial in sorted(storage.get_all_trials(study_id), key=lambda t: t.number):
+        trials.setdefault(trial.user_attrs[work_queue.RUN_INDEX], []).append(trial)
+    storage.engine.dispose()
+    return trials
+
+
+def sessions(run_dir: Path) -> int:
+    """How many times training ran in this folder: one TensorBoard event file per session."""
+    return len(list((run_dir / runfolder.TENSORBOARD_DIR).glob("events.out.tfevents.*")))
+
+
+def epochs(run_dir: Path) -> list[int]:
+    path = run_dir / runfolder.METRICS_FILE
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        return [int(row["epoch"]) for row in csv.DictReader(handle)]
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def run_lines(output: str, state: str) -> list[str]:
+    """Run ids of this worker's `[i/n] <state> <run_id> ...` lines."""
+    return [
+        line.split()[2] for line in output.splitlines() if line.startswith("[") and line.split()[1] == state
+    ]
+
+
+def assert_clean(code: int, output: str) -> None:
+    assert code == 0 and "Traceback" not in output, output
+
+
+# The storage URL --------------------------------------------------------------------------------------------
+
+
+def test_bare_postgresql_urls_open_with_psycopg3_when_psycopg2_is_absent(monkeypatch):
+    import sqlalchemy
+
+    # as SQLAlchemy before 2.1 does: a bare postgresql:// URL means psycopg2
+    default = sqlalchemy.engine.URL.get_driver_name
+    monkeypatch.setattr(
+        sqlalchemy.engine.URL,
+        "get_driver_name",
+        lambda self: "psycopg2" if self.drivername == "postgresql" else default(self),
+    )
+    monkeypatch.setattr(work_queue, "_installed", lambda module: module == "psycopg")
+    url = "postgresql://alice:s3cret@db.example:5433/studies?sslmode=require"
+    assert work_queue.storage_engine_url(url) == url.replace("postgresql://", "postgresql+psycopg://")
+    assert work_queue.storage_engine_url("postgres://bob@db/x") == "postgresql+psycopg://bob@db/x"
+    for kept in ("postgresql+psycopg2://u@h/db", "sqlite:////tmp/study.db", "mysql+pymysql://u@h/db"):
+        assert work_queue.storage_engine_url(kept) == kept
+    monkeypatch.setattr(work_queue, "_installed", lambda module: True)  # psycopg2 is there: used as typed
+    assert work_queue.storage_engine_url(url) == url
+    monkeypatch.setattr(sqlalchemy.engine.URL, "get_driver_name", default)  # SQLAlchemy 2.1: psycopg 3
+    monkeypatch.setattr(work_queue, "_installed", lambda module: module == "psycopg")
+    assert work_queue.storage_engine_url(url) == url
+
+
+def test_a_postgresql_url_without_its_driver_says_which_extra_to_install(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(work_queue, "_installed", lambda module: False)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"base": {**TINY, "train.epochs": 1}, "seeds": [0]}))
+    out = tmp_path / "study"
+    code = cli.main(["study", "run", str(spec), "--out", str(out), "--storage", "postgresql://u:pw@h/db"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "cnnlab[postgres]" in err and "pw" not in err, err
+    assert not out.exists(), "a storage that cannot be opened changes no file"
+
+
+def test_the_server_is_real_and_listens_on_loopback_only(postgres, database):
+    import psycopg
+
+    host, port = "127.0.0.1", postgres.port
+    with psycopg.connect(host=host, port=port, user="cnnlab", dbname=database.rsplit("/", 1)[1]) as conn:
+        version = conn.execute("SHOW server_version").fetchone()[0]
+        listen = conn.execute("SHOW listen_addresses").fetchone()[0]
+    assert version.split(".")[0].isdigit() and listen == "127.0.0.1"
+
+
+# Two machines, one database, one shared folder ------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_two_machines_share_a_postgresql_study_and_each_run_executes_once(tmp_path, database, capsys):
+    raw = {
+        "name": "two-machines",
+        "base": {**FULL_DIGITS, "train.epochs": 3},
+        "grid": {"optim.lr": [0.003, 0.02]},
+        "seeds": [0, 1],
+    }
+    shared = tmp_path / "shared" / "study"
+    machines = [Machine(tmp_path, name) for name in ("machine-a", "machine-b")]
+    workers = [
+        m.start("study", "run", m.spec("spec.yaml", raw), "--out", str(shared), "--storage", database)
+        for m in machines
+    ]
+    results = [worker.finish() for worker in workers]
+    for code, output in results:
+        assert_clean(code, output)
+    run_ids = sorted(path.name for path in (shared / "runs").iterdir())
+    assert len(run_ids) == 4
+    completed = [run_lines(output, "completed") for _, output in results]
+    assert sorted(completed[0] + completed[1]) == run_ids, "every run trained once, by one of the two"
+    assert all(completed), f"both machines took part: {completed}"
+    for run_id in run_ids:  # from the run folders
+        run_dir = shared / "runs" / run_id
+        assert runfolder.read_result(run_dir)["status"] == "completed"
+        assert epochs(run_dir) == [0, 1, 2] and sessions(run_dir) == 1
+    trials = queue_trials(database, shared)  # from the storage
+    assert sorted(trials) == [0, 1, 2, 3]
+    for run_trials in trials.values():
+        assert [t.state.name for t in run_trials] == ["COMPLETE"], "one claim per run, none retried"
+        assert run_trials[0].user_attrs[work_queue.STATUS] == "completed"
+        assert run_trials[0].user_attrs["run_id"] in run_ids
+    assert json.loads((shared / "study.json").read_text())["storage"] == database
+    capsys.readouterr()
+    assert cli.main(["study", "status", str(shared)]) == 0
+    assert "4 completed" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(UNSHARE is None, reason="needs a PID namespace (unshare) to stand for a second machine")
+def test_a_killed_machines_run_is_taken_over_after_its_heartbeats_stop(tmp_path, database):
+    raw = {"name": "takeover", "base": {**FULL_DIGITS, "train.epochs": 12}, "seeds": [0]}
+    shared = tmp_path / "shared" / "study"
+    a, b = Machine(tmp_path, "machine-a"), Machine(tmp_path, "machine-b")
+    args = ("--out", str(shared), "--storage", database, "--heartbeat", "1")  # grace: 3 beats
+    first = a.start("study", "run", a.spec("spec.yaml", raw), *args)
+    run_dir = wait_for(lambda: next(iter(sorted((shared / "runs").glob("*"))), None), 120, "a run folder")
+    second = b.start("study", "run", b.spec("spec.yaml", raw), *args)
+    wait_for(lambda: len(epochs(run_dir)) >= 3, 120, "three epochs on machine a")
+    first.signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    before_kill = epochs(run_dir)
+    assert first.finish(timeout=30)[0] != 0
+
+    def reaped() -> bool:
+        return queue_trials(database, shared)[0][0].state.name != "RUNNING"
+
+    wait_for(reaped, 60, "machine b to take the killed claim back")
+    waited = time.monotonic() - killed_at
+    assert waited >= 1.5, f"taken back after {waited:.1f} s: by heartbeat timeout, not by a pid on b"
+    code, output = second.finish()
+    assert_clean(code, output)
+    assert run_lines(output, "completed") == [run_dir.name]
+    assert epochs(run_dir) == list(range(12)), "each epoch recorded once"
+    assert len(before_kill) >= 3 and sessions(run_dir) == 2, "killed once on a, resumed once on b"
+    assert runfolder.read_result(run_dir)["epochs_run"] == 12
+    run_trials = queue_trials(database, shared)[0]
+    assert [t.state.name for t in run_trials] == ["FAIL", "COMPLETE"]
+    assert run_trials[1].user_attrs[work_queue.ATTEMPT] == 1, "an attempt that made progress costs nothing"
+    assert run_trials[0].user_attrs["worker"]["node"] != run_trials[1].user_attrs["worker"]["node"]
+
+
+@pytest.mark.slow
+def test_a_stopped_machine_loses_its_claim_on_postgresql_and_each_run_completes_once(tmp_path, database):
+    raw = {
+        "name": "pause",
+        "base": {**FULL_DIGITS, "train.epochs": 12},
+        "grid": {"optim.lr": [0.003, 0.01]},
+        "seeds": [0],
+    }
+    shared = tmp_path / "shared" / "study"
+    a, b = Machine(tmp_path, "machine-a"), Machine(tmp_path, "machine-b")
+    args = ("--out", str(shared), "--storage", database, "--heartbeat", "1")
+    sleeper = a.start("study", "run", a.spec("spec.yaml", raw), *args)
+    paused_dir = wait_for(lambda: next(iter(sorted((shared / "runs").glob("*"))), None), 120, "a run folder")
+    wait_for(lambda: len(epochs(paused_dir)) >= 2, 120, "two epochs on machine a")
+    sleeper.signal(signal.SIGSTOP)
+    other = b.start("study", "run", b.spec("spec.yaml", raw), *args)
+
+    def reaped() -> bool:
+        trials = queue_trials(database, shared)
+        return any(t.state.name == "FAIL" for run_trials in trials.values() for t in run_trials)
+
+    wait_for(reaped, 90, "machine b to reap the paused claim")
+    time.sleep(2)
+    sleeper.signal(signal.SIGCONT)
+    results = [sleeper.finish(), other.finish()]
+    for code, output in results:
+        assert_clean(code, output)
+    run_ids = sorted(path.name for path in (shared / "runs").iterdir())
+    completed = [run_id for _, output in results for run_id in run_lines(output, "completed")]
+    assert sorted(completed) == run_ids, f"each run completed exactly once: {results}"
+    assert run_lines(results[0][1], "lost") == [paused_dir.name], "the woken worker saw its claim was lost"
+    for run_id in run_ids:
+        run_dir = shared / "runs" / run_id
+        assert epochs(run_dir) == list(range(12)) and runfolder.read_result(run_dir)["epochs_run"] == 12
+    for run_trials in queue_trials(database, shared).values():
+        assert [t.state.name for t in run_trials].count("COMPLETE") == 1
+
+
+@pytest.mark.slow
+def test_two_tune_processes_on_postgresql_reach_the_trial_budget_exactly(tmp_path, database):
+    raw = {
+        "name": "tune-pg",
+        "base": {**TINY, "train.epochs": 1},
+        "cv": {"folds": 2},
+        "pruner": "none",
+        "space": {"optim.lr": {"low": 0.001, "high": 0.05, "log": True}, "data.batch_size": [16, 32]},
+    }
+    shared = tmp_path / "shared" / "tune"
+    machines = [Machine(tmp_path, name, namespaced=False) for name in ("machine-a", "machine-b")]
+    args = ("--out", str(shared), "--storage", database, "--trials", "5", "--heartbeat", "1")
+    workers = [m.start("tune", m.spec("tune.yaml", raw), *args) for m in machines]
+    results = [worker.finish(timeout=200) for worker in workers]
+    for code, output in results:
+        assert code == 0, output
+    import optuna
+
+    storage = work_queue.open_storage(database)
+    (summary,) = optuna.get_all_study_summaries(storage)
+    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    finished = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(finished) == 5, [(t.number, t.state.name, t.user_attrs) for t in study.trials]
+    report = json.loads((shared / "tune.json").read_text())
+    assert report["finished"] == 5 and [t["state"] for t in report["trials"]].count("complete") == 5
+    storage.engine.dispose()
