@@ -28,6 +28,10 @@ SPEC_MODELS = {
     "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d",
     "densenet121", "densenet161", "densenet169", "densenet201", "densenet264",
     "lenet5", "resnet20_cifar", "preact_resnet20_cifar", "densenet_cifar", "googlenet_cifar",
+    # E4: built by hand from the papers (models/resnext_cifar.py)
+    "resnet20_paper_cifar", "resnet32_paper_cifar", "resnet44_paper_cifar", "resnet56_paper_cifar",
+    "resnet110_paper_cifar", "resnext29_2x64d_cifar", "resnext29_4x64d_cifar", "resnext29_8x64d_cifar",
+    "resnext29_16x64d_cifar",
 }  # fmt: skip
 TORCHVISION_BACKED = [name for name in list_models() if model_info(name).source == "torchvision"]
 
@@ -463,3 +467,34 @@ def _module_source(name: str) -> Path | None:
     except ModuleNotFoundError:
         return None
     return Path(spec.origin) if spec and spec.origin and spec.origin.endswith(".py") else None
+
+
+# --- E4: parameter counts as the papers state them (He et al. 2016 Table 6; Xie et al. 2017 Table 7) ---
+
+PAPER_MILLIONS = {  # the papers print millions to one decimal, truncated
+    "resnet20_paper_cifar": 0.27,
+    "resnet32_paper_cifar": 0.46,
+    "resnet44_paper_cifar": 0.66,
+    "resnet56_paper_cifar": 0.85,
+    "resnet110_paper_cifar": 1.7,
+    "resnext29_8x64d_cifar": 34.4,
+    "resnext29_16x64d_cifar": 68.1,
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_MILLIONS))
+def test_paper_nets_have_the_papers_parameter_counts(name: str) -> None:
+    with torch.device("meta"):
+        params = count_params(create_model(name, num_classes=10))
+    stated = PAPER_MILLIONS[name]
+    digits = 2 if stated < 1 else 1
+    assert abs(params / 1e6 - stated) < 10**-digits, (
+        f"{name}: {params:,} parameters, the paper says {stated} M"
+    )
+
+
+def test_resnext_switches_shape_the_grouped_convolution() -> None:
+    model = create_model("resnext29_2x64d_cifar", num_classes=10, groups=4, width_per_group=8, blocks=1)
+    grouped = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+    assert [(m.groups, m.in_channels) for m in grouped] == [(4, 32), (4, 64), (4, 128)]
+    assert len([m for m in model.modules() if type(m).__name__ == "Bottleneck"]) == 3

@@ -128,7 +128,7 @@ def test_unknown_model_or_unsupported_switch_is_caught_before_running(tmp_path):
     with pytest.raises(ConfigError, match=r"configuration 'model\.name=lenet'.*unknown model 'lenet'"):
         plan_of({"base": BASE, "grid": {"model.name": ["lenet5", "lenet"]}}, tmp_path)
     plan = plan_of({"base": BASE, "grid": {"model.name": ["densenet121"], "model.norm": ["group"]}}, tmp_path)
-    with pytest.raises(ConfigError, match=r"model\.norm='group' is not supported by densenet121"):
+    with pytest.raises(ConfigError, match=r"model\.norm: model 'densenet121' does not support norm='group'"):
         check_plan(plan)
 
 

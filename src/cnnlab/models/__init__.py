@@ -7,12 +7,13 @@ registered first, then torchvision's ImageNet classifiers. This package never im
 
 from __future__ import annotations
 
-from cnnlab.models import cifar, lenet, torchvision_nets  # noqa: F401  (registers the models)
+from cnnlab.models import cifar, lenet, resnext_cifar, torchvision_nets  # noqa: F401  (registers them)
 from cnnlab.models.head import ClassifierHeadMixin
 from cnnlab.models.measure import count_flops, count_params
 from cnnlab.models.registry import (
     STEMS,
     ModelInfo,
+    check_switches,
     create_model,
     list_models,
     model_info,
@@ -28,6 +29,7 @@ __all__ = [
     "ModelInfo",
     "ZooRow",
     "adapt_input_conv",
+    "check_switches",
     "count_flops",
     "count_params",
     "create_model",

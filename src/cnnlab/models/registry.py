@@ -119,6 +119,19 @@ def _check_count(model: str, key: str, value: Any) -> None:
         raise ConfigError(f"{key} for model {model!r} must be a positive integer, got {value!r}")
 
 
+def check_switches(name: str, switches: Mapping[str, Any]) -> None:
+    """Raise ConfigError (naming `model.<switch>`) for a switch the model lacks or a value it cannot honour;
+    switches set to None are the model's own defaults and always pass."""
+    info = model_info(name)
+    for key, value in switches.items():
+        if value is None:
+            continue
+        try:
+            _check_switch(info, key, value)
+        except ConfigError as error:
+            raise ConfigError(f"model.{key}: {error}") from None
+
+
 def _check_switch(info: ModelInfo, key: str, value: Any) -> None:
     """Reject a switch the model does not have, or a value outside what it can honour."""
     if key not in info.switches and key not in UNIVERSAL_HPARAMS:
@@ -159,4 +172,6 @@ _NUMERIC_CHECKS: dict[str, Callable[[str, str, Any], None]] = {
     "image_size": _check_positive_int,
     "blocks": _check_positive_int,
     "widths": _check_positive_ints,
+    "groups": _check_positive_int,
+    "width_per_group": _check_positive_int,
 }

@@ -8,10 +8,8 @@ once with the configuration named, instead of failing its runs one by one.
 from __future__ import annotations
 
 from cnnlab import config as cfg
-from cnnlab.errors import ConfigError, close_matches
+from cnnlab.errors import ConfigError
 from cnnlab.study.plan import StudyPlan
-
-MODEL_SWITCHES = ("dropout", "norm", "activation", "pool")
 
 
 def check_plan(plan: StudyPlan) -> None:
@@ -36,25 +34,12 @@ def check_plan(plan: StudyPlan) -> None:
 def check_config(config: cfg.RunConfig) -> None:
     """One config's model switches and data keys, checked against the zoo and the dataset catalog."""
     from cnnlab.data import check_data_config
-    from cnnlab.models import model_info
+    from cnnlab.models import check_switches
+    from cnnlab.train.resolve import model_switches
 
     try:
-        info = model_info(config.model.name)
+        check_switches(config.model.name, model_switches(config.model))
     except ConfigError as error:
-        raise ConfigError(f"model.name: {error}") from None
-    for switch in MODEL_SWITCHES:
-        value = getattr(config.model, switch)
-        if value is None:
-            continue
-        if switch not in info.switches:
-            have = ", ".join(sorted(info.switches)) or "none"
-            raise ConfigError(
-                f"model.{switch}={value!r}: model {info.name!r} has no {switch!r} switch"
-                f"{close_matches(switch, info.switches)}; its switches: {have}"
-            )
-        allowed = info.switches[switch]
-        if allowed is not None and value not in allowed:
-            raise ConfigError(
-                f"model.{switch}={value!r} is not supported by {info.name}; allowed: {', '.join(allowed)}"
-            )
+        message = str(error)
+        raise ConfigError(message if message.startswith("model.") else f"model.name: {message}") from None
     check_data_config(config.data)

@@ -31,6 +31,20 @@ def resolve_config(config: cfg.RunConfig) -> cfg.RunConfig:
     )
 
 
+def model_switches(model: cfg.ModelConfig) -> dict[str, object]:
+    """The run config's model switches, as `create_model` takes them (None: the architecture's default)."""
+    return {
+        "dropout": model.dropout,
+        "norm": model.norm,
+        "activation": model.activation,
+        "pool": model.pool,
+        "blocks": model.blocks,
+        "widths": list(model.widths) if model.widths is not None else None,
+        "groups": model.groups,
+        "width_per_group": model.width_per_group,
+    }
+
+
 def recorded_stem(option: str, stem: str | None, *, resized: bool) -> str:
     """The stem choice written to the resolved config: 'auto' becomes what it chose (small or resize)."""
     if option != "auto" or stem is None:
