@@ -43,7 +43,7 @@ from cnnlab.train.data_module import InMemoryDataModule
 from cnnlab.train.distributed import run_ranks
 from cnnlab.train.inference import predict_probs, score_predictions
 from cnnlab.train.options import check_trainer_options
-from cnnlab.train.resolve import resolve_config
+from cnnlab.train.resolve import model_switches, resolve_config
 from cnnlab.train.speed import keep_freed_memory
 from cnnlab.train.system import ClassifierSystem
 
@@ -221,13 +221,7 @@ def _pretrained(config: cfg.RunConfig) -> bool:
 
 
 def _model_hparams(config: cfg.RunConfig, info: Any, stem: str, *, in_chans: int, num_classes: int) -> dict:
-    switches = {
-        "dropout": config.model.dropout,
-        "norm": config.model.norm,
-        "activation": config.model.activation,
-        "pool": config.model.pool,
-        "stem": stem,
-    }
+    switches = {**model_switches(config.model), "stem": stem}
     return {
         "num_classes": num_classes,
         "in_chans": in_chans,
@@ -582,6 +576,7 @@ def _provenance(config: cfg.RunConfig) -> dict[str, Any]:
             "lightning": lightning.__version__,
         },
         "device": device,
+        "processes": run_ranks(config).world_size,  # DDP ranks that trained it (1 without DDP)
         "threads": torch.get_num_threads(),
         "hostname": platform.node(),
         "git_commit": _git_commit(),
