@@ -1,10 +1,11 @@
 """Realistic study folders for tests, written as docs/architecture.md describes ("One run", "Studies").
 
 `make_study(root)` writes a 2-fold × 3-seed study of three configurations (lenet5 with dropout 0 and 0.5,
-resnet20_cifar) with metrics.csv, val/test predictions, one failed and one diverged run, an ensemble, and
-study.yaml/study.json. `make_staged_study(root)` writes a two-stage study like studies/transfer.yaml (a
-pretraining stage whose runs initialise a fine-tuning stage). Accuracies are drawn from a fixed RNG, so tests
-recompute every number from the files. Reusable by anyone who needs finished run directories without training.
+resnet20_cifar) with metrics.csv, val/test predictions, the images/*.npz a finished run saves for its report,
+one failed and one diverged run, an ensemble, and study.yaml/study.json. `make_staged_study(root)` writes a
+two-stage study like studies/transfer.yaml (a pretraining stage whose runs initialise a fine-tuning stage).
+Accuracies are drawn from a fixed RNG, so tests recompute every number from the files. Reusable by anyone
+who needs finished run directories without training.
 """
 
 from __future__ import annotations
@@ -18,12 +19,16 @@ from typing import Any
 import numpy as np
 import yaml
 
+from cnnlab import runfolder
 from cnnlab.config import config_hash, dump_yaml, from_dict, to_dict
+from cnnlab.runfolder import ImageSamples
 
 CLASS_NAMES = tuple(str(digit) for digit in range(10))
 VAL_SIZE = 60
 TEST_SIZE = 100
 EPOCHS = 5
+HARDEST = 12  # highest-loss images a run keeps
+AUGMENTED = 8  # training images of the augmentation grid
 FOLDS = 2
 PROVENANCE = {
     "versions": {"python": "3.11.2", "torch": "2.14.1", "torchvision": "0.29.1", "lightning": "2.6.6"},
@@ -53,8 +58,11 @@ FINETUNE_ACCURACY = {("lenet5", "scratch"): 0.72, ("lenet5", "full"): 0.80}
 FINETUNE_ACCURACY |= {("resnet20_cifar", "scratch"): 0.75, ("resnet20_cifar", "full"): 0.86}
 
 
-def make_study(root: Path, *, paired: bool = True, failures: bool = True, ensemble: bool = True) -> Path:
-    """Write a finished study under `root`; `paired=False` gives lenet5+dropout its own seeds (3, 4, 5)."""
+def make_study(
+    root: Path, *, paired: bool = True, failures: bool = True, ensemble: bool = True, images: bool = True
+) -> Path:
+    """Write a finished study under `root`; `paired=False` gives lenet5+dropout its own seeds (3, 4, 5);
+    `images=False` leaves out the runs' images/*.npz (runs of cnnlab versions before them)."""
     root.mkdir(parents=True, exist_ok=True)
     plan = []
     for name, (overrides, accuracy, params, gflops, seconds) in CONFIGURATIONS.items():
@@ -74,6 +82,7 @@ def make_study(root: Path, *, paired: bool = True, failures: bool = True, ensemb
                     gflops=gflops,
                     seconds=seconds,
                     tags={"role": "grid"},
+                    images=images,
                 )
                 plan.append({"run_id": run_dir.name, "overrides": overrides, "seed": seed, "fold": fold})
     if ensemble:
@@ -99,10 +108,12 @@ def write_run(
     seconds: float = 8.0,
     tags: Mapping[str, Any] | None = None,
     classes: Sequence[str] = CLASS_NAMES,
+    images: bool = True,
 ) -> Path:
     """Write one run directory (config.yaml, result.json, metrics.csv, predictions) and return it.
 
-    `status` is completed, failed (no metrics), diverged or interrupted (two epochs, no test)."""
+    `status` is completed, failed (no metrics), diverged or interrupted (two epochs, no test); a completed run
+    also gets images/*.npz unless `images` is false."""
     rng = rng or np.random.default_rng(0)
     config = from_dict(dict(dotted))
     run_dir = runs_root / config_hash(config)
@@ -111,7 +122,7 @@ def write_run(
     result = _result(config, status, tags or {}, params, gflops, classes)
     result["reason"] = REASONS.get(status)
     if status != "failed":
-        _write_trained(run_dir, result, status, accuracy, rng, seconds, len(classes))
+        _write_trained(run_dir, result, status, accuracy, rng, seconds, len(classes), images)
     (run_dir / "result.json").write_text(json.dumps(result, indent=2))
     return run_dir
 
@@ -248,6 +259,7 @@ def _write_trained(
     rng: np.random.Generator,
     seconds: float,
     classes: int,
+    images: bool = True,
 ) -> None:
     """Fill metrics.csv, predictions and the metric fields of a run that trained (completed, diverged or
     interrupted: two epochs and no test)."""
@@ -274,6 +286,69 @@ def _write_trained(
     test = _predictions(TEST_SIZE, accuracy + rng.normal(0, 0.015), rng, classes)
     np.savez(run_dir / "predictions" / "test.npz", **test)
     result["test"] = {"acc": float((test["probs"].argmax(axis=1) == test["labels"]).mean()), "loss": 0.3}
+    predicted = test["probs"].argmax(axis=1)
+    result["per_class_accuracy"] = {
+        name: float((predicted[test["labels"] == k] == k).mean())
+        for k, name in enumerate(result["class_names"])
+    }
+    if images:
+        _write_images(run_dir, test, classes)
+
+
+def _write_images(run_dir: Path, test: dict[str, np.ndarray], classes: int) -> None:
+    """images/*.npz as a finished run leaves them (docs/reports.md), chosen here from its test predictions:
+    the HARDEST highest-loss images, every misclassified image, one Grad-CAM image per class (a blob at a
+    class-dependent place) and AUGMENTED training images with three shifted copies each."""
+    order = np.argsort(test["indices"])
+    probs, labels, indices = test["probs"][order], test["labels"][order], test["indices"][order]
+    losses = -np.log(probs[np.arange(len(labels)), labels])
+    chosen = {
+        "hardest": np.argsort(-losses)[:HARDEST],
+        "confused": np.flatnonzero(probs.argmax(axis=1) != labels),
+        "gradcam": np.array([np.flatnonzero(labels == k)[0] for k in range(min(classes, 8))]),
+    }
+    for kind, rows in chosen.items():
+        samples = ImageSamples(
+            split="test",
+            images=np.stack(
+                [test_image(int(i), int(labels[r])) for r, i in zip(rows, indices[rows])]
+                or [np.zeros((1, 28, 28), np.uint8)]
+            )[: len(rows)],
+            labels=labels[rows],
+            indices=indices[rows],
+            ids=tuple(f"#{i}" for i in indices[rows]),
+            probs=probs[rows],
+            maps=np.stack([_blob(int(labels[r])) for r in rows]) if kind == "gradcam" else None,
+        )
+        runfolder.write_image_samples(run_dir, kind, samples)
+    originals = np.stack([test_image(1000 + k, k % classes) for k in range(AUGMENTED)])
+    draws = [originals] + [np.roll(originals, shift, axis=3) for shift in (-2, 1, 3)]
+    runfolder.write_image_samples(
+        run_dir,
+        "augmented",
+        ImageSamples(
+            split="train",
+            images=np.concatenate(draws),
+            labels=np.tile(np.arange(AUGMENTED) % classes, 4),
+            indices=np.tile(np.arange(AUGMENTED), 4),
+            ids=tuple(f"#{k}" for k in range(AUGMENTED)) * 4,
+            variants=np.repeat(np.arange(4), AUGMENTED),
+        ),
+    )
+
+
+def test_image(index: int, label: int) -> np.ndarray:
+    """A 1×28×28 image: noise fixed by its index and a bright square whose place shows the label."""
+    image = np.random.default_rng(index).integers(0, 60, (1, 28, 28)).astype(np.uint8)
+    top, left = 2 + 8 * (label // 3 % 3), 2 + 8 * (label % 3)
+    image[0, top : top + 8, left : left + 8] = 230
+    return image
+
+
+def _blob(label: int) -> np.ndarray:
+    rows, cols = np.mgrid[0:28, 0:28]
+    top, left = 6 + 8 * (label // 3 % 3), 6 + 8 * (label % 3)
+    return np.exp(-((rows - top) ** 2 + (cols - left) ** 2) / 18.0).astype(np.float32)
 
 
 def _predictions(size: int, accuracy: float, rng: np.random.Generator, classes: int) -> dict[str, np.ndarray]:

@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -38,12 +39,16 @@ from tests.report_fixtures import (
     write_run,
 )
 
-PLOT_FILES = {
+FIGURE_FILES = {
     "learning_curves.png",
+    "lr_schedule.png",
     "confusion_matrix.png",
+    "per_class_accuracy.png",
     "accuracy_vs_cost.png",
     "ensemble_vs_members.png",
 }
+IMAGE_FILES = {"augmented_samples.png", "highest_loss.png", "confused_pairs.png", "gradcam.png"}
+PLOT_FILES = FIGURE_FILES | IMAGE_FILES
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +108,7 @@ def test_html_is_self_contained_with_one_embedded_image_per_figure(paired) -> No
     assert external == []
     assert "http://" not in page and "https://" not in page and "file:" not in page
     assert "script" not in parser.tags and "link" not in parser.tags
-    assert len(parser.images) == len(paths.plots) == 4
+    assert len(parser.images) == len(paths.plots) == 10
     embedded = {base64.b64decode(src.removeprefix("data:image/png;base64,")) for src in parser.images}
     assert embedded == {path.read_bytes() for path in paths.plots}
 
@@ -468,3 +473,111 @@ def _val_means_by_label(results: list[dict]) -> dict[str, float]:
             result["best"]["val_acc"]
         )
     return {label: float(np.mean(found)) for label, found in values.items()}
+
+
+# ---------------------------------------------------------------- the images behind the numbers
+
+
+def _caption(markdown: str, title: str) -> str:
+    """The caption paragraph under a figure's `### title` in report.md."""
+    body = markdown.split(f"\n### {title}\n", 1)[1]
+    paragraphs = [part.strip() for part in body.split("\n\n") if part.strip()]
+    assert paragraphs[0].startswith(f"![{title}]")
+    return paragraphs[1]
+
+
+def _best_runs(root: Path, paths) -> list[Path]:
+    """Folders of the completed runs of the configuration results.csv marks best."""
+    with open(paths.csv, newline="") as handle:
+        (best,) = [row["ident"] for row in csv.DictReader(handle) if row["best"] == "1"]
+    configuration = next(c for c in load_study(root).configurations if c.ident == best)
+    return [run.run_dir for run in configuration.completed_runs]
+
+
+def _run_name(run_dir: Path) -> str:
+    result = json.loads((run_dir / "result.json").read_text())
+    return f"seed {result['config']['train']['seed']}, fold {result['config']['data']['fold']}"
+
+
+def test_the_highest_loss_images_shown_really_have_the_highest_loss(paired) -> None:
+    """Recomputed from every best-configuration run's predictions/test.npz: the caption lists exactly the 12
+    (run, image) pairs with the highest cross-entropy, highest first."""
+    root, paths = paired
+    pooled = []
+    for run_dir in _best_runs(root, paths):
+        saved = np.load(run_dir / "predictions" / "test.npz")
+        losses = -np.log(saved["probs"][np.arange(len(saved["labels"])), saved["labels"]].astype(np.float64))
+        pooled += [(loss, f"#{index}", _run_name(run_dir)) for loss, index in zip(losses, saved["indices"])]
+    expected = sorted(pooled, key=lambda item: -item[0])[:12]
+    caption = _caption(paths.markdown.read_text(), "Highest-loss images of the best configuration")
+    shown = re.findall(r"(#\d+) \(\w+\) loss ([\d.]+) \((seed \d+, fold \d+)\)", caption)
+    assert [(name, run) for name, _, run in shown] == [(name, run) for _, name, run in expected]
+    assert [float(loss) for _, loss, _ in shown] == [round(loss, 2) for loss, _, _ in expected]
+
+
+def test_confused_pairs_are_the_most_frequent_mistakes_with_images_of_that_mistake(paired) -> None:
+    root, paths = paired
+    counts = np.zeros((10, 10), dtype=int)
+    predictions = {}
+    for run_dir in _best_runs(root, paths):
+        saved = np.load(run_dir / "predictions" / "test.npz")
+        predicted = saved["probs"].argmax(axis=1)
+        np.add.at(counts, (saved["labels"], predicted), 1)
+        predictions[_run_name(run_dir)] = dict(zip(saved["indices"], zip(saved["labels"], predicted)))
+    np.fill_diagonal(counts, 0)
+    expected = sorted((-counts[t, p], t, p) for t, p in zip(*np.nonzero(counts)))[:5]
+    caption = _caption(paths.markdown.read_text(), "Most-confused class pairs of the best configuration")
+    pairs = re.findall(r"(\d) → (\d) \((\d+)\): ([^;]+?)(?:;|\.$)", caption)
+    assert [(int(t), int(p), int(n)) for t, p, n, _ in pairs] == [(t, p, -n) for n, t, p in expected]
+    examples = 0
+    for true, predicted, _, listed in pairs:
+        for index, run in re.findall(r"#(\d+) \((seed \d+, fold \d+)\)", listed):
+            assert predictions[run][int(index)] == (int(true), int(predicted))
+            examples += 1
+    assert examples >= 5
+
+
+def test_per_class_accuracy_is_each_configurations_mean_over_its_runs(paired) -> None:
+    from cnnlab.report.plots import per_class_table
+
+    root, _ = paired
+    study = load_study(root)
+    table, names, split = per_class_table(study.configurations)
+    assert names == [str(digit) for digit in range(10)] and split == "test" and len(table) == 3
+    for configuration, row in table:
+        runs = [json.loads((run.run_dir / "result.json").read_text()) for run in configuration.completed_runs]
+        for name, value in zip(names, row):
+            assert value == pytest.approx(np.mean([r["per_class_accuracy"][name] for r in runs]))
+
+
+def test_gradcam_and_augmentation_captions_name_the_images_they_show(paired) -> None:
+    from cnnlab import runfolder
+
+    root, paths = paired
+    markdown = paths.markdown.read_text()
+    first = _best_runs(root, paths)[0]
+    gradcam = runfolder.read_image_samples(first, "gradcam")
+    caption = _caption(markdown, "Where the best configuration looks (Grad-CAM)")
+    assert f"({_run_name(first)}), test split" in caption
+    assert re.findall(r"#\d+ \(\d\)", caption) == [
+        f"{i} ({label})" for i, label in zip(gradcam.ids, gradcam.labels)
+    ]
+    caption = _caption(markdown, "Augmented training samples")
+    assert (
+        caption.count("data.augment=none (C1, C2, C3,") == 1 and len(re.findall(r"#\d+ \(\d\)", caption)) == 8
+    )
+    assert (
+        "## Images behind the numbers" in markdown
+        and "<h2>Images behind the numbers</h2>" in paths.html.read_text()
+    )
+
+
+def test_runs_without_saved_images_get_the_figures_but_no_image_section(tmp_path: Path) -> None:
+    root = make_study(tmp_path, failures=False, ensemble=False, images=False)
+    stale = root / "report_files" / "highest_loss.png"
+    stale.parent.mkdir()
+    stale.write_bytes(b"figure from an earlier report")
+    paths = write_report(root)
+    assert {path.name for path in paths.plots} == FIGURE_FILES - {"ensemble_vs_members.png"}
+    assert "Images behind the numbers" not in paths.markdown.read_text()
+    assert not stale.exists()

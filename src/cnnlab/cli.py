@@ -526,6 +526,27 @@ def _run_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_explain(commands: argparse._SubParsersAction) -> None:
+    sub = _command(
+        commands,
+        "explain",
+        "Write Grad-CAM overlays (where the model looks) for a folder of your own images.",
+        _run_explain,
+    )
+    sub.add_argument("--checkpoint", required=True, help="checkpoint file, run directory or export directory")
+    sub.add_argument("--images", required=True, help="folder of image files (decoded as in training)")
+    sub.add_argument("--out", required=True, help="folder to write one <image name>.png overlay per image")
+
+
+def _run_explain(args: argparse.Namespace) -> int:
+    from cnnlab.train.gradcam import explain_images
+
+    for explained in explain_images(args.checkpoint, args.images, args.out):
+        prediction = f"predicted {explained.predicted} ({explained.probability:.1%})"
+        print(f"{explained.name}: {prediction} -> {explained.path}")
+    return 0
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_train,
     _add_evaluate,
@@ -536,4 +557,5 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_data,
     _add_study,
     _add_tune,
+    _add_explain,
 ]

@@ -1,9 +1,9 @@
 """Read a study (or any folder of runs) from its result files and group the runs into configurations.
 
-Only files are read: every `**/result.json` of a run (ensemble folders excluded), its `metrics.csv` and
-`predictions/*.npz`, every `ensembles/*/result.json`, and `study.yaml` / `study.json` when present. A run
-folder's files are read through `cnnlab.runfolder`, their one owner. No model is built and nothing from
-`cnnlab.models` or `cnnlab.train` is imported.
+Only files are read: every `**/result.json` of a run (ensemble folders excluded), its `metrics.csv`,
+`predictions/*.npz` and `images/*.npz`, every `ensembles/*/result.json`, and `study.yaml` / `study.json` when
+present. A run folder's files are read through `cnnlab.runfolder`, their one owner. No model is built and
+nothing from `cnnlab.models` or `cnnlab.train` is imported.
 
 A configuration is a run's config minus the per-run keys (`train.seed`, `data.fold`, `data.splits_file`),
 plus the stage/role the study tagged it with; `tags.configuration`, when present, is the study's own label.
@@ -28,7 +28,7 @@ import numpy as np
 
 from cnnlab import runfolder
 from cnnlab.errors import CnnlabError
-from cnnlab.runfolder import Predictions
+from cnnlab.runfolder import ImageSamples, Predictions
 
 PER_RUN_KEYS = ("train.seed", "data.fold", "data.splits_file")
 TAG_KEYS = ("stage", "role")
@@ -103,6 +103,11 @@ class RunRecord:
         """The saved predictions of `split` (val or test) sorted by index, None when the file is absent."""
         with _report_errors():
             return runfolder.read_predictions(self.run_dir, split)
+
+    def images(self, kind: str) -> ImageSamples | None:
+        """Thumbnails the run saved at its end (`runfolder.IMAGE_KINDS`), None when the file is absent."""
+        with _report_errors():
+            return runfolder.read_image_samples(self.run_dir, kind)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

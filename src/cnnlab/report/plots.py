@@ -3,6 +3,10 @@
 Each configuration keeps one colour in every figure. Curves show the mean over a configuration's completed
 runs with a band from the lowest to the highest run, so a reader sees both the trend and the spread. In a
 study with stages, the learning curves, the confusion matrix and accuracy against cost show the final stage.
+
+The pictures in the section IMAGES (augmented training samples, the highest-loss images, the most-confused
+class pairs, Grad-CAM maps) are thumbnails the runs saved at their end (`images/*.npz`); every caption names
+the images it shows, in order, by file name (folder datasets) or index in their split.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import io
 import math
 import textwrap
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib import colormaps
@@ -22,12 +27,20 @@ from matplotlib.ticker import MaxNLocator
 
 from cnnlab.report.collect import Configuration, EnsembleRecord, RunRecord, Study
 from cnnlab.report.statistics import ConfigurationRow, stage_rows
-from cnnlab.runfolder import Predictions
+from cnnlab.runfolder import ImageSamples, Predictions
 
 DPI = 110
 LEGEND_WIDTH = 70  # characters per legend line before wrapping
 ENSEMBLE_COLOUR = "#333333"
 CROWDED_BARS = 10  # more bars than this: smaller, slanted member names
+FIGURES = "Figures"  # the section of the report a plot goes into
+IMAGES = "Images behind the numbers"
+THUMB_INCHES = 1.25  # side of one thumbnail in the image figures
+HIGHEST_LOSS_SHOWN = 12  # images in the highest-loss figure (over the best configuration's runs)
+CONFUSED_PAIRS_SHOWN = 5  # most-confused class pairs shown
+PAIR_EXAMPLES = 6  # example images per pair
+AUGMENT_BLOCKS = 4  # distinct data.augment presets shown
+OVERLAY_ALPHA = 0.45  # Grad-CAM heat map over the image
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +51,7 @@ class Plot:
     title: str
     caption: str
     png: bytes
+    section: str = FIGURES
 
 
 def make_plots(study: Study, rows: Sequence[ConfigurationRow]) -> list[Plot]:
@@ -47,9 +61,15 @@ def make_plots(study: Study, rows: Sequence[ConfigurationRow]) -> list[Plot]:
     best = next((row.ident for row in final_rows if row.best), None)
     candidates = [
         learning_curves(study, colours),
+        lr_schedule(study, colours),
         confusion_matrix(study, best),
+        per_class_accuracy(study),
         accuracy_vs_cost(study, final_rows, colours),
         ensembles_vs_members(study, colours),
+        augmented_samples(study),
+        highest_loss(study, best),
+        confused_pairs(study, best),
+        grad_cam(study, best),
     ]
     return [plot for plot in candidates if plot is not None]
 
@@ -351,3 +371,406 @@ def _png(figure: Figure) -> bytes:
 
 def _hex(rgba: tuple[float, ...]) -> str:
     return "#" + "".join(f"{round(255 * channel):02x}" for channel in rgba[:3])
+
+
+# ---------------------------------------------------------------- learning rate and per-class accuracy
+
+
+def lr_schedule(study: Study, colours: dict[str, str]) -> Plot | None:
+    """The learning rate of each epoch (metrics.csv `lr`, at the epoch's start) of the final stage."""
+    configurations = study.stage_configurations(study.final_stage)
+    curves = [
+        (c, [r.metrics for r in c.completed_runs if r.metrics and "lr" in r.metrics]) for c in configurations
+    ]
+    curves = [
+        (c, tables) for c, tables in curves if tables and any(np.isfinite(t["lr"]).any() for t in tables)
+    ]
+    if not curves:
+        return None
+    figure = Figure(figsize=(11, 3.6 + 0.22 * len(curves)), dpi=DPI, layout="constrained")
+    axes = figure.subplots()
+    for configuration, tables in curves:
+        _band(axes, tables, "lr", 1, colours[configuration.ident], _legend_label(configuration))
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("learning rate")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.grid(alpha=0.3)
+    _figure_legend(figure, axes)
+    return Plot(
+        "lr_schedule",
+        "Learning-rate schedule",
+        "The learning rate each epoch started with (metrics.csv), mean over each configuration's completed "
+        "runs; the shaded band spans the lowest to the highest run." + _stage_note(study),
+        _png(figure),
+    )
+
+
+def per_class_accuracy(study: Study) -> Plot | None:
+    """Heat map of each configuration's mean per-class accuracy (result.json) over its completed runs."""
+    table, names, split = per_class_table(study.stage_configurations(study.final_stage))
+    if not table:
+        return None
+    values = np.array([row for _, row in table]) * 100
+    figure = Figure(
+        figsize=(min(max(5.0, 0.55 * len(names) + 3.5), 16.0), 1.6 + 0.42 * len(table)),
+        dpi=DPI,
+        layout="constrained",
+    )
+    axes = figure.subplots()
+    lowest = float(np.nanmin(values)) if np.isfinite(values).any() else 0.0
+    floor = max(0.0, 10 * math.floor(lowest / 10))
+    image = axes.imshow(values, cmap="RdYlGn", vmin=floor, vmax=100, aspect="auto")
+    figure.colorbar(image, ax=axes, label=f"{split} accuracy of the class (%)", shrink=0.9)
+    fontsize = 9 if len(names) <= 20 else 6
+    axes.set_xticks(range(len(names)), names, fontsize=fontsize, rotation=45 if len(names) > 8 else 0)
+    axes.set_yticks(range(len(table)), [c.ident for c, _ in table], fontsize=9)
+    axes.set_xlabel("true class")
+    if len(names) <= 20:
+        for (row, col), value in np.ndenumerate(values):
+            if np.isfinite(value):
+                axes.text(col, row, f"{value:.0f}", ha="center", va="center", fontsize=8)
+    return Plot(
+        "per_class_accuracy",
+        "Per-class accuracy",
+        f"Share of each class's {split} images classified correctly (%), mean over each configuration's "
+        "completed runs (result.json per_class_accuracy); rows are the configurations of the results table."
+        + _stage_note(study),
+        _png(figure),
+    )
+
+
+def per_class_table(
+    configurations: Sequence[Configuration],
+) -> tuple[list[tuple[Configuration, list[float]]], list[str], str]:
+    """(configuration, mean accuracy per class) rows, the class names, and the split they were scored on."""
+    names: list[str] = []
+    scored = []
+    for configuration in configurations:
+        runs = [
+            r for r in configuration.completed_runs if isinstance(r.result.get("per_class_accuracy"), dict)
+        ]
+        runs = [r for r in runs if r.result["per_class_accuracy"]]
+        for run in runs:
+            names += [
+                name for name in run.class_names or run.result["per_class_accuracy"] if name not in names
+            ]
+        if runs:
+            scored.append((configuration, runs))
+    table = []
+    for configuration, runs in scored:
+        row = []
+        for name in names:
+            found = [_finite(run.result["per_class_accuracy"].get(name)) for run in runs]
+            found = [value for value in found if value is not None]
+            row.append(float(np.mean(found)) if found else math.nan)
+        table.append((configuration, row))
+    tested = all(run.test_acc is not None for _, runs in scored for run in runs)
+    return table, names, "test" if tested else "validation"
+
+
+# ---------------------------------------------------------------- images behind the numbers
+
+
+def augmented_samples(study: Study) -> Plot | None:
+    """Training images as the network saw them: each original and the augmentations its run drew."""
+    blocks = _augment_blocks(study.stage_configurations(study.final_stage))
+    if not blocks:
+        return None
+    heights = [samples.variants.max() + 1 if samples.variants is not None else 1 for _, _, samples in blocks]
+    columns = max(len(np.flatnonzero(samples.variants == 0)) for _, _, samples in blocks)
+    figure = Figure(
+        figsize=(max(6.0, THUMB_INCHES * columns + 1.2), sum(THUMB_INCHES * h + 0.7 for h in heights)),
+        dpi=DPI,
+        layout="constrained",
+    )
+    parts = np.atleast_1d(figure.subfigures(len(blocks), 1, height_ratios=[h + 0.6 for h in heights]))
+    described = []
+    for part, (configurations, run, samples) in zip(parts, blocks):
+        preset = str(configurations[0].settings.get("data.augment", "none"))
+        where = f"{', '.join(c.ident for c in configurations)}, {_run_name(run)}"
+        part.suptitle(f"data.augment={preset} ({where})", fontsize=10)
+        _augment_grid(part, samples, run.class_names)
+        originals = np.flatnonzero(samples.variants == 0) if samples.variants is not None else []
+        shown = ", ".join(_image_name(samples, row, run.class_names) for row in originals)
+        described.append(f"data.augment={preset} ({where}): {shown}")
+    return Plot(
+        "augmented_samples",
+        "Augmented training samples",
+        "Training images as the network saw them: each column is one image, the top row as stored and the "
+        "rows below the augmentation its run's data.augment drew in epochs 0, 1, 2 (none: the images are fed "
+        "as they are). Images, left to right — " + "; ".join(described) + "." + _stage_note(study),
+        _png(figure),
+        IMAGES,
+    )
+
+
+def _augment_blocks(
+    configurations: Sequence[Configuration],
+) -> list[tuple[list[Configuration], RunRecord, ImageSamples]]:
+    """One (configurations, run, samples) per distinct (data.name, data.augment), from its first run."""
+    groups: dict[tuple[str, str], list[Configuration]] = {}
+    for configuration in configurations:
+        key = (str(configuration.settings.get("data.name")), str(configuration.settings.get("data.augment")))
+        groups.setdefault(key, []).append(configuration)
+    blocks = []
+    for members in list(groups.values())[:AUGMENT_BLOCKS]:
+        found = next(
+            (
+                (run, s)
+                for c in members
+                for run in c.completed_runs
+                if (s := run.images("augmented")) and len(s)
+            ),
+            None,
+        )
+        if found is not None:
+            blocks.append((members, *found))
+    return blocks
+
+
+def _augment_grid(part: Any, samples: ImageSamples, class_names: Sequence[str]) -> None:
+    variants = samples.variants if samples.variants is not None else np.zeros(len(samples), dtype=np.int64)
+    originals = np.flatnonzero(variants == 0)
+    rows = int(variants.max()) + 1
+    grid = np.atleast_2d(part.subplots(rows, len(originals), squeeze=False))
+    for column, row_of_original in enumerate(originals):
+        for variant in range(rows):
+            axes = grid[variant, column]
+            match = np.flatnonzero(
+                (variants == variant) & (samples.indices == samples.indices[row_of_original])
+            )
+            if match.size:
+                _thumbnail(axes, samples.images[match[0]])
+            axes.set_axis_off()
+            if variant == 0:
+                axes.set_title(_short_title(samples, row_of_original, class_names), fontsize=7)
+        if column == 0:
+            for variant in range(rows):
+                label = "as stored" if variant == 0 else f"epoch {variant - 1}"
+                grid[variant, 0].text(
+                    -0.08,
+                    0.5,
+                    label,
+                    transform=grid[variant, 0].transAxes,
+                    rotation=90,
+                    ha="right",
+                    va="center",
+                    fontsize=7,
+                )
+
+
+def highest_loss(study: Study, best: str | None) -> Plot | None:
+    """The highest-loss images over the best configuration's runs, with true and predicted class."""
+    configuration = next((c for c in study.configurations if c.ident == best), None)
+    if configuration is None:
+        return None
+    split = _evaluation_split(configuration)
+    shown = []
+    for run in configuration.completed_runs:
+        samples = run.images("hardest")
+        if samples is None or samples.probs is None or samples.split != split:
+            continue
+        shown += [(_loss(samples, row), run, samples, row) for row in range(len(samples))]
+    if not shown:
+        return None
+    shown = sorted(shown, key=lambda item: -item[0])[:HIGHEST_LOSS_SHOWN]
+    columns = min(6, len(shown))
+    rows = math.ceil(len(shown) / columns)
+    figure = Figure(
+        figsize=(THUMB_INCHES * 1.45 * columns, THUMB_INCHES * 1.75 * rows), dpi=DPI, layout="constrained"
+    )
+    grid = np.atleast_2d(figure.subplots(rows, columns, squeeze=False))
+    for axes in grid.flat:
+        axes.set_axis_off()
+    for axes, (loss, run, samples, row) in zip(grid.flat, shown):
+        _thumbnail(axes, samples.images[row])
+        names = run.class_names
+        predicted = int(samples.probs[row].argmax())
+        where = f" · {_run_name(run)}" if len(configuration.completed_runs) > 1 else ""
+        axes.set_title(
+            f"{_clip(samples.ids[row])}{where}\ntrue {_class(names, samples.labels[row])}, "
+            f"pred {_class(names, predicted)}\np={samples.probs[row, predicted]:.2f}, loss {loss:.2f}",
+            fontsize=7,
+        )
+    described = ", ".join(
+        f"{_image_name(samples, row, run.class_names)} loss {loss:.2f} ({_run_name(run)})"
+        for loss, run, samples, row in shown
+    )
+    return Plot(
+        "highest_loss",
+        "Highest-loss images of the best configuration",
+        f"{configuration.title}, {split} split: the {len(shown)} images with the highest cross-entropy loss "
+        f"(−log of the probability given to the true class) over its {len(configuration.completed_runs)} "
+        "run(s), highest first, each with its true class, the predicted class and that prediction's "
+        f"probability. Left to right, top to bottom: {described}.",
+        _png(figure),
+        IMAGES,
+    )
+
+
+def confused_pairs(study: Study, best: str | None) -> Plot | None:
+    """The best configuration's most frequent (true, predicted) mistakes, each with example images."""
+    configuration = next((c for c in study.configurations if c.ident == best), None)
+    if configuration is None or not configuration.completed_runs:
+        return None
+    split, predictions = _best_predictions(configuration.completed_runs)
+    if not predictions:
+        return None
+    names = _class_names(configuration.completed_runs[0], predictions)
+    counts = _confusion_counts(predictions, len(names))
+    pairs = _top_pairs(counts)
+    if not pairs:
+        return None
+    examples = [_pair_examples(configuration, split, pair) for pair in pairs]
+    if not any(examples):  # runs that saved no images (older versions): the confusion matrix says it all
+        return None
+    columns = 1 + max(1, max(len(found) for found in examples))
+    figure = Figure(
+        figsize=(THUMB_INCHES * 1.3 * columns + 1.0, THUMB_INCHES * 1.45 * len(pairs)),
+        dpi=DPI,
+        layout="constrained",
+    )
+    grid = np.atleast_2d(figure.subplots(len(pairs), columns, squeeze=False))
+    described = []
+    for axes_row, (true, predicted), found in zip(grid, pairs, examples):
+        for axes in axes_row:
+            axes.set_axis_off()
+        share = 100 * counts[true, predicted] / max(1, counts[true].sum())
+        axes_row[0].text(
+            0.0,
+            0.5,
+            f"true {names[true]}\n→ predicted {names[predicted]}\n{counts[true, predicted]} image(s), "
+            f"{share:.1f}%\nof {names[true]}",
+            transform=axes_row[0].transAxes,
+            ha="left",
+            va="center",
+            fontsize=8,
+        )
+        for axes, (_, samples, row) in zip(axes_row[1:], found):
+            _thumbnail(axes, samples.images[row])
+            axes.set_title(f"{_clip(samples.ids[row])}\np={samples.probs[row, predicted]:.2f}", fontsize=7)
+        pictured = ", ".join(f"{samples.ids[row]} ({_run_name(run)})" for run, samples, row in found)
+        pictured = pictured or "no example saved"
+        described.append(f"{names[true]} → {names[predicted]} ({counts[true, predicted]}): {pictured}")
+    return Plot(
+        "confused_pairs",
+        "Most-confused class pairs of the best configuration",
+        f"{configuration.title}, {split} split, summed over {len(predictions)} run(s): the most frequent "
+        "mistakes (true class → predicted class, how many images and what share of the true class), each "
+        "with up to six misclassified images the runs saved, most confident first (p: probability of the "
+        "wrong class). " + "; ".join(described) + ".",
+        _png(figure),
+        IMAGES,
+    )
+
+
+def grad_cam(study: Study, best: str | None) -> Plot | None:
+    """Grad-CAM maps of the predicted class on a few images, from one run of the best configuration."""
+    configuration = next((c for c in study.configurations if c.ident == best), None)
+    found = None
+    for run in configuration.completed_runs if configuration is not None else ():
+        samples = run.images("gradcam")
+        if samples is not None and samples.maps is not None and samples.probs is not None and len(samples):
+            found = (run, samples)
+            break
+    if found is None:
+        return None
+    run, samples = found
+    columns = len(samples)
+    figure = Figure(
+        figsize=(max(6.0, THUMB_INCHES * 1.2 * columns), THUMB_INCHES * 2.9), dpi=DPI, layout="constrained"
+    )
+    grid = figure.subplots(2, columns, squeeze=False)
+    heat = colormaps["jet"]
+    for column in range(columns):
+        predicted = int(samples.probs[column].argmax())
+        top, bottom = grid[0, column], grid[1, column]
+        _thumbnail(top, samples.images[column])
+        _thumbnail(bottom, samples.images[column])
+        bottom.imshow(
+            samples.maps[column], cmap=heat, vmin=0, vmax=1, alpha=OVERLAY_ALPHA, interpolation="bilinear"
+        )
+        top.set_title(
+            f"{_clip(samples.ids[column])}\ntrue {_class(run.class_names, samples.labels[column])}\n"
+            f"pred {_class(run.class_names, predicted)} {samples.probs[column, predicted]:.2f}",
+            fontsize=7,
+        )
+        top.set_axis_off()
+        bottom.set_axis_off()
+    described = ", ".join(_image_name(samples, row, run.class_names) for row in range(columns))
+    return Plot(
+        "gradcam",
+        "Where the best configuration looks (Grad-CAM)",
+        f"{configuration.title} ({_run_name(run)}), {samples.split} split: one image per class (top) and its "
+        "Grad-CAM map of the predicted class over it (bottom; red: the regions of the last convolutional "
+        "feature map that raised that class's score most). Left to right: " + described + ".",
+        _png(figure),
+        IMAGES,
+    )
+
+
+def _evaluation_split(configuration: Configuration) -> str:
+    """The split the runs' images come from: test when every run was tested, else validation."""
+    runs = configuration.completed_runs
+    return "test" if runs and all(run.test_acc is not None for run in runs) else "val"
+
+
+def _top_pairs(counts: np.ndarray) -> list[tuple[int, int]]:
+    """The most frequent off-diagonal (true, predicted) cells, most frequent first."""
+    off = counts.copy()
+    np.fill_diagonal(off, 0)
+    order = sorted(((int(-off[i, j]), i, j) for i, j in zip(*np.nonzero(off))))[:CONFUSED_PAIRS_SHOWN]
+    return [(i, j) for _, i, j in order]
+
+
+def _pair_examples(
+    configuration: Configuration, split: str, pair: tuple[int, int]
+) -> list[tuple[RunRecord, ImageSamples, int]]:
+    """Saved misclassified images of one (true, predicted) pair over the runs, most confident first."""
+    true, predicted = pair
+    found = []
+    for run in configuration.completed_runs:
+        samples = run.images("confused")
+        if samples is None or samples.probs is None or samples.split != split or not len(samples):
+            continue
+        match = (samples.labels == true) & (samples.probs.argmax(axis=1) == predicted)
+        found += [
+            (float(samples.probs[row, predicted]), run, samples, int(row)) for row in np.flatnonzero(match)
+        ]
+    found.sort(key=lambda item: -item[0])
+    return [(run, samples, row) for _, run, samples, row in found[:PAIR_EXAMPLES]]
+
+
+def _thumbnail(axes: Axes, image: np.ndarray) -> None:
+    """Draw a uint8 (C, H, W) image, grey or RGB, pixel for pixel."""
+    if image.shape[0] == 1:
+        axes.imshow(image[0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    else:
+        axes.imshow(image.transpose(1, 2, 0), interpolation="nearest")
+
+
+def _loss(samples: ImageSamples, row: int) -> float:
+    assert samples.probs is not None
+    return float(-np.log(np.clip(samples.probs[row, samples.labels[row]], 1e-12, 1.0)))
+
+
+def _class(names: Sequence[str], index: int) -> str:
+    index = int(index)
+    return names[index] if 0 <= index < len(names) else str(index)
+
+
+def _image_name(samples: ImageSamples, row: int, class_names: Sequence[str]) -> str:
+    """`cat.123 (cat)` or `#57 (3)`: the image's file stem or split index and its true class."""
+    return f"{samples.ids[row]} ({_class(class_names, samples.labels[row])})"
+
+
+def _short_title(samples: ImageSamples, row: int, class_names: Sequence[str]) -> str:
+    return f"{_clip(samples.ids[row])}\n{_class(class_names, samples.labels[row])}"
+
+
+def _clip(text: str, width: int = 16) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _finite(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None

@@ -27,7 +27,7 @@ import yaml
 from cnnlab import __version__, runfolder
 from cnnlab.io import atomic_write_bytes, atomic_write_text
 from cnnlab.report.collect import Configuration, RunRecord, Study, format_value, load_study
-from cnnlab.report.plots import Plot, make_plots
+from cnnlab.report.plots import FIGURES, IMAGES, Plot, make_plots
 from cnnlab.report.statistics import (
     ConfigurationRow,
     PairedComparison,
@@ -41,7 +41,22 @@ from cnnlab.report.statistics import (
 )
 
 PLOT_DIR = "report_files"
-PLOT_NAMES = ("learning_curves", "confusion_matrix", "accuracy_vs_cost", "ensemble_vs_members")
+PLOT_NAMES = (
+    "learning_curves",
+    "lr_schedule",
+    "confusion_matrix",
+    "per_class_accuracy",
+    "accuracy_vs_cost",
+    "ensemble_vs_members",
+    "augmented_samples",
+    "highest_loss",
+    "confused_pairs",
+    "gradcam",
+)
+IMAGES_NOTE = (
+    "Thumbnails each run saved at its end (images/*.npz in its folder); captions name the images shown, "
+    "left to right, by file name (folder datasets) or by index in their split (#index)."
+)
 BEST_NOTE = "best: highest mean validation accuracy (the test split is never used to choose)"
 EPOCH_NOTE = (
     "`Test_acc` and `Test_loss` in these lines are the validation metrics of each epoch "
@@ -248,7 +263,10 @@ def render_markdown(report: Report) -> str:
     out += _md_comparisons(report.comparisons)
     out += _md_incomplete(study)
     out += ["## Figures", ""] + ([] if report.plots else [NO_FIGURES, ""])
-    for plot in report.plots:
+    for plot in _section(report, FIGURES):
+        out += [f"### {plot.title}", "", f"![{plot.title}]({PLOT_DIR}/{plot.name}.png)", "", plot.caption, ""]
+    out += [f"## {IMAGES}", "", IMAGES_NOTE, ""] if _section(report, IMAGES) else []
+    for plot in _section(report, IMAGES):
         out += [f"### {plot.title}", "", f"![{plot.title}]({PLOT_DIR}/{plot.name}.png)", "", plot.caption, ""]
     out += _md_ensembles(study)
     out += ["## Runs", "", *_md_table(_RUN_HEADER, _run_cells(study)), ""]
@@ -276,8 +294,11 @@ def render_html(report: Report) -> str:
         parts.append(f"<p class='note'>{_e(_stage_note(study, stage))}</p>")
     parts += _html_comparisons(report.comparisons)
     parts += _html_incomplete(study)
-    parts += ["<h2>Figures</h2>"] + [_html_figure(plot) for plot in report.plots]
+    parts += ["<h2>Figures</h2>"] + [_html_figure(plot) for plot in _section(report, FIGURES)]
     parts += [] if report.plots else [f"<p class='note'>{_e(NO_FIGURES)}</p>"]
+    if _section(report, IMAGES):
+        parts += [f"<h2>{_e(IMAGES)}</h2>", f"<p class='note'>{_e(IMAGES_NOTE)}</p>"]
+        parts += [_html_figure(plot) for plot in _section(report, IMAGES)]
     parts += _html_ensembles(study)
     folded = "" if len(study.runs) <= RUNS_OPEN_UP_TO else " (click to show)"
     parts += [
@@ -288,6 +309,11 @@ def render_html(report: Report) -> str:
     parts += _html_provenance(report)
     parts += _html_epoch_lines(study)
     return _HTML_PAGE.format(title=_e(title), style=_STYLE, body="\n".join(parts))
+
+
+def _section(report: Report, section: str) -> list[Plot]:
+    """The report's plots that go into one section (Figures, or the images behind the numbers)."""
+    return [plot for plot in report.plots if plot.section == section]
 
 
 def _write_plots(folder: Path, plots: Sequence[Plot]) -> list[Path]:
