@@ -98,7 +98,14 @@ TRAIN_FLAGS = {  # flag -> (dotted config key, type, help)
     "devices": ("train.devices", str, "Lightning devices (auto, 1, 2, ...)"),
     "num_nodes": ("train.num_nodes", int, "Lightning number of nodes"),
     "strategy": ("train.strategy", str, "Lightning strategy (auto, ddp, ...)"),
+    "plugin": (
+        "model.plugin",
+        str,
+        "import your own networks first: a module or `cnnlab.models` entry point",
+    ),
 }
+
+PLUGIN_HELP = "import this plugin (module or `cnnlab.models` entry point) first, for a model it registers"
 
 
 def _add_train(commands: argparse._SubParsersAction) -> None:
@@ -185,6 +192,7 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
         commands, "evaluate", "Print a trained model's metrics on a dataset split as JSON.", _run_evaluate
     )
     sub.add_argument("--checkpoint", required=True, help="checkpoint file, run directory or export directory")
+    sub.add_argument("--plugin", help=PLUGIN_HELP)
     sub.add_argument("--data", help="dataset to evaluate on (default: the run's own)")
     sub.add_argument("--data-dir", help="folder searched first for dataset files")
     sub.add_argument("--split", default="test", choices=("test", "val", "train"))
@@ -193,6 +201,7 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
 def _run_evaluate(args: argparse.Namespace) -> int:
     from cnnlab.train import evaluate_checkpoint
 
+    _load_plugin(args.plugin)
     metrics = evaluate_checkpoint(args.checkpoint, data=args.data, split=args.split, data_dir=args.data_dir)
     print(json.dumps(metrics, indent=2))
     return 0
@@ -204,6 +213,7 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
     )
     sub.add_argument("--checkpoint", required=True, help="checkpoint file, run directory or export directory")
     sub.add_argument("--images", required=True, help="folder of images, or a dataset name")
+    sub.add_argument("--plugin", help=PLUGIN_HELP)
     sub.add_argument("--out", required=True, help="CSV file to write")
     sub.add_argument(
         "--format",
@@ -215,11 +225,21 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from cnnlab.train import predict_images
+    from cnnlab.train import load_model, predict_images
 
+    _load_plugin(args.plugin)
     path = predict_images(args.checkpoint, args.images, args.out, fmt=args.format, data_dir=args.data_dir)
+    classes = load_model(args.checkpoint).class_names
     print(f"wrote {path}")
+    print("labels: " + ", ".join(f"{index} = {name}" for index, name in enumerate(classes)))
     return 0
+
+
+def _load_plugin(name: str | None) -> None:
+    if name:
+        from cnnlab.models import load_plugin
+
+        load_plugin(name)
 
 
 def _add_export(commands: argparse._SubParsersAction) -> None:
@@ -227,6 +247,7 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
         commands, "export", "Export weights (safetensors) and a manifest, optionally ONNX.", _run_export
     )
     sub.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
+    sub.add_argument("--plugin", help=PLUGIN_HELP)
     sub.add_argument("--out", required=True, help="directory to write model.safetensors and manifest.json")
     sub.add_argument("--onnx", action="store_true", help="also write model.onnx")
 
@@ -234,6 +255,7 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
 def _run_export(args: argparse.Namespace) -> int:
     from cnnlab.train import export_checkpoint
 
+    _load_plugin(args.plugin)
     out = export_checkpoint(args.checkpoint, args.out, onnx=args.onnx)
     print(f"exported to {out}")
     return 0
@@ -264,6 +286,7 @@ def _add_models(commands: argparse._SubParsersAction) -> None:
         _run_models,
     )
     sub.add_argument("names", nargs="*", metavar="NAME", help="only these models (default: all)")
+    sub.add_argument("--plugin", help="import this plugin first, so its models are listed too")
     sub.add_argument("--json", action="store_true", help="print a JSON list (same data as the table)")
     sub.add_argument(
         "--input-size",
@@ -283,6 +306,7 @@ def _add_models(commands: argparse._SubParsersAction) -> None:
 def _run_models(args: argparse.Namespace) -> int:
     from cnnlab.models import describe_zoo, format_zoo_table, parse_input_size
 
+    _load_plugin(args.plugin)
     input_size = parse_input_size(args.input_size) if args.input_size is not None else None
     rows = describe_zoo(args.names or None, input_size=input_size, num_classes=args.num_classes)
     print(json.dumps([row.to_dict() for row in rows], indent=2) if args.json else format_zoo_table(rows))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from cnnlab.models import cifar, lenet, resnext_cifar, torchvision_nets  # noqa: F401  (registers them)
 from cnnlab.models.head import ClassifierHeadMixin
 from cnnlab.models.measure import count_flops, count_params
+from cnnlab.models.plugins import installed_plugins, load_plugin
 from cnnlab.models.registry import (
     STEMS,
     ModelInfo,
@@ -36,7 +37,9 @@ __all__ = [
     "describe_model",
     "describe_zoo",
     "format_zoo_table",
+    "installed_plugins",
     "list_models",
+    "load_plugin",
     "load_pretrained",
     "model_info",
     "parse_input_size",

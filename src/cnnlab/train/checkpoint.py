@@ -92,6 +92,7 @@ def build_trained_model(meta: dict[str, Any], state: dict[str, Any], *, source: 
     from cnnlab.models import create_model
 
     check_meta(meta, source)
+    _check_registered(meta, source)
     try:
         cfg.from_dict(meta["config"])
         model = create_model(meta["model"], **meta["model_hparams"])
@@ -107,6 +108,18 @@ def build_trained_model(meta: dict[str, Any], state: dict[str, Any], *, source: 
             f"{source}: the weights do not fit its {meta['model']!r} model ({first})"
         ) from None
     return TrainedModel(model=model.eval(), meta=meta)
+
+
+def _check_registered(meta: dict[str, Any], source: Path) -> None:
+    """A model from a plugin is built only once the user imported that plugin (`--plugin`): a checkpoint
+    naming a model never imports code."""
+    from cnnlab.models import list_models
+
+    if meta["model"] in list_models():
+        return
+    plugin = (meta["config"].get("model") or {}).get("plugin")
+    hint = f"pass --plugin {plugin} (only if you trust that code)" if plugin else "its code is not installed"
+    raise WeightsError(f"{source}: model {meta['model']!r} is not in the zoo; it came from a plugin: {hint}")
 
 
 def check_meta(meta: dict[str, Any], source: Path) -> None:

@@ -14,13 +14,15 @@ from cnnlab import config as cfg
 from cnnlab.data import native_side
 from cnnlab.data.catalog import FOLDER_PREFIX
 from cnnlab.errors import ConfigError
-from cnnlab.models import model_info, resolve_stem
+from cnnlab.models import load_plugin, model_info, resolve_stem
 
 PATH_INIT_SCHEMES = ("file", "run")
 
 
 def resolve_config(config: cfg.RunConfig) -> cfg.RunConfig:
     """The config a run trains with: stem and image size chosen, every path absolute."""
+    if config.model.plugin:
+        load_plugin(config.model.plugin)
     info = model_info(config.model.name)
     side = native_side(config.data)
     pretrained = config.train.init.startswith("torchvision:")
