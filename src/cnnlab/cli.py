@@ -158,7 +158,9 @@ def _run_train(args: argparse.Namespace) -> int:
     if result.rank:  # another DDP rank: it trained its shard; rank zero prints and writes
         return {"diverged": EXIT_DIVERGED, "failed": EXIT_FAILED}.get(result.status, 0)
     summary = result.summary
-    print(f"{result.status}: {_run_scores(summary)} -> {result.out_dir}")
+    from cnnlab.train.health import flags_note
+
+    print(f"{result.status}: {_run_scores(summary)} -> {result.out_dir}{flags_note(summary)}")
     if result.status == "diverged":
         print(f"cnnlab: run diverged: {summary['reason']}", file=sys.stderr)
         return EXIT_DIVERGED

@@ -106,6 +106,7 @@ class RunResultFile(TypedDict, total=False):
     config: dict[str, Any]
     tags: dict[str, Any]
     provenance: dict[str, Any]
+    flags: list[str]  # completed runs: why it may not have learned (train/health.py); [] when it did
 
 
 @dataclasses.dataclass(frozen=True)

@@ -326,7 +326,9 @@ def execute(plan: StudyPlan, queue: work_queue.RunQueue, claim: work_queue.Claim
     elapsed = time.perf_counter() - started
     mine = queue.finish(claim, status, value=_score(summary), run_id=run.run_id, reason=summary.get("reason"))
     note = "" if mine else " (its claim had expired meanwhile; no other worker ran it)"
-    log(f"{where} {status:<8} {run.run_id} {_describe(run)} {_metrics(summary)} {elapsed:.1f} s{note}")
+    flagged = f" [flagged: {'; '.join(summary['flags'])}]" if summary.get("flags") else ""
+    scores = f"{_metrics(summary)} {elapsed:.1f} s{note}{flagged}"
+    log(f"{where} {status:<8} {run.run_id} {_describe(run)} {scores}")
     return "trained"
 
 

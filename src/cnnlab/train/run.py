@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import platform
 import subprocess
@@ -20,7 +21,7 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
@@ -41,6 +42,7 @@ from cnnlab.train.callbacks import (
 from cnnlab.train.checkpoint import SafeCheckpointIO, load_trained_model, model_state, run_checkpoint_path
 from cnnlab.train.data_module import InMemoryDataModule
 from cnnlab.train.distributed import run_ranks
+from cnnlab.train.health import learning_flags
 from cnnlab.train.inference import predict_probs, score_predictions
 from cnnlab.train.options import check_trainer_options
 from cnnlab.train.resolve import model_switches, resolve_config
@@ -144,8 +146,34 @@ def _train_and_record(
         )
         runfolder.write_result(out_dir, summary)
         raise
+    _log_to_tensorboard(out_dir, summary)
     runfolder.write_result(out_dir, summary)
     return RunResult(status=status, out_dir=out_dir, summary=summary)
+
+
+def _log_to_tensorboard(out_dir: Path, summary: dict[str, Any]) -> None:
+    """The final test scalars and the run's settings (TensorBoard's hparams tab) beside the epoch curves."""
+    logger = TensorBoardLogger(out_dir, name=runfolder.TENSORBOARD_DIR, version="", default_hp_metric=False)
+    step = max(int(summary.get("epochs_run") or 1) - 1, 0)
+    test = summary.get("test") or {}
+    scores = {f"test_{key}": float(value) for key, value in test.items() if value is not None}
+    best = (summary.get("best") or {}).get("val_acc")
+    metrics = {"hp/test_acc": scores.get("test_acc", math.nan), "hp/best_val_acc": best or math.nan}
+    if scores:
+        logger.log_metrics(scores, step=step)
+    logger.log_hyperparams(_flat(summary.get("config") or {}), metrics)
+    logger.finalize("success")
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            plain = isinstance(value, (bool, int, float, str))
+            flat[f"{prefix}{key}"] = value if plain else str(value)
+    return flat
 
 
 def _train_other_rank(config: cfg.RunConfig, out_dir: Path, rank: int, *, resume: bool) -> RunResult:
@@ -355,6 +383,7 @@ def _build_trainer(
         best,
         last,
         DivergenceGuard(check_every=1 if _accelerator(config) == "cpu" else 25),
+        LearningRateMonitor(logging_interval="epoch"),  # lr-<Optimizer> scalars in TensorBoard
     ]
     if config.train.finetune != "full":
         unfreeze = config.train.unfreeze_epoch if config.train.finetune == "gradual" else None
@@ -467,6 +496,9 @@ def _summarize(
     }
     if evaluate:
         summary.update(_evaluate_best(prepared, out_dir))
+    if status == runfolder.COMPLETED:
+        best = summary["best"] or {}
+        summary["flags"] = learning_flags(rows, best.get("val_acc"), _val_class_counts(prepared))
     side = config.data.image_size
     in_chans = prepared.model_hparams["in_chans"]
     summary.update(
@@ -484,6 +516,15 @@ def _summarize(
         }
     )
     return summary
+
+
+def _val_class_counts(prepared: PreparedRun) -> list[int]:
+    """Images per class in the validation split (the training split when there is none)."""
+    _, val_idx = prepared.splits.indices(prepared.config.data.fold if prepared.config.data.folds else 0)
+    labels = (
+        prepared.train_set.labels[torch.as_tensor(val_idx)] if len(val_idx) else prepared.train_set.labels
+    )
+    return torch.bincount(labels, minlength=len(prepared.train_set.class_names)).tolist()
 
 
 def _evaluate_best(prepared: PreparedRun, out_dir: Path) -> dict[str, Any]:
