@@ -35,6 +35,7 @@ def check_config(config: cfg.RunConfig) -> None:
     """One config's model switches and data keys, checked against the zoo and the dataset catalog."""
     from cnnlab.data import check_data_config
     from cnnlab.models import check_switches
+    from cnnlab.train.distributed import check_single_process
     from cnnlab.train.resolve import model_switches
 
     try:
@@ -43,3 +44,4 @@ def check_config(config: cfg.RunConfig) -> None:
         message = str(error)
         raise ConfigError(message if message.startswith("model.") else f"model.name: {message}") from None
     check_data_config(config.data)
+    check_single_process(config)  # a study's run trains in its worker: no DDP (Lightning would re-run it)

@@ -4,6 +4,11 @@ The objective of a trial is the mean k-fold validation accuracy of its configura
 tune's split seed, computed once and saved); after each fold the running mean is reported so a clearly
 worse trial stops early. Several processes, here or on other machines, share one storage URL; the trial
 budget counts over all of them, and a trial whose worker died is retried by another.
+
+The budget is met exactly: a trial starts only when fewer than `trials` trials begun before it (by trial id,
+which the storage hands out in order) are finished or still running. When enough of them are, it waits for
+them; once they have finished, it is not needed and ends without training ("surplus": failed, left out of
+tune.json); should one of them fail, or its worker die, it goes ahead instead.
 """
 
 from __future__ import annotations
@@ -11,7 +16,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import statistics
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +31,7 @@ from cnnlab import config as cfg
 from cnnlab import io
 from cnnlab.errors import CnnlabError
 from cnnlab.study.plan import RUNS_DIR, splits_plan
-from cnnlab.study.queue import open_storage
+from cnnlab.study.queue import open_storage, quiet_optuna
 from cnnlab.study.runner import spec_text
 from cnnlab.study.selection import metric_value
 from cnnlab.study.spec import SearchParam, TuneSpec, load_tune_spec
@@ -34,10 +41,16 @@ BEST_FILE = "best.yaml"
 SUMMARY_FILE = "tune.json"
 STORAGE_FILE = "tune.db"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+SURPLUS = "surplus"  # trial user attr: started once the budget was already met elsewhere; trained nothing
+BUDGET_POLL_S = 0.5
 
 
 class RunFailed(Exception):
     """One fold's run failed or diverged: the trial is recorded as failed and the search goes on."""
+
+
+class BudgetMet(Exception):
+    """The trial budget was met by trials begun before this one: it ends without training."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,17 +88,65 @@ def run_tune(
     remaining = budget - _count_finished(study)
     if remaining > 0:
         callback = optuna.study.MaxTrialsCallback(budget, states=FINISHED)
-        study.optimize(
-            lambda trial: _objective(trial, spec, out_dir, log),
-            n_trials=remaining,
-            callbacks=[callback],
-            catch=(RunFailed, CnnlabError),
-        )
+        with _quiet_surplus_trials():
+            study.optimize(
+                lambda trial: _objective(trial, spec, out_dir, log, budget),
+                n_trials=remaining,
+                callbacks=[callback],
+                catch=(RunFailed, CnnlabError, BudgetMet),
+            )
     return _report(study, spec, out_dir)
+
+
+def _needed(trial: optuna.Trial, budget: int) -> bool:
+    """Is this trial needed for the budget? Waits while trials begun before it could still meet it."""
+    mine = trial._trial_id
+    while True:
+        earlier = [
+            t
+            for t in trial.study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+            if t._trial_id < mine and not t.user_attrs.get(SURPLUS)
+        ]
+        if sum(t.state in FINISHED for t in earlier) >= budget:
+            return False
+        if len(earlier) < budget:
+            return True
+        time.sleep(BUDGET_POLL_S)  # enough are running: see whether they finish (a dead one is reaped)
+        optuna.storages.fail_stale_trials(trial.study)
+
+
+class _quiet_surplus_trials:
+    """Optuna logs every caught failure with its traceback; a surplus trial is not a failure."""
+
+    def __enter__(self) -> None:
+        self.logger = logging.getLogger("optuna.study._optimize")
+        self.filter = _DropSurplus()
+        self.logger.addFilter(self.filter)
+
+    def __exit__(self, *exc: object) -> None:
+        self.logger.removeFilter(self.filter)
+
+
+class _DropSurplus(logging.Filter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.numbers: set[int] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if BudgetMet.__name__ in message:
+            self.numbers.add(int(message.split()[1]))
+            return False
+        return not (
+            message.startswith("Trial ")
+            and message.split()[1].isdigit()
+            and int(message.split()[1]) in self.numbers
+        )
 
 
 def _open_study(spec: TuneSpec, url: str, heartbeat_s: int) -> tuple[optuna.Study, bool]:
     """Create or join the tune's Optuna study; the creating process seeds the sampler (reproducible alone)."""
+    quiet_optuna()  # before the (experimental) retry callback is made, or its warning is printed
     retry = (
         getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
         or optuna.storages.RetryFailedTrialCallback
@@ -124,8 +185,12 @@ def _count_finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
-def _objective(trial: optuna.Trial, spec: TuneSpec, out_dir: Path, log: Any) -> float:
+def _objective(trial: optuna.Trial, spec: TuneSpec, out_dir: Path, log: Any, budget: int) -> float:
     """Mean validation accuracy over the folds; reported fold by fold for pruning."""
+    if not _needed(trial, budget):
+        trial.set_user_attr(SURPLUS, True)
+        trial.study.stop()
+        raise BudgetMet(f"{budget} trials are finished")
     params = {param.key: _suggest(trial, param) for param in spec.space}
     label = " ".join(f"{key}={value}" for key, value in params.items())
     scores: list[float] = []
@@ -209,6 +274,7 @@ def _report(study: optuna.Study, spec: TuneSpec, out_dir: Path) -> TuneOutcome:
             "reason": t.user_attrs.get("reason"),
         }
         for t in study.get_trials(deepcopy=False)
+        if not t.user_attrs.get(SURPLUS)
     ]
     if not completed:
         io.atomic_write_json(out_dir / SUMMARY_FILE, {"name": spec.name, "best": None, "trials": trials})
