@@ -59,7 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         signum = stop.signum if isinstance(stop, Interrupted) else 2
         hint = getattr(args, "resume_hint", None)
         name = "SIGINT" if signum == 2 else stop.signal_name
-        print(f"cnnlab: interrupted by {name}" + (f"; resume with: {hint}" if hint else ""), file=sys.stderr)
+        resume = f"; resume with: {hint}" if hint else ""
+        if not getattr(stop, "quiet", False):  # quiet: another DDP rank (rank zero says it)
+            print(f"cnnlab: interrupted by {name}{resume}", file=sys.stderr)
         return 128 + signum
 
 

@@ -187,7 +187,11 @@ def _train_other_rank(config: cfg.RunConfig, out_dir: Path, rank: int, *, resume
     checkpoint = runfolder.checkpoint_path(out_dir) if resume else None
     checkpoint = checkpoint if checkpoint is not None and checkpoint.is_file() else None
     recorder = EpochRecorder(out_dir, echo=False)
-    status, reason = _train(prepared, out_dir, checkpoint, recorder, None, primary=False)
+    try:
+        status, reason = _train(prepared, out_dir, checkpoint, recorder, None, primary=False)
+    except Interrupted as stop:
+        stop.quiet = True  # type: ignore[attr-defined]  # rank zero records it and says how to resume
+        raise
     summary = {"run_id": run_id, "status": status, "reason": reason, "rank": rank}
     return RunResult(status=status, out_dir=out_dir, summary=summary, rank=rank)
 
