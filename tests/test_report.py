@@ -564,7 +564,8 @@ def test_gradcam_and_augmentation_captions_name_the_images_they_show(paired) -> 
     ]
     caption = _caption(markdown, "Augmented training samples")
     assert (
-        caption.count("data.augment=none (C1, C2, C3,") == 1 and len(re.findall(r"#\d+ \(\d\)", caption)) == 8
+        caption.count("data.augment=none (C1, C2, C3; shown: C1 seed 0, fold 0)") == 1
+        and len(re.findall(r"#\d+ \(\d\)", caption)) == 8
     )
     assert (
         "## Images behind the numbers" in markdown
@@ -581,3 +582,20 @@ def test_runs_without_saved_images_get_the_figures_but_no_image_section(tmp_path
     assert {path.name for path in paths.plots} == FIGURE_FILES - {"ensemble_vs_members.png"}
     assert "Images behind the numbers" not in paths.markdown.read_text()
     assert not stale.exists()
+
+
+def test_the_lr_panel_draws_one_line_per_schedule(paired, tmp_path: Path) -> None:
+    _, paths = paired
+    assert "Every configuration follows the same schedule" in _caption(
+        paths.markdown.read_text(), "Learning-rate schedule"
+    )
+    for lr in (0.05, 0.1):
+        run_dir = write_run(tmp_path / "runs", {"model.name": "lenet5", "optim.lr": lr})
+        metrics = (run_dir / "metrics.csv").read_text().splitlines()
+        column = metrics[0].split(",").index("lr")
+        rows = [line.split(",") for line in metrics[1:]]
+        for row in rows:
+            row[column] = str(float(row[column]) * lr / 0.05)
+        (run_dir / "metrics.csv").write_text("\n".join([metrics[0], *(",".join(row) for row in rows)]) + "\n")
+    caption = _caption(write_report(tmp_path).markdown.read_text(), "Learning-rate schedule")
+    assert "same schedule" not in caption

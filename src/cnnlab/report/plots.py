@@ -387,10 +387,15 @@ def lr_schedule(study: Study, colours: dict[str, str]) -> Plot | None:
     ]
     if not curves:
         return None
+    shared = _one_schedule([tables for _, tables in curves])
     figure = Figure(figsize=(11, 3.6 + 0.22 * len(curves)), dpi=DPI, layout="constrained")
     axes = figure.subplots()
-    for configuration, tables in curves:
-        _band(axes, tables, "lr", 1, colours[configuration.ident], _legend_label(configuration))
+    if shared and len(curves) > 1:  # drawn once: coinciding lines would hide all but the last colour
+        label = f"{', '.join(c.ident for c, _ in curves)} (one schedule)"
+        _band(axes, [t for _, tables in curves for t in tables], "lr", 1, ENSEMBLE_COLOUR, label)
+    else:
+        for configuration, tables in curves:
+            _band(axes, tables, "lr", 1, colours[configuration.ident], _legend_label(configuration))
     axes.set_xlabel("epoch")
     axes.set_ylabel("learning rate")
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -400,9 +405,21 @@ def lr_schedule(study: Study, colours: dict[str, str]) -> Plot | None:
         "lr_schedule",
         "Learning-rate schedule",
         "The learning rate each epoch started with (metrics.csv), mean over each configuration's completed "
-        "runs; the shaded band spans the lowest to the highest run." + _stage_note(study),
+        "runs; the shaded band spans the lowest to the highest run."
+        + (
+            " Every configuration follows the same schedule, drawn once."
+            if shared and len(curves) > 1
+            else ""
+        )
+        + _stage_note(study),
         _png(figure),
     )
+
+
+def _one_schedule(groups: Sequence[Sequence[dict[str, np.ndarray]]]) -> bool:
+    """Whether every run of every configuration has the same per-epoch learning rates."""
+    schedules = [(t["epoch"].tolist(), np.round(t["lr"], 12).tolist()) for tables in groups for t in tables]
+    return all(schedule == schedules[0] for schedule in schedules)
 
 
 def per_class_accuracy(study: Study) -> Plot | None:
@@ -487,7 +504,8 @@ def augmented_samples(study: Study) -> Plot | None:
     described = []
     for part, (configurations, run, samples) in zip(parts, blocks):
         preset = str(configurations[0].settings.get("data.augment", "none"))
-        where = f"{', '.join(c.ident for c in configurations)}, {_run_name(run)}"
+        shown_from = next(c.ident for c in configurations if run in c.runs)
+        where = f"{', '.join(c.ident for c in configurations)}; shown: {shown_from} {_run_name(run)}"
         part.suptitle(f"data.augment={preset} ({where})", fontsize=10)
         _augment_grid(part, samples, run.class_names)
         originals = np.flatnonzero(samples.variants == 0) if samples.variants is not None else []
