@@ -179,3 +179,29 @@ def test_explain_with_a_missing_path_exits_2_with_one_line(
         and f"no-{'run' if missing == 'checkpoint' else 'pictures'}" in error
     )
     assert not (tmp_path / "o").exists()
+
+
+def test_explain_refuses_an_out_that_is_a_file_or_the_images_folder(
+    tiny_checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    Image.new("RGB", (28, 28)).save(pictures / "a.png")
+    (tmp_path / "taken").write_text("a file")
+    for out in (tmp_path / "taken", pictures):
+        assert (
+            main(
+                [
+                    "explain",
+                    "--checkpoint",
+                    str(tiny_checkpoint),
+                    "--images",
+                    str(pictures),
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 2
+        )
+        assert capsys.readouterr().err.startswith(f"cnnlab: error: --out {out} ")
+    assert sorted(path.name for path in pictures.iterdir()) == ["a.png"]

@@ -639,7 +639,9 @@ def confused_pairs(study: Study, best: str | None) -> Plot | None:
     pairs = _top_pairs(counts)
     if not pairs:
         return None
-    examples = [_pair_examples(configuration, split, pair) for pair in pairs]
+    saved = [(run, run.images("confused")) for run in configuration.completed_runs]
+    saved = [(run, s) for run, s in saved if s is not None and s.probs is not None and s.split == split]
+    examples = [_pair_examples(saved, pair) for pair in pairs]
     if not any(examples):  # runs that saved no images (older versions): the confusion matrix says it all
         return None
     columns = 1 + max(1, max(len(found) for found in examples))
@@ -742,15 +744,13 @@ def _top_pairs(counts: np.ndarray) -> list[tuple[int, int]]:
 
 
 def _pair_examples(
-    configuration: Configuration, split: str, pair: tuple[int, int]
+    saved: Sequence[tuple[RunRecord, ImageSamples]], pair: tuple[int, int]
 ) -> list[tuple[RunRecord, ImageSamples, int]]:
-    """Saved misclassified images of one (true, predicted) pair over the runs, most confident first."""
+    """The runs' saved misclassified images of one (true, predicted) pair, most confident first."""
     true, predicted = pair
     found = []
-    for run in configuration.completed_runs:
-        samples = run.images("confused")
-        if samples is None or samples.probs is None or samples.split != split or not len(samples):
-            continue
+    for run, samples in saved:
+        assert samples.probs is not None
         match = (samples.labels == true) & (samples.probs.argmax(axis=1) == predicted)
         found += [
             (float(samples.probs[row, predicted]), run, samples, int(row)) for row in np.flatnonzero(match)

@@ -24,7 +24,7 @@ from cnnlab import runfolder
 from cnnlab.data import ImageSet, InMemoryLoader, load_split, parse_augment
 from cnnlab.data.imageset import resize_images
 from cnnlab.runfolder import ImageSamples, Predictions
-from cnnlab.train.gradcam import explain_uint8
+from cnnlab.train.gradcam import explain_uint8, printable
 
 if TYPE_CHECKING:
     from cnnlab.train.run import PreparedRun
@@ -169,7 +169,7 @@ def image_ids(image_set: ImageSet, indices: np.ndarray) -> list[str]:
     """File stems of folder images, `#<index>` for datasets without file names."""
     if image_set.ids is None:
         return [f"#{int(index)}" for index in indices]
-    return [image_set.ids[int(index)] for index in indices]
+    return [printable(image_set.ids[int(index)]) for index in indices]
 
 
 def thumbnails(images: torch.Tensor) -> np.ndarray:

@@ -152,6 +152,8 @@ def explain_images(checkpoint: str | Path, images: str | Path, out_dir: str | Pa
         raise DataError(f"--images {images}: no such folder; give a folder of image files")
     if out_dir.resolve() == images.resolve():
         raise ConfigError(f"--out {out_dir} is the --images folder; write the overlays to another folder")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} is a file; give a folder for the overlay PNGs")
     trained = load_model(checkpoint)
     meta = trained.meta
     ids, pixels = read_image_folder(images, size=meta["image_size"], channels=meta["in_chans"])
@@ -169,10 +171,11 @@ def explain_images(checkpoint: str | Path, images: str | Path, out_dir: str | Pa
             index = start + row
             predicted = trained.class_names[int(cams.classes[row])]
             probability = float(cams.probs[row, cams.classes[row]])
-            caption = f"{ids[index]}: predicted {predicted} ({probability:.1%}); Grad-CAM of {predicted}"
+            name = printable(ids[index])
+            caption = f"{name}: predicted {predicted} ({probability:.1%}); Grad-CAM of {predicted}"
             png = _overlay_png(batch[row], cams.maps[row], caption)
             path = io.atomic_write_bytes(out_dir / f"{names[index]}.png", png)
-            written.append(Explanation(ids[index], predicted, probability, path))
+            written.append(Explanation(name, predicted, probability, path))
     return written
 
 
@@ -191,6 +194,11 @@ def _overlay_png(image: torch.Tensor, cam: np.ndarray, caption: str) -> bytes:
     buffer = bytes_io.BytesIO()
     canvas.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def printable(name: str) -> str:
+    """A file stem as text that can be written and drawn: undecodable bytes (surrogate escapes) as `\\xNN`."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _unique_names(stems: list[str]) -> list[str]:
