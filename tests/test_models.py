@@ -421,7 +421,9 @@ def test_unknown_model_names_close_matches() -> None:
 def test_resolve_stem() -> None:
     assert resolve_stem("resnet50", "auto", 28) == ("small", 28)
     assert resolve_stem("resnet50", "auto", 128) == ("imagenet", 128)
-    assert resolve_stem("resnet50", "auto", 28, pretrained=True) == ("imagenet", 224)
+    assert resolve_stem("resnet50", "auto", 28, pretrained=True) == ("imagenet", 64)
+    assert resolve_stem("resnet50", "auto", 96, pretrained=True) == ("imagenet", 96)
+    assert resolve_stem("resnet50", "imagenet", 64) == ("imagenet", 64)
     assert resolve_stem("resnet50", "resize", 32) == ("imagenet", 224)
     assert resolve_stem("resnet50", "small", 96) == ("small", 96)
     assert resolve_stem("lenet5", "resize", 28) == (None, 28)

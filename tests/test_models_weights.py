@@ -107,7 +107,7 @@ def test_googlenet_pretrained_file_drops_aux_and_folds_input_transform() -> None
 
 def test_small_stem_refuses_pretrained_weights(resnet18_state: dict) -> None:
     model = create_model("resnet18", num_classes=10, stem="small")
-    with pytest.raises(WeightsError, match="imagenet stem.*model.stem=resize"):
+    with pytest.raises(WeightsError, match="imagenet stem.*model.stem=auto"):
         load_pretrained(model, resnet18_state, name="resnet18")
 
 

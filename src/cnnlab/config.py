@@ -26,7 +26,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.norm": NORMS,
     "model.activation": ACTIVATIONS,
     "model.pool": ("avg", "max"),
-    "model.stem": ("auto", "resize", "small"),
+    "model.stem": ("auto", "resize", "small", "imagenet"),
     "data.normalize": ("dataset", "weights", "none"),
     "data.bad_images": ("error", "skip"),
     "optim.optimizer": ("sgd", "adam", "adamw"),
@@ -44,7 +44,7 @@ class ModelConfig:
     norm: str | None = None  # batch | group | layer | instance | none
     activation: str | None = None  # relu | sigmoid | tanh | gelu | leakyrelu | silu
     pool: str | None = None  # avg | max (lenet5)
-    stem: str = "auto"  # ImageNet-shaped nets on small inputs: auto | resize (to 224) | small (3x3 stem)
+    stem: str = "auto"  # ImageNet-shaped nets: auto | resize (to 224) | small (3x3 stem) | imagenet (as is)
     blocks: int | None = None  # residual blocks per group/stage (CIFAR ResNets and ResNeXts)
     widths: tuple[int, ...] | None = None  # channels per group (resnet20_cifar, preact_resnet20_cifar)
     groups: int | None = None  # ResNeXt cardinality: groups of the 3x3 convolution

@@ -19,7 +19,7 @@ from cnnlab.errors import ConfigError, close_matches, unknown_choice
 
 STEMS = ("imagenet", "small")  # built layouts: torchvision's stem, or 3x3 stride-1 conv without max-pool
 STEM_OPTIONS = CHOICES["model.stem"]  # run option: auto | resize | small
-SMALL_INPUT_SIDE = 64  # auto picks the small stem below this input side
+SMALL_INPUT_SIDE = 64  # auto picks the small stem below this input side (pretrained: upsamples to it)
 UNIVERSAL_HPARAMS = (
     "image_size",
 )  # accepted by every builder; ignored where the layout does not depend on it
@@ -91,10 +91,12 @@ def resolve_stem(
 ) -> tuple[str | None, int]:
     """Map the run option auto|resize|small to (the `stem` switch to build with, the input side to feed).
 
-    auto: the small stem below 64 px (imagenet stem at 224 when loading pretrained weights, whose stem
-    kernels only fit that layout), else the imagenet stem at the native side; resize: imagenet stem at 224;
-    small: small stem at the native side. Nets without a stem switch return (None, image_side); None is
-    dropped by create_model, so the pair can always be passed through.
+    auto: the small stem below 64 px, else the imagenet stem at the native side; with pretrained weights
+    (whose stem kernels only fit the imagenet layout) the imagenet stem, at 64 px when the images are
+    smaller (upsampled: 12x cheaper than 224 px, and the stem's stride-4 still leaves a 2x2 map at the
+    end); resize: imagenet stem at 224; imagenet: imagenet stem at the given side; small: small stem at the
+    native side. Nets without a stem switch return (None, image_side); None is dropped by create_model, so
+    the pair can always be passed through.
     """
     if stem_option not in STEM_OPTIONS:
         raise ConfigError(
@@ -107,7 +109,11 @@ def resolve_stem(
     if stem_option == "auto":
         if image_side >= SMALL_INPUT_SIDE:
             return "imagenet", image_side
-        stem_option = "resize" if pretrained else "small"
+        if pretrained:
+            return "imagenet", SMALL_INPUT_SIDE
+        stem_option = "small"
+    if stem_option == "imagenet":
+        return "imagenet", image_side
     if stem_option == "resize":
         return "imagenet", info.default_input_size[-1]
     return "small", image_side

@@ -62,7 +62,7 @@ def load_pretrained(model: nn.Module, state_dict: dict[str, Any], *, name: str) 
     if getattr(model, "stem_kind", None) == "small":
         raise WeightsError(
             f"pretrained weights for {name} need the imagenet stem, but the model has the small stem; "
-            "set model.stem=resize (or auto, which does so for pretrained inits)"
+            "set model.stem=auto (the imagenet stem, at 64 px or more), imagenet or resize"
         )
     state = info.adapt_weights(dict(state_dict)) if info.adapt_weights else dict(state_dict)
     skipped = [key for key in state if key.startswith(info.ignored_weight_prefixes)]

@@ -25,9 +25,9 @@ def resolve_config(config: cfg.RunConfig) -> cfg.RunConfig:
         load_plugin(config.model.plugin)
     info = model_info(config.model.name)
     side = native_side(config.data)
-    pretrained = config.train.init.startswith("torchvision:")
+    pretrained = is_pretrained(config.train.init)
     stem, fed_side = resolve_stem(info.name, config.model.stem, side, pretrained=pretrained)
-    recorded = recorded_stem(config.model.stem, stem, resized=fed_side != side)
+    recorded = recorded_stem(config.model.stem, stem)
     return cfg.replace(
         config, **{"model.stem": recorded, "data.image_size": fed_side, **_absolute_paths(config)}
     )
@@ -47,13 +47,17 @@ def model_switches(model: cfg.ModelConfig) -> dict[str, object]:
     }
 
 
-def recorded_stem(option: str, stem: str | None, *, resized: bool) -> str:
-    """The stem choice written to the resolved config: 'auto' becomes what it chose (small or resize)."""
+def is_pretrained(init: str) -> bool:
+    """Weights from ImageNet training (torchvision names or a file): they need torchvision's stem."""
+    return init.startswith(("torchvision:", "file:"))
+
+
+def recorded_stem(option: str, stem: str | None) -> str:
+    """The stem choice written to the resolved config: 'auto' becomes what it chose (small or imagenet at
+    the recorded data.image_size), so resolving again changes nothing."""
     if option != "auto" or stem is None:
         return option
-    if stem == "small":
-        return "small"
-    return "resize" if resized else option
+    return stem
 
 
 def absolute(path: str, key: str) -> str:

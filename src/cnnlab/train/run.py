@@ -45,7 +45,7 @@ from cnnlab.train.distributed import run_ranks
 from cnnlab.train.health import learning_flags
 from cnnlab.train.inference import predict_probs, score_predictions
 from cnnlab.train.options import check_trainer_options
-from cnnlab.train.resolve import model_switches, resolve_config
+from cnnlab.train.resolve import is_pretrained, model_switches, resolve_config
 from cnnlab.train.speed import keep_freed_memory
 from cnnlab.train.system import ClassifierSystem
 
@@ -72,6 +72,7 @@ class PreparedRun:
     model_hparams: dict[str, Any]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    init_note: str = ""  # what loading the init weights changed (first conv adapted, head replaced)
 
 
 def fit(
@@ -126,6 +127,8 @@ def _train_and_record(
 ) -> RunResult:
     """Train, then write result.json: scored when the run ended, without scores when it was interrupted."""
     started = time.perf_counter()
+    if prepared.init_note:
+        print(prepared.init_note, flush=True)
     recorder = EpochRecorder(out_dir, echo=not os.environ.get("CNNLAB_QUIET"))
     try:
         status, reason = _train(prepared, out_dir, checkpoint, recorder, abandon)
@@ -226,9 +229,9 @@ def prepare_run(config: cfg.RunConfig) -> PreparedRun:
     )
     torch.manual_seed(resolved.train.seed)  # weight initialisation is part of the run's seed
     model = create_model(info.name, **hparams)
-    _initialise(model, resolved.train.init, info.name)
+    note = _initialise(model, resolved.train.init, info.name)
     return PreparedRun(
-        cfg.config_hash(resolved), resolved, train_set, splits, model, hparams, tuple(mean), tuple(std)
+        cfg.config_hash(resolved), resolved, train_set, splits, model, hparams, tuple(mean), tuple(std), note
     )
 
 
@@ -249,7 +252,7 @@ def _check_classes(train_set: ImageSet, dataset: str) -> None:
 
 
 def _pretrained(config: cfg.RunConfig) -> bool:
-    return config.train.init.startswith("torchvision:")
+    return is_pretrained(config.train.init)
 
 
 def _model_hparams(config: cfg.RunConfig, info: Any, stem: str, *, in_chans: int, num_classes: int) -> dict:
@@ -275,13 +278,14 @@ def _splits_for(config: cfg.RunConfig, train_set: ImageSet) -> Splits:
     )
 
 
-def _initialise(model: nn.Module, init: str, model_name: str) -> None:
-    """Apply `train.init`: scratch | torchvision:<WEIGHTS> | file:<path> | run:<run dir>."""
+def _initialise(model: nn.Module, init: str, model_name: str) -> str:
+    """Apply `train.init`: scratch | torchvision:<WEIGHTS> | file:<path> | run:<run dir>; returns a line
+    saying what loading changed ('' for scratch)."""
     from cnnlab.models import torchvision_state_dict
 
     scheme, _, value = init.partition(":")
     if scheme == "scratch" and not value:
-        return
+        return ""
     if scheme == "torchvision" and value:
         state = torchvision_state_dict(model_name, value)
     elif scheme == "file" and value:
@@ -293,7 +297,25 @@ def _initialise(model: nn.Module, init: str, model_name: str) -> None:
             f"train.init={init!r} is not understood; use scratch, torchvision:<WEIGHTS>, "
             "file:<path> or run:<run dir>"
         )
+    before = _shapes(state, model)
     load_pretrained(model, state, name=model_name)
+    return f"init {init}: " + "; ".join(before)
+
+
+def _shapes(state: dict[str, Any], model: nn.Module) -> list[str]:
+    """What the init weights have to be adapted to this model: input channels and the head's class count."""
+    changes = []
+    conv = state.get(f"{model.first_conv_path}.weight")
+    if conv is not None and conv.shape[1] != model.get_first_conv().in_channels:
+        changes.append(
+            f"{model.first_conv_path} adapted from {conv.shape[1]} to "
+            f"{model.get_first_conv().in_channels} input channels"
+        )
+    head = state.get(f"{model.classifier_path}.weight")
+    classes = model.get_classifier().out_features
+    if head is not None and head.shape[0] != classes:
+        changes.append(f"head replaced: {head.shape[0]} → {classes} classes")
+    return changes or ["loaded as is"]
 
 
 def _write_run_header(out_dir: Path, prepared: PreparedRun, *, fresh: bool) -> None:
