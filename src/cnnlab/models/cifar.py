@@ -1,10 +1,10 @@
 """CIFAR-scale ResNet, pre-activation ResNet, DenseNet and GoogLeNet (≈0.25 M parameters each), written here.
 
-Layouts follow docs/experiments.md ("SPEC §2") to the letter (the UvA deep-learning course's tutorial
-nets). At 3x32x32 with 10 classes: resnet20_cifar 272,474 parameters, preact_resnet20_cifar 272,250,
-densenet_cifar 239,146, googlenet_cifar 260,650. Each takes `activation` (relu default), `norm` (batch default) and `dropout` (before
-the classifier); the ResNets also `blocks` (per group) and `widths` (one per group). All end in a global
-average pool, so any input side works.
+Layouts follow docs/experiments.md ("SPEC §2") to the letter (the UvA deep-learning course's tutorial nets).
+At 3x32x32 with 10 classes: resnet20_cifar 272,474 parameters, preact_resnet20_cifar 272,250, densenet_cifar
+239,146, googlenet_cifar 260,650. Each takes `activation` (relu default), `norm` (batch default) and `dropout`
+(before the classifier); the ResNets also `blocks` (per group) and `widths` (one per group). All end in a
+global average pool, so any input side works.
 """
 
 from __future__ import annotations
