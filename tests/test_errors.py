@@ -373,3 +373,11 @@ def test_a_garbage_idx_file_is_named(tmp_path, capsys, monkeypatch):
     args = ["train", "--model", "lenet5", "--data", "fashion-mnist", "--data-dir", str(data)]
     line = user_error(capsys, [*args, "--out", str(tmp_path / "r")], contains="IDX file")
     assert "AssertionError" not in line
+
+
+def test_a_missing_weights_file_stops_a_study_before_any_run(tmp_path, capsys):
+    raw = {"base": {**TINY, "train.init": f"file:{tmp_path / 'missing.pth'}"}, "seeds": [0, 1]}
+    spec = write_spec(tmp_path / "s.yaml", raw)
+    study = tmp_path / "study"
+    user_error(capsys, ["study", "run", str(spec), "--out", str(study)], contains="missing.pth' not found")
+    assert not study.exists()

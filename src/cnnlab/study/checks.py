@@ -7,14 +7,17 @@ once with the configuration named, instead of failing its runs one by one.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from cnnlab import config as cfg
-from cnnlab.errors import ConfigError
+from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.study.plan import StudyPlan
 
 
 def check_plan(plan: StudyPlan) -> None:
     """Every planned config names a known model with switches it supports and a known dataset."""
     seen: set[str] = set()
+    checked: set[str] = set()
     for run in plan.runs:
         if run.config is None:
             continue
@@ -27,8 +30,22 @@ def check_plan(plan: StudyPlan) -> None:
         seen.add(key)
         try:
             check_config(run.config)
-        except ConfigError as error:
+            check_init_file(run.config.train.init, checked)
+        except CnnlabError as error:
             raise ConfigError(f"stage {run.stage!r}, configuration {run.configuration!r}: {error}") from None
+
+
+def check_init_file(init: str, checked: set[str]) -> None:
+    """A `file:` init must exist and load as weights before the first run trains (each file read once)."""
+    from cnnlab import io
+
+    scheme, _, path = init.partition(":")
+    if scheme != "file" or path in checked:
+        return
+    if not Path(path).is_file():
+        raise ConfigError(f"train.init: weights file {path!r} not found; give the path of a state_dict file")
+    io.load_checkpoint(path)
+    checked.add(path)
 
 
 def check_config(config: cfg.RunConfig) -> None:
