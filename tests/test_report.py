@@ -109,6 +109,7 @@ def test_html_is_self_contained_with_one_embedded_image_per_figure(paired) -> No
     assert "http://" not in page and "https://" not in page and "file:" not in page
     assert "script" not in parser.tags and "link" not in parser.tags
     assert len(parser.images) == len(paths.plots) == 10
+    assert paths.html.stat().st_size < 1_500_000  # the size docs/reports.md states for this study
     embedded = {base64.b64decode(src.removeprefix("data:image/png;base64,")) for src in parser.images}
     assert embedded == {path.read_bytes() for path in paths.plots}
 
