@@ -381,3 +381,10 @@ def test_a_missing_weights_file_stops_a_study_before_any_run(tmp_path, capsys):
     study = tmp_path / "study"
     user_error(capsys, ["study", "run", str(spec), "--out", str(study)], contains="missing.pth' not found")
     assert not study.exists()
+
+
+def test_cnnlab_data_offline_does_not_promise_a_download(tmp_path, capsys, monkeypatch):
+    isolate(monkeypatch, tmp_path)
+    assert cli.main(["data"]) == 0
+    listing = capsys.readouterr().out
+    assert "downloaded on first use" not in listing and "CNNLAB_OFFLINE is set" in listing

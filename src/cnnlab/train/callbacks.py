@@ -100,7 +100,7 @@ class EpochRecorder(pl.Callback):
             return  # under DDP rank zero alone writes and prints
         runfolder.write_metrics(self.run_dir, self.rows)
         if self.echo:
-            print(format_epoch_line(row), file=sys.stdout, flush=True)
+            _print_line(trainer, format_epoch_line(row))
 
     def state_dict(self) -> dict[str, Any]:
         return {"rows": self.rows, "train_seconds": self.train_seconds, "train_images": self.train_images}
@@ -109,6 +109,15 @@ class EpochRecorder(pl.Callback):
         self.rows = list(state_dict["rows"])
         self.train_seconds = state_dict["train_seconds"]
         self.train_images = state_dict["train_images"]
+
+
+def _print_line(trainer: pl.Trainer, line: str) -> None:
+    """A line above the progress bar (through tqdm, so the two never share a line), or plain stdout."""
+    bar = trainer.progress_bar_callback
+    if bar is not None and getattr(bar, "is_enabled", False):
+        bar.print(line)
+    else:
+        print(line, file=sys.stdout, flush=True)
 
 
 def format_epoch_line(row: dict[str, float]) -> str:

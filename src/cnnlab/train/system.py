@@ -31,6 +31,9 @@ def backbone_modules(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if m not in head]
 
 
+BAR_EVERY = 10  # steps between progress-bar updates of the running loss and accuracy
+
+
 class ClassifierSystem(pl.LightningModule):
     """Cross-entropy classification of one zoo model; the plain nn.Module stays separate (`self.model`)."""
 
@@ -84,10 +87,21 @@ class ClassifierSystem(pl.LightningModule):
         loss = self.loss_fn(logits, labels)
         self.train_loss.update(loss.detach(), weight=len(labels))
         self.train_acc.update(logits.detach(), labels)
+        if batch_idx % BAR_EVERY == 0 and self._bar_shown():
+            self._show_on_bar(loss, logits, labels)
         if batch_idx + 1 == self.trainer.num_training_batches:
             # logged at the last step, so callbacks reading callback_metrics at epoch end see the values
             self._log_epoch_metrics("train", self.train_loss, self.train_acc)
         return loss
+
+    def _bar_shown(self) -> bool:
+        bar = self.trainer.progress_bar_callback
+        return bar is not None and getattr(bar, "is_enabled", False)
+
+    def _show_on_bar(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """The batch's loss and accuracy on the progress bar (a terminal only: it costs a host sync)."""
+        accuracy = (logits.detach().argmax(dim=1) == labels).float().mean()
+        self.log_dict({"loss": loss.detach(), "acc": accuracy}, prog_bar=True, logger=False, on_step=True)
 
     def on_validation_epoch_start(self) -> None:
         self.val_loss.reset()
