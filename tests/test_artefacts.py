@@ -15,6 +15,7 @@ from cnnlab import config as cfg
 from cnnlab import runfolder
 from cnnlab.data import decode_image, load_split
 from cnnlab.data.imageset import resize_images
+from cnnlab.report import write_report
 from cnnlab.runfolder import ImageSamples, RunFolderError
 from cnnlab.train import artefacts, fit
 
@@ -142,6 +143,11 @@ def test_folder_runs_save_real_thumbnails_named_by_file(tmp_path: Path) -> None:
             assert np.array_equal(image, resize_images(decoded[None], artefacts.THUMBNAIL_SIDE)[0].numpy())
     gradcam = runfolder.read_image_samples(out, "gradcam")
     assert gradcam.maps.shape[1:] == (artefacts.THUMBNAIL_SIDE, artefacts.THUMBNAIL_SIDE)
+    markdown = write_report(out).markdown.read_text()  # a folder of one run is a study too
+    hardest = runfolder.read_image_samples(out, "hardest")
+    for name, label in zip(hardest.ids, hardest.labels):
+        assert f"{name} ({('dark', 'light')[label]}) loss " in markdown  # captions name the files shown
+    assert all(f"{name} (" in markdown for name in gradcam.ids)
 
 
 def test_a_problem_with_the_pictures_never_fails_the_run(tmp_path: Path, monkeypatch, caplog) -> None:
