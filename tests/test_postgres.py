@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -55,18 +56,33 @@ class Worker:
     def __init__(self, process: subprocess.Popen, namespaced: bool) -> None:
         self.process = process
         self.pid = _child_pid(process.pid) if namespaced else process.pid
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    def started(self) -> bool:
+        """Has this worker started training a run (its `[i/n] start` line)?"""
+        return bool(run_lines("".join(self.lines), "start"))
 
     def signal(self, signum: int) -> None:
         os.kill(self.pid, signum)
 
     def finish(self, timeout: float = 150) -> tuple[int, str]:
         try:
-            out, _ = self.process.communicate(timeout=timeout)
+            self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            out, _ = self.process.communicate()
-            raise AssertionError(f"worker did not finish within {timeout} s:\n{out}") from None
-        return self.process.returncode, out
+            self.process.wait()
+            self.reader.join(timeout=10)
+            raise AssertionError(
+                f"worker did not finish within {timeout} s:\n{''.join(self.lines)}"
+            ) from None
+        self.reader.join(timeout=10)
+        return self.process.returncode, "".join(self.lines)
 
 
 def _child_pid(parent: int, timeout: float = 20) -> int:
@@ -270,29 +286,35 @@ def test_two_machines_share_a_postgresql_study_and_each_run_executes_once(tmp_pa
 def test_a_killed_machines_run_is_taken_over_after_its_heartbeats_stop(tmp_path, database):
     raw = {"name": "takeover", "base": {**SHORT, "train.epochs": 8}, "seeds": [0]}
     shared = tmp_path / "shared" / "study"
-    # a in a PID namespace of its own: b cannot see a's pid, as on another host
+    # a in a PID namespace of its own: neither sees the other's pids, as on two hosts
     a, b = Machine(tmp_path, "machine-a"), Machine(tmp_path, "machine-b", namespaced=False)
     args = ("--out", str(shared), "--storage", database, "--heartbeat", "1")  # grace: 3 beats
-    first = a.start("study", "run", a.spec("spec.yaml", raw), *args)
+    workers = [
+        a.start("study", "run", a.spec("spec.yaml", raw), *args),
+        b.start("study", "run", b.spec("spec.yaml", raw), *args, "--worker-only"),
+    ]
+    victim = wait_for(
+        lambda: next((w for w in workers if w.started()), None), 120, "a machine to claim the run"
+    )
+    survivor = workers[1 - workers.index(victim)]
     run_dir = wait_for(lambda: next(iter(sorted((shared / "runs").glob("*"))), None), 120, "a run folder")
-    second = b.start("study", "run", b.spec("spec.yaml", raw), *args, "--worker-only")
-    wait_for(lambda: len(epochs(run_dir)) >= 2, 120, "two epochs on machine a")
-    first.signal(signal.SIGKILL)
+    wait_for(lambda: len(epochs(run_dir)) >= 2, 120, "two epochs on the machine that claimed the run")
+    victim.signal(signal.SIGKILL)
     killed_at = time.monotonic()
     before_kill = epochs(run_dir)
-    assert first.finish(timeout=30)[0] != 0
+    assert victim.finish(timeout=30)[0] != 0
 
     def reaped() -> bool:
         return queue_trials(database, shared)[0][0].state.name != "RUNNING"
 
-    wait_for(reaped, 60, "machine b to take the killed claim back")
+    wait_for(reaped, 60, "the other machine to take the killed claim back")
     waited = time.monotonic() - killed_at
-    assert waited >= 1.5, f"taken back after {waited:.1f} s: by heartbeat timeout, not by a pid on b"
-    code, output = second.finish()
+    assert waited >= 1.5, f"taken back after {waited:.1f} s: by heartbeat timeout, not by a pid check"
+    code, output = survivor.finish()
     assert_clean(code, output)
     assert run_lines(output, "completed") == [run_dir.name]
     assert epochs(run_dir) == list(range(8)), "each epoch recorded once"
-    assert 2 <= len(before_kill) < 8 and sessions(run_dir) == 2, "killed once on a, resumed once on b"
+    assert 2 <= len(before_kill) < 8 and sessions(run_dir) == 2, "killed once, resumed once on the other"
     assert runfolder.read_result(run_dir)["epochs_run"] == 8
     run_trials = queue_trials(database, shared)[0]
     assert [t.state.name for t in run_trials] == ["FAIL", "COMPLETE"]
@@ -306,17 +328,23 @@ def test_a_stopped_machine_loses_its_claim_on_postgresql_and_each_run_completes_
     shared = tmp_path / "shared" / "study"
     a, b = Machine(tmp_path, "machine-a"), Machine(tmp_path, "machine-b")
     args = ("--out", str(shared), "--storage", database, "--heartbeat", "1")
-    sleeper = a.start("study", "run", a.spec("spec.yaml", raw), *args)
+    workers = [
+        a.start("study", "run", a.spec("spec.yaml", raw), *args),
+        b.start("study", "run", b.spec("spec.yaml", raw), *args, "--worker-only"),
+    ]
+    sleeper = wait_for(
+        lambda: next((w for w in workers if w.started()), None), 120, "a machine to claim the run"
+    )
+    other = workers[1 - workers.index(sleeper)]
     paused_dir = wait_for(lambda: next(iter(sorted((shared / "runs").glob("*"))), None), 120, "a run folder")
-    wait_for(lambda: len(epochs(paused_dir)) >= 2, 120, "two epochs on machine a")
+    wait_for(lambda: len(epochs(paused_dir)) >= 2, 120, "two epochs on the machine that claimed the run")
     sleeper.signal(signal.SIGSTOP)
-    other = b.start("study", "run", b.spec("spec.yaml", raw), *args, "--worker-only")
 
     def reaped() -> bool:
         trials = queue_trials(database, shared)
         return any(t.state.name == "FAIL" for run_trials in trials.values() for t in run_trials)
 
-    wait_for(reaped, 90, "machine b to reap the paused claim")
+    wait_for(reaped, 90, "the other machine to reap the paused claim")
     time.sleep(2)  # b claims the run again and finds its folder held by the paused worker
     sleeper.signal(signal.SIGCONT)
     results = [sleeper.finish(), other.finish()]
