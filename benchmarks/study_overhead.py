@@ -41,7 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 SECTION = "Study overhead"
-RUN_LINE = re.compile(r"^\[(\d+)/(\d+)\] (\w+)\s+(\w+) .* ([0-9.]+) s$")  # the runner's per-run log line
+# the runner's per-run log line: "[i/n] completed <run id> ... <seconds> s" (then notes or flags)
+RUN_LINE = re.compile(r"^\[(\d+)/(\d+)\] (\w+)\s+(\w+) .*? ([0-9.]+) s(?=$| \(| \[)")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from cnnlab.errors import (
     EXIT_DIVERGED,
@@ -41,7 +41,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 print escaped, never crash
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, or a usage error argparse already printed on one line
+        return int(done.code or 0)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if not hasattr(args, "run"):
         parser.print_help()
@@ -65,9 +68,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + signum
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with a usage error on one line (like every other cnnlab error) instead of usage + error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"cnnlab: error: {one_line(message)} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole argument parser: one sub-command per library capability."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="cnnlab",
         description="Comparative experiments with convolutional image classifiers.",
         epilog=EPILOG,

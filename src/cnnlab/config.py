@@ -220,9 +220,14 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
 
 
 def merge(base: Mapping[str, Any], delta: Mapping[str, Any]) -> dict[str, Any]:
-    """Deep-merge `delta` over `base`; dotted keys in `delta` are expanded first. A key that `delta` gives
-    twice (`model.name` beside `model: {name: ...}`) is a ConfigError."""
+    """Deep-merge `delta` over `base` into nested sections (dotted keys of both are expanded). A key that one
+    of them gives twice (`model.name` beside `model: {name: ...}`) is a ConfigError."""
+    _check_unique_leaves(base)
     _check_unique_leaves(delta)
+    return _apply(_apply({}, base), delta)
+
+
+def _apply(base: Mapping[str, Any], delta: Mapping[str, Any]) -> dict[str, Any]:
     merged = json.loads(json.dumps(base, default=list))
     for key, value in delta.items():
         if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
@@ -237,6 +242,8 @@ def merge(base: Mapping[str, Any], delta: Mapping[str, Any]) -> dict[str, Any]:
 def _check_unique_leaves(tree: Mapping[str, Any], prefix: str = "") -> set[str]:
     leaves: set[str] = set()
     for key, value in tree.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"config key {short(key)} under {prefix or 'the top level'!r} is not a name")
         dotted = f"{prefix}{key}"
         found = (
             _check_unique_leaves(value, f"{dotted}.") if isinstance(value, Mapping) and value else {dotted}
