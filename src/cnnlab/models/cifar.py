@@ -9,6 +9,8 @@ global average pool, so any input side works.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -307,22 +309,30 @@ def preact_resnet20_cifar(**kwargs: object) -> CifarResNet:
 _COMMON_SWITCHES = {"dropout": None, "norm": NORMS, "activation": ACTIVATIONS}
 _RESNET_SWITCHES = {**_COMMON_SWITCHES, "blocks": None, "widths": None}
 
+
+def register_cifar_model(
+    name: str, builder: Callable[..., nn.Module], family: str, switches: dict, first_conv: str = "stem.0"
+) -> None:
+    """Register a hand-written net designed for 3x32x32 CIFAR with 10 classes and an `fc` head."""
+    register_model(
+        ModelInfo(
+            name=name,
+            family=family,
+            source="cnnlab",
+            default_input_size=CIFAR_INPUT,
+            native_classes=CIFAR_CLASSES,
+            switches=switches,
+            first_conv=first_conv,
+            classifier="fc",
+            builder=builder,
+        )
+    )
+
+
 for _name, _builder, _family, _switches, _first_conv in (
     ("resnet20_cifar", resnet20_cifar, "resnet", _RESNET_SWITCHES, "stem.0"),
     ("preact_resnet20_cifar", preact_resnet20_cifar, "preact_resnet", _RESNET_SWITCHES, "stem.0"),
     ("densenet_cifar", CifarDenseNet, "densenet", _COMMON_SWITCHES, "stem"),
     ("googlenet_cifar", CifarGoogLeNet, "googlenet", _COMMON_SWITCHES, "stem.0"),
 ):
-    register_model(
-        ModelInfo(
-            name=_name,
-            family=_family,
-            source="cnnlab",
-            default_input_size=CIFAR_INPUT,
-            native_classes=CIFAR_CLASSES,
-            switches=_switches,
-            first_conv=_first_conv,
-            classifier="fc",
-            builder=_builder,
-        )
-    )
+    register_cifar_model(_name, _builder, _family, _switches, _first_conv)

@@ -20,13 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.config import ACTIVATIONS, NORMS
+from cnnlab.models.cifar import register_cifar_model
 from cnnlab.models.head import ClassifierHeadMixin
 from cnnlab.models.layers import activation as make_activation
 from cnnlab.models.layers import compact, kaiming_nonlinearity, norm_2d
-from cnnlab.models.registry import ModelInfo, register_model
-
-CIFAR_INPUT = (3, 32, 32)
-CIFAR_CLASSES = 10
 
 
 class BasicBlock(nn.Module):
@@ -210,16 +207,4 @@ MODELS = [
 ]
 
 for _name, _builder, _family, _switches in MODELS:
-    register_model(
-        ModelInfo(
-            name=_name,
-            family=_family,
-            source="cnnlab",
-            default_input_size=CIFAR_INPUT,
-            native_classes=CIFAR_CLASSES,
-            switches=_switches,
-            first_conv="stem.0",
-            classifier="fc",
-            builder=_builder,
-        )
-    )
+    register_cifar_model(_name, _builder, _family, _switches)

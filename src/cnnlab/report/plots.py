@@ -115,8 +115,9 @@ def learning_curves(study: Study, colours: dict[str, str]) -> Plot | None:
     )
 
 
-def confusion_matrix(study: Study, best: str | None) -> Plot | None:
-    """Confusion matrix of the best configuration, summed over its runs, rows normalised to the true class."""
+def _best_confusion(study: Study, best: str | None) -> tuple[Any, str, list, list[str], np.ndarray] | None:
+    """(configuration, split, predictions, class names, confusion counts summed over its completed runs) of
+    the best configuration, None when it has no saved predictions."""
     configuration = next((c for c in study.configurations if c.ident == best), None)
     if configuration is None or not configuration.completed_runs:
         return None
@@ -124,7 +125,15 @@ def confusion_matrix(study: Study, best: str | None) -> Plot | None:
     if not predictions:
         return None
     names = _class_names(configuration.completed_runs[0], predictions)
-    counts = _confusion_counts(predictions, len(names))
+    return configuration, split, predictions, names, _confusion_counts(predictions, len(names))
+
+
+def confusion_matrix(study: Study, best: str | None) -> Plot | None:
+    """Confusion matrix of the best configuration, summed over its runs, rows normalised to the true class."""
+    summed = _best_confusion(study, best)
+    if summed is None:
+        return None
+    configuration, split, predictions, names, counts = summed
     figure = _confusion_figure(counts, names)
     figure.axes[0].set_title(
         "\n".join(
@@ -628,14 +637,10 @@ def highest_loss(study: Study, best: str | None) -> Plot | None:
 
 def confused_pairs(study: Study, best: str | None) -> Plot | None:
     """The best configuration's most frequent (true, predicted) mistakes, each with example images."""
-    configuration = next((c for c in study.configurations if c.ident == best), None)
-    if configuration is None or not configuration.completed_runs:
+    summed = _best_confusion(study, best)
+    if summed is None:
         return None
-    split, predictions = _best_predictions(configuration.completed_runs)
-    if not predictions:
-        return None
-    names = _class_names(configuration.completed_runs[0], predictions)
-    counts = _confusion_counts(predictions, len(names))
+    configuration, split, predictions, names, counts = summed
     pairs = _top_pairs(counts)
     if not pairs:
         return None
