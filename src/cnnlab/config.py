@@ -283,6 +283,17 @@ def replace(config: RunConfig, **dotted: Any) -> RunConfig:
     return from_dict(merge(to_dict(config), dotted))
 
 
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config mapping → dotted keys (`optim.lr`)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def config_hash(config: RunConfig) -> str:
     """Stable short hash of the resolved config: the run id (docs/architecture.md, "One identity").
 

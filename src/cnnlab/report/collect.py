@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from cnnlab import runfolder
+from cnnlab.config import flatten
 from cnnlab.errors import CnnlabError
 from cnnlab.runfolder import ImageSamples, Predictions
 
@@ -241,17 +242,6 @@ def load_study(root: str | Path) -> Study:
     ensembles = tuple(_read_ensemble(path.parent) for path in sorted(root.glob("ensembles/*/result.json")))
     selection = _read_json(root / SELECT_FILE) if (root / SELECT_FILE).is_file() else None
     return Study(root, tuple(configurations), ensembles, tuple(varying), spec_text, spec_name, selection)
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested config mapping → dotted keys (`optim.lr`)."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def format_value(value: Any) -> str:

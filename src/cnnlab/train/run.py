@@ -164,19 +164,16 @@ def _log_to_tensorboard(out_dir: Path, summary: dict[str, Any]) -> None:
     metrics = {"hp/test_acc": scores.get("test_acc", math.nan), "hp/best_val_acc": best or math.nan}
     if scores:
         logger.log_metrics(scores, step=step)
-    logger.log_hyperparams(_flat(summary.get("config") or {}), metrics)
+    logger.log_hyperparams(_hparams(summary.get("config") or {}), metrics)
     logger.finalize("success")
 
 
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            plain = isinstance(value, (bool, int, float, str))
-            flat[f"{prefix}{key}"] = value if plain else str(value)
-    return flat
+def _hparams(config: dict[str, Any]) -> dict[str, Any]:
+    """The config as TensorBoard's hparams tab takes it: dotted keys, lists and nulls as text."""
+    return {
+        key: value if isinstance(value, (bool, int, float, str)) else str(value)
+        for key, value in cfg.flatten(config).items()
+    }
 
 
 def _train_other_rank(config: cfg.RunConfig, out_dir: Path, rank: int, *, resume: bool) -> RunResult:
