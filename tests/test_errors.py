@@ -133,7 +133,7 @@ def test_read_only_output_is_one_line(tmp_path, capsys, monkeypatch):
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "run" / "config.yaml"))
 
-    monkeypatch.setattr("cnnlab.io.atomic_write_bytes", read_only)
+    monkeypatch.setattr("cnnlab.safeio.atomic_write_bytes", read_only)
     user_error(capsys, ["train", *TINY_TRAIN, "--out", str(tmp_path / "run")], contains="read-only")
 
 

@@ -458,7 +458,7 @@ def test_models_package_never_imports_lightning() -> None:
                 continue
             imported.update(names)
             pending += [name for name in names if name.startswith("cnnlab")]
-    assert {"cnnlab.models.torchvision_nets", "cnnlab.models.weights", "cnnlab.io"} <= seen
+    assert {"cnnlab.models.torchvision_nets", "cnnlab.models.weights", "cnnlab.safeio"} <= seen
     assert not [name for name in imported if name.split(".")[0] in ("lightning", "pytorch_lightning")]
 
 

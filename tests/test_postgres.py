@@ -393,14 +393,14 @@ def test_two_tune_processes_on_postgresql_reach_the_trial_budget_exactly(tmp_pat
 
 @pytest.mark.parametrize("umask", [0o002, 0o022, 0o077])
 def test_atomic_writes_honour_the_umask(tmp_path, umask):
-    from cnnlab import io
+    from cnnlab import safeio
 
     previous = os.umask(umask)
     try:
         written = [
-            io.atomic_write_text(tmp_path / "a.txt", "text"),
-            io.atomic_write_json(tmp_path / "b.json", {"x": 1}),
-            io.atomic_torch_save({"w": 1}, tmp_path / "c.ckpt"),
+            safeio.atomic_write_text(tmp_path / "a.txt", "text"),
+            safeio.atomic_write_json(tmp_path / "b.json", {"x": 1}),
+            safeio.atomic_torch_save({"w": 1}, tmp_path / "c.ckpt"),
         ]
         (tmp_path / "plain.txt").write_text("a file made the ordinary way")
     finally:

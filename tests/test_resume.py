@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from cnnlab import io
+from cnnlab import safeio
 from cnnlab.train.checkpoint import model_state
 
 # Shuffle, augmentation and dropout all on: every source of randomness must replay exactly.
@@ -61,7 +61,7 @@ def epochs_done(out) -> list[dict[str, str]]:
 
 
 def final_weights(out) -> dict[str, torch.Tensor]:
-    return model_state(io.load_checkpoint(out / "checkpoints" / "last.ckpt"))
+    return model_state(safeio.load_checkpoint(out / "checkpoints" / "last.ckpt"))
 
 
 def test_sigkill_mid_epoch_then_resume_is_bitwise_equal(tmp_path):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from cnnlab import config as cfg
-from cnnlab import io
+from cnnlab import safeio
 from cnnlab.cli import main
 from cnnlab.train import fit, load_model
 from cnnlab.train.checkpoint import model_state
@@ -60,7 +60,7 @@ def test_run_directory_has_every_artefact(tiny_run):
     rows = read_metrics(out / "metrics.csv")
     assert [row["epoch"] for row in rows] == ["0", "1"]
     assert set(rows[0]) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s"}
-    summary = io.read_json(out / "result.json")
+    summary = safeio.read_json(out / "result.json")
     assert summary["status"] == "completed" and summary["epochs_run"] == 2
     assert summary["params"] == 61_706 and summary["gflops"] > 0
     assert 0.0 <= summary["test"]["acc"] <= 1.0 and set(summary["per_class_accuracy"]) == set("0123456789")
@@ -83,8 +83,8 @@ def test_completed_run_is_not_trained_again(tiny_run):
 
 def test_same_config_and_seed_give_bitwise_equal_weights(tiny_run, tmp_path):
     twin = fit(tiny(), tmp_path / "twin")
-    first = model_state(io.load_checkpoint(tiny_run.out_dir / "checkpoints" / "last.ckpt"))
-    second = model_state(io.load_checkpoint(twin.out_dir / "checkpoints" / "last.ckpt"))
+    first = model_state(safeio.load_checkpoint(tiny_run.out_dir / "checkpoints" / "last.ckpt"))
+    second = model_state(safeio.load_checkpoint(twin.out_dir / "checkpoints" / "last.ckpt"))
     assert first.keys() == second.keys()
     assert all(torch.equal(first[key], second[key]) for key in first)
     timing = "epoch_time_s"
@@ -137,7 +137,7 @@ def test_huge_learning_rate_exits_with_diverged_code(tmp_path, capsys):
         ]
     )
     assert code == 3
-    assert io.read_json(tmp_path / "boom" / "result.json")["status"] == "diverged"
+    assert safeio.read_json(tmp_path / "boom" / "result.json")["status"] == "diverged"
     assert "diverged" in capsys.readouterr().err
 
 
@@ -185,9 +185,9 @@ def test_evaluate_prints_json_metrics_equal_to_the_run(tiny_run, capsys):
 def test_export_round_trip_and_hash_check(tiny_run, tmp_path, capsys):
     out = tmp_path / "export"
     assert main(["export", "--checkpoint", str(tiny_run.out_dir), "--out", str(out)]) == 0
-    manifest = io.read_json(out / "manifest.json")
+    manifest = safeio.read_json(out / "manifest.json")
     assert manifest["architecture"] == "lenet5" and manifest["input_size"] == [1, 28, 28]
-    assert manifest["sha256"]["model.safetensors"] == io.sha256_file(out / "model.safetensors")
+    assert manifest["sha256"]["model.safetensors"] == safeio.sha256_file(out / "model.safetensors")
     exported = load_model(out)
     original = load_model(tiny_run.out_dir)
     for key, value in original.model.state_dict().items():
@@ -256,5 +256,5 @@ def test_last_checkpoint_is_refreshed_even_when_validation_does_not_improve(tmp_
     frozen = fit(tiny(**{"optim.lr": 1e-12, "optim.weight_decay": 0.0}), tmp_path / "flat")
     rows = read_metrics(frozen.out_dir / "metrics.csv")
     assert rows[0]["val_acc"] == rows[1]["val_acc"]  # epoch 1 is not a new best
-    assert io.load_checkpoint(frozen.out_dir / "checkpoints" / "last.ckpt")["epoch"] == 1
-    assert io.load_checkpoint(frozen.out_dir / "checkpoints" / "best.ckpt")["epoch"] == 0
+    assert safeio.load_checkpoint(frozen.out_dir / "checkpoints" / "last.ckpt")["epoch"] == 1
+    assert safeio.load_checkpoint(frozen.out_dir / "checkpoints" / "best.ckpt")["epoch"] == 0

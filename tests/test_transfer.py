@@ -7,7 +7,7 @@ import torch
 import torchvision
 
 from cnnlab import config as cfg
-from cnnlab import io
+from cnnlab import safeio
 from cnnlab.cli import main
 from cnnlab.models import create_model
 from cnnlab.train import fit
@@ -33,7 +33,7 @@ def small(classes, **dotted) -> cfg.RunConfig:
 
 
 def weights(run_dir) -> dict[str, torch.Tensor]:
-    return model_state(io.load_checkpoint(run_dir / "checkpoints" / "last.ckpt"))
+    return model_state(safeio.load_checkpoint(run_dir / "checkpoints" / "last.ckpt"))
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,7 @@ from typing import Any, TypedDict
 
 import numpy as np
 
-from cnnlab import io
+from cnnlab import safeio
 from cnnlab.errors import CnnlabError
 
 MARKER_FILE = ".cnnlab-run"
@@ -124,7 +124,7 @@ class Predictions:
 def write_result(folder: str | Path, summary: Mapping[str, Any]) -> Path:
     """Write result.json (or an ensemble's) atomically as strict JSON: non-finite numbers become null."""
     text = json.dumps(_finite(summary), indent=2, allow_nan=False, default=_json_default) + "\n"
-    return io.atomic_write_text(Path(folder) / RESULT_FILE, text)
+    return safeio.atomic_write_text(Path(folder) / RESULT_FILE, text)
 
 
 def read_result(folder: str | Path) -> dict[str, Any] | None:
@@ -212,7 +212,7 @@ def write_predictions(
 ) -> Path:
     """Save one split's probabilities, labels and source indices atomically."""
     path = predictions_path(folder, split)
-    with io.atomic_path(path) as tmp, open(tmp, "wb") as handle:
+    with safeio.atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.savez(
             handle,
             probs=np.asarray(probs, dtype=np.float32),
@@ -249,7 +249,7 @@ def write_metrics(folder: str | Path, rows: Sequence[Mapping[str, float]]) -> Pa
     writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    return io.atomic_write_text(Path(folder) / METRICS_FILE, buffer.getvalue())
+    return safeio.atomic_write_text(Path(folder) / METRICS_FILE, buffer.getvalue())
 
 
 def read_metrics(folder: str | Path) -> dict[str, np.ndarray] | None:
@@ -328,7 +328,7 @@ def write_image_samples(folder: str | Path, kind: str, samples: ImageSamples) ->
     if samples.variants is not None:
         arrays["variants"] = np.asarray(samples.variants, dtype=np.int64)
     path = image_samples_path(folder, kind)
-    with io.atomic_path(path) as tmp, open(tmp, "wb") as handle:
+    with safeio.atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.savez_compressed(handle, **arrays)
     return path
 

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cnnlab import io
+from cnnlab import safeio
 from cnnlab.data.imageset import ImageSet, take
 from cnnlab.data.locations import cache_root
 from cnnlab.errors import ConfigError, DataError, WeightsError
@@ -414,7 +414,7 @@ def _read_cache(cache_file: Path) -> dict[str, tuple[tuple[int, int], Any]]:
     if not cache_file.is_file():
         return {}
     try:
-        cached = io.load_checkpoint(cache_file)
+        cached = safeio.load_checkpoint(cache_file)
     except WeightsError as error:
         log.warning("ignoring unreadable decode cache %s: %s", cache_file, error)
         return {}
@@ -493,7 +493,7 @@ def _write_cache(
         "bad": [[scan.files[i][0], *stamps[i], reason] for i, reason in sorted(bad.items())],
     }
     try:
-        io.atomic_torch_save(payload, cache_file)
+        safeio.atomic_torch_save(payload, cache_file)
     except OSError as error:
         log.warning("could not write the decode cache %s: %s", cache_file, error)
 
@@ -509,7 +509,7 @@ def bad_files_message(root: Path, bad_files: tuple[tuple[str, str], ...]) -> str
 
 def write_bad_files(bad_files: tuple[tuple[str, str], ...], path: Path) -> Path:
     """Write `relative path<TAB>reason` lines (e.g. a run's bad_images.txt), atomically."""
-    return io.atomic_write_text(path, "".join(f"{rel}\t{reason}\n" for rel, reason in bad_files))
+    return safeio.atomic_write_text(path, "".join(f"{rel}\t{reason}\n" for rel, reason in bad_files))
 
 
 def bad_files_path(cache_file: Path) -> Path:

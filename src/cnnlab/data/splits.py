@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnnlab import io
+from cnnlab import safeio
 from cnnlab.errors import ConfigError, DataError
 
 SPLITS_FORMAT = 1
@@ -69,7 +69,7 @@ class Splits:
 
     def save(self, path: str | Path) -> Path:
         """Write the splits as JSON, atomically."""
-        return io.atomic_write_json(path, self.to_dict())
+        return safeio.atomic_write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path, labels: torch.Tensor | np.ndarray | None = None) -> Splits:
@@ -78,7 +78,7 @@ class Splits:
         if not path.is_file():
             raise DataError(f"splits file not found: {path}")
         try:
-            raw = io.read_json(path)
+            raw = safeio.read_json(path)
             splits = cls(
                 raw["kind"],
                 int(raw["seed"]),

@@ -21,8 +21,8 @@ from torch import nn
 from torchvision.models import get_model_weights
 
 from cnnlab.errors import ConfigError, WeightsError, unknown_choice
-from cnnlab.io import load_checkpoint
 from cnnlab.models.registry import model_info
+from cnnlab.safeio import load_checkpoint
 
 RGB_CHANNELS = 3
 
@@ -121,7 +121,7 @@ def torchvision_state_dict(name: str, weights: str) -> dict[str, Any]:
     """torchvision's pretrained state_dict `weights` (e.g. IMAGENET1K_V2 or DEFAULT) for model `name`.
 
     The file is downloaded into `torch.hub.get_dir()/checkpoints` only when missing there, and loaded through
-    `cnnlab.io.load_checkpoint` (weights only). Offline, the WeightsError says where to get the file.
+    `cnnlab.safeio.load_checkpoint` (weights only). Offline, the WeightsError says where to get the file.
     """
     info = model_info(name)
     if not info.torchvision_weights:

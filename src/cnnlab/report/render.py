@@ -24,8 +24,7 @@ from typing import Any
 
 import yaml
 
-from cnnlab import __version__, runfolder
-from cnnlab.io import atomic_write_bytes, atomic_write_text
+from cnnlab import runfolder
 from cnnlab.report.collect import Configuration, RunRecord, Study, format_value, load_study
 from cnnlab.report.plots import FIGURES, IMAGES, Plot, make_plots
 from cnnlab.report.statistics import (
@@ -39,6 +38,8 @@ from cnnlab.report.statistics import (
     paired_comparisons,
     stage_rows,
 )
+from cnnlab.safeio import atomic_write_bytes, atomic_write_text
+from cnnlab.version import __version__
 
 PLOT_DIR = "report_files"
 PLOT_NAMES = (

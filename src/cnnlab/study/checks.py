@@ -37,14 +37,14 @@ def check_plan(plan: StudyPlan) -> None:
 
 def check_init_file(init: str, checked: set[str]) -> None:
     """A `file:` init must exist and load as weights before the first run trains (each file read once)."""
-    from cnnlab import io
+    from cnnlab import safeio
 
     scheme, _, path = init.partition(":")
     if scheme != "file" or path in checked:
         return
     if not Path(path).is_file():
         raise ConfigError(f"train.init: weights file {path!r} not found; give the path of a state_dict file")
-    io.load_checkpoint(path)
+    safeio.load_checkpoint(path)
     checked.add(path)
 
 

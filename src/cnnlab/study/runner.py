@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from cnnlab import config as cfg
-from cnnlab import io, runfolder
+from cnnlab import runfolder, safeio
 from cnnlab.errors import CnnlabError, DiskFull, Interrupted
 from cnnlab.study import queue as work_queue
 from cnnlab.study.ensemble import ENSEMBLES_DIR, build_ensemble
@@ -154,7 +154,7 @@ def _existing_plan(study_dir: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        plan = io.read_json(path)
+        plan = safeio.read_json(path)
     except (OSError, ValueError) as error:
         raise StudyFolderError(
             f"{path} is unreadable ({error}); move it away, or use --restart to start the study over"
@@ -183,9 +183,9 @@ def prepare_study_dir(
     """Write study.yaml (the spec as given or overridden), the shared splits, and study.json (the plan)."""
     study_dir = plan.study_dir
     study_dir.mkdir(parents=True, exist_ok=True)
-    io.atomic_write_text(study_dir / SPEC_FILE, spec_text(spec_path, plan.spec.raw, overrides))
+    safeio.atomic_write_text(study_dir / SPEC_FILE, spec_text(spec_path, plan.spec.raw, overrides))
     write_splits(plan)
-    io.atomic_write_json(
+    safeio.atomic_write_json(
         study_dir / PLAN_FILE,
         {
             **plan.to_json(),

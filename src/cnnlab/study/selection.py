@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab import config as cfg
-from cnnlab import io, runfolder
+from cnnlab import runfolder, safeio
 from cnnlab.errors import CnnlabError
 from cnnlab.study.plan import ROLE_MEMBER, PlannedRun, StudyPlan
 
@@ -102,7 +102,7 @@ def final_config(selection: Selection, seed: int) -> cfg.RunConfig:
 
 def write_selection(study_dir: Path, selection: Selection, final_runs: Mapping[int, str]) -> Path:
     """select.json: the metric, every configuration's score, the chosen one and the retrained run ids."""
-    return io.atomic_write_json(
+    return safeio.atomic_write_json(
         study_dir / SELECT_FILE,
         {
             "metric": selection.metric,

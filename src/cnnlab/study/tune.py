@@ -28,7 +28,7 @@ import yaml
 from optuna.trial import TrialState
 
 from cnnlab import config as cfg
-from cnnlab import io
+from cnnlab import safeio
 from cnnlab.errors import CnnlabError
 from cnnlab.study.plan import RUNS_DIR, splits_plan
 from cnnlab.study.queue import open_storage, quiet_optuna
@@ -82,7 +82,7 @@ def run_tune(
     check_config(cfg.from_dict(spec.base))
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    io.atomic_write_text(out_dir / SPEC_FILE, spec_text(spec_path, spec.raw, overrides))
+    safeio.atomic_write_text(out_dir / SPEC_FILE, spec_text(spec_path, spec.raw, overrides))
     budget = trials or spec.trials
     study, created = _open_study(spec, storage or f"sqlite:///{out_dir / STORAGE_FILE}", heartbeat_s)
     remaining = budget - _count_finished(study)
@@ -277,7 +277,7 @@ def _report(study: optuna.Study, spec: TuneSpec, out_dir: Path) -> TuneOutcome:
         if not t.user_attrs.get(SURPLUS)
     ]
     if not completed:
-        io.atomic_write_json(out_dir / SUMMARY_FILE, {"name": spec.name, "best": None, "trials": trials})
+        safeio.atomic_write_json(out_dir / SUMMARY_FILE, {"name": spec.name, "best": None, "trials": trials})
         return TuneOutcome(out_dir, None, {}, None, finished, None)
     best = study.best_trial
     best_config = cfg.merge(cfg.merge({}, spec.base), best.params)
@@ -286,10 +286,10 @@ def _report(study: optuna.Study, spec: TuneSpec, out_dir: Path) -> TuneOutcome:
         f"mean {spec.folds}-fold validation accuracy {best.value:.4f}\n"
         f"# train it: cnnlab train -c {BEST_FILE} --out DIR\n"
     )
-    best_file = io.atomic_write_text(
+    best_file = safeio.atomic_write_text(
         out_dir / BEST_FILE, header + yaml.safe_dump(best_config, sort_keys=False)
     )
-    io.atomic_write_json(
+    safeio.atomic_write_json(
         out_dir / SUMMARY_FILE,
         {
             "name": spec.name,

@@ -9,20 +9,20 @@ from typing import Any
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import nn
 
-from cnnlab import io, runfolder
+from cnnlab import runfolder, safeio
 from cnnlab.errors import ConfigError, WeightsError
 
 MODEL_PREFIX = "model."
 
 
 class SafeCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoint I/O that saves atomically and loads only through `cnnlab.io.load_checkpoint`."""
+    """Lightning checkpoint I/O: saves atomically, loads only through `cnnlab.safeio.load_checkpoint`."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        io.atomic_torch_save(checkpoint, path)
+        safeio.atomic_torch_save(checkpoint, path)
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict:
-        return io.load_checkpoint(path)
+        return safeio.load_checkpoint(path)
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def load_trained_model(path: str | Path) -> TrainedModel:
     path = Path(path)
     if path.is_dir():
         path = run_checkpoint_path(path)
-    checkpoint = io.load_checkpoint(path)
+    checkpoint = safeio.load_checkpoint(path)
     meta = checkpoint.get("cnnlab")
     if not isinstance(meta, dict) or "model_hparams" not in meta:
         raise WeightsError(

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlab import io
+from cnnlab import safeio
 from cnnlab.data import InMemoryLoader
 from cnnlab.data.imageset import resize_images
 from cnnlab.errors import ConfigError, DataError
@@ -174,7 +174,7 @@ def explain_images(checkpoint: str | Path, images: str | Path, out_dir: str | Pa
             name = printable(ids[index])
             caption = f"{name}: predicted {predicted} ({probability:.1%}); Grad-CAM of {predicted}"
             png = _overlay_png(batch[row], cams.maps[row], caption)
-            path = io.atomic_write_bytes(out_dir / f"{names[index]}.png", png)
+            path = safeio.atomic_write_bytes(out_dir / f"{names[index]}.png", png)
             written.append(Explanation(name, predicted, probability, path))
     return written
 

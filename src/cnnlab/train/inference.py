@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from cnnlab import config as cfg
-from cnnlab import io, runfolder
+from cnnlab import runfolder, safeio
 from cnnlab.data import InMemoryLoader, Splits, load_split
 from cnnlab.errors import ConfigError, DataError, WeightsError
 from cnnlab.train.checkpoint import TrainedModel, build_trained_model, load_trained_model
@@ -129,7 +129,7 @@ def predict_images(
         batch_size=256,
     )
     rows = sorted(zip(ids, probs), key=lambda item: _id_sort_key(item[0]))
-    io.atomic_write_text(out, _predictions_csv(rows, trained.class_names, fmt))
+    safeio.atomic_write_text(out, _predictions_csv(rows, trained.class_names, fmt))
     return Path(out)
 
 
@@ -180,9 +180,9 @@ def export_checkpoint(path: str | Path, out_dir: str | Path, *, onnx: bool = Fal
     trained = load_model(path)
     out_dir = Path(out_dir)
     state = {key: value.contiguous() for key, value in trained.model.state_dict().items()}
-    with io.atomic_path(out_dir / WEIGHTS) as tmp:
+    with safeio.atomic_path(out_dir / WEIGHTS) as tmp:
         save_file(state, str(tmp))
-    files = {WEIGHTS: io.sha256_file(out_dir / WEIGHTS)}
+    files = {WEIGHTS: safeio.sha256_file(out_dir / WEIGHTS)}
     input_size = [trained.meta["in_chans"], trained.meta["image_size"], trained.meta["image_size"]]
     if onnx:
         files["model.onnx"] = _export_onnx(trained.model, input_size, out_dir / "model.onnx")
@@ -195,7 +195,7 @@ def export_checkpoint(path: str | Path, out_dir: str | Path, *, onnx: bool = Fal
         "sha256": files,
         "config": trained.meta["config"],
     }
-    io.atomic_write_json(out_dir / MANIFEST, manifest)
+    safeio.atomic_write_json(out_dir / MANIFEST, manifest)
     return out_dir
 
 
@@ -208,7 +208,7 @@ def load_exported(export_dir: str | Path) -> TrainedModel:
     expected = manifest["sha256"].get(WEIGHTS) if isinstance(manifest["sha256"], dict) else None
     if not weights.is_file():
         raise WeightsError(f"{weights} is missing; re-run `cnnlab export`")
-    if io.sha256_file(weights) != expected:
+    if safeio.sha256_file(weights) != expected:
         raise WeightsError(
             f"{weights} does not match the SHA-256 in {export_dir / MANIFEST} (corrupt or "
             "modified); re-run `cnnlab export`"
@@ -226,7 +226,7 @@ def load_exported(export_dir: str | Path) -> TrainedModel:
         "std": stats.get("std"),
         "config": manifest["config"],
     }
-    return build_trained_model(meta, io.load_checkpoint(weights), source=export_dir / MANIFEST)
+    return build_trained_model(meta, safeio.load_checkpoint(weights), source=export_dir / MANIFEST)
 
 
 MANIFEST_KEYS = (
@@ -242,7 +242,7 @@ MANIFEST_KEYS = (
 
 def _read_manifest(path: Path) -> dict[str, Any]:
     try:
-        manifest = io.read_json(path)
+        manifest = safeio.read_json(path)
     except (OSError, UnicodeDecodeError, ValueError) as error:
         raise WeightsError(f"cannot read {path}: {error}; re-run `cnnlab export`") from None
     missing = [key for key in MANIFEST_KEYS if not isinstance(manifest, dict) or key not in manifest]
@@ -257,7 +257,7 @@ def _export_onnx(model: nn.Module, input_size: list[int], path: Path) -> str:
     except ImportError:
         raise ConfigError("--onnx needs the onnx package: pip install 'cnnlab[onnx]'") from None
     example = torch.zeros(1, *input_size)
-    with io.atomic_path(path) as tmp:
+    with safeio.atomic_path(path) as tmp:
         torch.onnx.export(
             model.float().eval(),
             (example,),
@@ -267,7 +267,7 @@ def _export_onnx(model: nn.Module, input_size: list[int], path: Path) -> str:
             dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
             dynamo=False,
         )
-    return io.sha256_file(path)
+    return safeio.sha256_file(path)
 
 
 def _data_config(trained: TrainedModel, data: str | None, data_dir: str | None) -> cfg.DataConfig:

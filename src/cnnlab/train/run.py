@@ -26,7 +26,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
 from cnnlab import config as cfg
-from cnnlab import io, runfolder
+from cnnlab import runfolder, safeio
 from cnnlab.data import ImageSet, Splits, load_split, make_splits, normalization, take, write_bad_files
 from cnnlab.errors import ConfigError, DataError, DiskFull, Interrupted, describe_os_error
 from cnnlab.models import count_flops, count_params, create_model, load_pretrained, model_info, resolve_stem
@@ -48,6 +48,7 @@ from cnnlab.train.options import check_trainer_options
 from cnnlab.train.resolve import is_pretrained, model_switches, resolve_config
 from cnnlab.train.speed import keep_freed_memory
 from cnnlab.train.system import ClassifierSystem
+from cnnlab.version import __version__ as cnnlab_version
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,9 @@ def fit(
         checkpoint = runfolder.checkpoint_path(out_dir) if resume else None
         checkpoint = checkpoint if checkpoint is not None and checkpoint.is_file() else None
         if checkpoint is not None:
-            io.load_checkpoint(checkpoint)  # a crafted or truncated last.ckpt is refused before anything runs
+            safeio.load_checkpoint(
+                checkpoint
+            )  # a crafted or truncated last.ckpt is refused before anything runs
         _write_run_header(out_dir, prepared, fresh=checkpoint is None)
         return _train_and_record(prepared, out_dir, checkpoint, tags, abandon)
 
@@ -286,9 +289,9 @@ def _initialise(model: nn.Module, init: str, model_name: str) -> str:
     if scheme == "torchvision" and value:
         state = torchvision_state_dict(model_name, value)
     elif scheme == "file" and value:
-        state = model_state(io.load_checkpoint(value))
+        state = model_state(safeio.load_checkpoint(value))
     elif scheme == "run" and value:
-        state = model_state(io.load_checkpoint(run_checkpoint_path(value)))
+        state = model_state(safeio.load_checkpoint(run_checkpoint_path(value)))
     else:
         raise ConfigError(
             f"train.init={init!r} is not understood; use scratch, torchvision:<WEIGHTS>, "
@@ -319,7 +322,7 @@ def _write_run_header(out_dir: Path, prepared: PreparedRun, *, fresh: bool) -> N
     """config.yaml and splits.json; a fresh start clears what an earlier unfinished attempt of cnnlab left."""
     if fresh:
         runfolder.clear_run_files(out_dir)
-    io.atomic_write_text(out_dir / runfolder.CONFIG_FILE, cfg.dump_yaml(prepared.config))
+    safeio.atomic_write_text(out_dir / runfolder.CONFIG_FILE, cfg.dump_yaml(prepared.config))
     if prepared.train_set.bad_files:
         write_bad_files(prepared.train_set.bad_files, out_dir / runfolder.BAD_IMAGES_FILE)
     if not prepared.config.data.splits_file:
@@ -373,7 +376,7 @@ def _train(
         if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
             raise DiskFull(f"the disk filled while training {out_dir} ({describe_os_error(error)})") from None
         if primary:  # rank zero alone writes into the run folder
-            io.atomic_write_text(out_dir / runfolder.ERROR_LOG, traceback.format_exc())
+            safeio.atomic_write_text(out_dir / runfolder.ERROR_LOG, traceback.format_exc())
         return runfolder.FAILED, f"{type(error).__name__}: {error}"
     return runfolder.COMPLETED, None
 
@@ -624,8 +627,6 @@ def _provenance(config: cfg.RunConfig) -> dict[str, Any]:
     import lightning
     import torchvision
 
-    from cnnlab import __version__
-
     device = (
         torch.cuda.get_device_name(0) if _accelerator(config) == "cuda" else platform.processor() or "cpu"
     )
@@ -633,7 +634,7 @@ def _provenance(config: cfg.RunConfig) -> dict[str, Any]:
         "seed": config.train.seed,
         "config_hash": cfg.config_hash(config),
         "versions": {
-            "cnnlab": __version__,
+            "cnnlab": cnnlab_version,
             "python": platform.python_version(),
             "torch": torch.__version__,
             "torchvision": torchvision.__version__,

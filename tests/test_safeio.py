@@ -3,20 +3,20 @@ import pickle
 import pytest
 import torch
 
-from cnnlab import io
+from cnnlab import safeio
 from cnnlab.errors import WeightsError
 
 
 def test_atomic_write_leaves_no_temp_files(tmp_path):
-    io.atomic_write_json(tmp_path / "a" / "r.json", {"x": 1})
-    assert io.read_json(tmp_path / "a" / "r.json") == {"x": 1}
+    safeio.atomic_write_json(tmp_path / "a" / "r.json", {"x": 1})
+    assert safeio.read_json(tmp_path / "a" / "r.json") == {"x": 1}
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["r.json"]
 
 
 def test_failed_atomic_write_keeps_old_content(tmp_path):
     target = tmp_path / "r.txt"
     target.write_text("old")
-    with pytest.raises(RuntimeError), io.atomic_path(target) as tmp:
+    with pytest.raises(RuntimeError), safeio.atomic_path(target) as tmp:
         tmp.write_text("half")
         raise RuntimeError("crash")
     assert target.read_text() == "old"
@@ -25,8 +25,8 @@ def test_failed_atomic_write_keeps_old_content(tmp_path):
 
 def test_state_dict_round_trip(tmp_path):
     state = {"w": torch.arange(4.0)}
-    io.atomic_torch_save(state, tmp_path / "w.pt")
-    assert torch.equal(io.load_checkpoint(tmp_path / "w.pt")["w"], state["w"])
+    safeio.atomic_torch_save(state, tmp_path / "w.pt")
+    assert torch.equal(safeio.load_checkpoint(tmp_path / "w.pt")["w"], state["w"])
 
 
 class _Evil:
@@ -40,10 +40,10 @@ def test_code_running_pickle_is_refused_and_does_not_run(tmp_path, monkeypatch):
     evil = tmp_path / "evil.ckpt"
     evil.write_bytes(pickle.dumps({"state_dict": _Evil()}))
     with pytest.raises(WeightsError, match="refused to load"):
-        io.load_checkpoint(evil)
+        safeio.load_checkpoint(evil)
     assert not marker.exists()
 
 
 def test_missing_checkpoint_is_a_user_error(tmp_path):
     with pytest.raises(WeightsError, match="checkpoint not found"):
-        io.load_checkpoint(tmp_path / "nope.pt")
+        safeio.load_checkpoint(tmp_path / "nope.pt")
