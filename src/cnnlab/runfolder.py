@@ -103,6 +103,9 @@ class RunResultFile(TypedDict, total=False):
     wall_time_s: float
     train_time_s: float
     train_images_per_s: float | None
+    # train.precision as trained: {"precision", "requested", "reason", "probe": figures or null}
+    # (cnnlab.train.precision.PrecisionChoice.as_dict)
+    precision: dict[str, Any]
     config: dict[str, Any]
     tags: dict[str, Any]
     provenance: dict[str, Any]

@@ -45,6 +45,7 @@ from cnnlab.train.distributed import run_ranks
 from cnnlab.train.health import learning_flags
 from cnnlab.train.inference import predict_probs, score_predictions
 from cnnlab.train.options import check_trainer_options
+from cnnlab.train.precision import PrecisionChoice, choose_precision
 from cnnlab.train.resolve import is_pretrained, model_switches, resolve_config
 from cnnlab.train.speed import keep_freed_memory
 from cnnlab.train.system import ClassifierSystem
@@ -130,14 +131,18 @@ def _train_and_record(
 ) -> RunResult:
     """Train, then write result.json: scored when the run ended, without scores when it was interrupted."""
     started = time.perf_counter()
+    precision = _precision(prepared, checkpoint)
+    print(precision.line(), flush=True)  # the run's first line: what it trains in, and why
     if prepared.init_note:
         print(prepared.init_note, flush=True)
     recorder = EpochRecorder(out_dir, echo=not os.environ.get("CNNLAB_QUIET"))
     try:
-        status, reason = _train(prepared, out_dir, checkpoint, recorder, abandon)
+        status, reason = _train(prepared, out_dir, checkpoint, recorder, abandon, precision=precision)
         if abandon is not None and abandon.is_set():
             raise RunAbandoned("the claim on this run passed to another worker")
-        summary = _summarize(prepared, out_dir, status, reason, recorder, time.perf_counter() - started, tags)
+        summary = _summarize(
+            prepared, out_dir, status, reason, recorder, time.perf_counter() - started, tags, precision
+        )
     except Interrupted as stop:
         reason = f"interrupted by {stop.signal_name} after {len(recorder.rows)} epoch(s)"
         summary = _summarize(
@@ -148,6 +153,7 @@ def _train_and_record(
             recorder,
             time.perf_counter() - started,
             tags,
+            precision,
             evaluate=False,
         )
         runfolder.write_result(out_dir, summary)
@@ -191,7 +197,10 @@ def _train_other_rank(config: cfg.RunConfig, out_dir: Path, rank: int, *, resume
     checkpoint = checkpoint if checkpoint is not None and checkpoint.is_file() else None
     recorder = EpochRecorder(out_dir, echo=False)
     try:
-        status, reason = _train(prepared, out_dir, checkpoint, recorder, None, primary=False)
+        precision = _precision(prepared, checkpoint)  # no probe: several processes, CUDA, or resumed
+        status, reason = _train(
+            prepared, out_dir, checkpoint, recorder, None, precision=precision, primary=False
+        )
     except Interrupted as stop:
         stop.quiet = True  # type: ignore[attr-defined]  # rank zero records it and says how to resume
         raise
@@ -336,6 +345,7 @@ def _train(
     recorder: EpochRecorder,
     abandon: threading.Event | None,
     *,
+    precision: PrecisionChoice,
     primary: bool = True,
 ) -> tuple[str, str | None]:
     config = prepared.config
@@ -361,12 +371,15 @@ def _train(
         backbone_lr_mult=config.train.backbone_lr_mult,
         compile=config.train.compile,
     )
-    system.extra_checkpoint = _checkpoint_meta(prepared)
+    # the precision is kept in the checkpoint, so a resumed run trains as it started (never probed again)
+    system.extra_checkpoint = {**_checkpoint_meta(prepared), "precision": precision.precision}
     if _accelerator(config) == "cpu":
         keep_freed_memory()  # no page faults per step (benchmarks/RESULTS.md)
     try:
         with _quiet_lightning():
-            trainer = _build_trainer(config, out_dir, recorder, abandon, has_val=len(val_idx) > 0)
+            trainer = _build_trainer(
+                config, out_dir, recorder, abandon, has_val=len(val_idx) > 0, precision=precision.precision
+            )
             trainer.fit(system, datamodule=data, ckpt_path=checkpoint)
     except RunDiverged as diverged:
         return runfolder.DIVERGED, str(diverged)
@@ -388,6 +401,7 @@ def _build_trainer(
     abandon: threading.Event | None,
     *,
     has_val: bool,
+    precision: str,
 ) -> pl.Trainer:
     # Two callbacks: Lightning's save_last refreshes last.ckpt only in epochs that improved the best one.
     folder = out_dir / runfolder.CHECKPOINTS_DIR
@@ -422,7 +436,7 @@ def _build_trainer(
         devices=_devices(config.train.devices),
         num_nodes=config.train.num_nodes,
         strategy=config.train.strategy,
-        precision=_precision(config),
+        precision=precision,
         logger=TensorBoardLogger(
             out_dir, name=runfolder.TENSORBOARD_DIR, version="", default_hp_metric=False
         ),
@@ -449,10 +463,27 @@ def _devices(devices: str) -> int | str:
     return int(devices) if devices.isdigit() else devices
 
 
-def _precision(config: cfg.RunConfig) -> str:
-    if config.train.precision != "auto":
-        return config.train.precision
-    return "bf16-mixed" if _accelerator(config) == "cuda" else "32-true"
+def _precision(prepared: PreparedRun, checkpoint: Path | None) -> PrecisionChoice:
+    """train.precision resolved for this run on this machine (cnnlab.train.precision): as configured, as the
+    checkpoint of a resumed run records, or `auto`'s choice (a short probe on a CPU with bf16 kernels)."""
+    config = prepared.config
+    side = config.data.image_size
+    resumed_with = None
+    if checkpoint is not None:
+        meta = safeio.load_checkpoint(checkpoint).get("cnnlab")
+        resumed_with = meta.get("precision") if isinstance(meta, dict) else None
+    return choose_precision(
+        config.train.precision,
+        accelerator=_accelerator(config),
+        processes=run_ranks(config).world_size,
+        model=prepared.model,
+        model_key=f"{config.model.name} {sorted(prepared.model_hparams.items())}",
+        input_shape=(prepared.model_hparams["in_chans"], side, side),
+        num_classes=len(prepared.train_set.class_names),
+        batch_size=config.data.batch_size,
+        channels_last=config.train.channels_last,
+        resumed_with=resumed_with,
+    )
 
 
 def _progress_bar() -> bool:
@@ -502,6 +533,7 @@ def _summarize(
     recorder: EpochRecorder,
     wall: float,
     tags: dict[str, Any] | None,
+    precision: PrecisionChoice,
     *,
     evaluate: bool = True,
 ) -> dict[str, Any]:
@@ -521,7 +553,7 @@ def _summarize(
         "per_class_accuracy": None,
     }
     if evaluate:
-        summary.update(_evaluate_best(prepared, out_dir))
+        summary.update(_evaluate_best(prepared, out_dir, precision.precision))
     if status == runfolder.COMPLETED:
         best = summary["best"] or {}
         summary["flags"] = learning_flags(rows, best.get("val_acc"), _val_class_counts(prepared))
@@ -536,6 +568,7 @@ def _summarize(
             "train_images_per_s": round(recorder.train_images / recorder.train_seconds, 1)
             if recorder.train_seconds
             else None,
+            "precision": precision.as_dict(),
             "config": cfg.to_dict(config),
             "tags": dict(tags or {}),
             "provenance": _provenance(config),
@@ -553,8 +586,9 @@ def _val_class_counts(prepared: PreparedRun) -> list[int]:
     return torch.bincount(labels, minlength=len(prepared.train_set.class_names)).tolist()
 
 
-def _evaluate_best(prepared: PreparedRun, out_dir: Path) -> dict[str, Any]:
-    """Score the best checkpoint on the validation and test splits and save their probabilities."""
+def _evaluate_best(prepared: PreparedRun, out_dir: Path, precision: str) -> dict[str, Any]:
+    """Score the best checkpoint on the validation and test splits and save their probabilities (in bf16
+    autocast when the run trained in bf16-mixed, as Lightning validated it)."""
     try:
         trained = load_trained_model(run_checkpoint_path(out_dir))
     except ConfigError:
@@ -562,22 +596,27 @@ def _evaluate_best(prepared: PreparedRun, out_dir: Path) -> dict[str, Any]:
     config = prepared.config
     _, val_idx = prepared.splits.indices(config.data.fold if config.data.folds else 0)
     device = torch.device("cuda" if _accelerator(config) == "cuda" else "cpu")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
     result: dict[str, Any] = {}
     if len(val_idx):
         val = take(prepared.train_set, val_idx)
-        scores = _predict_and_save(trained.model, val, np.asarray(val_idx), prepared, device, out_dir, "val")
+        with autocast:
+            scores = _predict_and_save(
+                trained.model, val, np.asarray(val_idx), prepared, device, out_dir, "val"
+            )
         result["per_class_accuracy"] = scores["per_class_accuracy"]
     if config.train.test:
         test_set = load_split(config.data, "test")
-        scores = _predict_and_save(
-            trained.model,
-            test_set,
-            np.arange(len(test_set.labels)),
-            prepared,
-            device,
-            out_dir,
-            "test",
-        )
+        with autocast:
+            scores = _predict_and_save(
+                trained.model,
+                test_set,
+                np.arange(len(test_set.labels)),
+                prepared,
+                device,
+                out_dir,
+                "test",
+            )
         result["test"] = {"acc": scores["acc"], "loss": scores["loss"]}
         result["per_class_accuracy"] = scores["per_class_accuracy"]
     from cnnlab.train.artefacts import write_run_images  # the report's pictures: images/*.npz

@@ -1,0 +1,261 @@
+"""`train.precision: auto`: the precision a run trains in, measured on this machine for this model on a CPU.
+
+- CUDA: bf16-mixed (every CUDA GPU cnnlab supports runs bf16 tensor-core kernels faster than fp32).
+- CPU: bf16-mixed only where it measured faster. bf16 convolutions are fast only with AVX512-BF16 or AMX;
+  without either flag they are far slower than fp32 (4-16x on some shapes in torch 2.14), so such a CPU
+  trains in fp32 without a probe. With a flag, a probe times a few training steps (forward, backward, SGD
+  step on random inputs of the run's shape, channels_last as the run, on a copy of the model) each way,
+  interleaved, and bf16 is chosen when it is at least `BF16_MARGIN` times faster. The decision is cached
+  per machine and model shape in `<cache>/precision.json` (`$CNNLAB_CACHE`, else `~/.cache/cnnlab`), so
+  only the first run of a model on a machine pays the probe's seconds; delete the file to measure again.
+- Several processes (DDP) on CPU: fp32 (every process would have to agree on one measurement).
+- An explicit `train.precision` (e.g. `--set train.precision=32-true`) is used as given, with no probe.
+
+The run's id is the hash of its config, which holds `auto`, not the outcome: the same config is the same
+run on every machine, and a resumed run trains in the precision its checkpoint records (never probed again).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnlab import safeio
+
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with native bf16 matrix kernels
+BF16_MARGIN = 1.10  # bf16 must be this much faster than fp32 (probe noise; fp32 is the safe default)
+PROBE_BATCH = 128  # images per probe step at most (the run's batch size when smaller)
+PROBE_PAIRS = 3  # timed (fp32, bf16) step pairs, after one warm-up step each way
+PROBE_SECONDS = 6.0  # stop timing after this long once one pair is timed
+CACHE_FILE = "precision.json"
+FP32, BF16 = "32-true", "bf16-mixed"
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """Training-step throughput of the probe, each way (best of the timed steps)."""
+
+    batch: int
+    pairs: int  # timed (fp32, bf16) step pairs
+    fp32_images_per_s: float
+    bf16_images_per_s: float
+    seconds: float  # wall time of the whole probe, warm-up included
+    cached: bool = False  # read from the machine's cache, not measured by this run
+
+    @property
+    def speedup(self) -> float:
+        """bf16 throughput / fp32 throughput."""
+        return self.bf16_images_per_s / self.fp32_images_per_s
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """What a run trains in and why: result.json's `precision` and the run's first line."""
+
+    precision: str  # what Lightning trains in: 32-true, bf16-mixed, ...
+    requested: str  # train.precision as configured
+    reason: str
+    probe: ProbeResult | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """result.json's `precision` entry (the probe's figures with its speedup, or null)."""
+        probe = (
+            None if self.probe is None else {**asdict(self.probe), "speedup": round(self.probe.speedup, 3)}
+        )
+        return {
+            "precision": self.precision,
+            "requested": self.requested,
+            "reason": self.reason,
+            "probe": probe,
+        }
+
+    def line(self) -> str:
+        """One line for the start of the run."""
+        return f"precision: {self.precision} ({self.requested}: {self.reason})"
+
+
+def decide(fp32_images_per_s: float, bf16_images_per_s: float, margin: float = BF16_MARGIN) -> str:
+    """bf16-mixed when it trained at least `margin` times faster than fp32, else 32-true."""
+    return BF16 if bf16_images_per_s >= margin * fp32_images_per_s else FP32
+
+
+@functools.cache
+def cpu_bf16_flags() -> tuple[str, ...]:
+    """Which of BF16_FLAGS this CPU has (/proc/cpuinfo on Linux, torch's cpuinfo elsewhere)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return tuple(flag for flag in BF16_FLAGS if flag in flags)
+    found = []
+    if getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)():
+        found.append("avx512_bf16")
+    if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():
+        found.append("amx_bf16")
+    return tuple(found)
+
+
+def choose_precision(
+    requested: str,
+    *,
+    accelerator: str,
+    processes: int,
+    model: nn.Module,
+    model_key: str,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    batch_size: int,
+    channels_last: bool,
+    resumed_with: str | None = None,
+) -> PrecisionChoice:
+    """The precision of a run: as configured, as its checkpoint says (resume), or decided for `auto`."""
+    if requested != "auto":
+        return PrecisionChoice(requested, requested, "as configured (no probe)")
+    if resumed_with:
+        return PrecisionChoice(resumed_with, requested, "as chosen when the run started (its checkpoint)")
+    if accelerator == "cuda":
+        return PrecisionChoice(BF16, requested, "bf16-mixed on CUDA")
+    if accelerator != "cpu":
+        return PrecisionChoice(FP32, requested, f"fp32 on {accelerator}")
+    flags = cpu_bf16_flags()
+    if not flags:
+        return PrecisionChoice(FP32, requested, "fp32: this CPU lacks avx512_bf16 and amx_bf16 (no probe)")
+    if processes > 1:
+        return PrecisionChoice(FP32, requested, f"fp32: {processes} CPU processes (the probe runs alone)")
+    probe = cached_probe(
+        f"{model_key}|{input_shape}|batch {min(batch_size, PROBE_BATCH)}|channels_last {channels_last}",
+        lambda: probe_step_rates(model, input_shape, num_classes, batch_size, channels_last=channels_last),
+    )
+    precision = decide(probe.fp32_images_per_s, probe.bf16_images_per_s)
+    source = "cached probe" if probe.cached else "probe"
+    reason = (
+        f"{source} on this CPU ({'+'.join(flags)}), batch {probe.batch}: fp32 {probe.fp32_images_per_s:,.0f} "
+        f"img/s, bf16 {probe.bf16_images_per_s:,.0f} img/s ({probe.speedup:.2f}x; bf16 needs "
+        f"{BF16_MARGIN:.2f}x) in {probe.seconds:.1f} s"
+    )
+    return PrecisionChoice(precision, requested, reason, probe)
+
+
+def probe_step_rates(
+    model: nn.Module,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    batch_size: int,
+    *,
+    channels_last: bool,
+    pairs: int = PROBE_PAIRS,
+    budget_s: float = PROBE_SECONDS,
+) -> ProbeResult:
+    """Time training steps of a copy of `model` in fp32 and bf16 autocast, interleaved; best step each way.
+
+    The model, its BatchNorm statistics and the global random state are left as they were.
+    """
+    started = time.perf_counter()
+    batch = max(1, min(batch_size, PROBE_BATCH))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        probe_model = copy.deepcopy(model).cpu().to(memory_format=memory_format).train()
+        images = torch.randn(batch, *input_shape).contiguous(memory_format=memory_format)
+        labels = torch.randint(0, num_classes, (batch,))
+        optimizer = torch.optim.SGD(probe_model.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
+        step = _training_step(probe_model, optimizer, images, labels)
+        step(False), step(True)  # warm-up: oneDNN builds its kernels on the first call of each shape
+        times: dict[bool, list[float]] = {False: [], True: []}
+        for _ in range(pairs):
+            for bf16 in (False, True):
+                times[bf16].append(step(bf16))
+            if time.perf_counter() - started > budget_s:
+                break
+    return ProbeResult(
+        batch=batch,
+        pairs=len(times[True]),
+        fp32_images_per_s=round(batch / min(times[False]), 1),
+        bf16_images_per_s=round(batch / min(times[True]), 1),
+        seconds=round(time.perf_counter() - started, 2),
+    )
+
+
+def _training_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor
+) -> Callable[[bool], float]:
+    """A function running one forward/backward/SGD step (bf16 autocast or not) and returning its seconds."""
+
+    def step(bf16: bool) -> float:
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return time.perf_counter() - start
+
+    return step
+
+
+_memo: dict[str, ProbeResult] = {}
+
+
+def cached_probe(shape_key: str, measure: Callable[[], ProbeResult]) -> ProbeResult:
+    """The probe of this machine and model shape: from this process, the machine's cache file, or measured
+    now (and stored). A cache file that cannot be read or written is ignored (the probe runs)."""
+    key = f"{_machine_key()}|{shape_key}"
+    if key in _memo:
+        return _memo[key]
+    path = _cache_path()
+    stored = _read_cache(path)
+    if key in stored:
+        try:
+            _memo[key] = ProbeResult(**{**stored[key], "cached": True})
+            return _memo[key]
+        except TypeError:
+            pass  # written by another version: measure again
+    result = measure()
+    _memo[key] = result
+    stored[key] = asdict(result)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        safeio.atomic_write_text(path, json.dumps(stored, indent=1, sort_keys=True) + "\n")
+    except OSError:
+        pass  # a read-only home: the decision still holds for this process
+    return result
+
+
+def _machine_key() -> str:
+    """CPU model, host, torch version and thread count: what the probe's outcome depends on."""
+    return f"{_cpu_model()}|{platform.node()}|torch {torch.__version__}|threads {torch.get_num_threads()}"
+
+
+def _cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "cpu"
+
+
+def _cache_path() -> Path:
+    from cnnlab.data.locations import cache_root
+
+    return cache_root() / CACHE_FILE
+
+
+def _read_cache(path: Path) -> dict[str, Any]:
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return stored if isinstance(stored, dict) else {}
