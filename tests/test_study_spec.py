@@ -290,6 +290,13 @@ def test_shipped_spec_expands_and_validates(path, tmp_path):
         spec = load_tune_spec(path)
         assert spec.folds >= 2 and spec.space
         return
+    if "studies" in raw:  # a suite: every sub-study plans and passes the checks
+        from cnnlab.study.suite import check_suite, load_suite
+
+        suite = load_suite(path, tmp_path / "suite")
+        check_suite(suite, tmp_path / "suite")
+        assert [study.name for study in suite.studies]
+        return
     if path.stem == "cats-vs-dogs":  # a photo folder: point it at a small generated tree of cats and dogs
         folder = _tiny_cats_and_dogs(tmp_path / "photos")
         spec = load_study_spec(path, [f"base.data.name=folder:{folder}"])

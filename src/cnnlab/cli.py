@@ -284,7 +284,13 @@ def _add_report(commands: argparse._SubParsersAction) -> None:
 
 def _run_report(args: argparse.Namespace) -> int:
     from cnnlab.report import write_report
+    from cnnlab.study.suite import is_suite_folder
 
+    if is_suite_folder(args.dir):
+        html, markdown = _write_suite_report(args.dir)
+        print(f"wrote {markdown}")
+        print(f"report: {html}")
+        return 0
     paths = write_report(args.dir)
     print(paths.table)
     print(f"wrote {paths.csv} and {paths.markdown}")
@@ -449,6 +455,10 @@ def _run_study(args: argparse.Namespace) -> int:
         raise ConfigError("--workers, --heartbeat and --max-attempts must be at least 1")
     options = WorkerOptions(storage=args.storage, heartbeat_s=args.heartbeat, max_attempts=args.max_attempts)
     args.resume_hint = _with_flag([word for word in args.argv if word != "--restart"], "")
+    from cnnlab.study.suite import is_suite
+
+    if is_suite(args.spec):
+        return _run_suite(args, options)
     outcome = run_study(
         args.spec,
         args.out,
@@ -480,12 +490,53 @@ def _run_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_suite(args: argparse.Namespace, options: Any) -> int:
+    """`study run` of a suite spec: every sub-study into DIR/<name>/, then one report with a section each."""
+    from cnnlab.study.suite import run_suite
+
+    suite = run_suite(
+        args.spec,
+        args.out,
+        workers=args.workers,
+        worker_only=args.worker_only,
+        options=options,
+        overrides=args.set,
+        restart=args.restart,
+    )
+    for name, outcome in suite.outcomes:
+        counts = ", ".join(f"{number} {state}" for state, number in outcome.counts.items() if number)
+        print(
+            f"study {name}: {counts} (this process trained {outcome.trained}, found {outcome.skipped} done)"
+        )
+    if not args.worker_only:
+        paths = _write_suite_report(suite.out_dir)
+        print(f"report: {paths[0]}")
+    if suite.unfinished:
+        print(
+            f"cnnlab: {suite.unfinished} run(s) failed or diverged; "
+            f"see `cnnlab study status {suite.out_dir}`",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    return 0
+
+
+def _write_suite_report(folder: Any) -> tuple[Any, Any]:
+    """Each sub-study's own report, then the suite's report.html / report.md with a section per sub-study."""
+    from cnnlab.report.suite import write_suite_report
+
+    return write_suite_report(folder)
+
+
 def _run_study_status(args: argparse.Namespace) -> int:
     import dataclasses
     import json
 
     from cnnlab.study import format_status, study_status
+    from cnnlab.study.suite import is_suite_folder, suite_studies
 
+    if is_suite_folder(args.dir):
+        return _print_suite_status(suite_studies(args.dir), args)
     status = study_status(args.dir, storage=args.storage)
     if args.json:
         print(
@@ -500,6 +551,32 @@ def _run_study_status(args: argparse.Namespace) -> int:
         )
     else:
         print(format_status(status))
+    return 0
+
+
+def _print_suite_status(studies: Sequence[tuple[str, Any]], args: argparse.Namespace) -> int:
+    """`study status` of a suite folder: each sub-study's status (a sub-study not started yet says so)."""
+    import dataclasses
+    import json
+
+    from cnnlab.study import format_status, study_status
+
+    found = {name: study_status(folder) for name, folder in studies if (folder / "study.json").is_file()}
+    if args.json:
+        shown = {
+            name: {
+                "study_dir": str(status.study_dir),
+                "counts": status.counts,
+                "runs": [dataclasses.asdict(run) for run in status.runs],
+            }
+            for name, status in found.items()
+        }
+        print(
+            json.dumps({"studies": shown, "not_started": [n for n, _ in studies if n not in found]}, indent=2)
+        )
+        return 0
+    for name, folder in studies:
+        print(f"[{name}] " + (format_status(found[name]) if name in found else f"{folder}: not started"))
     return 0
 
 

@@ -7,6 +7,7 @@ A run config has four sections, addressed by dotted keys (`model.name`, `data.ba
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -65,6 +66,7 @@ class DataConfig:
     fold: int = 0  # which fold validates when folds is set
     subset: int | None = None  # keep N training images (stratified)
     per_class: int | None = None  # keep N training images per class
+    test_subset: int | None = None  # score N test images (stratified, fixed seed: the same for every run)
     classes: tuple[str, ...] | None = None  # keep these classes, re-indexed in this order
     augment: str = "none"  # none | flip | crop | flip+crop | randomresizedcrop
     normalize: str = "dataset"  # dataset statistics | pretrained weights' statistics | none
@@ -74,6 +76,11 @@ class DataConfig:
     test_fraction: float = 0.2  # folder datasets without a test split: stratified test share
     splits_file: str | None = None  # saved splits to reuse (written by studies)
     background: tuple[int, ...] = (255, 255, 255)  # folder images: RGB (0..255) shown through transparency
+
+    @property
+    def split_index(self) -> int:
+        """Which of the saved validation sets this run validates on: its fold, or the one holdout set."""
+        return self.fold if self.folds else 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +129,11 @@ class RunConfig:
     data: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
+
+    @functools.cached_property
+    def run_id(self) -> str:
+        """The run's identity, `config_hash(self)`, computed once per config object."""
+        return config_hash(self)
 
 
 SECTIONS: dict[str, type] = {
@@ -279,8 +291,44 @@ def to_dict(config: RunConfig) -> dict[str, Any]:
 
 
 def replace(config: RunConfig, **dotted: Any) -> RunConfig:
-    """A copy with dotted keys replaced, e.g. replace(cfg, **{"train.epochs": 1})."""
-    return from_dict(merge(to_dict(config), dotted))
+    """A copy with dotted keys replaced, e.g. replace(cfg, **{"train.epochs": 1}); each value is checked."""
+    return with_values(config, {key: coerce_key(key, value) for key, value in dotted.items()})
+
+
+def with_values(config: RunConfig, values: Mapping[str, Any]) -> RunConfig:
+    """A copy with already-typed values (from `coerce_key`) at dotted keys: a nested `dataclasses.replace`,
+    no dict round trip. The result's ranges are checked (some span keys: data.fold < data.folds)."""
+    by_section: dict[str, dict[str, Any]] = {}
+    for key, value in values.items():
+        section, _, name = key.partition(".")
+        by_section.setdefault(section, {})[name] = value
+    sections = {
+        section: dataclasses.replace(getattr(config, section), **fields)
+        for section, fields in by_section.items()
+    }
+    updated = dataclasses.replace(config, **sections)
+    _check_ranges(updated)
+    return updated
+
+
+def coerce_key(key: str, value: Any) -> Any:
+    """One dotted key's value converted to its field's type and checked against its choices; an unknown key
+    or a bad value raises ConfigError naming the key."""
+    section, _, name = key.partition(".")
+    cls = SECTIONS.get(section)
+    if cls is None or not name:
+        raise ConfigError(
+            f"unknown config key {key!r}{close_matches(key, all_keys())}; keys are dotted, like optim.lr"
+        )
+    fields = {f.name for f in dataclasses.fields(cls)}
+    if name not in fields:
+        raise ConfigError(
+            f"unknown config key {key!r}{close_matches(key, all_keys())}; "
+            f"allowed in {section}: {', '.join(fields)}"
+        )
+    coerced = _coerce(value, typing.get_type_hints(cls)[name], key)
+    _check_choice(key, coerced)
+    return coerced
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -317,19 +365,7 @@ def dump_yaml(config: RunConfig) -> str:
 
 
 def _build_section(section: str, cls: type, values: Mapping[str, Any]) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for name, value in values.items():
-        key = f"{section}.{name}"
-        if name not in fields:
-            raise ConfigError(
-                f"unknown config key {key!r}{close_matches(key, all_keys())}; "
-                f"allowed in {section}: {', '.join(fields)}"
-            )
-        kwargs[name] = _coerce(value, hints[name], key)
-        _check_choice(key, kwargs[name])
-    return cls(**kwargs)
+    return cls(**{name: coerce_key(f"{section}.{name}", value) for name, value in values.items()})
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
@@ -399,6 +435,7 @@ def _check_ranges(config: RunConfig) -> None:
         ("data.image_size", data.image_size is None or 1 <= data.image_size <= 4096, "in [1, 4096]"),
         ("data.subset", data.subset is None or data.subset >= 1, "at least 1"),
         ("data.per_class", data.per_class is None or data.per_class >= 1, "at least 1"),
+        ("data.test_subset", data.test_subset is None or data.test_subset >= 1, "at least 1"),
         (
             "data.background",
             len(data.background) == 3 and all(0 <= c <= 255 for c in data.background),

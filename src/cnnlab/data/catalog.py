@@ -26,7 +26,7 @@ from cnnlab.data.generated import (
     digits_split,
     synthetic_split,
 )
-from cnnlab.data.imageset import ImageSet, apply_subset, resize_images, select_classes
+from cnnlab.data.imageset import ImageSet, apply_subset, apply_test_subset, resize_images, select_classes
 from cnnlab.data.readers import (
     file_exists,
     first_line,
@@ -304,9 +304,11 @@ class _LoadKey:
 def load_split(data: DataConfig, split: str) -> ImageSet:
     """A split ("train" or "test") of `data.name` with `image_size`, `classes`, `subset`/`per_class` applied.
 
-    `subset`/`per_class` apply to the training split only. Memoised per process.
+    `subset`/`per_class` apply to the training split only, `test_subset` to the test split. Memoised per
+    process.
     """
-    return _load_memoised(_resolve_key(data, download=True), _check_split(split))
+    image_set = _load_memoised(_resolve_key(data, download=True), _check_split(split))
+    return apply_test_subset(image_set, data.test_subset) if split == "test" else image_set
 
 
 def load_local_split(data: DataConfig, split: str) -> ImageSet:

@@ -139,3 +139,16 @@ def apply_subset(image_set: ImageSet, *, subset: int | None, per_class: int | No
     if per_class is not None and per_class < 1:
         raise ConfigError(f"data.per_class={per_class} is out of range; it must be at least 1")
     return take(image_set, stratified_subset(image_set.labels, total=subset, per_class=per_class))
+
+
+def apply_test_subset(image_set: ImageSet, test_subset: int | None) -> ImageSet:
+    """`data.test_subset` on a test split: N images, stratified, drawn with the fixed `SUBSET_SEED`, so every
+    run of a study (and every re-evaluation) scores the same images."""
+    if test_subset is None:
+        return image_set
+    if not 1 <= test_subset <= len(image_set):
+        raise ConfigError(
+            f"data.test_subset={test_subset} is out of range; it must be in [1, {len(image_set)}] "
+            "(the size of the test split)"
+        )
+    return take(image_set, stratified_subset(image_set.labels, total=test_subset))

@@ -21,7 +21,7 @@ def check_plan(plan: StudyPlan) -> None:
     for run in plan.runs:
         if run.config is None:
             continue
-        key = cfg.config_hash(run.config)
+        key = run.run_id
         if key in seen:
             raise ConfigError(
                 f"study spec: stage {run.stage!r}, configuration {run.configuration!r} seed "

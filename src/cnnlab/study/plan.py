@@ -18,7 +18,7 @@ from typing import Any
 
 from cnnlab import config as cfg
 from cnnlab.errors import ConfigError
-from cnnlab.study.spec import STAGE_INIT_PREFIX, EnsembleSpec, GridAxis, StageSpec, StudySpec
+from cnnlab.study.spec import STAGE_INIT_PREFIX, EnsembleSpec, GridAxis, PerModelInit, StageSpec, StudySpec
 from cnnlab.train.resolve import resolve_config
 
 RUNS_DIR = "runs"
@@ -48,8 +48,8 @@ class PlannedRun:
 
     @property
     def run_id(self) -> str | None:
-        """The run's identity: the hash of its resolved config."""
-        return cfg.config_hash(self.config) if self.config is not None else None
+        """The run's identity: the hash of its resolved config (computed once, cached on the config)."""
+        return self.config.run_id if self.config is not None else None
 
     def tags(self, study: str) -> dict[str, Any]:
         """What the run records in result.json so reports can group it."""
@@ -137,7 +137,8 @@ class GridPoint:
 
 
 def expand(spec: StudySpec, study_dir: str | Path) -> StudyPlan:
-    """Every run of the study, validated through `config.from_dict`; errors name the configuration."""
+    """Every run of the study, its config assembled from the spec's typed values; errors name the
+    configuration."""
     study_dir = Path(study_dir).resolve()
     runs: list[PlannedRun] = []
     splits: dict[Path, SplitsPlan] = {}
@@ -179,17 +180,18 @@ def _expand_stage(
     runs = []
     folds: Iterable[int | None] = range(stage.folds) if stage.folds else [None]
     for point, seed, fold in itertools.product(grid_points(stage.grid), stage.seeds, list(folds)):
-        tree = _run_tree(spec, stage, point, seed, fold)
+        config = _run_config(spec, stage, point, seed, fold)
         depends_on: tuple[int, ...] = ()
-        init = tree["train"].get("init")
-        if isinstance(init, str) and init.startswith(STAGE_INIT_PREFIX):
-            source = _init_source(init[len(STAGE_INIT_PREFIX) :], point, seed, tree, earlier, stage)
-            tree["train"]["init"] = f"run:{study_dir / RUNS_DIR / str(source.run_id)}"
+        init = config.train.init
+        if init.startswith(STAGE_INIT_PREFIX):
+            source = _init_source(init[len(STAGE_INIT_PREFIX) :], point, seed, config, earlier, stage)
+            config = cfg.with_values(
+                config, {"train.init": f"run:{study_dir / RUNS_DIR / str(source.run_id)}"}
+            )
             depends_on = (source.index,)
-        config = _validate_run(tree, stage, point.label)
         split = splits_plan(config, spec.split_seed, study_dir)
         splits.setdefault(split.path, split)
-        config = cfg.replace(config, **{"data.splits_file": str(split.path)})
+        config = cfg.with_values(config, {"data.splits_file": str(split.path)})
         runs.append(
             PlannedRun(
                 index=len(earlier) + len(runs),
@@ -206,36 +208,32 @@ def _expand_stage(
     return runs
 
 
-def _run_tree(
+def _run_config(
     spec: StudySpec, stage: StageSpec, point: GridPoint, seed: int, fold: int | None
-) -> dict[str, Any]:
-    """Base ⊕ stage base ⊕ grid point ⊕ (seed, fold, holdout, test switch) as a nested mapping."""
-    tree = cfg.merge(cfg.merge(cfg.merge({}, spec.base), stage.base), point.overrides)
-    managed: dict[str, Any] = {"train.seed": seed}
+) -> cfg.RunConfig:
+    """Base ⊕ stage base ⊕ grid point ⊕ (seed, fold, holdout, test switch), resolved (stem, image size,
+    absolute paths). The values were checked when the spec was parsed; only their combination is new."""
+    values: dict[str, Any] = {**spec.base, **stage.base, **point.overrides, "train.seed": seed}
     if fold is not None:
-        managed.update({"data.folds": stage.folds, "data.fold": fold})
+        values.update({"data.folds": stage.folds, "data.fold": fold})
     elif stage.val_fraction is not None:
-        managed["data.val_fraction"] = stage.val_fraction
+        values["data.val_fraction"] = stage.val_fraction
     if spec.select is not None and stage is spec.stages[-1]:
-        managed["train.test"] = False  # the test split is touched only by the final retrained run
-    tree = cfg.merge(tree, managed)
-    tree.setdefault("train", {})
-    return tree
-
-
-def _validate_run(tree: Mapping[str, Any], stage: StageSpec, label: str) -> cfg.RunConfig:
-    """The run's config, validated and resolved (stem, image size, absolute paths)."""
+        values["train.test"] = False  # the test split is touched only by the final retrained run
     try:
-        return resolve_config(cfg.from_dict(tree))
+        init = values.get("train.init")
+        if isinstance(init, PerModelInit):
+            values["train.init"] = init.for_model(values.get("model.name", cfg.ModelConfig.name))
+        return resolve_config(cfg.with_values(cfg.RunConfig(), values))
     except ConfigError as error:
-        raise ConfigError(f"stage {stage.name!r}, configuration {label!r}: {error}") from None
+        raise ConfigError(f"stage {stage.name!r}, configuration {point.label!r}: {error}") from None
 
 
 def _init_source(
     source_stage: str,
     point: GridPoint,
     seed: int,
-    tree: Mapping[str, Any],
+    config: cfg.RunConfig,
     earlier: Sequence[PlannedRun],
     stage: StageSpec,
 ) -> PlannedRun:
@@ -250,7 +248,7 @@ def _init_source(
             f"stage {stage.name!r}: train.init=stage:{source_stage} has no run with seed {seed}; "
             f"give stage {source_stage!r} the same seeds, or a single seed"
         )
-    current = cfg.to_dict(resolve_config(cfg.from_dict(cfg.merge(tree, {"train.init": "scratch"}))))
+    current = cfg.to_dict(config)
     matching = [run for run in candidates if _agrees(run, point, current)]
     if len(matching) != 1:
         axes = sorted({key for run in candidates for key in run.point})

@@ -51,12 +51,35 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]{0,99}")  # ensemble names b
 STAGE_INIT_PREFIX = "stage:"  # `train.init: stage:<name>` → the matching run of an earlier stage
 
 
+Values = Mapping[str, Any]  # dotted config key → value already checked by `config.coerce_key`
+
+
+@dataclasses.dataclass(frozen=True)
+class PerModelInit:
+    """`train.init` given per model (`{resnext50_32x4d: file:a.pth, densenet121: file:b.pth}`): one weights
+    file cannot serve two architectures. The run takes the entry of its `model.name`."""
+
+    inits: tuple[tuple[str, str], ...]  # (model name, init)
+    where: str  # the spec key it was given under, for errors
+
+    def for_model(self, model: str) -> str:
+        """The init of `model`; a model without an entry is a ConfigError naming the spec key."""
+        for name, init in self.inits:
+            if name == model:
+                return init
+        names = ", ".join(name for name, _ in self.inits)
+        raise ConfigError(
+            f"study spec key {self.where}.train.init has no entry for model {model!r}; "
+            f"it gives: {names}; add {model}: <init>"
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class GridAxis:
     """One grid dimension: a dotted config key with values, or a named axis of override sets."""
 
     key: str
-    choices: tuple[tuple[str, Mapping[str, Any]], ...]  # (label of the choice, dotted overrides)
+    choices: tuple[tuple[str, Values], ...]  # (label of the choice, typed dotted overrides)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +87,7 @@ class StageSpec:
     """One stage: overrides over the study base, its own grid, seeds and validation protocol."""
 
     name: str
-    base: Mapping[str, Any]
+    base: Values  # typed dotted overrides over the study's base
     grid: tuple[GridAxis, ...]
     seeds: tuple[int, ...]
     folds: int | None  # k-fold cross-validation; None: holdout
@@ -93,7 +116,7 @@ class StudySpec:
     """A validated study spec; `stages` always holds at least one stage (a plain study is stage "main")."""
 
     name: str
-    base: Mapping[str, Any]
+    base: Values  # typed dotted overrides over the config defaults
     stages: tuple[StageSpec, ...]
     split_seed: int
     select: SelectSpec | None
@@ -176,7 +199,8 @@ def _stage(tree: dict[str, Any], name: str, key: str) -> dict[str, Any]:
 
 
 def _set_in(tree: dict[str, Any], key: str, value: Any, full_key: str) -> None:
-    """`base.<key>` merges into the base; `grid.`/`space.<key>` sets one axis; other keys are nested."""
+    """`base.<key>` merges into the base; `grid.`/`space.<key>` sets one axis, or a key inside a named grid
+    option (`grid.recipe.fine-tune.train.init`); other keys are nested."""
     head, _, rest = key.partition(".")
     if head in ("base", "grid", "space") and rest:
         section = tree.setdefault(head, {})
@@ -184,6 +208,8 @@ def _set_in(tree: dict[str, Any], key: str, value: Any, full_key: str) -> None:
             raise ConfigError(f"--set {full_key}: {head!r} in the spec is not a mapping (a file path?)")
         if head == "base":
             tree[head] = cfg.merge(cfg.merge({}, section), {rest: value})
+        elif head == "grid" and "." in rest and rest.split(".")[0] not in cfg.SECTIONS:
+            _set_in_option(section, rest, value, full_key)
         else:
             section[rest] = value
         return
@@ -194,6 +220,31 @@ def _set_in(tree: dict[str, Any], key: str, value: Any, full_key: str) -> None:
     if not isinstance(child, dict):
         raise ConfigError(f"--set {full_key}: {head!r} in the spec is a value, not a mapping")
     _set_in(child, rest, value, full_key)
+
+
+def _set_in_option(grid: dict[str, Any], key: str, value: Any, full_key: str) -> None:
+    """`<axis>.<option>[.<config key>]`: replace a named option's overrides, or set one key inside them."""
+    axis, _, rest = key.partition(".")
+    options = grid.get(axis)
+    if not isinstance(options, dict):
+        named = [name for name, choices in grid.items() if "." not in str(name) and isinstance(choices, dict)]
+        raise ConfigError(
+            f"--set {full_key}: the grid has no named axis {axis!r}{close_matches(axis, named)}; "
+            f"named axes: {', '.join(map(str, named)) or '(none)'}"
+        )
+    for option in sorted(map(str, options), key=len, reverse=True):  # longest first: names may hold dots
+        if rest == option:
+            options[option] = value
+            return
+        if rest.startswith(f"{option}."):
+            current = options[option] if isinstance(options[option], Mapping) else {}
+            options[option] = cfg.merge(cfg.merge({}, current), {rest[len(option) + 1 :]: value})
+            return
+    wanted = rest.split(".")[0]
+    raise ConfigError(
+        f"--set {full_key}: grid axis {axis!r} has no option {wanted!r}{close_matches(wanted, options)}; "
+        f"options: {', '.join(map(str, options))}"
+    )
 
 
 def parse_study_spec(
@@ -258,7 +309,10 @@ def parse_tune_spec(
         pruner=pruner,
         raw=dict(raw),
     )
-    _validated(base, "base")
+    if isinstance(base.get("train.init"), PerModelInit):
+        raise ConfigError(
+            "tune spec key base.train.init must be one init (a mapping per model is for studies)"
+        )
     return spec
 
 
@@ -282,7 +336,7 @@ def _check_keys(raw: Any, allowed: Sequence[str], where: str) -> None:
 
 
 def _parse_base(value: Any, where: str, base_dir: Path | None) -> dict[str, Any]:
-    """A run config delta: a mapping (nested or dotted) or the path of a run YAML file."""
+    """A run config delta (a mapping, nested or dotted, or the path of a run YAML file) → typed values."""
     if value is None:
         return {}
     if isinstance(value, str):
@@ -295,25 +349,49 @@ def _parse_base(value: Any, where: str, base_dir: Path | None) -> dict[str, Any]
             f"study spec key {where!r} must be a mapping of run config keys or a YAML file path, "
             f"got {value!r}"
         )
-    _validated(value, where)
-    return cfg.merge({}, value)
+    return typed_values(value, where)
 
 
-def _validated(tree: Mapping[str, Any], where: str) -> cfg.RunConfig:
-    """Validate a config delta, prefixing the error with the spec key it came from."""
+def typed_values(tree: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """A config delta (nested or dotted) → {dotted key: typed value}: the one place a spec's config value is
+    checked (type, choices, range); errors are prefixed with the spec key it came from. `train.init` may map
+    model names to inits (`PerModelInit`)."""
     try:
-        return cfg.from_dict(_without_stage_init(tree))
+        values = {key: _typed(key, value, where) for key, value in _config_keys(tree).items()}
+        cfg.with_values(cfg.RunConfig(), _single_values(values))  # each value's own range
     except ConfigError as error:
         raise ConfigError(f"{where}: {error}") from None
+    return values
 
 
-def _without_stage_init(tree: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy where `train.init: stage:<name>` is replaced by scratch, for validating the other keys."""
-    merged = cfg.merge({}, tree)
-    init = merged.get("train", {}).get("init")
-    if isinstance(init, str) and init.startswith(STAGE_INIT_PREFIX):
-        merged["train"]["init"] = "scratch"
-    return merged
+def _config_keys(tree: Mapping[str, Any]) -> dict[str, Any]:
+    """Nested or dotted mapping → {section.key: value}; a mapping below a key stays a value (per-model
+    init)."""
+    flat: dict[str, Any] = {}
+    for section, values in cfg.merge({}, tree).items():
+        if not isinstance(values, Mapping):
+            raise ConfigError(
+                f"config section {section!r} must be a mapping of keys, got {cfg.short(values)}"
+            )
+        flat.update({f"{section}.{name}": value for name, value in values.items()})
+    return flat
+
+
+def _typed(key: str, value: Any, where: str) -> Any:
+    if key == "train.init" and isinstance(value, Mapping) and value:
+        inits = tuple((str(model), str(cfg.coerce_key(key, init))) for model, init in value.items())
+        return PerModelInit(inits=inits, where=where)
+    return cfg.coerce_key(key, value)
+
+
+def _single_values(values: Values) -> dict[str, Any]:
+    """The values a RunConfig holds as they are (a per-model init is chosen per run)."""
+    return {key: value for key, value in values.items() if not isinstance(value, PerModelInit)}
+
+
+def init_values(init: Any) -> list[str]:
+    """Every init a `train.init` value can give (one, or one per model)."""
+    return [value for _, value in init.inits] if isinstance(init, PerModelInit) else [init]
 
 
 def _parse_stages(value: Any, raw: Mapping[str, Any]) -> tuple[StageSpec, ...]:
@@ -377,14 +455,14 @@ def _check_stage_references(stages: Sequence[StageSpec]) -> None:
 def _stage_inits(stage: StageSpec) -> list[tuple[str, str]]:
     """(spec key, value) of every `train.init: stage:...` in a stage's base and grid."""
     found = []
-    init = stage.base.get("train", {}).get("init")
-    if isinstance(init, str) and init.startswith(STAGE_INIT_PREFIX):
-        found.append((f"stage {stage.name!r} base", init))
+    for value in init_values(stage.base.get("train.init")):
+        if isinstance(value, str) and value.startswith(STAGE_INIT_PREFIX):
+            found.append((f"stage {stage.name!r} base", value))
     for axis in stage.grid:
         for label, overrides in axis.choices:
-            value = overrides.get("train.init")
-            if isinstance(value, str) and value.startswith(STAGE_INIT_PREFIX):
-                found.append((f"stage {stage.name!r} grid.{axis.key}={label}", value))
+            for value in init_values(overrides.get("train.init")):
+                if isinstance(value, str) and value.startswith(STAGE_INIT_PREFIX):
+                    found.append((f"stage {stage.name!r} grid.{axis.key}={label}", value))
     return found
 
 
@@ -399,7 +477,8 @@ def _parse_axis(key: str, value: Any, where: str) -> GridAxis:
     if "." in key:
         if not isinstance(value, list) or not value:
             raise ConfigError(f"study spec key {where!r} must be a non-empty list of values, got {value!r}")
-        choices = tuple((_value_label(item), {key: item}) for item in value)
+        _check_not_managed(key, where)
+        choices = tuple((_value_label(item), typed_values({key: item}, where)) for item in value)
     else:
         if not isinstance(value, Mapping) or not value:
             raise ConfigError(
@@ -413,10 +492,6 @@ def _parse_axis(key: str, value: Any, where: str) -> GridAxis:
     labels = [label for label, _ in choices]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"study spec key {where!r} lists the same value twice: {labels}")
-    for label, overrides in choices:
-        _validated(overrides, f"{where}" if "." in key else f"{where}.{label}")
-        if "." in key:
-            _check_not_managed(key, where)
     return GridAxis(key=key, choices=choices)
 
 
@@ -425,10 +500,10 @@ def _named_choice(label: str, overrides: Any, where: str) -> tuple[str, dict[str
         raise ConfigError(
             f"study spec key {where!r} must be a mapping of dotted config keys, got {overrides!r}"
         )
-    flat = _flatten(overrides)
-    for key in flat:
+    values = typed_values(overrides, where)
+    for key in values:
         _check_not_managed(key, f"{where}.{key}")
-    return label, flat
+    return label, values
 
 
 MANAGED_KEYS = ("train.seed", "data.folds", "data.fold", "data.splits_file")
@@ -439,18 +514,6 @@ def _check_not_managed(key: str, where: str) -> None:
     if key in MANAGED_KEYS:
         hint = "use 'seeds:'" if key == "train.seed" else "use 'cv: {folds: k}'"
         raise ConfigError(f"study spec key {where!r}: {key} is set by the study; {hint}")
-
-
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested or dotted mapping → {dotted key: value}."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{dotted}."))
-        else:
-            flat[dotted] = value
-    return flat
 
 
 def _value_label(value: Any) -> str:
@@ -561,8 +624,8 @@ def _parse_search_param(key: Any, value: Any) -> SearchParam:
                     f"tune spec key {where!r}: choices must be numbers, strings, booleans or null, "
                     f"got {item!r}"
                 )
-            _validated({key: item}, where)
-        return SearchParam(key=key, choices=tuple(value))
+        choices = tuple(typed_values({key: item}, where)[key] for item in value)
+        return SearchParam(key=key, choices=choices)
     _check_keys(value, ("low", "high", "log", "type"), f"tune spec {where}")
     low, high = value.get("low"), value.get("high")
     kind = value.get("type", "int" if isinstance(low, int) and isinstance(high, int) else "float")
@@ -577,16 +640,18 @@ def _parse_search_param(key: Any, value: Any) -> SearchParam:
     if not isinstance(log, bool) or (log and low <= 0):
         raise ConfigError(f"tune spec key {where}.log must be true or false, and log needs low > 0")
     for bound in (low, high):
-        _validated({key: int(bound) if kind == "int" else bound}, where)
+        typed_values({key: int(bound) if kind == "int" else bound}, where)
     return SearchParam(key=key, low=low, high=high, log=log, integer=kind == "int")
 
 
 def _validate_base_sections(spec: StudySpec) -> None:
     """Each stage's base merged over the study base must be a valid config (names the stage on error)."""
     for stage in spec.stages:
-        _validated(
-            cfg.merge(spec.base, stage.base), f"stage {stage.name!r} base" if len(spec.stages) > 1 else "base"
-        )
+        where = f"stage {stage.name!r} base" if len(spec.stages) > 1 else "base"
+        try:
+            cfg.with_values(cfg.RunConfig(), _single_values({**spec.base, **stage.base}))
+        except ConfigError as error:
+            raise ConfigError(f"{where}: {error}") from None
 
 
 def _integer(value: Any, where: str) -> int:

@@ -55,7 +55,7 @@ def _write_run_images(
     model: nn.Module, prepared: PreparedRun, out_dir: Path, device: torch.device
 ) -> list[Path]:
     config = prepared.config
-    train_idx, _ = prepared.splits.indices(config.data.fold if config.data.folds else 0)
+    train_idx, _ = prepared.splits.indices(config.data.split_index)
     augmented = augmented_samples(prepared.train_set, train_idx, config.data.augment, config.train.seed)
     written = [runfolder.write_image_samples(out_dir, "augmented", augmented)]
     split = "test" if config.train.test else "val"

@@ -299,7 +299,7 @@ def _split_images(
             f"--split {split!r}: use test, train, or val (val needs the run directory's "
             "splits.json beside checkpoints/)"
         )
-    fold = data_config.fold if data_config.folds else 0
+    fold = data_config.split_index
     _, val_idx = Splits.load(splits_file).indices(fold)
     index = torch.as_tensor(val_idx)
     return train.images[index], train.labels[index]

@@ -28,8 +28,8 @@ def resolve_config(config: cfg.RunConfig) -> cfg.RunConfig:
     pretrained = is_pretrained(config.train.init)
     stem, fed_side = resolve_stem(info.name, config.model.stem, side, pretrained=pretrained)
     recorded = recorded_stem(config.model.stem, stem)
-    return cfg.replace(
-        config, **{"model.stem": recorded, "data.image_size": fed_side, **_absolute_paths(config)}
+    return cfg.with_values(
+        config, {"model.stem": recorded, "data.image_size": fed_side, **_absolute_paths(config)}
     )
 
 

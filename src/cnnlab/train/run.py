@@ -102,7 +102,7 @@ def fit(
     ranks = run_ranks(config)
     if not ranks.primary:  # another DDP rank: rank zero owns the folder (lock, files, result.json)
         return _train_other_rank(config, out_dir, ranks.global_rank, resume=resume and not overwrite)
-    run_id = cfg.config_hash(config)
+    run_id = config.run_id
     runfolder.check_folder(out_dir, run_id, overwrite=overwrite)
     if not overwrite and (finished := _completed(out_dir, run_id)) is not None:
         return finished
@@ -189,7 +189,7 @@ def _train_other_rank(config: cfg.RunConfig, out_dir: Path, rank: int, *, resume
     """A DDP process other than rank zero: it trains its shard in step with rank zero and writes nothing
     (no lock, no file, no line). It resumes exactly when rank zero does: both see the same last.ckpt, which
     rank zero clears only on a fresh start, before its trainer waits for the other ranks."""
-    run_id = cfg.config_hash(config)
+    run_id = config.run_id
     if (finished := _completed(out_dir, run_id)) is not None:
         return RunResult(finished.status, out_dir, finished.summary, rank=rank)
     prepared = prepare_run(config)
@@ -231,7 +231,7 @@ def prepare_run(config: cfg.RunConfig) -> PreparedRun:
     train_set = load_split(resolved.data, "train")
     _check_classes(train_set, resolved.data.name)
     splits = _splits_for(resolved, train_set)
-    train_idx, _ = splits.indices(resolved.data.fold if resolved.data.folds else 0)
+    train_idx, _ = splits.indices(resolved.data.split_index)
     mean, std = normalization(train_set.images[torch.as_tensor(train_idx)], resolved.data.normalize)
     hparams = _model_hparams(
         resolved, info, stem, in_chans=train_set.images.shape[1], num_classes=len(train_set.class_names)
@@ -240,7 +240,7 @@ def prepare_run(config: cfg.RunConfig) -> PreparedRun:
     model = create_model(info.name, **hparams)
     note = _initialise(model, resolved.train.init, info.name)
     return PreparedRun(
-        cfg.config_hash(resolved), resolved, train_set, splits, model, hparams, tuple(mean), tuple(std), note
+        resolved.run_id, resolved, train_set, splits, model, hparams, tuple(mean), tuple(std), note
     )
 
 
@@ -349,7 +349,7 @@ def _train(
     primary: bool = True,
 ) -> tuple[str, str | None]:
     config = prepared.config
-    train_idx, val_idx = prepared.splits.indices(config.data.fold if config.data.folds else 0)
+    train_idx, val_idx = prepared.splits.indices(config.data.split_index)
     data = InMemoryDataModule(
         prepared.train_set.images,
         prepared.train_set.labels,
@@ -579,7 +579,7 @@ def _summarize(
 
 def _val_class_counts(prepared: PreparedRun) -> list[int]:
     """Images per class in the validation split (the training split when there is none)."""
-    _, val_idx = prepared.splits.indices(prepared.config.data.fold if prepared.config.data.folds else 0)
+    _, val_idx = prepared.splits.indices(prepared.config.data.split_index)
     labels = (
         prepared.train_set.labels[torch.as_tensor(val_idx)] if len(val_idx) else prepared.train_set.labels
     )
@@ -594,7 +594,7 @@ def _evaluate_best(prepared: PreparedRun, out_dir: Path, precision: str) -> dict
     except ConfigError:
         return {}
     config = prepared.config
-    _, val_idx = prepared.splits.indices(config.data.fold if config.data.folds else 0)
+    _, val_idx = prepared.splits.indices(config.data.split_index)
     device = torch.device("cuda" if _accelerator(config) == "cuda" else "cpu")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
     result: dict[str, Any] = {}
