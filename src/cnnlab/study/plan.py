@@ -224,7 +224,9 @@ def _run_config(
         init = values.get("train.init")
         if isinstance(init, PerModelInit):
             values["train.init"] = init.for_model(values.get("model.name", cfg.ModelConfig.name))
-        return resolve_config(cfg.with_values(cfg.RunConfig(), values))
+        config = cfg.with_values(cfg.RunConfig(), values)
+        cfg.check_ranges(config)  # the combination (data.fold < data.folds); each value was checked on entry
+        return resolve_config(config)
     except ConfigError as error:
         raise ConfigError(f"stage {stage.name!r}, configuration {point.label!r}: {error}") from None
 

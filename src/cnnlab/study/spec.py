@@ -358,7 +358,7 @@ def typed_values(tree: Mapping[str, Any], where: str) -> dict[str, Any]:
     model names to inits (`PerModelInit`)."""
     try:
         values = {key: _typed(key, value, where) for key, value in _config_keys(tree).items()}
-        cfg.with_values(cfg.RunConfig(), _single_values(values))  # each value's own range
+        cfg.check_ranges(cfg.with_values(cfg.RunConfig(), _single_values(values)))  # each value's own range
     except ConfigError as error:
         raise ConfigError(f"{where}: {error}") from None
     return values
@@ -649,7 +649,7 @@ def _validate_base_sections(spec: StudySpec) -> None:
     for stage in spec.stages:
         where = f"stage {stage.name!r} base" if len(spec.stages) > 1 else "base"
         try:
-            cfg.with_values(cfg.RunConfig(), _single_values({**spec.base, **stage.base}))
+            cfg.check_ranges(cfg.with_values(cfg.RunConfig(), _single_values({**spec.base, **stage.base})))
         except ConfigError as error:
             raise ConfigError(f"{where}: {error}") from None
 
