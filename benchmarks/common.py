@@ -1,5 +1,6 @@
-"""Shared helpers of the benchmark scripts: the data they run on, the machine, repetition statistics,
-the matmul peak and writing a section of RESULTS.md.
+"""Shared helpers of the benchmark scripts: the data they run on, the usual PIL pipeline they compare with,
+the machine, repetition statistics, the matmul peak and writing a section of RESULTS.md (or a JSON summary
+for `run_all.py`).
 
 Not a test module and not part of the package: the scripts import it as `common` from this folder.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import gzip
+import json
 import os
 import platform
 import statistics
@@ -15,8 +17,9 @@ import struct
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -25,6 +28,7 @@ FASHION_SHAPE = (1, 28, 28)
 FASHION_SIZES = {"train": 60000, "t10k": 10000}
 IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
 IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
+PADDING = 4  # RandomCrop(28, padding=4) of the usual pipeline and cnnlab's crop
 
 
 def fashion_data_dir(sizes: dict[str, int] | None = None) -> tuple[str | None, str]:
@@ -54,6 +58,69 @@ def write_generated_idx(folder: Path, sizes: dict[str, int]) -> None:
             handle.write(header + images.numpy().tobytes())
         with gzip.open(folder / f"{prefix}-labels-idx1-ubyte.gz", "wb", compresslevel=1) as handle:
             handle.write(struct.pack(">II", IDX_LABELS_MAGIC, count) + labels.numpy().tobytes())
+
+
+class PilDataset(torch.utils.data.Dataset):
+    """The usual hand-written dataset: one PIL image per sample through torchvision transforms."""
+
+    def __init__(self, images: Any, labels: Any, transform: Callable) -> None:
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.images[index])), int(self.labels[index])
+
+
+def usual_loader(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    batch_size: int,
+    workers: int,
+    drop_last: bool = False,
+    pin_memory: bool = False,
+) -> torch.utils.data.DataLoader:
+    """The usual pipeline: uint8 (N, 1, H, W) images as PIL images through RandomHorizontalFlip,
+    RandomCrop(28, padding=4), ToTensor and Normalize, in a DataLoader with `workers` processes."""
+    from torchvision import transforms
+
+    transform = transforms.Compose(
+        [
+            transforms.RandomHorizontalFlip(),
+            transforms.RandomCrop(images.shape[-1], padding=PADDING),
+            transforms.ToTensor(),
+            transforms.Normalize(mean, std),
+        ]
+    )
+    dataset = PilDataset(images[:, 0].numpy(), labels.numpy(), transform)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=drop_last,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=pin_memory,
+    )
+
+
+def cpu_bf16_flags() -> tuple[str, ...]:
+    """The CPU's native-bf16 flags (avx512_bf16, amx_bf16): where bf16 training can pay on a CPU."""
+    from cnnlab.train.precision import cpu_bf16_flags as flags
+
+    return flags()
+
+
+def write_json(path: str | Path | None, figures: dict[str, Any]) -> None:
+    """Write a script's headline figures for `run_all.py` (nothing when no path was given)."""
+    if path:
+        Path(path).write_text(json.dumps(figures, indent=1) + "\n")
 
 
 def sync(device: torch.device | str) -> None:
@@ -118,8 +185,9 @@ def machine(device: str) -> str:
     import torchvision
 
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.device(device).type == "cuda" else ""
+    bf16 = "+".join(cpu_bf16_flags()) or "no avx512_bf16/amx_bf16"
     return (
-        f"{cpu_model()}, nproc {os.cpu_count()}{gpu}; Python {platform.python_version()}, torch "
+        f"{cpu_model()} ({bf16}), nproc {os.cpu_count()}{gpu}; Python {platform.python_version()}, torch "
         f"{torch.__version__}, torchvision {torchvision.__version__}, lightning {lightning.__version__}; "
         f"torch threads {torch.get_num_threads()}; load average {load_average()}"
     )

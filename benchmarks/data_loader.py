@@ -14,21 +14,20 @@ machine more intra-op threads than free cores make small tensor ops spin and sta
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-import numpy as np
 import torch
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
-SECTION = "## Data loader"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+
+SECTION = "Data loader"
 BATCH_SIZE = 256  # images per batch, both pipelines
-PADDING = 4  # RandomCrop(28, padding=4), both pipelines
 
 
 def fashion_like() -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -71,40 +70,12 @@ def in_memory_batches(images: torch.Tensor, labels: torch.Tensor, device: str) -
     return epoch
 
 
-class _PilDataset(torch.utils.data.Dataset):
-    """The usual hand-written pipeline: one PIL image per sample through torchvision transforms."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable) -> None:
-        self.images, self.labels, self.transform = images, labels, transform
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        from PIL import Image
-
-        return self.transform(Image.fromarray(self.images[index])), int(self.labels[index])
-
-
 def torchvision_batches(images: torch.Tensor, labels: torch.Tensor, workers: int) -> Callable[[], Iterable]:
     """A fresh epoch iterator of DataLoader(PIL dataset, flip, crop, ToTensor, Normalize) per call."""
-    from torchvision import transforms
-
     from cnnlab.data import normalization
 
     mean, std = normalization(images, "dataset")
-    transform = transforms.Compose(
-        [
-            transforms.RandomHorizontalFlip(),
-            transforms.RandomCrop(28, padding=PADDING),
-            transforms.ToTensor(),
-            transforms.Normalize(mean, std),
-        ]
-    )
-    dataset = _PilDataset(images[:, 0].numpy(), labels.numpy(), transform)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=BATCH_SIZE, shuffle=True, num_workers=workers, persistent_workers=workers > 0
-    )
+    loader = common.usual_loader(images, labels, mean, std, batch_size=BATCH_SIZE, workers=workers)
     return lambda: iter(loader)
 
 
@@ -112,18 +83,13 @@ def batches_per_second(make_epoch: Callable[[], Iterable], batches: int, device:
     """Time `batches` batches after one warm-up batch (a new epoch iterator per repetition)."""
     iterator = iter(make_epoch())
     next(iterator)
-    _sync(device)
+    common.sync(device)
     start = time.perf_counter()
     for _ in range(batches):
         images, _ = next(iterator)
-    _sync(device)
+    common.sync(device)
     del images
     return batches / (time.perf_counter() - start)
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def measure(
@@ -137,26 +103,6 @@ def measure(
     return rates
 
 
-def machine() -> str:
-    """CPU model, core count, GPU (if used), versions: what a reader needs to compare numbers."""
-    import torchvision
-
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor() or "unknown",
-    )
-    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return (
-        f"{cpu}, nproc {os.cpu_count()}{gpu}; Python {platform.python_version()}, torch {torch.__version__}, "
-        f"torchvision {torchvision.__version__}, torch threads {torch.get_num_threads()}, "
-        f"load average {os.getloadavg()[0]:.1f} at the start"
-    )
-
-
 def table(results: dict[str, list[float]]) -> list[str]:
     """Markdown rows: pipeline, min / median / max batches/s and images/s at the median."""
     rows = ["| pipeline | min | median | max | images/s (median) |", "|---|---:|---:|---:|---:|"]
@@ -168,18 +114,6 @@ def table(results: dict[str, list[float]]) -> list[str]:
     return rows
 
 
-def record(lines: list[str]) -> None:
-    """Replace (or append) the '## Data loader' section of RESULTS.md, keeping every other section."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    start = text.find(SECTION)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n"
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + "\n".join(lines) + "\n" + (text[end:] if end >= 0 else "")
-    RESULTS.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -187,11 +121,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes for torchvision")
     parser.add_argument("--device", default="cpu", help="device of the in-memory loader (cpu, cuda)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the main process")
-    parser.add_argument("--record", action="store_true", help=f"write the results into {RESULTS}")
+    parser.add_argument("--record", action="store_true", help=f"write the results into {common.RESULTS}")
+    parser.add_argument("--json", help="also write the headline figures to this file (run_all.py)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     images, labels, source = fashion_like()
-    print(f"data: {source}\nmachine: {machine()}", flush=True)
+    print(f"data: {source}\nmachine: {common.machine(args.device)}", flush=True)
     results = {
         f"cnnlab InMemoryLoader, flip+crop on {args.device}": measure(
             "in-memory",
@@ -209,27 +144,26 @@ def main() -> None:
         ),
     }
     medians = [statistics.median(rates) for rates in results.values()]
+    command = (
+        f"python benchmarks/data_loader.py --repeats {args.repeats} --batches {args.batches} "
+        f"--workers {args.workers} --device {args.device} --threads {args.threads}"
+    )
     lines = [
-        SECTION,
-        "",
-        f"{datetime.date.today().isoformat()} — `python benchmarks/data_loader.py "
-        f"--repeats {args.repeats} --batches {args.batches} --workers {args.workers} --device {args.device} "
-        f"--threads {args.threads}`",
+        *common.header(command, args.device),
         "",
         f"Data: {source}; batch {BATCH_SIZE}; random horizontal flip + random crop 28 (padding "
-        f"{PADDING}) + normalization; {args.batches} timed batches per repetition, {args.repeats} "
+        f"{common.PADDING}) + normalization; {args.batches} timed batches per repetition, {args.repeats} "
         "repetitions (batches/s).",
-        "",
-        f"Machine: {machine()}.",
         "",
         *table(results),
         "",
         f"In-memory / torchvision (medians): **{medians[0] / medians[1]:.1f}x**.",
     ]
     print("\n".join(lines))
+    common.write_json(args.json, {"in_memory_over_torchvision": medians[0] / medians[1]})
     if args.record:
-        record(lines)
-        print(f"recorded in {RESULTS}")
+        common.record_section(SECTION, lines)
+        print(f"recorded in {common.RESULTS}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -112,7 +113,7 @@ def marginal(small: StudyTiming, large: StudyTiming) -> tuple[float, float]:
     return slope, small.non_training_s - slope * small.runs
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--runs", type=int, default=10, help="runs in the large study")
@@ -122,7 +123,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS of the study (default: torch's own)")
     parser.add_argument("--quick", action="store_true", help="generated data, 1 and 3 runs, one repetition")
     parser.add_argument("--record", action="store_true", help=f"write the '{SECTION}' section of RESULTS.md")
-    return parser.parse_args()
+    parser.add_argument("--json", help="also write the headline figures to this file (run_all.py)")
+    return parser.parse_args(argv)
 
 
 def table(larges: list[StudyTiming], lines: list[tuple[float, float]]) -> list[str]:
@@ -148,8 +150,9 @@ def table(larges: list[StudyTiming], lines: list[tuple[float, float]]) -> list[s
     return rows
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
     if args.quick:
         args.runs, args.baseline_runs, args.repeats, args.subset = 3, 1, 1, 200
     sizes = {"train": 2000, "t10k": 200} if args.quick else None
@@ -176,7 +179,7 @@ def main() -> None:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     report = [
-        *common.header("python benchmarks/study_overhead.py " + " ".join(sys.argv[1:]), args.device),
+        *common.header("python benchmarks/study_overhead.py " + " ".join(argv), args.device),
         "",
         f"Data: {source}. Study: lenet5 (ReLU), {args.subset} training images (10% held out for "
         f"validation), batch 64, 1 epoch, test evaluation; `{args.baseline_runs}` and `{args.runs}` seeds "
@@ -187,6 +190,15 @@ def main() -> None:
         f"Load average: {load_before} at the start, {common.load_average()} at the end.",
     ]
     print("\n".join(report))
+    later = [r - t for timing in larges for r, t in zip(timing.runner_s[1:], timing.train_s[1:], strict=True)]
+    common.write_json(
+        args.json,
+        {
+            "marginal_s": statistics.median(slope for slope, _ in lines),
+            "per_run_in_worker_s": statistics.median(later) if later else None,
+            "fixed_s": statistics.median(fixed for _, fixed in lines),
+        },
+    )
     if args.record:
         common.record_section(SECTION + (" (GPU)" if args.device.startswith("cuda") else ""), report)
         print(f"recorded in {common.RESULTS}")

@@ -5,9 +5,14 @@
     (fp32, default memory format, running loss/accuracy with `.item()` as such loops print them);
 (b) hand:  a minimal loop over the in-memory uint8 tensors: index-sliced batches of a permutation, the same
     batched flip + pad-crop (cnnlab.data.augment), normalize, forward/backward/step, with the settings
-    cnnlab uses on the device (memory format, bf16 autocast on CUDA) and nothing else;
-(c) cnnlab: `cnnlab.train.fit` on the same images (a 2-epoch run; the second epoch is timed, from
-    metrics.csv's `epoch_time_s`: no validation, no test, so the epoch is pure training).
+    cnnlab uses (channels_last) in the same precision as (c) (bf16 autocast for bf16-mixed) and nothing else;
+(c) cnnlab: `cnnlab.train.fit` on the same images with `train.precision` set explicitly (a 2-epoch run; the
+    second epoch is timed, from metrics.csv's `epoch_time_s`: no validation, no test: pure training).
+
+(b) and (c) run in each precision of `--precisions` (default: 32-true, plus bf16-mixed on CUDA and on CPUs
+with avx512_bf16 or amx_bf16, where `precision: auto` may choose it); c/a compares each with the one fp32
+usual pipeline, c/b with the hand loop of the same precision, and "of matmul peak" divides by the matmul
+rate of that precision (2048x2048 torch.mm in fp32, and in bf16 for the bf16 rows).
 
 All three train the same model (built by `cnnlab.train.run.prepare_run`, so identical to fit's) on the same
 images (fit's stratified subset of Fashion-MNIST's training split, `--steps` x `--batch-size` images; the
@@ -41,7 +46,6 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -51,18 +55,13 @@ os.environ.setdefault("CNNLAB_QUIET", "1")
 import common  # noqa: E402
 
 SECTION = "Training throughput"
-MODELS = ("resnet20_cifar", "lenet5", "resnet18")
-STEPS = {"resnet20_cifar": 20, "lenet5": 60, "resnet18": 2}  # steps per timed epoch (CPU)
-MAX_REPEATS = {"resnet18": 3}  # ~30 s per CPU epoch: fewer repetitions
-GPU_STEPS = {"resnet20_cifar": 100, "lenet5": 100, "resnet18": 100}
-PADDING = 4  # RandomCrop(28, padding=4) and cnnlab's crop
+MODELS = ("resnet20_cifar", "densenet_cifar", "lenet5", "resnet18")
+STEPS = {"resnet20_cifar": 20, "densenet_cifar": 8, "lenet5": 60, "resnet18": 2}  # steps per timed epoch
+MAX_REPEATS = {"resnet18": 3, "densenet_cifar": 3}  # long CPU epochs: fewer repetitions
+GPU_STEPS = {"resnet20_cifar": 100, "densenet_cifar": 100, "lenet5": 100, "resnet18": 100}
 WORKERS = 2  # DataLoader worker processes of the usual pipeline
-PIPELINES = ("a", "b", "c")
-PIPELINE_NAMES = {
-    "a": "(a) usual: PIL transforms + DataLoader(2 workers) + plain loop",
-    "b": "(b) hand loop on in-memory uint8 tensors",
-    "c": "(c) cnnlab fit",
-}
+FP32, BF16 = "32-true", "bf16-mixed"
+SHORT = {FP32: "fp32", BF16: "bf16"}
 
 
 @dataclass
@@ -75,11 +74,26 @@ class Setting:
     device: str
     data_dir: str | None
     compile: bool = False  # train.compile for (c), the same compiled forward in (b)
+    precisions: tuple[str, ...] = (FP32,)  # of (b) and (c); (a) is fp32
     forward_flops: int = 0
-    rates: dict[str, list[float]] = field(default_factory=lambda: {key: [] for key in PIPELINES})
+    rates: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def pipelines(self) -> tuple[str, ...]:
+        """Keys of `rates` in table order: a, then b:<precision> and c:<precision> per precision."""
+        return ("a", *(f"{kind}:{p}" for p in self.precisions for kind in ("b", "c")))
 
 
-def fit_config(setting: Setting, epochs: int):
+def pipeline_name(key: str) -> str:
+    """The table's name of a pipeline key."""
+    if key == "a":
+        return "(a) usual: PIL transforms + DataLoader(2 workers) + plain loop, fp32"
+    kind, precision = key.split(":")
+    what = "(b) hand loop on in-memory uint8 tensors" if kind == "b" else "(c) cnnlab fit"
+    return f"{what}, {SHORT.get(precision, precision)}"
+
+
+def fit_config(setting: Setting, epochs: int, precision: str = FP32):
     """The run config of (c): the images and optimizer (a) and (b) copy, no validation, no test."""
     from cnnlab import config as cfg
 
@@ -91,6 +105,12 @@ def fit_config(setting: Setting, epochs: int):
         "data.val_fraction": 0.0,
         "data.batch_size": setting.batch_size,
         "data.augment": "flip+crop",
+        "optim.optimizer": "sgd",  # make_optimizer's, whatever the model's default recipe
+        "optim.lr": 0.1,
+        "optim.momentum": 0.9,
+        "optim.nesterov": True,
+        "optim.weight_decay": 5e-4,
+        "train.precision": precision,  # explicit: fit does not probe
         "train.epochs": epochs,
         "train.test": False,
         "train.accelerator": torch.device(setting.device).type,
@@ -105,48 +125,22 @@ def make_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
 
 
-class _PilDataset(torch.utils.data.Dataset):
-    """The usual hand-written dataset: one PIL image per sample through torchvision transforms."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable) -> None:
-        self.images, self.labels, self.transform = images, labels, transform
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        from PIL import Image
-
-        return self.transform(Image.fromarray(self.images[index])), int(self.labels[index])
-
-
 def usual_pipeline(setting: Setting) -> Callable[[], None]:
     """(a): an epoch function over DataLoader(PIL dataset) with a plain fp32 loop, as users write it."""
-    from torchvision import transforms
-
     from cnnlab.train.run import prepare_run
 
     prepared = prepare_run(fit_config(setting, 1))
     device = torch.device(setting.device)
     model = prepared.model.to(device).train()
     optimizer = make_optimizer(model)
-    transform = transforms.Compose(
-        [
-            transforms.RandomHorizontalFlip(),
-            transforms.RandomCrop(28, padding=PADDING),
-            transforms.ToTensor(),
-            transforms.Normalize(prepared.mean, prepared.std),
-        ]
-    )
-    images = prepared.train_set.images[:, 0].numpy()
-    dataset = _PilDataset(images, prepared.train_set.labels.numpy(), transform)
-    loader = torch.utils.data.DataLoader(
-        dataset,
+    loader = common.usual_loader(
+        prepared.train_set.images,
+        prepared.train_set.labels,
+        prepared.mean,
+        prepared.std,
         batch_size=setting.batch_size,
-        shuffle=True,
+        workers=WORKERS,
         drop_last=True,
-        num_workers=WORKERS,
-        persistent_workers=True,
         pin_memory=device.type == "cuda",
     )
 
@@ -165,7 +159,7 @@ def usual_pipeline(setting: Setting) -> Callable[[], None]:
     return epoch
 
 
-def hand_loop(setting: Setting) -> Callable[[], None]:
+def hand_loop(setting: Setting, precision: str = FP32) -> Callable[[], None]:
     """(b): an epoch function of the minimal loop over in-memory uint8 tensors (cnnlab's device settings)."""
     from cnnlab.data.augment import augment_uint8
     from cnnlab.train.run import prepare_run
@@ -183,7 +177,7 @@ def hand_loop(setting: Setting) -> Callable[[], None]:
     std = torch.tensor(prepared.std, device=device).view(1, channels, 1, 1)
     scale, shift = 1.0 / (255.0 * std), -mean / std
     generator = torch.Generator().manual_seed(0)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == BF16 else nullcontext()
 
     def epoch() -> None:
         order = torch.randperm(len(labels), generator=generator).to(device)
@@ -209,7 +203,7 @@ def timed_epoch(epoch: Callable[[], None], device: str) -> float:
     return time.perf_counter() - start
 
 
-def fit_epoch_seconds(setting: Setting) -> float:
+def fit_epoch_seconds(setting: Setting, precision: str = FP32) -> float:
     """(c): a 2-epoch fit; the second epoch's `epoch_time_s` (the first one is the warm-up)."""
     import csv
 
@@ -217,7 +211,7 @@ def fit_epoch_seconds(setting: Setting) -> float:
 
     out_dir = Path(tempfile.mkdtemp(prefix="cnnlab-bench-fit-"))
     try:
-        result = fit(fit_config(setting, 2), out_dir)
+        result = fit(fit_config(setting, 2, precision), out_dir)
         if result.status != "completed":
             raise RuntimeError(f"fit {result.status}: {result.summary.get('reason')}")
         with open(out_dir / "metrics.csv") as handle:
@@ -228,19 +222,23 @@ def fit_epoch_seconds(setting: Setting) -> float:
 
 
 def measure(setting: Setting, repeats: int) -> None:
-    """Interleaved repetitions of (a), (b), (c); images/s of each appended to `setting.rates`."""
+    """Interleaved repetitions of (a) and (b), (c) in each precision; images/s appended to `setting.rates`."""
     images = setting.steps * setting.batch_size
+    builds: dict[str, Callable[[], Callable[[], None]]] = {"a": lambda: usual_pipeline(setting)}
+    for precision in setting.precisions:
+        builds[f"b:{precision}"] = lambda precision=precision: hand_loop(setting, precision)
     epochs: dict[str, Callable[[], float]] = {}
-    for key, build in (("a", usual_pipeline), ("b", hand_loop)):
-        epoch = build(setting)
+    for key, build in builds.items():
+        epoch = build()
         timed_epoch(epoch, setting.device)  # warm-up epoch
         epochs[key] = lambda epoch=epoch: timed_epoch(epoch, setting.device)
-    epochs["c"] = lambda: fit_epoch_seconds(setting)
+    for precision in setting.precisions:
+        epochs[f"c:{precision}"] = lambda precision=precision: fit_epoch_seconds(setting, precision)
     for repeat in range(repeats):
-        for key in PIPELINES:
+        for key in setting.pipelines:
             seconds = epochs[key]()
-            setting.rates[key].append(images / seconds)
-        line = ", ".join(f"{key} {setting.rates[key][-1]:,.0f}" for key in PIPELINES)
+            setting.rates.setdefault(key, []).append(images / seconds)
+        line = ", ".join(f"{key} {setting.rates[key][-1]:,.0f}" for key in setting.pipelines)
         print(f"  {setting.model} repeat {repeat + 1}/{repeats}: images/s {line}", flush=True)
 
 
@@ -259,48 +257,79 @@ def ratios(setting: Setting, top: str, bottom: str) -> list[float]:
     return [t / b for t, b in zip(setting.rates[top], setting.rates[bottom], strict=True)]
 
 
-def model_table(setting: Setting, peak: float) -> list[str]:
-    """Markdown rows for one model: images/s and achieved GFLOP/s per pipeline, then the ratios."""
+def model_table(setting: Setting, peaks: dict[str, float]) -> list[str]:
+    """Markdown rows for one model: images/s and achieved GFLOP/s per pipeline, then the ratios.
+
+    `peaks` maps a precision to its matmul rate in GFLOP/s ((a) is fp32)."""
     train_flops = 3 * setting.forward_flops
     rows = [
         f"**{setting.model}**{' (compiled)' if setting.compile else ''} — batch {setting.batch_size}, "
         f"{setting.steps} steps per timed epoch, {len(setting.rates['a'])} repetitions, "
         f"{train_flops / 1e9:.4f} GFLOP per training image (3 x forward)",
         "",
-        "| pipeline | images/s min / median / max | GFLOP/s (median) | of matmul peak |",
+        "| pipeline | images/s min / median / max | GFLOP/s (median) | of matmul peak (same precision) |",
         "|---|---:|---:|---:|",
     ]
-    for key in PIPELINES:
+    for key in setting.pipelines:
         median = statistics.median(setting.rates[key])
         achieved = median * train_flops / 1e9
+        peak = peaks.get(key.partition(":")[2] or FP32)
+        share = f"{achieved / peak:.0%}" if peak else "-"
         rows.append(
-            f"| {PIPELINE_NAMES[key]} | {common.format_spread(setting.rates[key], 0)} | {achieved:,.1f} "
-            f"| {achieved / peak:.0%} |"
+            f"| {pipeline_name(key)} | {common.format_spread(setting.rates[key], 0)} | {achieved:,.1f} "
+            f"| {share} |"
         )
-    rows += [
-        "",
-        f"c/a = {common.format_spread(ratios(setting, 'c', 'a'), 2)} (min / median / max over paired "
-        f"repetitions); c/b = {common.format_spread(ratios(setting, 'c', 'b'), 2)}",
-        "",
-    ]
+    rows.append("")
+    for precision in setting.precisions:
+        c, b = f"c:{precision}", f"b:{precision}"
+        rows.append(
+            f"{SHORT.get(precision, precision)}: c/a = {common.format_spread(ratios(setting, c, 'a'), 2)} "
+            f"(min / median / max over paired repetitions); c/b = "
+            f"{common.format_spread(ratios(setting, c, b), 2)}"
+        )
+        rows.append("")
+    if BF16 in setting.precisions and FP32 in setting.precisions:
+        rows += [
+            f"cnnlab fit bf16 / fp32: {common.format_spread(ratios(setting, f'c:{BF16}', f'c:{FP32}'), 2)}",
+            "",
+        ]
     return rows
 
 
-def profile_fit(setting: Setting) -> None:
+def headline(setting: Setting, peaks: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Median figures per precision for run_all.py's summary: images/s of (c), c/a, c/b, share of peak."""
+    figures = {}
+    for precision in setting.precisions:
+        c, b = f"c:{precision}", f"b:{precision}"
+        rate = statistics.median(setting.rates[c])
+        peak = peaks.get(precision)
+        figures[precision] = {
+            "fit_images_per_s": rate,
+            "c_over_a": statistics.median(ratios(setting, c, "a")),
+            "c_over_b": statistics.median(ratios(setting, c, b)),
+            "of_peak": rate * 3 * setting.forward_flops / 1e9 / peak if peak else None,
+            "seconds_per_tflop": 1e12 / (rate * 3 * setting.forward_flops),
+        }
+    if BF16 in setting.precisions and FP32 in setting.precisions:
+        figures["bf16_over_fp32"] = statistics.median(ratios(setting, f"c:{BF16}", f"c:{FP32}"))
+    return figures
+
+
+def profile_fit(setting: Setting, precision: str = FP32) -> None:
     """Print torch.profiler's top operators (self CPU time) over a 2-epoch fit of this setting."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU]
     if torch.device(setting.device).type == "cuda":
         activities.append(ProfilerActivity.CUDA)
-    fit_epoch_seconds(setting)  # warm caches (data, imports) outside the profile
+    fit_epoch_seconds(setting, precision)  # warm caches (data, imports) outside the profile
     with profile(activities=activities) as profiler:
-        fit_epoch_seconds(setting)
+        fit_epoch_seconds(setting, precision)
     sort = "self_cuda_time_total" if len(activities) > 1 else "self_cpu_time_total"
     print(profiler.key_averages().table(sort_by=sort, row_limit=25))
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--models", nargs="+", default=None, help=f"default: {' '.join(MODELS)}")
@@ -308,35 +337,80 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=None, help="steps per timed epoch (default per model)")
     parser.add_argument("--repeats", type=int, default=5, help="timed epochs per pipeline")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        default=None,
+        help="of (b) and (c) (default: 32-true, and bf16-mixed on CUDA or a CPU with avx512_bf16/amx_bf16)",
+    )
     parser.add_argument("--compile", action="store_true", help="train.compile in (c), torch.compile in (b)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of a few seconds")
     parser.add_argument("--generated", action="store_true", help="use generated data even if installed")
     parser.add_argument("--profile", metavar="MODEL", help="print a torch.profiler table of fit and exit")
     parser.add_argument("--record", action="store_true", help=f"write the '{SECTION}' section of RESULTS.md")
-    return parser.parse_args()
+    parser.add_argument("--json", help="also write the headline figures to this file (run_all.py)")
+    return parser.parse_args(argv)
+
+
+def default_precisions(device: str) -> tuple[str, ...]:
+    """fp32, and bf16 where `precision: auto` could choose it (CUDA, or a CPU with native bf16)."""
+    on_gpu = torch.device(device).type == "cuda"
+    return (FP32, BF16) if on_gpu or common.cpu_bf16_flags() else (FP32,)
 
 
 def settings_from(args: argparse.Namespace, data_dir: str | None) -> list[Setting]:
     """One Setting per model, with steps per epoch from the flags, the device and --quick."""
+    precisions = tuple(args.precisions or default_precisions(args.device))
     if args.quick:
         models = args.models or ["lenet5"]
         batch = min(args.batch_size, 32)
-        return [Setting(m, args.steps or 2, batch, args.device, data_dir, args.compile) for m in models]
+        return [
+            Setting(m, args.steps or 2, batch, args.device, data_dir, args.compile, precisions)
+            for m in models
+        ]
     table = GPU_STEPS if torch.device(args.device).type == "cuda" else STEPS
     steps = {model: args.steps or table.get(model, 10) for model in (args.models or MODELS)}
     return [
-        Setting(model, count, args.batch_size, args.device, data_dir, args.compile)
+        Setting(model, count, args.batch_size, args.device, data_dir, args.compile, precisions)
         for model, count in steps.items()
     ]
 
 
-def command_line(args: argparse.Namespace) -> str:
+def command_line(argv: list[str]) -> str:
     """The command as it would be typed again."""
-    return "python benchmarks/throughput.py " + " ".join(sys.argv[1:])
+    return "python benchmarks/throughput.py " + " ".join(argv)
 
 
-def main() -> None:
-    args = parse_args()
+def matmul_peaks(device: str, precisions: tuple[str, ...], repeats: int) -> dict[str, list[float]]:
+    """Measured matmul GFLOP/s per precision of the run (fp32 always: (a) trains in fp32)."""
+    dtypes = {FP32: torch.float32, BF16: torch.bfloat16}
+    wanted = dict.fromkeys((FP32, *precisions))
+    return {p: common.matmul_gflops(device, repeats=repeats, dtype=dtypes[p]) for p in wanted if p in dtypes}
+
+
+def density_line(settings: list[Setting]) -> list[str]:
+    """densenet_cifar's time per FLOP of (c) against resnet20_cifar's, per precision (target: <= 1.5x)."""
+    by_model = {setting.model: setting for setting in settings}
+    dense, resnet = by_model.get("densenet_cifar"), by_model.get("resnet20_cifar")
+    if dense is None or resnet is None:
+        return []
+    parts = []
+    for precision in dense.precisions:
+        per_flop = [
+            (r * resnet.forward_flops) / (d * dense.forward_flops)
+            for d, r in zip(dense.rates[f"c:{precision}"], resnet.rates[f"c:{precision}"], strict=False)
+        ]
+        parts.append(f"{SHORT.get(precision, precision)} {common.format_spread(per_flop, 2)}")
+    return [
+        "densenet_cifar time per FLOP / resnet20_cifar's, cnnlab fit (min / median / max over repetitions, "
+        "paired in order): " + "; ".join(parts),
+        "",
+    ]
+
+
+def main(argv: list[str] | None = None) -> list[Setting]:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     sizes = {"train": 2000, "t10k": 100} if args.quick and args.generated else None
@@ -349,41 +423,56 @@ def main() -> None:
                 args.batch_size,
                 args.device,
                 data_dir,
-            )
+            ),
+            (args.precisions or [FP32])[0],
         )
-        return
+        return []
     repeats = 2 if args.quick else args.repeats
     print(f"data: {source}\nmachine: {common.machine(args.device)}", flush=True)
     load_before = common.load_average()
-    peak_rates = common.matmul_gflops(args.device, repeats=3 if args.quick else 10)
-    print(f"fp32 matmul: {common.format_spread(peak_rates)} GFLOP/s", flush=True)
-    on_gpu = torch.device(args.device).type == "cuda"
-    bf16_rates = common.matmul_gflops(args.device, dtype=torch.bfloat16) if on_gpu else []
-    lines = [*common.header(command_line(args), args.device), ""]
+    settings = settings_from(args, data_dir)
+    peak_rates = matmul_peaks(args.device, settings[0].precisions, 3 if args.quick else 10)
+    for precision, rates in peak_rates.items():
+        print(f"{SHORT.get(precision, precision)} matmul: {common.format_spread(rates)} GFLOP/s", flush=True)
+    lines = [*common.header(command_line(argv), args.device), ""]
     lines += [
         f"Data: {source}. Augmentation flip + pad-4 crop everywhere; SGD nesterov; interleaved "
         "repetitions of one epoch each after one warm-up epoch per pipeline.",
         "",
-        f"fp32 matmul peak (2048x2048 torch.mm, {len(peak_rates)} repetitions): "
-        f"{common.format_spread(peak_rates)} GFLOP/s (min / median / max); the median is the peak below.",
+        *(
+            f"{SHORT.get(p, p)} matmul peak (2048x2048 torch.mm, {len(rates)} repetitions): "
+            f"{common.format_spread(rates)} GFLOP/s (min / median / max); the median is that "
+            "precision's peak."
+            for p, rates in peak_rates.items()
+        ),
         "",
     ]
-    if bf16_rates:
+    if (
+        not common.cpu_bf16_flags()
+        and torch.device(args.device).type == "cpu"
+        and BF16 not in settings[0].precisions
+    ):
         lines += [
-            f"bf16 matmul (what fit's bf16-mixed training runs on): {common.format_spread(bf16_rates)} "
-            "GFLOP/s; fractions below are still of the fp32 peak.",
+            "bf16 not measured: this CPU has neither avx512_bf16 nor amx_bf16, so `precision: auto` trains "
+            "in fp32 here without a probe (`--precisions 32-true bf16-mixed` measures it anyway).",
             "",
         ]
-    peak = statistics.median(peak_rates)
-    for setting in settings_from(args, data_dir):
+    peaks = {precision: statistics.median(rates) for precision, rates in peak_rates.items()}
+    on_gpu = torch.device(args.device).type == "cuda"
+    figures = {}
+    for setting in settings:
         setting.forward_flops = forward_flops(setting)
         measure(setting, min(repeats, MAX_REPEATS.get(setting.model, repeats)) if not on_gpu else repeats)
-        lines += model_table(setting, peak)
+        lines += model_table(setting, peaks)
+        figures[setting.model] = headline(setting, peaks)
+    lines += density_line(settings)
     lines.append(f"Load average: {load_before} at the start, {common.load_average()} at the end.")
     print("\n".join(lines))
+    common.write_json(args.json, {"models": figures, "matmul_gflops": peaks, "lines": density_line(settings)})
     if args.record:
         common.record_section(SECTION + (" (GPU)" if args.device.startswith("cuda") else ""), lines)
         print(f"recorded in {common.RESULTS}")
+    return settings
 
 
 if __name__ == "__main__":

@@ -146,7 +146,7 @@ def test_a_run_records_the_choice_in_result_json_its_first_line_and_checkpoint(b
 def test_explicit_fp32_run_is_not_probed_and_auto_keeps_the_run_id(bf16_cpu, tmp_path):
     calls = bf16_cpu(100.0, 300.0)
     result = fit(tiny(**{"train.precision": "32-true"}), tmp_path / "fp32")
-    assert calls == [] and result.summary["precision"]["reason"] == "as configured (no probe)"
+    assert calls == [] and result.summary["precision"]["reason"] == "as configured, no probe"
     assert result.summary["precision"]["probe"] is None
     # the id hashes the config as written (auto), never the machine's outcome
     assert cfg.config_hash(tiny()) == cfg.config_hash(tiny(**{"train.precision": "auto"}))

@@ -82,7 +82,9 @@ class PrecisionChoice:
 
     def line(self) -> str:
         """One line for the start of the run."""
-        return f"precision: {self.precision} ({self.requested}: {self.reason})"
+        if self.requested != "auto":
+            return f"precision: {self.precision} (train.precision {self.reason})"
+        return f"precision: {self.precision} (auto: {self.reason})"
 
 
 def decide(fp32_images_per_s: float, bf16_images_per_s: float, margin: float = BF16_MARGIN) -> str:
@@ -122,7 +124,7 @@ def choose_precision(
 ) -> PrecisionChoice:
     """The precision of a run: as configured, as its checkpoint says (resume), or decided for `auto`."""
     if requested != "auto":
-        return PrecisionChoice(requested, requested, "as configured (no probe)")
+        return PrecisionChoice(requested, requested, "as configured, no probe")
     if resumed_with:
         return PrecisionChoice(resumed_with, requested, "as chosen when the run started (its checkpoint)")
     if accelerator == "cuda":
