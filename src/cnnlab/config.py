@@ -281,7 +281,7 @@ def from_dict(tree: Mapping[str, Any]) -> RunConfig:
             raise ConfigError(f"config section {section!r} must be a mapping of keys, got {short(values)}")
         sections[section] = _build_section(section, SECTIONS[section], values)
     config = RunConfig(**sections)
-    _check_ranges(config)
+    check_ranges(config)
     return config
 
 
@@ -292,12 +292,14 @@ def to_dict(config: RunConfig) -> dict[str, Any]:
 
 def replace(config: RunConfig, **dotted: Any) -> RunConfig:
     """A copy with dotted keys replaced, e.g. replace(cfg, **{"train.epochs": 1}); each value is checked."""
-    return with_values(config, {key: coerce_key(key, value) for key, value in dotted.items()})
+    updated = with_values(config, {key: coerce_key(key, value) for key, value in dotted.items()})
+    check_ranges(updated)
+    return updated
 
 
 def with_values(config: RunConfig, values: Mapping[str, Any]) -> RunConfig:
-    """A copy with already-typed values (from `coerce_key`) at dotted keys: a nested `dataclasses.replace`,
-    no dict round trip. The result's ranges are checked (some span keys: data.fold < data.folds)."""
+    """A copy with already-checked values (from `coerce_key`) at dotted keys: a nested `dataclasses.replace`,
+    no dict round trip and no second check (`check_ranges` checks a combination of checked values)."""
     by_section: dict[str, dict[str, Any]] = {}
     for key, value in values.items():
         section, _, name = key.partition(".")
@@ -306,9 +308,7 @@ def with_values(config: RunConfig, values: Mapping[str, Any]) -> RunConfig:
         section: dataclasses.replace(getattr(config, section), **fields)
         for section, fields in by_section.items()
     }
-    updated = dataclasses.replace(config, **sections)
-    _check_ranges(updated)
-    return updated
+    return dataclasses.replace(config, **sections)
 
 
 def coerce_key(key: str, value: Any) -> Any:
@@ -427,7 +427,8 @@ def _check_choice(key: str, value: Any) -> None:
 SEED_LIMIT = 2**32  # numpy's and Lightning's seeds are 32-bit
 
 
-def _check_ranges(config: RunConfig) -> None:
+def check_ranges(config: RunConfig) -> None:
+    """Raise ConfigError naming the first key out of its range (some ranges span keys: fold < folds)."""
     data, optim, train = config.data, config.optim, config.train
     checks = [
         ("train.epochs", config.train.epochs >= 1, "at least 1"),
