@@ -387,15 +387,19 @@ def _add_study(commands: argparse._SubParsersAction) -> None:
         "against one --storage; each run executes once.",
     )
     run.set_defaults(run=_run_study)
-    run.add_argument("spec", metavar="SPEC", help="study spec YAML (see docs/studies.md and studies/)")
+    run.add_argument(
+        "spec",
+        metavar="SPEC",
+        help="study spec YAML, or a suite of studies (a `studies:` list; see docs/studies.md and studies/)",
+    )
     run.add_argument("--out", required=True, metavar="DIR", help="study folder (runs/, splits/, report)")
     run.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a spec key, e.g. --set base.data.name=cifar10 or --set seeds=[0] "
-        "(repeatable; see docs/studies.md)",
+        help="override a spec key, e.g. --set base.data.name=cifar10 or --set seeds=[0]; in a suite, "
+        "--set studies.<name>.<key>=VALUE or studies.*.<key>=VALUE (repeatable; see docs/studies.md)",
     )
     run.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes on this machine")
     run.add_argument(

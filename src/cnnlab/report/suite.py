@@ -34,14 +34,17 @@ def _markdown(name: str, studies: list[tuple[str, Path]]) -> str:
     for study, path in studies:
         text = (path / "report.md").read_text(encoding="utf-8")
         text = text.replace(f"]({PLOT_DIR}/", f"]({study}/{PLOT_DIR}/")
-        lines = [f"#{line}" if line.startswith("#") else line for line in text.splitlines()]
-        out += [f"## Study: {study}", "", f"(folder `{study}/`)", "", *_demoted(lines), ""]
+        out += [f"## Study: {study}", "", f"(folder `{study}/`)", "", *_demoted(text.splitlines()), ""]
     return "\n".join(out)
 
 
 def _demoted(lines: list[str]) -> list[str]:
-    """The sub-report's own title line becomes the section's subtitle (it is already under `## Study:`)."""
-    return lines[1:] if lines and lines[0].startswith("## Study report") else lines
+    """Headings one level down (not `#` lines inside code blocks), without the sub-report's own title."""
+    out, in_code = [], False
+    for line in lines:
+        in_code = in_code != line.startswith("```")
+        out.append(f"#{line}" if line.startswith("#") and not in_code else line)
+    return out[1:] if out and out[0].startswith("## Study report") else out
 
 
 def _html(name: str, studies: list[tuple[str, Path]]) -> str:
