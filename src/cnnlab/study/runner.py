@@ -341,7 +341,7 @@ def _resolved(plan: StudyPlan, run: PlannedRun, states: dict[int, work_queue.Run
     if run.role == ROLE_FINAL:
         selection = select_configuration(plan)
         finals = {
-            r.seed: cfg.config_hash(resolve_config(final_config(selection, r.seed)))
+            r.seed: resolve_config(final_config(selection, r.seed)).run_id
             for r in plan.runs
             if r.role == ROLE_FINAL
         }
