@@ -118,6 +118,15 @@ def test_probe_measures_both_ways_and_leaves_model_and_random_state_alone():
     assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())
 
 
+def test_probe_halves_its_batch_for_slow_steps_and_keeps_to_its_budget(monkeypatch):
+    model = create_model("lenet5", num_classes=10, in_chans=1)
+    monkeypatch.setattr(prec, "PROBE_STEP_S", 0.0)  # every step is "too slow"
+    result = prec.probe_step_rates(model, (1, 28, 28), 10, 256, channels_last=False)
+    assert result.batch == prec.PROBE_MIN_BATCH and result.pairs == prec.PROBE_PAIRS
+    spent = prec.probe_step_rates(model, (1, 28, 28), 10, 64, channels_last=False, budget_s=0.0)
+    assert spent.pairs == 0 and spent.fp32_images_per_s > 0 and spent.bf16_images_per_s > 0
+
+
 def tiny(**dotted) -> cfg.RunConfig:
     base = {
         "model.name": "lenet5",

@@ -37,7 +37,9 @@ BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with nat
 BF16_MARGIN = 1.10  # bf16 must be this much faster than fp32 (probe noise; fp32 is the safe default)
 PROBE_BATCH = 128  # images per probe step at most (the run's batch size when smaller)
 PROBE_PAIRS = 3  # timed (fp32, bf16) step pairs, after one warm-up step each way
-PROBE_SECONDS = 6.0  # stop timing after this long once one pair is timed
+PROBE_SECONDS = 6.0  # start no timed pair after this long (warm-up included)
+PROBE_STEP_S = 0.5  # halve the probe batch while one fp32 step takes longer than this
+PROBE_MIN_BATCH = 8
 CACHE_FILE = "precision.json"
 FP32, BF16 = "32-true", "bf16-mixed"
 
@@ -162,30 +164,38 @@ def probe_step_rates(
 ) -> ProbeResult:
     """Time training steps of a copy of `model` in fp32 and bf16 autocast, interleaved; best step each way.
 
-    The model, its BatchNorm statistics and the global random state are left as they were.
+    The batch is halved (down to PROBE_MIN_BATCH) while one fp32 step takes longer than PROBE_STEP_S, so a
+    large model costs seconds too. When the warm-up alone used the budget, the warm-up steps are the figures
+    (bf16's first step includes its kernel set-up: a bias towards fp32, the safe side). The model, its
+    BatchNorm statistics and the global random state are left as they were.
     """
     started = time.perf_counter()
-    batch = max(1, min(batch_size, PROBE_BATCH))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         probe_model = copy.deepcopy(model).cpu().to(memory_format=memory_format).train()
-        images = torch.randn(batch, *input_shape).contiguous(memory_format=memory_format)
-        labels = torch.randint(0, num_classes, (batch,))
         optimizer = torch.optim.SGD(probe_model.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
-        step = _training_step(probe_model, optimizer, images, labels)
-        step(False), step(True)  # warm-up: oneDNN builds its kernels on the first call of each shape
+        batch = max(1, min(batch_size, PROBE_BATCH))
+        while True:  # warm-up: oneDNN builds its kernels on the first call of each shape
+            images = torch.randn(batch, *input_shape).contiguous(memory_format=memory_format)
+            step = _training_step(probe_model, optimizer, images, torch.randint(0, num_classes, (batch,)))
+            warm_fp32 = step(False)
+            if warm_fp32 <= PROBE_STEP_S or batch <= PROBE_MIN_BATCH:
+                break
+            batch = max(PROBE_MIN_BATCH, batch // 2)
         times: dict[bool, list[float]] = {False: [], True: []}
+        warm = {False: warm_fp32, True: step(True)}
         for _ in range(pairs):
-            for bf16 in (False, True):
-                times[bf16].append(step(bf16))
             if time.perf_counter() - started > budget_s:
                 break
+            for bf16 in (False, True):
+                times[bf16].append(step(bf16))
+    best = {bf16: min(times[bf16]) if times[bf16] else warm[bf16] for bf16 in (False, True)}
     return ProbeResult(
         batch=batch,
         pairs=len(times[True]),
-        fp32_images_per_s=round(batch / min(times[False]), 1),
-        bf16_images_per_s=round(batch / min(times[True]), 1),
+        fp32_images_per_s=round(batch / best[False], 1),
+        bf16_images_per_s=round(batch / best[True], 1),
         seconds=round(time.perf_counter() - started, 2),
     )
 
