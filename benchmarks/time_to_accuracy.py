@@ -243,6 +243,10 @@ def timed_rows(recipes, args, device, overrides, folder: Path) -> tuple[list[str
 
 def curve_lines(recipes, args, device, overrides, folder: Path, path: Path) -> list[str]:
     """One run per recipe scoring the test split every epoch; the plot and a table of its points."""
+    from cnnlab import config as cfg
+
+    if "train.test_every_epoch" not in cfg.all_keys():
+        return ["", "Accuracy against time: not drawn (this cnnlab has no `train.test_every_epoch`)."]
     curves, targets = {}, {}
     for recipe, target, _ in recipes:
         sets = [*overrides, "train.test_every_epoch=true"]
