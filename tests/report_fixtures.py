@@ -3,7 +3,8 @@
 `make_study(root)` writes a 2-fold × 3-seed study of three configurations (lenet5 with dropout 0 and 0.5,
 resnet20_cifar) with metrics.csv, val/test predictions, the images/*.npz a finished run saves for its report,
 one failed and one diverged run, an ensemble, and study.yaml/study.json. `make_staged_study(root)` writes a
-two-stage study like studies/transfer.yaml (a pretraining stage whose runs initialise a fine-tuning stage).
+two-stage study like studies/transfer.yaml (a pretraining stage whose runs initialise a fine-tuning stage);
+`make_grid_study(root)` a two-axis grid like studies/cv-hparams.yaml.
 Accuracies are drawn from a fixed RNG, so tests recompute every number from the files. Reusable by anyone
 who needs finished run directories without training.
 """
@@ -109,11 +110,15 @@ def write_run(
     tags: Mapping[str, Any] | None = None,
     classes: Sequence[str] = CLASS_NAMES,
     images: bool = True,
+    flags: Sequence[str] = (),
+    test_every_epoch: bool = False,
 ) -> Path:
     """Write one run directory (config.yaml, result.json, metrics.csv, predictions) and return it.
 
     `status` is completed, failed (no metrics), diverged or interrupted (two epochs, no test); a completed run
-    also gets images/*.npz unless `images` is false."""
+    also gets images/*.npz unless `images` is false, and `flags` (result.json: why it may not have learned,
+    as train/health.py words them). `test_every_epoch` adds metrics.csv's per-epoch test_acc and test_loss
+    (train.test_every_epoch)."""
     rng = rng or np.random.default_rng(0)
     config = from_dict(dict(dotted))
     run_dir = runs_root / config_hash(config)
@@ -122,7 +127,11 @@ def write_run(
     result = _result(config, status, tags or {}, params, gflops, classes)
     result["reason"] = REASONS.get(status)
     if status != "failed":
-        _write_trained(run_dir, result, status, accuracy, rng, seconds, len(classes), images)
+        _write_trained(
+            run_dir, result, status, accuracy, rng, seconds, len(classes), images, test_every_epoch
+        )
+    if status == "completed":
+        result["flags"] = list(flags)
     (run_dir / "result.json").write_text(json.dumps(result, indent=2))
     return run_dir
 
@@ -181,6 +190,44 @@ def make_staged_study(root: Path, *, plan: bool = True) -> Path:
             _staged_run(runs, config, tags, accuracy, FINETUNE_CLASSES, entries)
     if plan:
         (root / "study.json").write_text(json.dumps({"stages": ["pretrain", "finetune"], "runs": entries}))
+    return root
+
+
+GRID_BATCH_SIZES = (32, 128)
+GRID_LRS = (0.01, 0.05, 0.2)
+
+
+def make_grid_study(root: Path, *, select: bool = True) -> Path:
+    """A study like studies/cv-hparams.yaml: a two-axis grid (data.batch_size × optim.lr) of lenet5 runs on
+    seeds 0 and 1, the planner's tags on every run (`point`: axis → value label), and with `select` the
+    select stage's run retrained on all training data (role final, no grid point)."""
+    runs, entries = root / "runs", []
+    for b, batch_size in enumerate(GRID_BATCH_SIZES):
+        for lr_index, lr in enumerate(GRID_LRS):
+            point = {"data.batch_size": str(batch_size), "optim.lr": format(lr, "g")}
+            for seed in (0, 1):
+                config = {
+                    **STAGED_BASE,
+                    "model.name": "lenet5",
+                    "data.batch_size": batch_size,
+                    "optim.lr": lr,
+                }
+                config["train.seed"] = seed
+                tags = {**_stage_tags("main", point), "study": "grid"}
+                accuracy = 0.78 + 0.06 * lr_index - 0.03 * b
+                _staged_run(runs, config, tags, accuracy, CLASS_NAMES, entries)
+    if select:
+        config = {
+            **STAGED_BASE,
+            "model.name": "lenet5",
+            "data.batch_size": 32,
+            "optim.lr": 0.2,
+            "train.seed": 0,
+        }
+        config["data.val_fraction"] = 0.0  # retrained on all training data
+        tags = {"study": "grid", "stage": "main", "role": "final", "configuration": "selected", "point": {}}
+        _staged_run(runs, config, tags, 0.8, CLASS_NAMES, entries)
+    (root / "study.json").write_text(json.dumps({"stages": ["main"], "runs": entries}))
     return root
 
 
@@ -260,6 +307,7 @@ def _write_trained(
     seconds: float,
     classes: int,
     images: bool = True,
+    test_every_epoch: bool = False,
 ) -> None:
     """Fill metrics.csv, predictions and the metric fields of a run that trained (completed, diverged or
     interrupted: two epochs and no test)."""
@@ -267,6 +315,10 @@ def _write_trained(
     val = _predictions(VAL_SIZE, accuracy - 0.02 + rng.normal(0, 0.02), rng, classes)
     val_acc = float((val["probs"].argmax(axis=1) == val["labels"]).mean())
     rows = _metric_rows(epochs, val_acc, rng, diverged=status == "diverged")
+    if test_every_epoch:
+        for row in rows:
+            row["test_acc"] = min(1.0, row["val_acc"] + 0.01)
+            row["test_loss"] = row["val_loss"] * 0.97
     _write_csv(run_dir / "metrics.csv", rows)
     (run_dir / "predictions").mkdir(exist_ok=True)
     np.savez(run_dir / "predictions" / "val.npz", **val)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import html as html_module
 import json
 import math
 import os
@@ -20,19 +21,29 @@ from scipy import stats
 
 from cnnlab.cli import main
 from cnnlab.report import (
+    Document,
+    Section,
     Summary,
+    build_document,
+    combine,
     format_results_table,
     load_study,
     paired_comparisons,
+    render_html,
+    render_markdown,
     summarize,
     write_report,
 )
+from cnnlab.report.document import Paragraph, Table
 from cnnlab.report.render import epoch_lines, interval
 from cnnlab.report.statistics import describe, format_p
 from tests.report_fixtures import (
     CONFIGURATIONS,
     EPOCHS,
+    GRID_BATCH_SIZES,
+    GRID_LRS,
     REASONS,
+    make_grid_study,
     make_staged_study,
     make_study,
     read_results,
@@ -203,13 +214,14 @@ def test_markdown_appendix_has_the_per_epoch_lines(paired) -> None:
     metrics = np.genfromtxt(run.run_dir / "metrics.csv", delimiter=",", names=True)
     first = (
         f"Epoch: 0, Train_acc: {metrics['train_acc'][0]:.4f}, Train_loss: {metrics['train_loss'][0]:.4f}, "
-        f"Test_acc: {metrics['val_acc'][0]:.4f}, Test_loss: {metrics['val_loss'][0]:.4f}, "
+        f"Val_acc: {metrics['val_acc'][0]:.4f}, Val_loss: {metrics['val_loss'][0]:.4f}, "
         f"Lr: {metrics['lr'][0]:.6g}"
     )
     assert epoch_lines(run)[0] == first and len(epoch_lines(run)) == EPOCHS
     assert first in markdown
     assert markdown.count("\nEpoch: ") == 16 * EPOCHS + 2  # 16 completed runs and the diverged run's 2 epochs
     assert "validation metrics of each epoch" in markdown
+    assert not any("Test_acc" in line for r in load_study(root).runs for line in epoch_lines(r))
 
 
 def test_provenance_names_spec_versions_hardware_and_commit(paired) -> None:
@@ -600,3 +612,193 @@ def test_the_lr_panel_draws_one_line_per_schedule(paired, tmp_path: Path) -> Non
         (run_dir / "metrics.csv").write_text("\n".join([metrics[0], *(",".join(row) for row in rows)]) + "\n")
     caption = _caption(write_report(tmp_path).markdown.read_text(), "Learning-rate schedule")
     assert "same schedule" not in caption
+
+
+# ---------------------------------------------------------------- one document, two renderings
+
+
+def _flagged_study(root: Path) -> tuple[Path, Path]:
+    """Two configurations × two seeds; lenet5's seed-1 run completed but was flagged by the health check."""
+    flagged = None
+    for model, accuracy in (("lenet5", 0.86), ("resnet20_cifar", 0.95)):
+        for seed in (0, 1):
+            flags = [FLAG] if (model, seed) == ("lenet5", 1) else []
+            run_dir = write_run(
+                root / "runs",
+                {"model.name": model, "train.seed": seed},
+                accuracy=accuracy,
+                rng=np.random.default_rng(seed),
+                flags=flags,
+            )
+            flagged = run_dir if flags else flagged
+    assert flagged is not None
+    return root, flagged
+
+
+FLAG = (
+    "did not learn: best validation accuracy 0.112 is not clearly above always predicting the majority "
+    "class (0.100)"
+)
+
+
+def test_runs_that_did_not_learn_is_one_section_in_both_html_and_markdown(tmp_path: Path) -> None:
+    """The section is defined once in the document; both renderings carry it, its run and its flag, and the
+    tables mark the flagged configuration with † and a legend."""
+    root, flagged = _flagged_study(tmp_path)
+    paths = write_report(root)
+    document = build_document(root)
+    section = document.section("Runs that did not learn")
+    assert section is not None
+    markdown, page = paths.markdown.read_text(), paths.html.read_text()
+    (listed,) = [
+        line for line in _md_sections(markdown)["Runs that did not learn"].splitlines() if "- " in line
+    ]
+    assert listed.startswith("- C1: model.name=lenet5 — seed 1 (completed, runs/") and listed.endswith(FLAG)
+    assert str(flagged.relative_to(root)) in listed
+    assert "<h2>Runs that did not learn</h2>" in page
+    assert html_module.escape(listed[2:], quote=True) in page
+    headline = _md_table_rows(_md_sections(markdown)["Results"])
+    assert [row[2].endswith(" †") for row in headline] == [True, False]
+    assert "<td>model.name=lenet5 †</td>" in page
+    for text in (markdown, page, paths.table):
+        assert "† a completed run of this configuration was flagged as not learning" in text
+    with open(paths.csv, newline="") as handle:  # results.csv keeps the plain label
+        assert [row["configuration"] for row in csv.DictReader(handle)] == [
+            "model.name=lenet5",
+            "model.name=resnet20_cifar",
+        ]
+
+
+def test_a_study_without_flags_has_no_flag_section_or_mark(paired) -> None:
+    _, paths = paired
+    for text in (paths.markdown.read_text(), paths.html.read_text(), paths.table):
+        assert "†" not in text and "Runs that did not learn" not in text
+
+
+def test_html_escapes_every_text_and_keeps_code_spans(tmp_path: Path) -> None:
+    document = Document(
+        "A <b>study</b>",
+        (Paragraph("`data.augment` <script>alert(1)</script> & more"),),
+        (Section("x < y", (Table(("<th>",), (("<td>",),)),)),),
+    )
+    page = render_html(document)
+    assert "<script>" not in page and "<b>study</b>" not in page
+    assert "<code>data.augment</code> &lt;script&gt;alert(1)&lt;/script&gt; &amp; more" in page
+    assert "<h2>x &lt; y</h2>" in page and "<th>&lt;th&gt;</th>" in page and "<td>&lt;td&gt;</td>" in page
+    markdown = render_markdown(document)
+    assert markdown.startswith("# A <b>study</b>\n\n`data.augment` <script>")
+
+
+def test_a_combined_document_nests_each_study_and_keeps_its_figures(paired, tmp_path: Path) -> None:
+    """Two studies' documents as the sections of one: headings one level down, every figure written once
+    per study under its own name, and the HTML page embeds each of them."""
+    root, _ = paired
+    staged = make_staged_study(tmp_path / "staged")
+    parts = [("paired", build_document(root)), ("staged", build_document(staged))]
+    combined = combine("Suite report", parts)
+    paths = write_report(tmp_path / "suite", combined)
+    assert paths.csv is None and paths.table == ""
+    names = {path.name for path in paths.plots}
+    assert {f"paired-{name}" for name in PLOT_FILES} <= names and "staged-learning_curves.png" in names
+    markdown = paths.markdown.read_text()
+    assert "\n## paired\n" in markdown and "\n### Results\n" in markdown
+    assert "\n### Results: stage finetune\n" in markdown and "\n#### Learning curves\n" in markdown
+    for path in paths.plots:
+        assert f"](report_files/{path.name})" in markdown
+    parser = _Links()
+    parser.feed(paths.html.read_text())
+    assert len(parser.images) == len(paths.plots)
+    assert "<h3>Results: stage finetune</h3>" in paths.html.read_text()
+
+
+# ---------------------------------------------------------------- curves: log loss, per-epoch test
+
+
+def test_loss_panels_use_a_log_axis_that_keeps_normal_epochs_readable_through_a_spike(tmp_path: Path) -> None:
+    """A spike of 10,000 in one epoch: on the log axis the ordinary losses still span a visible part of the
+    panel (on a linear one they would be a flat line at the bottom)."""
+    from cnnlab.report.plots import configuration_colours, curve_figure
+
+    for seed in (0, 1):
+        run_dir = write_run(tmp_path / "runs", {"model.name": "lenet5", "train.seed": seed})
+        lines = (run_dir / "metrics.csv").read_text().splitlines()
+        column = lines[0].split(",").index("train_loss")
+        cells = lines[2].split(",")
+        cells[column] = "10000.0"
+        lines[2] = ",".join(cells)
+        (run_dir / "metrics.csv").write_text("\n".join(lines) + "\n")
+    study = load_study(tmp_path)
+    (configuration,) = study.configurations
+    tables = [run.metrics for run in configuration.runs]
+    layout = [("train_loss", "Training loss (log scale)", 1), ("train_acc", "Training accuracy (%)", 100)]
+    figure = curve_figure([(configuration, tables)], layout, configuration_colours(study), 4.0)
+    loss_axes, accuracy_axes = figure.axes[:2]
+    assert loss_axes.get_yscale() == "log" and accuracy_axes.get_yscale() == "linear"
+    ordinary = np.concatenate([np.delete(t["train_loss"], 1) for t in tables])
+    low, high = loss_axes.get_ylim()
+    share = np.log(ordinary.max() / ordinary.min()) / np.log(high / low)
+    assert share > 0.1  # linear: (max - min) / 10,000 < 0.01
+    caption = _caption(write_report(tmp_path).markdown.read_text(), "Learning curves")
+    assert "logarithmic y-axis" in caption and "loss spike" in caption
+
+
+def test_per_epoch_test_columns_are_a_separate_curve_and_labelled_test(tmp_path: Path) -> None:
+    """metrics.csv with test_acc/test_loss (train.test_every_epoch): the appendix lines label validation
+    Val_ and test Test_, and the test curve is its own figure with the caption that it chooses nothing."""
+    for seed in (0, 1):
+        write_run(
+            tmp_path / "runs",
+            {"model.name": "lenet5", "train.seed": seed},
+            rng=np.random.default_rng(seed),
+            test_every_epoch=True,
+        )
+    paths = write_report(tmp_path)
+    assert "test_curves.png" in {path.name for path in paths.plots}
+    caption = _caption(paths.markdown.read_text(), "Test curves per epoch")
+    assert "test, per epoch: for the curve only, never used to choose anything" in caption.lower()
+    run = load_study(tmp_path).runs[0]
+    metrics = np.genfromtxt(run.run_dir / "metrics.csv", delimiter=",", names=True)
+    line = epoch_lines(run)[0]
+    assert f"Val_acc: {metrics['val_acc'][0]:.4f}, Val_loss: {metrics['val_loss'][0]:.4f}" in line
+    assert f"Test_acc: {metrics['test_acc'][0]:.4f}, Test_loss: {metrics['test_loss'][0]:.4f}" in line
+    assert line in paths.markdown.read_text()
+    assert "test, per epoch: for the curve only" in paths.html.read_text()
+
+
+# ---------------------------------------------------------------- a two-factor grid as a grid
+
+
+def test_a_two_axis_grid_is_shown_as_rows_by_columns_of_mean_validation_accuracy(tmp_path: Path) -> None:
+    """cv-hparams-like batch size × learning rate: one row per batch size, one column per learning rate,
+    each cell the configuration's mean ± std of best validation accuracy recomputed from result.json; the
+    retrained run (no grid point) is not a cell; a heat map goes with the table."""
+    root = make_grid_study(tmp_path)
+    paths = write_report(root)
+    markdown = paths.markdown.read_text()
+    section = markdown.split("\n### Grid: data.batch_size × optim.lr\n", 1)[1]
+    table = section.strip().split("\n\n")[1]  # after the note
+    header, _, *body = [
+        [cell.strip() for cell in line.strip("|").split(" | ")] for line in table.splitlines()
+    ]
+    assert header == ["data.batch_size \\ optim.lr", *(format(lr, "g") for lr in GRID_LRS)]
+    values: dict[tuple[str, str], list[float]] = {}
+    for result in read_results(root):
+        point = result["tags"]["point"]
+        if point:
+            values.setdefault((point["data.batch_size"], point["optim.lr"]), []).append(
+                result["best"]["val_acc"]
+            )
+    assert [row[0] for row in body] == [str(b) for b in GRID_BATCH_SIZES]
+    for row in body:
+        for lr, cell in zip(header[1:], row[1:]):
+            found = values[(row[0], lr)]
+            assert cell.startswith(f"{100 * np.mean(found):.2f} ± {100 * np.std(found, ddof=1):.2f} (C")
+    assert sum("★" in cell for row in body for cell in row) == 1
+    assert "grid_heatmap.png" in {path.name for path in paths.plots}
+    assert "<h3>Grid: data.batch_size × optim.lr</h3>" in paths.html.read_text()
+
+
+def test_a_one_axis_grid_gets_no_grid_table(paired) -> None:
+    _, paths = paired
+    assert "Grid:" not in paths.markdown.read_text()
+    assert "grid_heatmap.png" not in {path.name for path in paths.plots}

@@ -71,6 +71,12 @@ STATES = (COMPLETED, RUNNING, INTERRUPTED, FAILED, DIVERGED, PENDING)
 RESULT_STATES = (COMPLETED, FAILED, DIVERGED, INTERRUPTED)  # what result.json can say
 FINISHED_STATES = (COMPLETED, FAILED, DIVERGED)  # final: a study does not run these again
 
+# Names of a study folder that the study (which writes them) and the report (which reads them) share; they
+# live here, below both, because the report never imports cnnlab.study.
+PLAN_FILE = "study.json"  # a study's expanded plan: its stages and runs in spec order
+SPEC_FILE = "study.yaml"  # the study spec as given (with --set overrides applied)
+ROLE_FINAL = "final"  # tags.role of a run retrained on all training data after selection
+
 
 class RunFolderError(CnnlabError):
     """A run folder cannot be used: foreign files, another run, in use, or a malformed file."""

@@ -33,10 +33,8 @@ from cnnlab.runfolder import ImageSamples, Predictions
 
 PER_RUN_KEYS = ("train.seed", "data.fold", "data.splits_file")
 TAG_KEYS = ("stage", "role")
-PLAN_FILE = "study.json"  # a study's expanded plan: its runs in spec order
-SPEC_FILES = ("study.yaml", PLAN_FILE)
+SPEC_FILES = (runfolder.SPEC_FILE, runfolder.PLAN_FILE)  # the spec as given, else the expanded plan
 SELECT_FILE = "select.json"  # written by a study's select stage: the chosen configuration and every score
-FINAL_ROLE = "final"  # tags.role of a run retrained on all training data after selection
 
 
 class ReportError(CnnlabError):
@@ -94,6 +92,12 @@ class RunRecord:
     def test_acc(self) -> float | None:
         """Test accuracy, None when the run was not tested."""
         return _number(_dig(self.result, "test", "acc"))
+
+    @property
+    def flags(self) -> list[str]:
+        """Why a completed run may not have learned (result.json `flags`, train/health.py); [] when it did."""
+        flags = self.result.get("flags") if self.completed else None
+        return [str(flag) for flag in flags] if isinstance(flags, list) else []
 
     @property
     def class_names(self) -> list[str]:
@@ -237,7 +241,7 @@ def load_study(root: str | Path) -> Study:
             f"no run results in {root}: expected runs/<run_id>/result.json (run `cnnlab study run`)"
         )
     spec_name, spec_text = _read_spec(root)
-    plan = _read_plan(root / PLAN_FILE)
+    plan = _read_plan(root / runfolder.PLAN_FILE)
     configurations, varying = _group(runs, _plan_positions(plan), _plan_stages(plan))
     ensembles = tuple(_read_ensemble(path.parent) for path in sorted(root.glob("ensembles/*/result.json")))
     selection = _read_json(root / SELECT_FILE) if (root / SELECT_FILE).is_file() else None
@@ -450,7 +454,7 @@ def _varying_keys(settings: Sequence[dict[str, Any]]) -> list[str]:
 def _label(run: RunRecord, settings: dict[str, Any], varying: Sequence[str]) -> str:
     """The study's own label, else `key=value` for every differing setting; the stage when stages differ."""
     where = [f"stage={settings.get('tags.stage')}"] if "tags.stage" in varying else []
-    if settings.get("tags.role") == FINAL_ROLE:
+    if settings.get("tags.role") == runfolder.ROLE_FINAL:
         where.append("retrained on all training data")
     tagged = (run.result.get("tags") or {}).get("configuration")
     if tagged:

@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from cnnlab.report.collect import Configuration, EnsembleRecord, RunRecord, Study
-from cnnlab.report.statistics import ConfigurationRow, stage_rows
+from cnnlab.report.statistics import ConfigurationRow, TwoFactorGrid, stage_rows, two_factor_grid
 from cnnlab.runfolder import ImageSamples, Predictions
 
 DPI = 110
@@ -35,6 +35,12 @@ ENSEMBLE_COLOUR = "#333333"
 CROWDED_BARS = 10  # more bars than this: smaller, slanted member names
 FIGURES = "Figures"  # the section of the report a plot goes into
 IMAGES = "Images behind the numbers"
+GRID = "grid"  # the two-factor grid's heat map, drawn beside its table
+LOG_LOSS_NOTE = (
+    "Loss panels use a logarithmic y-axis, so a loss spike (or a divergent epoch) does not flatten every "
+    "other curve into a line at the bottom."
+)
+TEST_CURVE_NOTE = "test, per epoch: for the curve only, never used to choose anything"
 THUMB_INCHES = 1.25  # side of one thumbnail in the image figures
 HIGHEST_LOSS_SHOWN = 12  # images in the highest-loss figure (over the best configuration's runs)
 CONFUSED_PAIRS_SHOWN = 5  # most-confused class pairs shown
@@ -60,7 +66,9 @@ def make_plots(study: Study, rows: Sequence[ConfigurationRow]) -> list[Plot]:
     final_rows = stage_rows(rows, study.final_stage)
     best = next((row.ident for row in final_rows if row.best), None)
     candidates = [
+        grid_heatmap(two_factor_grid(study, rows, study.final_stage), study.staged),
         learning_curves(study, colours),
+        test_curves(study, colours),
         lr_schedule(study, colours),
         confusion_matrix(study, best),
         per_class_accuracy(study),
@@ -84,34 +92,126 @@ def configuration_colours(study: Study) -> dict[str, str]:
 
 def learning_curves(study: Study, colours: dict[str, str]) -> Plot | None:
     """Train/validation loss and accuracy per epoch of the final stage: mean line, min–max band over runs."""
-    configurations = study.stage_configurations(study.final_stage)
-    curves = [(c, [r.metrics for r in c.completed_runs if r.metrics]) for c in configurations]
-    curves = [(c, tables) for c, tables in curves if tables]
+    curves = _final_curves(study, "val_acc")
     if not curves:
         return None
-    figure = Figure(figsize=(11, 7.5 + 0.22 * len(curves)), dpi=DPI, layout="constrained")
-    panels = figure.subplots(2, 2, sharex=True)
     layout = [
-        ("train_loss", "Training loss", 1),
-        ("val_loss", "Validation loss", 1),
+        ("train_loss", "Training loss (log scale)", 1),
+        ("val_loss", "Validation loss (log scale)", 1),
         ("train_acc", "Training accuracy (%)", 100),
         ("val_acc", "Validation accuracy (%)", 100),
     ]
-    for axes, (column, title, scale) in zip(panels.flat, layout):
-        for configuration, tables in curves:
-            _band(axes, tables, column, scale, colours[configuration.ident], _legend_label(configuration))
-        axes.set_title(title)
-        axes.grid(alpha=0.3)
-    for axes in panels[1]:
-        axes.set_xlabel("epoch")
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    _figure_legend(figure, panels[0, 0])
+    figure = curve_figure(curves, layout, colours, 7.5)
     return Plot(
         "learning_curves",
         "Learning curves",
-        "Mean over each configuration's completed runs; the shaded band spans the lowest to the highest run."
+        "Mean over each configuration's completed runs; the shaded band spans the lowest to the highest run. "
+        + LOG_LOSS_NOTE
         + _stage_note(study),
         _png(figure),
+    )
+
+
+def test_curves(study: Study, colours: dict[str, str]) -> Plot | None:
+    """Test loss and accuracy after every epoch (metrics.csv `test_acc`/`test_loss`, written by runs with
+    train.test_every_epoch), apart from the validation curves; None when no run logged them."""
+    curves = _final_curves(study, "test_acc")
+    if not curves:
+        return None
+    layout = [("test_loss", "Test loss (log scale)", 1), ("test_acc", "Test accuracy (%)", 100)]
+    figure = curve_figure(curves, layout, colours, 4.2)
+    figure.suptitle(TEST_CURVE_NOTE, fontsize=10)
+    return Plot(
+        "test_curves",
+        "Test curves per epoch",
+        f"{TEST_CURVE_NOTE[0].upper()}{TEST_CURVE_NOTE[1:]}. Test loss and accuracy after every epoch "
+        "(metrics.csv test_loss and test_acc, logged by runs with train.test_every_epoch), mean over each "
+        "configuration's runs that logged them, band from the lowest to the highest run. The best epoch and "
+        "the best configuration are chosen on validation only; the table's test accuracy is the kept "
+        "checkpoint's, evaluated once at the end. " + LOG_LOSS_NOTE + _stage_note(study),
+        _png(figure),
+    )
+
+
+def _final_curves(study: Study, column: str) -> list[tuple[Configuration, list[dict[str, np.ndarray]]]]:
+    """(configuration, its completed runs' metrics.csv tables) of the final stage, for runs whose `column`
+    has at least one value."""
+    curves = []
+    for configuration in study.stage_configurations(study.final_stage):
+        tables = [
+            run.metrics
+            for run in configuration.completed_runs
+            if run.metrics and column in run.metrics and np.isfinite(run.metrics[column]).any()
+        ]
+        if tables:
+            curves.append((configuration, tables))
+    return curves
+
+
+def curve_figure(
+    curves: Sequence[tuple[Configuration, Sequence[dict[str, np.ndarray]]]],
+    layout: Sequence[tuple[str, str, float]],
+    colours: dict[str, str],
+    height: float,
+) -> Figure:
+    """Panels of per-epoch curves, two per row; losses (scale 1) on a log y-axis."""
+    rows = math.ceil(len(layout) / 2)
+    figure = Figure(figsize=(11, height + 0.22 * len(curves)), dpi=DPI, layout="constrained")
+    panels = np.atleast_2d(figure.subplots(rows, 2, sharex=True, squeeze=False))
+    for axes, (column, title, scale) in zip(panels.flat, layout):
+        for configuration, tables in curves:
+            _band(axes, tables, column, scale, colours[configuration.ident], _legend_label(configuration))
+        if scale == 1 and axes.lines:
+            axes.set_yscale("log")
+        axes.set_title(title)
+        axes.grid(alpha=0.3, which="both" if scale == 1 else "major")
+    for axes in panels[-1]:
+        axes.set_xlabel("epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _figure_legend(figure, panels[0, 0])
+    return figure
+
+
+def grid_heatmap(grid: TwoFactorGrid | None, staged: bool) -> Plot | None:
+    """Mean validation accuracy of a two-factor grid as a heat map, one factor as rows, one as columns."""
+    if grid is None:
+        return None
+    values = np.full((len(grid.row_values), len(grid.column_values)), np.nan)
+    spread = np.full_like(values, np.nan)
+    for (row_value, column_value), row in grid.cells.items():
+        if row.val_acc is not None:
+            place = grid.row_values.index(row_value), grid.column_values.index(column_value)
+            values[place], spread[place] = 100 * row.val_acc.mean, 100 * row.val_acc.std
+    if not np.isfinite(values).any():
+        return None
+    figure = Figure(
+        figsize=(max(5.5, 1.5 * len(grid.column_values) + 3), max(3.0, 0.9 * len(grid.row_values) + 1.6)),
+        dpi=DPI,
+        layout="constrained",
+    )
+    axes = figure.subplots()
+    image = axes.imshow(values, cmap="viridis", aspect="auto")
+    figure.colorbar(image, ax=axes, label="mean validation accuracy (%)", shrink=0.9)
+    axes.set_xticks(range(len(grid.column_values)), grid.column_values)
+    axes.set_yticks(range(len(grid.row_values)), grid.row_values)
+    axes.set_xlabel(grid.column_axis)
+    axes.set_ylabel(grid.row_axis)
+    middle = np.nanmean(values)
+    for (i, j), value in np.ndenumerate(values):
+        if np.isfinite(value):
+            text = f"{value:.2f}" + (f"\n± {spread[i, j]:.2f}" if np.isfinite(spread[i, j]) else "")
+            ident = grid.cells[(grid.row_values[i], grid.column_values[j])].ident
+            colour = "black" if value > middle else "white"
+            axes.text(j, i, f"{ident}\n{text}", ha="center", va="center", fontsize=9, color=colour)
+    where = f" Stage {grid.stage}." if staged else ""
+    return Plot(
+        "grid_heatmap",
+        f"Mean validation accuracy over {grid.row_axis} × {grid.column_axis}",
+        "Mean validation accuracy (%) ± sample std over each configuration's completed runs, "
+        f"{grid.row_axis} as rows and {grid.column_axis} as columns (the table above in colour; an empty "
+        f"cell has no validated run).{where}",
+        _png(figure),
+        GRID,
     )
 
 

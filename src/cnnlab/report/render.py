@@ -1,24 +1,34 @@
-"""Render a study into `report.html` (self-contained), `report.md` and `results.csv`, and a terminal table.
+"""Build a study's report as one document and write it as `report.html`, `report.md` and `results.csv`.
 
-`report.html` carries its CSS inline and its figures as base64 PNG data URIs, so it opens from a file or an
-e-mail attachment. `report.md` links the same PNGs, written to `report_files/` beside it. Every file is
-written atomically.
+The report is built once, as a `cnnlab.report.document.Document` of sections, paragraphs, tables and figures,
+and rendered by two thin templates, so every section is written once and reads the same in both files:
+`report.html` is self-contained (inline CSS, figures as base64 PNG data URIs; it opens from a file or an
+e-mail attachment), `report.md` links the same PNGs, written to `report_files/` beside it. `results.csv` is
+not part of the document: it is the table's full-precision numbers, one row per configuration. Every file
+is written atomically.
 
 In a study with stages the headline table, its best row and the figures are the final stage's (the stage the
 study exists for); each earlier stage gets its own section and table after it, with no best row.
+
+For a report over several studies (one section per sub-study):
+
+    parts = [(name, build_document(folder)) for name, folder in studies]
+    write_report(suite_folder, combine("Suite report: x", parts))
+
+`build_document(folder)` builds one study's document, `document.combine(title, [(name, document), ...])`
+makes each document a section (headings one level down, figure files prefixed with its name), and
+`write_report(folder, document)` writes any document's report.html, report.md and report_files/ (without
+results.csv, which belongs to one study).
 """
 
 from __future__ import annotations
 
-import base64
 import csv
 import dataclasses
 import datetime
-import html
 import io
 import math
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,24 +36,51 @@ import yaml
 
 from cnnlab import runfolder
 from cnnlab.report.collect import Configuration, RunRecord, Study, format_value, load_study
-from cnnlab.report.plots import FIGURES, IMAGES, Plot, make_plots
+from cnnlab.report.document import (
+    PLOT_DIR,
+    Block,
+    Bullets,
+    Code,
+    Document,
+    Facts,
+    Figure,
+    Folded,
+    Paragraph,
+    Section,
+    Table,
+    render_html,
+    render_markdown,
+)
+from cnnlab.report.plots import FIGURES, GRID, IMAGES, TEST_CURVE_NOTE, Plot, make_plots
 from cnnlab.report.statistics import (
     ConfigurationRow,
     PairedComparison,
     Summary,
+    TwoFactorGrid,
     configuration_rows,
     describe,
     format_effect,
     format_p,
     paired_comparisons,
     stage_rows,
+    two_factor_grid,
 )
 from cnnlab.safeio import atomic_write_bytes, atomic_write_text
 from cnnlab.version import __version__
 
-PLOT_DIR = "report_files"
+__all__ = [
+    "PLOT_DIR",
+    "ReportPaths",
+    "build_document",
+    "build_report",
+    "format_results_table",
+    "write_report",
+]
+
 PLOT_NAMES = (
+    "grid_heatmap",
     "learning_curves",
+    "test_curves",
     "lr_schedule",
     "confusion_matrix",
     "per_class_accuracy",
@@ -59,32 +96,43 @@ IMAGES_NOTE = (
     "left to right, by file name (folder datasets) or by index in their split (#index)."
 )
 BEST_NOTE = "best: highest mean validation accuracy (the test split is never used to choose)"
-EPOCH_NOTE = (
-    "`Test_acc` and `Test_loss` in these lines are the validation metrics of each epoch "
-    "(metrics.csv records validation, not test, per epoch; the test split is evaluated once at the end)."
+FLAG_MARK = "†"
+NOT_LEARNING = "Runs that did not learn"
+FLAG_NOTE = (
+    f"{FLAG_MARK} a completed run of this configuration was flagged as not learning (see {NOT_LEARNING}); "
+    "it is still averaged in, so read this row and its comparisons with care."
 )
+NOT_LEARNING_NOTE = (
+    "These runs completed, but the health check at the end of training (result.json `flags`) found they did "
+    f"not learn or their loss spiked. Their configurations are marked {FLAG_MARK} in the tables; their "
+    "numbers are averaged like every completed run, so no comparison should be read off them unawares."
+)
+EPOCH_NOTE = (
+    "`Val_acc` and `Val_loss` are the validation metrics of each epoch (metrics.csv val_acc, val_loss). "
+    "`Test_acc` and `Test_loss` appear only for runs that logged the test split after every epoch "
+    f"(train.test_every_epoch): {TEST_CURVE_NOTE}; the table's test accuracy is evaluated once, at the end."
+)
+TEST_METRICS = ("test_acc", "test_loss")  # metrics.csv's per-epoch test columns (train.test_every_epoch)
 CSV_SUMMARIES = ("val_acc", "test_acc")
 NO_FIGURES = "No figures: no run has completed yet (figures are drawn from completed runs only)."
-_NUMBER_LIKE = re.compile(  # cells right-aligned in HTML tables: numbers, mean ± std, intervals, p-values
-    r"^(?:[-+]?[\d,.]+(?: ± [\d.]+)?(?: \(\d+×\d+\))?|\[[-\d., ]+\]|—|p [<=] [\d.]+|[\d.]+e[-+]?\d+)$"
-)
 RUNS_OPEN_UP_TO = 30  # the per-run table starts folded for bigger studies
 
 
 @dataclasses.dataclass(frozen=True)
 class ReportPaths:
-    """What `write_report` wrote, and the results table as terminal text."""
+    """What `write_report` wrote, and the results table as terminal text (`csv` None and `table` empty for
+    a document that is not one study's, such as a combined one)."""
 
     html: Path
     markdown: Path
-    csv: Path
+    csv: Path | None
     plots: tuple[Path, ...]
     table: str
 
 
 @dataclasses.dataclass(frozen=True)
 class Report:
-    """A study with its computed table, comparisons and figures: everything the renderers need."""
+    """A study with its computed table, comparisons and figures: everything the document is built from."""
 
     study: Study
     rows: list[ConfigurationRow]
@@ -102,49 +150,96 @@ class Report:
         """(stage, its rows) for each stage before the final one, in study order."""
         return [(stage, stage_rows(self.rows, stage)) for stage in self.study.stages[:-1]]
 
+    @property
+    def flagged(self) -> frozenset[str]:
+        """Idents of the configurations with a completed run flagged as not learning."""
+        return flagged_configurations(self.study)
 
-def build_report(study_dir: str | Path) -> Report:
+
+def build_report(source: str | Path | Study) -> Report:
     """Read the study's files and compute the table, the paired comparisons and the figures."""
-    study = load_study(study_dir)
+    study = source if isinstance(source, Study) else load_study(source)
     rows = configuration_rows(study)
     generated = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     return Report(study, rows, paired_comparisons(study), make_plots(study, rows), generated)
 
 
-def write_report(study_dir: str | Path) -> ReportPaths:
-    """Write report.html, report.md, results.csv and report_files/*.png into `study_dir`."""
-    report = build_report(study_dir)
-    root = report.study.root
-    plot_paths = _write_plots(root / PLOT_DIR, report.plots)
-    csv_path = atomic_write_text(root / "results.csv", results_csv(report.rows))
-    markdown_path = atomic_write_text(root / "report.md", render_markdown(report))
-    html_path = atomic_write_text(root / "report.html", render_html(report))
-    return ReportPaths(
-        html_path, markdown_path, csv_path, tuple(plot_paths), format_results_table(report.headline_rows)
+def build_document(source: str | Path | Study | Report) -> Document:
+    """One study's report as a document: every section, in reading order, for both renderers."""
+    report = source if isinstance(source, Report) else build_report(source)
+    sections = [
+        _results_section(report),
+        *(_stage_section(report, stage, rows) for stage, rows in report.earlier_stages),
+        _comparisons_section(report),
+        _incomplete_section(report.study),
+        _not_learning_section(report.study),
+        _figures_section(report),
+        _images_section(report),
+        _ensembles_section(report.study),
+        _runs_section(report.study),
+        _provenance_section(report),
+        _appendix_section(report.study),
+    ]
+    return Document(
+        f"Study report: {report.study.root.name}",
+        (Paragraph(_summary_line(report), "summary"),),
+        tuple(section for section in sections if section is not None),
     )
 
 
-def format_results_table(source: str | Path | Study | Sequence[ConfigurationRow]) -> str:
+def write_report(folder: str | Path, document: Document | None = None) -> ReportPaths:
+    """Write report.html, report.md and report_files/*.png into `folder`: the study's own report (and its
+    results.csv) when `document` is None, else the document given (a combined one, say)."""
+    if document is not None:
+        root = Path(folder)
+        plot_paths = _write_plots(root / PLOT_DIR, document.figures)
+        markdown_path = atomic_write_text(root / "report.md", render_markdown(document))
+        return ReportPaths(
+            atomic_write_text(root / "report.html", render_html(document)),
+            markdown_path,
+            None,
+            tuple(plot_paths),
+            "",
+        )
+    report = build_report(folder)
+    document = build_document(report)
+    root = report.study.root
+    plot_paths = _write_plots(root / PLOT_DIR, document.figures)
+    csv_path = atomic_write_text(root / "results.csv", results_csv(report.rows))
+    markdown_path = atomic_write_text(root / "report.md", render_markdown(document))
+    html_path = atomic_write_text(root / "report.html", render_html(document))
+    table = format_results_table(report.headline_rows, flagged=report.flagged)
+    return ReportPaths(html_path, markdown_path, csv_path, tuple(plot_paths), table)
+
+
+def format_results_table(
+    source: str | Path | Study | Sequence[ConfigurationRow], *, flagged: frozenset[str] = frozenset()
+) -> str:
     """The results table as aligned plain text for a terminal: the final stage's rows of a study folder or
-    Study, or the rows given."""
+    Study, or the rows given; configurations in `flagged` (found by itself for a folder or Study) get a †."""
     if isinstance(source, (str, Path)):
         source = load_study(source)
     if isinstance(source, Study):
+        flagged = flagged_configurations(source)
         rows = stage_rows(configuration_rows(source), source.final_stage)
     else:
         rows = list(source)
-    header, body = table_cells(rows, marker="*")
+    header, body = table_cells(rows, marker="*", flagged=flagged)
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
     lines = [
         "  ".join(_align(cell, width, i) for i, (cell, width) in enumerate(zip(line, widths))).rstrip()
         for line in [header, *body]
     ]
     lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines) + f"\n* {BEST_NOTE}"
+    shown = {row.ident for row in rows} & flagged
+    return "\n".join(lines) + f"\n* {BEST_NOTE}" + (f"\n{FLAG_NOTE}" if shown else "")
 
 
-def table_cells(rows: Sequence[ConfigurationRow], marker: str) -> tuple[list[str], list[list[str]]]:
-    """Header and formatted cells of the results table (accuracies in %, shared by every renderer)."""
+def table_cells(
+    rows: Sequence[ConfigurationRow], marker: str, flagged: frozenset[str] = frozenset()
+) -> tuple[list[str], list[list[str]]]:
+    """Header and formatted cells of the results table (accuracies in %, shared by every renderer); the
+    label of a configuration in `flagged` ends in †."""
     incomplete = any(row.failed or row.diverged or row.interrupted for row in rows)
     header = [
         "",
@@ -165,7 +260,7 @@ def table_cells(rows: Sequence[ConfigurationRow], marker: str) -> tuple[list[str
         cells = [
             marker if row.best else "",
             row.ident,
-            row.label,
+            f"{row.label} {FLAG_MARK}" if row.ident in flagged else row.label,
             _n_cell(row),
             mean_std(row.val_acc),
             interval(row.val_acc),
@@ -178,6 +273,11 @@ def table_cells(rows: Sequence[ConfigurationRow], marker: str) -> tuple[list[str
         ]
         body.append(cells + ([_incomplete_cell(row)] if incomplete else []))
     return header, body
+
+
+def flagged_configurations(study: Study) -> frozenset[str]:
+    """Idents of the configurations with a completed run whose result.json has `flags`."""
+    return frozenset(c.ident for c in study.configurations if any(run.flags for run in c.completed_runs))
 
 
 def mean_std(summary: Summary | None) -> str:
@@ -231,7 +331,8 @@ def results_csv(rows: Sequence[ConfigurationRow]) -> str:
 
 
 def epoch_lines(run: RunRecord) -> list[str]:
-    """`Epoch: N, Train_acc, Train_loss, Test_acc, Test_loss, Lr` lines, one per metrics.csv row."""
+    """`Epoch: N, Train_acc, Train_loss, Val_acc, Val_loss, [Test_acc, Test_loss,] Lr` lines, one per
+    metrics.csv row; the test pair only for a run that logged the test split every epoch."""
     metrics = run.metrics or {}
     epochs = metrics.get("epoch")
     if epochs is None:
@@ -239,9 +340,11 @@ def epoch_lines(run: RunRecord) -> list[str]:
     columns = [
         ("Train_acc", "train_acc"),
         ("Train_loss", "train_loss"),
-        ("Test_acc", "val_acc"),
-        ("Test_loss", "val_loss"),
+        ("Val_acc", "val_acc"),
+        ("Val_loss", "val_loss"),
     ]
+    if any(_logged(metrics, column) for column in TEST_METRICS):
+        columns += [("Test_acc", "test_acc"), ("Test_loss", "test_loss")]
     lines = []
     for index, epoch in enumerate(epochs):
         parts = [f"Epoch: {_epoch(epoch)}"]
@@ -252,76 +355,182 @@ def epoch_lines(run: RunRecord) -> list[str]:
     return lines
 
 
-def render_markdown(report: Report) -> str:
-    """report.md: table, comparisons in words, figures (linked PNGs), provenance and per-epoch appendix."""
+# ---------------------------------------------------------------- the document's sections, in order
+
+
+def _results_section(report: Report) -> Section:
+    """The headline table (the final stage's), what its numbers mean, and its two-factor grid."""
+    notes = [Paragraph(note, "note") for note in _table_notes(report)]
+    grid = _grid_section(report, report.study.final_stage)
+    return Section(
+        _results_title(report.study),
+        (_results_table(report.headline_rows, report.flagged), *notes),
+        (grid,) if grid else (),
+    )
+
+
+def _stage_section(report: Report, stage: str | None, rows: list[ConfigurationRow]) -> Section:
+    """An earlier stage's table, with no best row."""
     study = report.study
-    out = [f"# Study report: {study.root.name}", "", _summary_line(report), "", f"## {_results_title(study)}"]
-    out += ["", *_md_table(*table_cells(report.headline_rows, marker="★")), ""]
-    out += [line for note in _table_notes(report) for line in (note, "")]
-    for stage, rows in report.earlier_stages:
-        out += [f"## {_stage_title(study, stage)}", "", *_md_table(*table_cells(rows, marker="★")), ""]
-        out += [_stage_note(study, stage), ""]
-    out += _md_comparisons(report.comparisons)
-    out += _md_incomplete(study)
-    out += ["## Figures", ""] + ([] if report.plots else [NO_FIGURES, ""])
-    for plot in _section(report, FIGURES):
-        out += [f"### {plot.title}", "", f"![{plot.title}]({PLOT_DIR}/{plot.name}.png)", "", plot.caption, ""]
-    out += [f"## {IMAGES}", "", IMAGES_NOTE, ""] if _section(report, IMAGES) else []
-    for plot in _section(report, IMAGES):
-        out += [f"### {plot.title}", "", f"![{plot.title}]({PLOT_DIR}/{plot.name}.png)", "", plot.caption, ""]
-    out += _md_ensembles(study)
-    out += ["## Runs", "", *_md_table(_RUN_HEADER, _run_cells(study)), ""]
-    out += _md_provenance(report)
-    out += ["## Appendix: per-epoch lines", "", EPOCH_NOTE, ""]
+    notes = [Paragraph(_stage_note(study, stage), "note")]
+    if {row.ident for row in rows} & report.flagged:
+        notes.append(Paragraph(FLAG_NOTE, "note"))
+    grid = _grid_section(report, stage)
+    return Section(
+        _stage_title(study, stage), (_results_table(rows, report.flagged), *notes), (grid,) if grid else ()
+    )
+
+
+def _results_table(rows: Sequence[ConfigurationRow], flagged: frozenset[str]) -> Table:
+    header, body = table_cells(rows, marker="★", flagged=flagged)
+    return Table(tuple(header), tuple(tuple(cells) for cells in body), tuple(row.best for row in rows))
+
+
+def _grid_section(report: Report, stage: str | None) -> Section | None:
+    """A stage whose grid has two axes as a grid: mean validation accuracy ± std, one factor as rows and
+    the other as columns (the final stage's with its heat map)."""
+    grid = two_factor_grid(report.study, report.rows, stage)
+    if grid is None or not any(row.val_acc for row in grid.cells.values()):
+        return None
+    blocks: list[Block] = [
+        Paragraph(
+            f"Mean validation accuracy % ± sample std over completed runs, {grid.row_axis} as rows and "
+            f"{grid.column_axis} as columns; each cell names its configuration (★ the best, "
+            f"{FLAG_MARK} flagged).",
+            "note",
+        ),
+        _grid_table(grid, report.flagged),
+    ]
+    if stage == report.study.final_stage:
+        blocks += [_figure(plot) for plot in report.plots if plot.section == GRID]
+    return Section(f"Grid: {grid.row_axis} × {grid.column_axis}", tuple(blocks))
+
+
+def _grid_table(grid: TwoFactorGrid, flagged: frozenset[str]) -> Table:
+    header = (f"{grid.row_axis} \\ {grid.column_axis}", *grid.column_values)
+    body = []
+    for row_value in grid.row_values:
+        cells = [row_value]
+        for column_value in grid.column_values:
+            row = grid.cells.get((row_value, column_value))
+            if row is None:
+                cells.append("—")
+                continue
+            marks = ("★" if row.best else "") + (FLAG_MARK if row.ident in flagged else "")
+            cells.append(f"{mean_std(row.val_acc)} ({row.ident}{marks})")
+        body.append(tuple(cells))
+    return Table(header, tuple(body))
+
+
+def _comparisons_section(report: Report) -> Section | None:
+    comparisons = report.comparisons
+    if not comparisons:
+        return None
+    sentences = tuple(describe(c) + _flag_caution(c, report.flagged) for c in comparisons)
+    table = Table(tuple(_COMPARISON_HEADER), tuple(tuple(_comparison_cells(c)) for c in comparisons))
+    return Section("Paired comparisons", (Bullets(sentences), table))
+
+
+def _flag_caution(comparison: PairedComparison, flagged: frozenset[str]) -> str:
+    """A warning after a comparison sentence when either side has a run that did not learn."""
+    marked = [ident for ident in (comparison.better, comparison.worse) if ident in flagged]
+    if not marked:
+        return ""
+    return f" Caution: {' and '.join(marked)} {FLAG_MARK} include(s) a run flagged as not learning."
+
+
+def _incomplete_section(study: Study) -> Section | None:
+    runs = [run for run in study.runs if not run.completed]
+    if not runs:
+        return None
+    items = tuple(f"{_run_title(study, run)}: {run.reason or 'no reason recorded'}" for run in runs)
+    return Section("Runs that did not complete (excluded from the means)", (Bullets(items),))
+
+
+def _not_learning_section(study: Study) -> Section | None:
+    """Each completed run flagged by the health check, with its configuration, seed/fold and flags."""
+    runs = [run for run in study.runs if run.flags]
+    if not runs:
+        return None
+    items = tuple(f"{_run_title(study, run)}: {'; '.join(run.flags)}" for run in runs)
+    return Section(NOT_LEARNING, (Paragraph(NOT_LEARNING_NOTE, "note"), Bullets(items)))
+
+
+def _figures_section(report: Report) -> Section:
+    figures = [_figure(plot) for plot in report.plots if plot.section == FIGURES]
+    return Section("Figures", tuple(figures) if report.plots else (Paragraph(NO_FIGURES, "note"),))
+
+
+def _images_section(report: Report) -> Section | None:
+    figures = [_figure(plot) for plot in report.plots if plot.section == IMAGES]
+    return Section(IMAGES, (Paragraph(IMAGES_NOTE, "note"), *figures)) if figures else None
+
+
+def _figure(plot: Plot) -> Figure:
+    return Figure(plot.name, plot.title, plot.caption, plot.png)
+
+
+def _ensembles_section(study: Study) -> Section | None:
+    if not study.ensembles:
+        return None
+    body = [
+        (
+            e.name,
+            str(e.result.get("method", "")),
+            ", ".join(e.members),
+            _percent(e.val_acc),
+            _percent(e.test_acc),
+        )
+        for e in study.ensembles
+    ]
+    header = ("Ensemble", "Method", "Members", "Val acc %", "Test acc %")
+    return Section("Ensembles", (Table(header, tuple(body)),))
+
+
+def _runs_section(study: Study) -> Section:
+    """Every run with its status (the table folded in HTML for a big study)."""
+    count = len(study.runs)
+    table = Table(tuple(_RUN_HEADER), tuple(tuple(cells) for cells in _run_cells(study)))
+    return Section("Runs", (Folded(f"All {count} runs", (table,), open=count <= RUNS_OPEN_UP_TO),))
+
+
+def _provenance_section(report: Report) -> Section:
+    """Versions, hardware, commits and dates; the study spec as given; each configuration's settings."""
+    study = report.study
+    blocks: list[Block] = [Facts(tuple(_provenance(report)))]
+    if study.spec_text is not None:
+        spec = Code(study.spec_text.rstrip() + "\n", "yaml")
+        blocks.append(Folded(f"Study spec ({study.spec_name})", (spec,), open=True))
+    else:
+        blocks.append(Paragraph("No study.yaml: this report was made from run folders alone.", "note"))
+    resolved = tuple(
+        Folded(f"Resolved configuration {c.title}", (Code(_resolved_config(c), "yaml"),))
+        for c in study.configurations
+    )
+    return Section("Provenance", tuple(blocks), (Section("Resolved configurations", resolved),))
+
+
+def _appendix_section(study: Study) -> Section | None:
+    """The classic per-epoch lines of every run that recorded metrics.csv."""
+    blocks: list[Block] = []
     for run in study.runs:
         lines = epoch_lines(run)
         if lines:
-            out += [f"### {_run_title(study, run)}", "", "```text", *lines, "```", ""]
-    return "\n".join(out)
+            blocks.append(Folded(_run_title(study, run), (Code("\n".join(lines) + "\n"),)))
+    if not blocks:
+        return None
+    return Section("Appendix: per-epoch lines", (Paragraph(EPOCH_NOTE, "note"), *blocks))
 
 
-def render_html(report: Report) -> str:
-    """report.html: the same content, one self-contained page (inline CSS, figures as data URIs)."""
-    study = report.study
-    title = f"Study report: {study.root.name}"
-    parts = [f"<h1>{_e(title)}</h1>", f"<p class='summary'>{_e(_summary_line(report))}</p>"]
-    parts += [
-        f"<h2>{_e(_results_title(study))}</h2>",
-        _html_results_table(report.headline_rows),
-        *(f"<p class='note'>{_e(note)}</p>" for note in _table_notes(report)),
-    ]
-    for stage, rows in report.earlier_stages:
-        parts += [f"<h2>{_e(_stage_title(study, stage))}</h2>", _html_results_table(rows)]
-        parts.append(f"<p class='note'>{_e(_stage_note(study, stage))}</p>")
-    parts += _html_comparisons(report.comparisons)
-    parts += _html_incomplete(study)
-    parts += ["<h2>Figures</h2>"] + [_html_figure(plot) for plot in _section(report, FIGURES)]
-    parts += [] if report.plots else [f"<p class='note'>{_e(NO_FIGURES)}</p>"]
-    if _section(report, IMAGES):
-        parts += [f"<h2>{_e(IMAGES)}</h2>", f"<p class='note'>{_e(IMAGES_NOTE)}</p>"]
-        parts += [_html_figure(plot) for plot in _section(report, IMAGES)]
-    parts += _html_ensembles(study)
-    folded = "" if len(study.runs) <= RUNS_OPEN_UP_TO else " (click to show)"
-    parts += [
-        "<h2>Runs</h2>",
-        f"<details{' open' if not folded else ''}><summary>{len(study.runs)} runs{folded}"
-        f"</summary>{_html_table(_RUN_HEADER, _run_cells(study))}</details>",
-    ]
-    parts += _html_provenance(report)
-    parts += _html_epoch_lines(study)
-    return _HTML_PAGE.format(title=_e(title), style=_STYLE, body="\n".join(parts))
-
-
-def _section(report: Report, section: str) -> list[Plot]:
-    """The report's plots that go into one section (Figures, or the images behind the numbers)."""
-    return [plot for plot in report.plots if plot.section == section]
-
-
-def _write_plots(folder: Path, plots: Sequence[Plot]) -> list[Path]:
-    """Write each figure's PNG; remove figures an earlier report wrote that this one no longer has."""
-    written = [atomic_write_bytes(folder / f"{plot.name}.png", plot.png) for plot in plots]
-    for name in set(PLOT_NAMES) - {plot.name for plot in plots}:
-        (folder / f"{name}.png").unlink(missing_ok=True)
+def _write_plots(folder: Path, figures: Sequence[Figure]) -> list[Path]:
+    """Write each figure's PNG; remove figures an earlier report wrote that this one no longer has (their
+    own names, or those names prefixed by `combine`)."""
+    written = [atomic_write_bytes(folder / f"{figure.name}.png", figure.png) for figure in figures]
+    keep = {path.name for path in written}
+    for path in folder.glob("*.png") if folder.is_dir() else ():
+        stale = any(path.stem == name or path.stem.endswith(f"-{name}") for name in PLOT_NAMES)
+        if stale and path.name not in keep:
+            path.unlink(missing_ok=True)
     return written
 
 
@@ -339,6 +548,8 @@ def _table_notes(report: Report) -> list[str]:
             f"This table is stage {study.final_stage}, the stage the study exists for; the earlier stage(s) "
             f"{earlier} have their own tables below."
         )
+    if {row.ident for row in report.headline_rows} & report.flagged:
+        notes.append(FLAG_NOTE)
     selection = study.selection
     if isinstance(selection, dict) and selection.get("chosen"):
         final = ", ".join(str(run) for run in (selection.get("final_runs") or {}).values())
@@ -419,6 +630,7 @@ def _run_cells(study: Study) -> list[list[str]]:
     for configuration in study.configurations:
         for run in configuration.runs:
             status = run.status if run.completed else f"{run.status}: {run.reason or 'no reason recorded'}"
+            status += f" {FLAG_MARK}" if run.flags else ""
             cells.append(
                 [
                     run.run_id,
@@ -509,192 +721,6 @@ _COMPARISON_HEADER = [
 ]
 
 
-# ---------------------------------------------------------------- Markdown pieces
-
-
-def _md_row(cells: Sequence[str]) -> str:
-    return "| " + " | ".join(str(cell).replace("|", "\\|").replace("\n", " ") for cell in cells) + " |"
-
-
-def _md_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
-    return [_md_row(header), _md_row(["---"] * len(header))] + [_md_row(cells) for cells in body]
-
-
-def _md_comparisons(comparisons: Sequence[PairedComparison]) -> list[str]:
-    if not comparisons:
-        return []
-    out = ["## Paired comparisons", ""]
-    out += [f"- {describe(comparison)}" for comparison in comparisons] + [""]
-    return out + _md_table(_COMPARISON_HEADER, [_comparison_cells(c) for c in comparisons]) + [""]
-
-
-def _md_incomplete(study: Study) -> list[str]:
-    runs = [run for run in study.runs if not run.completed]
-    if not runs:
-        return []
-    out = ["## Runs that did not complete (excluded from the means)", ""]
-    return out + [f"- {_run_title(study, run)}: {run.reason or 'no reason recorded'}" for run in runs] + [""]
-
-
-def _md_ensembles(study: Study) -> list[str]:
-    if not study.ensembles:
-        return []
-    out = [
-        "## Ensembles",
-        "",
-        "| Ensemble | Method | Members | Val acc % | Test acc % |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for ensemble in study.ensembles:
-        members = ", ".join(ensemble.members)
-        out.append(
-            _md_row(
-                [
-                    ensemble.name,
-                    str(ensemble.result.get("method", "")),
-                    members,
-                    _percent(ensemble.val_acc),
-                    _percent(ensemble.test_acc),
-                ]
-            )
-        )
-    return out + [""]
-
-
-def _md_provenance(report: Report) -> list[str]:
-    study = report.study
-    out = ["## Provenance", ""] + [f"- {name}: {value}" for name, value in _provenance(report)] + [""]
-    if study.spec_text is not None:
-        out += [f"### Study spec ({study.spec_name})", "", "```yaml", study.spec_text.rstrip(), "```", ""]
-    else:
-        out += ["No study.yaml: this report was made from run folders alone.", ""]
-    out += ["### Resolved configurations", ""]
-    for configuration in study.configurations:
-        out += [
-            f"#### {configuration.title}",
-            "",
-            "```yaml",
-            _resolved_config(configuration).rstrip(),
-            "```",
-            "",
-        ]
-    return out
-
-
-# ---------------------------------------------------------------- HTML pieces
-
-
-def _e(text: object) -> str:
-    return html.escape(str(text), quote=True)
-
-
-def _html_table(
-    header: Sequence[str], body: Sequence[Sequence[str]], row_class: Callable[[int], str] | None = None
-) -> str:
-    """A table whose number-like cells are right-aligned; `row_class` styles rows (e.g. the best one)."""
-    head = "".join(f"<th>{_e(cell)}</th>" for cell in header)
-    rows = []
-    for index, cells in enumerate(body):
-        tds = "".join(
-            f"<td class='num'>{_e(c)}</td>" if _NUMBER_LIKE.match(str(c)) else f"<td>{_e(c)}</td>"
-            for c in cells
-        )
-        css = row_class(index) if row_class else ""
-        rows.append(f"<tr class='{css}'>{tds}</tr>" if css else f"<tr>{tds}</tr>")
-    table = f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
-    return f"<div class='scroll'>{table}</div>"
-
-
-def _html_results_table(rows: Sequence[ConfigurationRow]) -> str:
-    header, body = table_cells(rows, marker="★")
-    return _html_table(header, body, row_class=lambda index: "best" if rows[index].best else "")
-
-
-def _html_comparisons(comparisons: Sequence[PairedComparison]) -> list[str]:
-    if not comparisons:
-        return []
-    sentences = "".join(f"<li>{_e(describe(comparison))}</li>" for comparison in comparisons)
-    table = _html_table(_COMPARISON_HEADER, [_comparison_cells(c) for c in comparisons])
-    return ["<h2>Paired comparisons</h2>", f"<ul class='sentences'>{sentences}</ul>", table]
-
-
-def _html_incomplete(study: Study) -> list[str]:
-    runs = [run for run in study.runs if not run.completed]
-    if not runs:
-        return []
-    items = "".join(
-        f"<li>{_e(_run_title(study, run))}: <b>{_e(run.reason or 'no reason recorded')}</b></li>"
-        for run in runs
-    )
-    return [
-        "<h2>Runs that did not complete</h2>",
-        "<p class='note'>Listed here, excluded from the means.</p>",
-        f"<ul>{items}</ul>",
-    ]
-
-
-def _html_figure(plot: Plot) -> str:
-    data = base64.b64encode(plot.png).decode("ascii")
-    return (
-        f"<figure><h3>{_e(plot.title)}</h3><img alt='{_e(plot.title)}' src='data:image/png;base64,{data}'>"
-        f"<figcaption>{_e(plot.caption)}</figcaption></figure>"
-    )
-
-
-def _html_ensembles(study: Study) -> list[str]:
-    if not study.ensembles:
-        return []
-    body = [
-        [
-            e.name,
-            str(e.result.get("method", "")),
-            ", ".join(e.members),
-            _percent(e.val_acc),
-            _percent(e.test_acc),
-        ]
-        for e in study.ensembles
-    ]
-    return [
-        "<h2>Ensembles</h2>",
-        _html_table(["Ensemble", "Method", "Members", "Val acc %", "Test acc %"], body),
-    ]
-
-
-def _html_provenance(report: Report) -> list[str]:
-    study = report.study
-    items = "".join(
-        f"<tr><th>{_e(name)}</th><td>{_e(value)}</td></tr>" for name, value in _provenance(report)
-    )
-    out = ["<h2>Provenance</h2>", f"<table class='provenance'>{items}</table>"]
-    if study.spec_text is not None:
-        out.append(
-            f"<details open><summary>Study spec ({_e(study.spec_name)})</summary>"
-            f"<pre>{_e(study.spec_text)}</pre></details>"
-        )
-    else:
-        out.append("<p class='note'>No study.yaml: this report was made from run folders alone.</p>")
-    for configuration in study.configurations:
-        out.append(
-            f"<details><summary>Resolved configuration {_e(configuration.title)}</summary>"
-            f"<pre>{_e(_resolved_config(configuration))}</pre></details>"
-        )
-    return out
-
-
-def _html_epoch_lines(study: Study) -> list[str]:
-    blocks = []
-    for run in study.runs:
-        lines = epoch_lines(run)
-        if lines:
-            blocks.append(
-                f"<details><summary>{_e(_run_title(study, run))}</summary><pre>{_e(chr(10).join(lines))}"
-                "</pre></details>"
-            )
-    if not blocks:
-        return []
-    return ["<h2>Per-epoch lines</h2>", f"<p class='note'>{_e(EPOCH_NOTE.replace('`', ''))}</p>", *blocks]
-
-
 # ---------------------------------------------------------------- small formatters
 
 
@@ -728,6 +754,12 @@ def _epoch(value: float) -> str:
     return str(int(value)) if math.isfinite(value) and float(value).is_integer() else str(value)
 
 
+def _logged(metrics: dict[str, Any], column: str) -> bool:
+    """Whether a metrics.csv column exists and has at least one value."""
+    values = metrics.get(column)
+    return values is not None and any(math.isfinite(value) for value in values)
+
+
 def _at(metrics: dict[str, Any], column: str, index: int) -> float | None:
     values = metrics.get(column)
     if values is None or index >= len(values) or not math.isfinite(values[index]):
@@ -743,41 +775,3 @@ def _csv_number(value: object) -> str:
 
 def _csv_setting(value: object) -> str:
     return format_value(value)
-
-
-_STYLE = """
-body { font-family: -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; color: #1d1d1f;
-       margin: 0 auto; padding: 24px 32px 64px; max-width: 1240px; line-height: 1.45; background: #fff; }
-h1 { font-size: 1.7em; margin-bottom: 0.2em; }
-h2 { font-size: 1.3em; border-bottom: 1px solid #ddd; padding-bottom: 4px; margin-top: 1.8em; }
-h3 { font-size: 1.05em; margin: 1.2em 0 0.4em; }
-.summary, .note, figcaption { color: #555; font-size: 0.92em; }
-.scroll { overflow-x: auto; }
-table { border-collapse: collapse; font-size: 0.88em; margin: 8px 0; }
-th, td { border: 1px solid #d8d8d8; padding: 4px 8px; text-align: left; vertical-align: top; }
-thead th { background: #f0f2f5; position: sticky; top: 0; }
-tbody tr:nth-child(even) { background: #fafafa; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-tr.best td { background: #fff3c4; font-weight: 600; }
-table.provenance th { background: #f7f7f7; font-weight: 600; width: 14em; }
-ul.sentences li { margin-bottom: 0.5em; }
-figure { margin: 16px 0 28px; }
-figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
-pre { background: #f6f8fa; padding: 10px 12px; overflow-x: auto; font-size: 0.85em; border-radius: 4px; }
-details { margin: 6px 0; }
-summary { cursor: pointer; }
-"""
-
-_HTML_PAGE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}</title>
-<style>{style}</style>
-</head>
-<body>
-{body}
-</body>
-</html>
-"""

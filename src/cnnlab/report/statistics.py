@@ -88,6 +88,18 @@ class PairedComparison:
         return len(self.units)
 
 
+@dataclasses.dataclass(frozen=True)
+class TwoFactorGrid:
+    """A stage whose grid has exactly two axes, laid out as a grid: one axis as rows, the other as columns."""
+
+    stage: str | None
+    row_axis: str
+    column_axis: str
+    row_values: tuple[str, ...]  # in the order the spec lists them
+    column_values: tuple[str, ...]
+    cells: dict[tuple[str, str], ConfigurationRow]  # (row value, column value) → that configuration's row
+
+
 def summarize(values: Sequence[float]) -> Summary | None:
     """Mean, std (ddof=1) and 95% t-interval; None for no values, NaN spread for a single value."""
     data = np.asarray(values, dtype=np.float64)
@@ -124,6 +136,26 @@ def best_ident(rows: Sequence[ConfigurationRow]) -> str | None:
         if scored:
             return max(scored, key=lambda item: item[0])[1]
     return None
+
+
+def two_factor_grid(
+    study: Study, rows: Sequence[ConfigurationRow], stage: str | None
+) -> TwoFactorGrid | None:
+    """The stage's configurations as a two-factor grid, when the study recorded a grid point of exactly two
+    axes for each (the select stage's retrained run, which has none, is left out) and each axis has at least
+    two values; None otherwise."""
+    by_ident = {row.ident: row for row in rows}
+    points = [(c.point, by_ident.get(c.ident)) for c in study.stage_configurations(stage) if c.point]
+    axes = {tuple(point) for point, _ in points}
+    if len(axes) != 1 or len(next(iter(axes))) != 2:
+        return None
+    row_axis, column_axis = next(iter(axes))
+    cells = {(point[row_axis], point[column_axis]): row for point, row in points if row is not None}
+    row_values = tuple(dict.fromkeys(point[row_axis] for point, _ in points))
+    column_values = tuple(dict.fromkeys(point[column_axis] for point, _ in points))
+    if len(cells) != len(points) or min(len(row_values), len(column_values)) < 2:
+        return None
+    return TwoFactorGrid(stage, row_axis, column_axis, row_values, column_values, cells)
 
 
 def paired_comparisons(study: Study) -> list[PairedComparison]:

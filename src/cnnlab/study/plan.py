@@ -18,15 +18,15 @@ from typing import Any
 
 from cnnlab import config as cfg
 from cnnlab.errors import ConfigError
+from cnnlab.runfolder import PLAN_FILE as PLAN_FILE  # study folder names, shared with the report
+from cnnlab.runfolder import ROLE_FINAL
+from cnnlab.runfolder import SPEC_FILE as SPEC_FILE
 from cnnlab.study.spec import STAGE_INIT_PREFIX, EnsembleSpec, GridAxis, PerModelInit, StageSpec, StudySpec
 from cnnlab.train.resolve import resolve_config
 
 RUNS_DIR = "runs"
 SPLITS_DIR = "splits"
-PLAN_FILE = "study.json"
-SPEC_FILE = "study.yaml"
 ROLE_MEMBER = "member"
-ROLE_FINAL = "final"
 # Data keys that decide which training images exist (and in which order): splits are shared by every run
 # whose data agrees on these.
 SPLIT_DATA_KEYS = ("name", "data_dir", "classes", "subset", "per_class", "bad_images", "test_fraction")
