@@ -14,13 +14,21 @@ from cnnlab.train.health import learning_flags
 DIGITS = ["--model", "lenet5", "--data", "digits", "--set", "data.subset=300"]
 
 
-def test_a_run_stuck_at_chance_is_flagged_in_result_and_closing_line(tmp_path, capsys):
-    out = tmp_path / "stuck"
-    # the classic sigmoid LeNet under the CIFAR defaults (SGD 0.1): one epoch answers one class
-    assert cli.main(["train", *DIGITS, "--epochs", "1", "--out", str(out)]) == 0
+@pytest.mark.parametrize(
+    ("forced", "flag"),
+    [
+        (["--lr", "10"], "loss spiked: train_loss"),  # lenet-classic's Adam at 1000x its rate: blown up
+        (["--lr", "1e-9"], "did not learn"),  # a frozen network: the weights do not move
+        (["--optimizer", "sgd", "--lr", "0.1"], "did not learn"),  # the sigmoid LeNet under CIFAR settings
+    ],
+)
+def test_a_broken_run_is_flagged_in_result_and_closing_line(tmp_path, capsys, forced, flag):
+    out = tmp_path / "broken"
+    assert cli.main(["train", *DIGITS, "--epochs", "1", *forced, "--out", str(out)]) == 0
     result = runfolder.read_result(out)
-    assert result["status"] == "completed" and result["flags"][0].startswith("did not learn")
-    assert "— did not learn: best validation accuracy" in capsys.readouterr().out
+    assert result["status"] == "completed" and any(text.startswith(flag) for text in result["flags"])
+    closing = capsys.readouterr().out.strip().splitlines()[-1]
+    assert closing.startswith("completed: ") and f"— {result['flags'][0]}" in closing
 
 
 def test_a_learning_run_is_not_flagged_and_tensorboard_has_lr_test_and_hparams(tmp_path, capsys):

@@ -31,6 +31,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.normalize": ("dataset", "weights", "none"),
     "data.bad_images": ("error", "skip"),
     "optim.optimizer": ("sgd", "adam", "adamw"),
+    "optim.recipe": ("auto", "cifar-sgd", "torchvision-scratch", "pretrained", "lenet-classic"),
     "optim.schedule": ("none", "multistep", "cosine", "onecycle"),
     "train.finetune": ("full", "linear", "gradual"),
 }
@@ -68,7 +69,7 @@ class DataConfig:
     per_class: int | None = None  # keep N training images per class
     test_subset: int | None = None  # score N test images (stratified, fixed seed: the same for every run)
     classes: tuple[str, ...] | None = None  # keep these classes, re-indexed in this order
-    augment: str = "none"  # none | flip | crop | flip+crop | randomresizedcrop
+    augment: str | None = None  # none | flip | crop | flip+crop | randomresizedcrop; None: the recipe's
     normalize: str = "dataset"  # dataset statistics | pretrained weights' statistics | none
     batch_size: int = 64
     eval_batch_size: int = 1024
@@ -87,13 +88,15 @@ class DataConfig:
 class OptimConfig:
     """Optimizer, learning-rate schedule and loss options."""
 
-    optimizer: str = "sgd"  # sgd | adam | adamw
-    lr: float = 0.1  # peak learning rate
-    momentum: float = 0.9  # sgd only
-    nesterov: bool = True  # sgd only
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"  # none | multistep | cosine | onecycle
-    warmup_epochs: float = 0.0  # linear warmup from lr/10, in epochs (fractions allowed)
+    # None: filled by the recipe (cnnlab.train.recipes, docs/training.md "Default recipes")
+    recipe: str = "auto"  # auto (by model and init) | a name from CHOICES["optim.recipe"]
+    optimizer: str | None = None  # sgd | adam | adamw
+    lr: float | str | None = None  # peak learning rate, or "auto": Lightning's learning-rate finder
+    momentum: float | None = None  # sgd only
+    nesterov: bool | None = None  # sgd only
+    weight_decay: float | None = None
+    schedule: str | None = None  # none | multistep | cosine | onecycle
+    warmup_epochs: float | None = None  # linear warmup from lr/10, in epochs (fractions allowed)
     milestones: tuple[int, ...] = ()  # multistep: epochs at which lr is multiplied by gamma
     gamma: float = 0.1
     label_smoothing: float = 0.0
@@ -109,9 +112,10 @@ class TrainConfig:
     init: str = "scratch"  # scratch | torchvision:<WEIGHTS> | file:<path> | run:<run dir>
     finetune: str = "full"  # full | linear | gradual
     unfreeze_epoch: int = 1  # gradual: epoch at which the backbone starts training
-    backbone_lr_mult: float = 1.0  # backbone lr = lr * this (discriminative learning rates)
+    backbone_lr_mult: float | None = None  # backbone lr = lr * this (discriminative rates); None: recipe's
     early_stopping: int | None = None  # patience in epochs on validation accuracy
     test: bool = True  # evaluate the test split at the end
+    test_every_epoch: bool = False  # also score the test split every epoch (curves only, never selection)
     accelerator: str = "auto"
     devices: str = "auto"
     num_nodes: int = 1
@@ -376,6 +380,13 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
+        for kind in inner[1:]:  # `float | str` (optim.lr): a number first, else the text ("auto")
+            try:
+                return _coerce(value, inner[0], key)
+            except ConfigError as error:
+                if not isinstance(value, str):
+                    raise error from None
+                return _coerce(value, kind, key)
         return _coerce(value, inner[0], key)
     if origin is tuple:
         items = [value] if isinstance(value, (str, int, float)) else value
@@ -427,6 +438,13 @@ def _check_choice(key: str, value: Any) -> None:
 SEED_LIMIT = 2**32  # numpy's and Lightning's seeds are 32-bit
 
 
+def _lr_ok(lr: float | str | None) -> bool:
+    """optim.lr: unset (the recipe's), a positive number, or "auto" (the learning-rate finder)."""
+    if lr is None or isinstance(lr, str):
+        return lr in (None, "auto")
+    return lr > 0
+
+
 def check_ranges(config: RunConfig) -> None:
     """Raise ConfigError naming the first key out of its range (some ranges span keys: fold < folds)."""
     data, optim, train = config.data, config.optim, config.train
@@ -442,9 +460,9 @@ def check_ranges(config: RunConfig) -> None:
             len(data.background) == 3 and all(0 <= c <= 255 for c in data.background),
             "three values in 0..255",
         ),
-        ("optim.momentum", 0 <= optim.momentum < 1, "in [0, 1)"),
-        ("optim.weight_decay", optim.weight_decay >= 0, "0 or more"),
-        ("optim.warmup_epochs", optim.warmup_epochs >= 0, "0 or more"),
+        ("optim.momentum", optim.momentum is None or 0 <= optim.momentum < 1, "in [0, 1)"),
+        ("optim.weight_decay", optim.weight_decay is None or optim.weight_decay >= 0, "0 or more"),
+        ("optim.warmup_epochs", optim.warmup_epochs is None or optim.warmup_epochs >= 0, "0 or more"),
         (
             "optim.milestones",
             all(m >= 1 for m in optim.milestones) and list(optim.milestones) == sorted(set(optim.milestones)),
@@ -458,7 +476,7 @@ def check_ranges(config: RunConfig) -> None:
         ("train.num_nodes", train.num_nodes >= 1, "at least 1"),
         ("data.batch_size", config.data.batch_size >= 1, "at least 1"),
         ("data.eval_batch_size", config.data.eval_batch_size >= 1, "at least 1"),
-        ("optim.lr", config.optim.lr > 0, "positive"),
+        ("optim.lr", _lr_ok(config.optim.lr), "a positive number or auto (the learning-rate finder)"),
         ("data.val_fraction", 0 <= config.data.val_fraction < 1, "in [0, 1)"),
         ("data.test_fraction", 0 < config.data.test_fraction < 1, "in (0, 1)"),
         ("model.dropout", config.model.dropout is None or 0 <= config.model.dropout < 1, "in [0, 1)"),
@@ -468,7 +486,7 @@ def check_ranges(config: RunConfig) -> None:
             config.data.folds is None or 0 <= config.data.fold < config.data.folds,
             "in [0, folds)",
         ),
-        ("train.backbone_lr_mult", config.train.backbone_lr_mult >= 0, "0 or more"),
+        ("train.backbone_lr_mult", (config.train.backbone_lr_mult or 0) >= 0, "0 or more"),
     ]
     for key, ok, allowed in checks:
         if not ok:

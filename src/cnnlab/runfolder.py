@@ -59,6 +59,7 @@ IMAGES_DIR = "images"
 # images, misclassified images of the most-confused class pairs, and Grad-CAM maps of a few images.
 IMAGE_KINDS = ("augmented", "hardest", "confused", "gradcam")
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s")
+TEST_COLUMNS = ("test_loss", "test_acc")  # train.test_every_epoch only: written when the rows have them
 
 # The run states, used by train (result.json), the study queue, `study status` and the report.
 PENDING = "pending"  # planned, not started (or waiting for a retry)
@@ -255,7 +256,9 @@ def read_predictions(folder: str | Path, split: str) -> Predictions | None:
 def write_metrics(folder: str | Path, rows: Sequence[Mapping[str, float]]) -> Path:
     """metrics.csv: a header and one row per epoch, written atomically."""
     buffer = text_io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator="\n", extrasaction="ignore")
+    tested = rows and all(name in rows[-1] for name in TEST_COLUMNS)
+    columns = METRIC_COLUMNS + TEST_COLUMNS if tested else METRIC_COLUMNS
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     return safeio.atomic_write_text(Path(folder) / METRICS_FILE, buffer.getvalue())
@@ -273,7 +276,7 @@ def read_metrics(folder: str | Path) -> dict[str, np.ndarray] | None:
         raise RunFolderError(f"cannot read {path}: {error}") from None
     if not rows or "epoch" not in rows[0]:
         return None
-    columns = [name for name in METRIC_COLUMNS if name in rows[0]]
+    columns = [name for name in METRIC_COLUMNS + TEST_COLUMNS if name in rows[0]]
     return {name: np.array([_float(row.get(name)) for row in rows], dtype=np.float64) for name in columns}
 
 

@@ -64,9 +64,11 @@ class EpochRecorder(pl.Callback):
     (every rank keeps the rows, so a checkpoint holds them whichever rank saves it). The metrics are global:
     the epoch metrics are synced over the ranks before they are logged."""
 
-    def __init__(self, run_dir: Path, *, echo: bool) -> None:
+    def __init__(self, run_dir: Path, *, echo: bool, tester: EpochTester | None = None) -> None:
         self.run_dir = run_dir
         self.echo = echo
+        self.tester = tester  # train.test_every_epoch: test_acc/test_loss in every row (curves only)
+        self.lr_found: Any = None  # optim.lr: auto: the finder's FoundRate, for result.json
         self.rows: list[dict[str, float]] = []
         self.train_seconds = 0.0
         self.train_images = 0
@@ -95,6 +97,8 @@ class EpochRecorder(pl.Callback):
         }
         for name in ("train_loss", "train_acc", "val_loss", "val_acc"):
             row[name] = float(metrics[name]) if name in metrics else math.nan
+        if self.tester is not None:
+            row.update(self.tester.score(pl_module))
         self.rows.append(row)
         if not trainer.is_global_zero:
             return  # under DDP rank zero alone writes and prints
@@ -121,12 +125,81 @@ def _print_line(trainer: pl.Trainer, line: str) -> None:
 
 
 def format_epoch_line(row: dict[str, float]) -> str:
-    """`Epoch: N, Train_acc: .., Train_loss: .., Val_acc: .., Val_loss: .., Lr: .., Time: ..s`."""
-    return (
-        f"Epoch: {row['epoch']}, Train_acc: {row['train_acc']:.4f}, Train_loss: {row['train_loss']:.4f}, "
-        f"Val_acc: {row['val_acc']:.4f}, Val_loss: {row['val_loss']:.4f}, Lr: {row['lr']:.3g}, "
-        f"Time: {row['epoch_time_s']:.1f}s"
-    )
+    """One line per epoch, under 80 columns even with the test scores: accuracy in percent, then loss.
+
+    `Epoch: 3, train 81.2% 0.512, val 80.1% 0.543, test 79.9% 0.551, lr 1e-3, 4.1s` (test only with
+    train.test_every_epoch)."""
+    parts = [f"Epoch: {int(row['epoch'])}"]
+    for split in ("train", "val", "test"):
+        if f"{split}_acc" in row:
+            parts.append(f"{split} {_percent(row[f'{split}_acc'])} {_loss(row[f'{split}_loss'])}")
+    parts.append(f"lr {_short(row['lr'])}")
+    seconds = row["epoch_time_s"]
+    parts.append(f"{seconds:.1f}s" if seconds < 10 else f"{seconds:.0f}s")
+    return ", ".join(parts)
+
+
+def _percent(value: float) -> str:
+    if value != value:
+        return "nan"
+    return "100%" if value >= 0.9995 else f"{100 * value:.1f}%"
+
+
+def _loss(value: float) -> str:
+    """Three decimals below 10; a blown-up loss in short scientific notation (1.3e6)."""
+    if value != value or not math.isfinite(value):
+        return str(value)
+    return f"{value:.3f}" if abs(value) < 10 else (f"{value:.1f}" if abs(value) < 1000 else _short(value))
+
+
+def _short(value: float) -> str:
+    """A number in at most ~6 characters: 0.1, 0.001, 3.2e-4, 1.3e6."""
+    if value == 0 or 1e-3 <= abs(value) < 1000:
+        return f"{value:.3g}"
+    mantissa, exponent = f"{value:.1e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+class EpochTester:
+    """train.test_every_epoch: the test split scored after every epoch, for the learning curves only.
+
+    The scores go into the epoch's row (metrics.csv `test_acc`, `test_loss`, the epoch line) and TensorBoard;
+    no checkpoint, early stopping or selection reads them (those monitor val_acc). Every DDP rank scores the
+    whole split (the same numbers), so the rows agree whichever rank saves a checkpoint."""
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        batch_size: int,
+        class_names: tuple[str, ...] | list[str],
+    ) -> None:
+        self.images, self.labels = images, labels.numpy()
+        self.mean, self.std, self.batch_size = mean, std, batch_size
+        self.class_names = class_names
+
+    def score(self, pl_module: ClassifierSystem) -> dict[str, float]:
+        """Score the current weights in eval mode, log them, and leave the module in the mode it was in."""
+        from cnnlab.train.inference import predict_probs, score_predictions
+
+        training = pl_module.training
+        probs = predict_probs(
+            pl_module.model,
+            self.images,
+            mean=self.mean,
+            std=self.std,
+            device=pl_module.device,
+            batch_size=self.batch_size,
+        )
+        pl_module.train(training)
+        scores = score_predictions(probs, self.labels, self.class_names)
+        row = {"test_acc": scores["acc"], "test_loss": scores["loss"]}
+        for name, value in row.items():
+            pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=False)
+        return row
 
 
 class DivergenceGuard(pl.Callback):

@@ -2,8 +2,9 @@
 so a run's id (the hash of the resolved config) is the same whichever of them made it.
 
 Resolved means: the stem and the image side the model is fed (`model.stem: auto` becomes what it chose),
-and every path (folder datasets, data_dir, splits_file, file:/run: inits) absolute, so any command works
-from any working directory. Resolving a resolved config changes nothing.
+the default recipe's values in every optimizer key the user left unset (`optim.recipe` named; see
+`cnnlab.train.recipes`), and every path (folder datasets, data_dir, splits_file, file:/run: inits)
+absolute, so any command works from any working directory. Resolving a resolved config changes nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from cnnlab.data import native_side
 from cnnlab.data.catalog import FOLDER_PREFIX
 from cnnlab.errors import ConfigError
 from cnnlab.models import load_plugin, model_info, resolve_stem
+from cnnlab.train.recipes import recipe_values
 
 PATH_INIT_SCHEMES = ("file", "run")
 
@@ -29,7 +31,13 @@ def resolve_config(config: cfg.RunConfig) -> cfg.RunConfig:
     stem, fed_side = resolve_stem(info.name, config.model.stem, side, pretrained=pretrained)
     recorded = recorded_stem(config.model.stem, stem)
     return cfg.with_values(
-        config, {"model.stem": recorded, "data.image_size": fed_side, **_absolute_paths(config)}
+        config,
+        {
+            "model.stem": recorded,
+            "data.image_size": fed_side,
+            **_absolute_paths(config),
+            **recipe_values(config),  # optim keys, data.augment, backbone rate left unset: the recipe's
+        },
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import math
@@ -36,6 +37,7 @@ from cnnlab.train.callbacks import (
     DivergenceGuard,
     EpochRecorder,
     EpochSeeder,
+    EpochTester,
     RunAbandoned,
     RunDiverged,
 )
@@ -44,8 +46,10 @@ from cnnlab.train.data_module import InMemoryDataModule
 from cnnlab.train.distributed import run_ranks
 from cnnlab.train.health import learning_flags
 from cnnlab.train.inference import predict_probs, score_predictions
+from cnnlab.train.lr_finder import FoundRate, find_lr
 from cnnlab.train.options import check_trainer_options
 from cnnlab.train.precision import PrecisionChoice, choose_precision
+from cnnlab.train.recipes import describe as describe_recipe
 from cnnlab.train.resolve import is_pretrained, model_switches, resolve_config
 from cnnlab.train.speed import keep_freed_memory
 from cnnlab.train.system import ClassifierSystem
@@ -133,6 +137,7 @@ def _train_and_record(
     started = time.perf_counter()
     precision = _precision(prepared, checkpoint)
     print(precision.line(), flush=True)  # the run's first line: what it trains in, and why
+    print(describe_recipe(prepared.config), flush=True)
     if prepared.init_note:
         print(prepared.init_note, flush=True)
     recorder = EpochRecorder(out_dir, echo=not os.environ.get("CNNLAB_QUIET"))
@@ -364,10 +369,16 @@ def _train(
     model = (
         prepared.model.to(memory_format=torch.channels_last) if config.train.channels_last else prepared.model
     )
+    if config.train.test_every_epoch:
+        recorder.tester = _epoch_tester(prepared)
+    optim = config.optim
+    if optim.lr == "auto":
+        recorder.lr_found = _find_lr(prepared, model, data, out_dir, primary=primary)
+        optim = dataclasses.replace(optim, lr=recorder.lr_found.lr)
     system = ClassifierSystem(
         model,
         num_classes=len(prepared.train_set.class_names),
-        optim=config.optim,
+        optim=optim,
         backbone_lr_mult=config.train.backbone_lr_mult,
         compile=config.train.compile,
     )
@@ -392,6 +403,52 @@ def _train(
             safeio.atomic_write_text(out_dir / runfolder.ERROR_LOG, traceback.format_exc())
         return runfolder.FAILED, f"{type(error).__name__}: {error}"
     return runfolder.COMPLETED, None
+
+
+def _epoch_tester(prepared: PreparedRun) -> EpochTester:
+    """train.test_every_epoch: the test split, scored every epoch for the curves (never for selection)."""
+    test_set = load_split(prepared.config.data, "test")
+    return EpochTester(
+        test_set.images,
+        test_set.labels,
+        mean=prepared.mean,
+        std=prepared.std,
+        batch_size=prepared.config.data.eval_batch_size,
+        class_names=prepared.train_set.class_names,
+    )
+
+
+def _find_lr(
+    prepared: PreparedRun, model: nn.Module, data: InMemoryDataModule, out_dir: Path, *, primary: bool
+) -> FoundRate:
+    """optim.lr: auto: the finder's rate, printed and noted in config.yaml (whose optim.lr stays `auto`, the
+    rule every run of the configuration shares: it is what the run id hashes)."""
+    config = prepared.config
+    if run_ranks(config).world_size > 1:
+        raise ConfigError(
+            "optim.lr=auto runs the learning-rate finder in one process; find the rate with a one-process "
+            "run (its result.json records lr_finder.lr) and give it as --lr for the DDP run"
+        )
+    steps = -(-len(prepared.splits.indices(config.data.split_index)[0]) // config.data.batch_size)
+    with _quiet_lightning():
+        found = find_lr(
+            ClassifierSystem,
+            model,
+            data,
+            optim=config.optim,
+            seed=config.train.seed,
+            accelerator=_accelerator(config),
+            precision=_precision(prepared, None).precision,  # the run's own choice (memoised probe)
+            steps_per_epoch=steps,
+            show_progress=_progress_bar(),
+            num_classes=len(prepared.train_set.class_names),
+            backbone_lr_mult=config.train.backbone_lr_mult,
+        )
+    if primary:
+        print(found.line(), flush=True)
+        note = f"# {found.line()}; the run trained with optim.lr {found.lr!r}\n"
+        safeio.atomic_write_text(out_dir / runfolder.CONFIG_FILE, cfg.dump_yaml(config) + note)
+    return found
 
 
 def _build_trainer(
@@ -554,6 +611,9 @@ def _summarize(
     }
     if evaluate:
         summary.update(_evaluate_best(prepared, out_dir, precision.precision))
+    summary["recipe"] = config.optim.recipe
+    found = getattr(recorder, "lr_found", None)
+    summary["lr_finder"] = dataclasses.asdict(found) if found is not None else None
     if status == runfolder.COMPLETED:
         best = summary["best"] or {}
         summary["flags"] = learning_flags(rows, best.get("val_acc"), _val_class_counts(prepared))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -132,8 +133,22 @@ class ClassifierSystem(pl.LightningModule):
         checkpoint["cnnlab"] = self.extra_checkpoint
 
 
+def completed_optim(optim: OptimConfig) -> OptimConfig:
+    """An OptimConfig with every key the recipe fills set: a resolved run's is already complete; one built by
+    hand (OptimConfig(lr=0.1)) gets the cifar-sgd recipe's values for the keys it left unset."""
+    from cnnlab import config as cfg
+    from cnnlab.train.recipes import recipe_values
+
+    if isinstance(optim.lr, str):
+        raise ValueError("optim.lr=auto must be replaced by the rate the finder chose before training")
+    values = recipe_values(cfg.RunConfig(optim=optim))
+    optim_values = {key.partition(".")[2]: v for key, v in values.items() if key.startswith("optim.")}
+    return dataclasses.replace(optim, **optim_values)
+
+
 def build_optimizer(model: nn.Module, optim: OptimConfig, backbone_lr_mult: float) -> torch.optim.Optimizer:
     """Two parameter groups, head first: the head at `lr`, the backbone at `lr * backbone_lr_mult`."""
+    optim = completed_optim(optim)
     head, backbone = split_parameters(model)
     groups = [{"params": head, "lr": optim.lr}]
     if backbone:
@@ -155,6 +170,7 @@ def build_scheduler(
     optimizer: torch.optim.Optimizer, optim: OptimConfig, steps_per_epoch: int, total_steps: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
     """A per-step schedule: linear warmup then none/multistep/cosine; onecycle is torch's own."""
+    optim = completed_optim(optim)
     if optim.schedule == "onecycle":
         warmup_share = optim.warmup_epochs * steps_per_epoch / total_steps if optim.warmup_epochs else 0.3
         return torch.optim.lr_scheduler.OneCycleLR(
