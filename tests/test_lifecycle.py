@@ -235,6 +235,39 @@ def test_study_interrupted_by_a_signal_shows_interrupted_and_resumes(tmp_path, s
     assert_resumed(rows, metric_rows(run_dir), 30)
 
 
+def test_sigterm_to_a_study_with_workers_stops_every_worker_and_resumes(tmp_path):
+    """Only the main process gets SIGTERM: it stops its helper worker, both runs are interrupted, exit 143."""
+    raw = {"base": {**LONG_RUN, "train.epochs": 30}, "seeds": [0, 1]}
+    spec = write_spec(tmp_path / "workers.yaml", raw)
+    study = tmp_path / "study"
+    args = ("study", "run", str(spec), "--out", str(study), "--heartbeat", "1", "--workers", "2")
+    process = start(*args)
+    deadline = time.monotonic() + 180
+    while len(list(study.glob("runs/*/metrics.csv"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    run_dirs = sorted(path.parent for path in study.glob("runs/*/metrics.csv"))
+    assert len(run_dirs) == 2, "both workers started a run"
+    rows = {run_dir: wait_for_epochs(run_dir, 2) for run_dir in run_dirs}
+    process.send_signal(signal.SIGTERM)
+    returncode, out, err = finish(process)
+    assert returncode == 143, out + err
+    assert "interrupted by SIGTERM; resume with: cnnlab study run" in one_line(err)
+    assert out.count(" interrupted ") == 2, out
+    assert not any(runfolder.is_held(run_dir) for run_dir in run_dirs), "no helper outlived the study"
+    status = subprocess.run(
+        [sys.executable, "-m", "cnnlab", "study", "status", str(study)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        check=True,
+    ).stdout
+    assert "2 interrupted" in status and "0 running" in status, status
+    returncode, out, err = finish(start(*args))
+    assert returncode == 0, out + err
+    for run_dir, before in rows.items():
+        assert_resumed(before, metric_rows(run_dir), 30)
+
+
 # 5. train --out never touches what it does not own -------------------------------------------------------
 
 

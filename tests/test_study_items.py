@@ -246,15 +246,3 @@ def test_suite_overrides_must_name_a_study(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no study 'quick' (did you mean quickstart?)" in err and len(err.strip().splitlines()) == 1
     assert not Path(out).exists()
-
-
-def test_a_tune_spec_takes_one_init():
-    from cnnlab.study import parse_tune_spec
-
-    raw = {
-        "base": {"model.name": "resnet18", "train.init": {"resnet18": "file:a.pth"}},
-        "space": {"optim.lr": [0.1]},
-        "cv": {"folds": 2},
-    }
-    with pytest.raises(ConfigError, match="base.train.init must be one init"):
-        parse_tune_spec(raw)

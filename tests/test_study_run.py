@@ -327,3 +327,24 @@ def test_workers_option_runs_every_run_once_across_local_processes(tmp_path):
     ]
     assert len(completed) == 4 and len(set(completed)) == 4, output
     assert ": 4 completed (" in output and (tmp_path / "w" / "report.html").is_file()
+
+
+def test_worker_flags_left_out_take_the_worker_options_defaults(tmp_path, capsys, monkeypatch):
+    """`study run` (and `--worker-only`) without --heartbeat / --max-attempts passes WorkerOptions' defaults,
+    and the help text states them."""
+    seen = []
+
+    def fake_run_study(spec, out, **kwargs):
+        seen.append(kwargs["options"])
+        raise SystemExit(0)
+
+    monkeypatch.setattr("cnnlab.study.run_study", fake_run_study)
+    spec = write_spec(tmp_path / "s.yaml", {"base": TINY, "seeds": [0]})
+    for extra in ([], ["--worker-only"]):
+        with pytest.raises(SystemExit):
+            cli.main(["study", "run", str(spec), "--out", str(tmp_path / "s"), *extra])
+    assert seen == [WorkerOptions(), WorkerOptions()]
+    assert cli.main(["study", "run", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"(default {WorkerOptions().heartbeat_s})" in text
+    assert f"(default {WorkerOptions().max_attempts};" in text

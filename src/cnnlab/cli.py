@@ -422,16 +422,14 @@ def _add_study(commands: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--heartbeat",
         type=int,
-        default=10,
         metavar="S",
-        help="seconds between heartbeats; a run silent for 3 beats is retried elsewhere",
+        help="seconds between heartbeats (default 10); a run silent for 3 beats is retried elsewhere",
     )
     run.add_argument(
         "--max-attempts",
         type=int,
-        default=3,
         metavar="N",
-        help="tries per run whose worker died (a run that fails or diverges is not retried)",
+        help="tries per run whose worker died (default 3; a run that fails or diverges is not retried)",
     )
     status = actions.add_parser(
         "status",
@@ -455,9 +453,10 @@ def _run_study(args: argparse.Namespace) -> int:
     from cnnlab.errors import ConfigError
     from cnnlab.study import WorkerOptions, run_study
 
-    if args.workers < 1 or args.heartbeat < 1 or args.max_attempts < 1:
+    if any(value is not None and value < 1 for value in (args.workers, args.heartbeat, args.max_attempts)):
         raise ConfigError("--workers, --heartbeat and --max-attempts must be at least 1")
-    options = WorkerOptions(storage=args.storage, heartbeat_s=args.heartbeat, max_attempts=args.max_attempts)
+    given = {"storage": args.storage, "heartbeat_s": args.heartbeat, "max_attempts": args.max_attempts}
+    options = WorkerOptions(**{key: value for key, value in given.items() if value is not None})
     args.resume_hint = _with_flag([word for word in args.argv if word != "--restart"], "")
     from cnnlab.study.suite import is_suite
 
@@ -611,9 +610,8 @@ def _add_tune(commands: argparse._SubParsersAction) -> None:
     sub.add_argument(
         "--heartbeat",
         type=int,
-        default=10,
         metavar="S",
-        help="seconds between heartbeats; a trial silent for 3 beats is retried",
+        help="seconds between heartbeats (default 10); a trial silent for 3 beats is retried",
     )
 
 
@@ -623,7 +621,7 @@ def _run_tune(args: argparse.Namespace) -> int:
     from cnnlab.errors import ConfigError
     from cnnlab.study import run_tune
 
-    if (args.trials is not None and args.trials < 1) or args.heartbeat < 1:
+    if any(value is not None and value < 1 for value in (args.trials, args.heartbeat)):
         raise ConfigError("--trials and --heartbeat must be at least 1")
     outcome = run_tune(
         args.spec,

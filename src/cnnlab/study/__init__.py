@@ -8,42 +8,21 @@ hyperparameters with TPE and fold-wise pruning. This package never draws: report
 
 from __future__ import annotations
 
-from typing import Any
-
-# name → module: imported on first use, so `cnnlab study status` does not load torch or Lightning
-_EXPORTS = {
-    "build_ensemble": "ensemble",
-    "combine": "ensemble",
-    "PlannedRun": "plan",
-    "StudyPlan": "plan",
-    "expand": "plan",
-    "grid_points": "plan",
-    "StudyOutcome": "runner",
-    "WorkerOptions": "runner",
-    "plan_study": "runner",
-    "run_study": "runner",
-    "select_configuration": "selection",
-    "StudySpec": "spec",
-    "TuneSpec": "spec",
-    "load_study_spec": "spec",
-    "load_tune_spec": "spec",
-    "parse_study_spec": "spec",
-    "parse_tune_spec": "spec",
-    "StudyStatus": "status",
-    "format_status": "status",
-    "study_status": "status",
-    "TuneOutcome": "tune",
-    "run_tune": "tune",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(f"cnnlab.study.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'cnnlab.study' has no attribute {name!r}")
-
+from cnnlab.study.ensemble import build_ensemble, combine
+from cnnlab.study.plan import PlannedRun, StudyPlan, expand, grid_points
+from cnnlab.study.queue import WorkerOptions
+from cnnlab.study.runner import StudyOutcome, plan_study, run_study
+from cnnlab.study.selection import select_configuration
+from cnnlab.study.spec import (
+    StudySpec,
+    TuneSpec,
+    load_study_spec,
+    load_tune_spec,
+    parse_study_spec,
+    parse_tune_spec,
+)
+from cnnlab.study.status import StudyStatus, format_status, study_status
+from cnnlab.study.tune import TuneOutcome, run_tune
 
 __all__ = [
     "PlannedRun",

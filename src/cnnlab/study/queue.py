@@ -71,6 +71,18 @@ NODE = _node()
 
 
 @dataclasses.dataclass(frozen=True)
+class WorkerOptions:
+    """How a process takes part in a study: storage, heartbeats, retries, polling. The one place of their
+    defaults: `run_study` and its helpers, `study run --worker-only`, `study status` and `tune` read them."""
+
+    storage: str | None = None  # SQLAlchemy URL; default sqlite:///<study dir>/study.db
+    heartbeat_s: int = 10  # a claimed run records a heartbeat this often
+    grace_s: int | None = None  # no heartbeat for this long → the run's worker is dead (default 3 beats)
+    max_attempts: int = 3  # a run whose worker died is tried at most this often in all
+    poll_s: float = 0.5  # how often an idle worker looks for claimable runs
+
+
+@dataclasses.dataclass(frozen=True)
 class Claim:
     """A run this worker has claimed: its trial and which planned run it is."""
 
@@ -98,7 +110,7 @@ def quiet_optuna() -> None:
 def open_storage(
     url: str,
     *,
-    heartbeat_s: int = 10,
+    heartbeat_s: int = WorkerOptions.heartbeat_s,
     grace_s: int | None = None,
     on_stale: Callable[[optuna.Study, FrozenTrial], None] | None = None,
 ) -> RDBStorage:
@@ -203,9 +215,9 @@ class RunQueue:
         url: str,
         name: str,
         *,
-        heartbeat_s: int = 10,
+        heartbeat_s: int = WorkerOptions.heartbeat_s,
         grace_s: int | None = None,
-        max_attempts: int = 3,
+        max_attempts: int = WorkerOptions.max_attempts,
         create: bool = True,
         progressed: Callable[[FrozenTrial], bool] | None = None,
     ) -> None:

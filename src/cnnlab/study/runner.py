@@ -17,40 +17,37 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import multiprocessing
 import os
-import subprocess
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from cnnlab import config as cfg
 from cnnlab import runfolder, safeio
-from cnnlab.errors import CnnlabError, DiskFull, Interrupted
+from cnnlab.data import Splits, load_split, make_splits
+from cnnlab.errors import CnnlabError, DiskFull, Interrupted, one_line
+from cnnlab.interrupts import signals_raise
 from cnnlab.study import queue as work_queue
+from cnnlab.study.checks import check_plan
 from cnnlab.study.ensemble import ENSEMBLES_DIR, build_ensemble
 from cnnlab.study.plan import PLAN_FILE, ROLE_FINAL, SPEC_FILE, PlannedRun, StudyPlan, expand
+from cnnlab.study.queue import WorkerOptions
 from cnnlab.study.selection import final_config, metric_value, select_configuration, write_selection
 from cnnlab.study.spec import load_study_spec
+from cnnlab.train import RunAbandoned, fit
 from cnnlab.train.resolve import resolve_config
 
 Log = Callable[[str], None]
 STORAGE_FILE = "study.db"
 QUEUE_WAIT_S = 600.0  # a --worker-only process waits this long for the planner to fill the queue
-
-
-@dataclasses.dataclass(frozen=True)
-class WorkerOptions:
-    """How a process takes part in a study: storage, heartbeats, retries, polling."""
-
-    storage: str | None = None  # SQLAlchemy URL; default sqlite:///<study dir>/study.db
-    heartbeat_s: int = 10  # a claimed run records a heartbeat this often
-    grace_s: int | None = None  # no heartbeat for this long → the run's worker is dead (default 3 beats)
-    max_attempts: int = 3  # a run whose worker died is tried at most this often in all
-    poll_s: float = 0.5  # how often an idle worker looks for claimable runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,8 +68,6 @@ def default_storage(study_dir: Path) -> str:
 
 def plan_study(spec_path: str | Path, out_dir: str | Path, overrides: Sequence[str] = ()) -> StudyPlan:
     """Load, validate and expand a spec (with `--set` overrides) for a study folder; nothing is written."""
-    from cnnlab.study.checks import check_plan
-
     plan = expand(load_study_spec(spec_path, overrides), out_dir)
     check_plan(plan)
     return plan
@@ -104,13 +99,13 @@ def run_study(
         queue.wait_until_enqueued(QUEUE_WAIT_S)
     else:
         queue.enqueue(len(plan.runs))
-    helpers = (
-        _start_helpers(spec_path, plan.study_dir, url, workers, options, overrides) if workers > 1 else []
-    )
+    helpers = _helpers(plan, url, workers, options)
     try:
+        for helper in helpers:
+            helper.start()
         trained, skipped = work(plan, queue, options=options, log=log)
         for helper in helpers:
-            helper.wait()  # each stops by itself once the queue is empty
+            helper.join()  # each stops by itself once the queue is empty
     finally:
         for helper in helpers:
             _stop(helper)
@@ -164,8 +159,6 @@ def _existing_plan(study_dir: Path) -> dict[str, Any] | None:
 
 def discard_study(study_dir: Path) -> None:
     """Remove what a study wrote into its folder (STUDY_FILES, STUDY_DIRS); other files stay."""
-    import shutil
-
     for name in STUDY_FILES:
         (study_dir / name).unlink(missing_ok=True)
     for name in STUDY_DIRS:
@@ -207,8 +200,6 @@ def spec_text(spec_path: str | Path, raw: Any, overrides: Sequence[str]) -> str:
 
 def write_splits(plan: StudyPlan) -> None:
     """Compute each splits file once from the study's split seed (kept if it already exists)."""
-    from cnnlab.data import Splits, load_split, make_splits
-
     for split in plan.splits:
         labels = load_split(split.data, "train").labels
         if split.path.is_file():
@@ -361,8 +352,6 @@ def _resolved(plan: StudyPlan, run: PlannedRun, states: dict[int, work_queue.Run
 
 def _fit(plan: StudyPlan, run: PlannedRun, run_dir: Path, lost: Any) -> tuple[str, dict[str, Any]]:
     """Train one run in this process; an error becomes a recorded failure instead of stopping the study."""
-    from cnnlab.train import RunAbandoned, fit
-
     assert run.config is not None
     try:
         result = fit(run.config, run_dir, tags=run.tags(plan.spec.name), resume=True, abandon=lost)
@@ -453,53 +442,47 @@ def _count(states: dict[int, work_queue.RunState], n_runs: int) -> dict[str, int
     return counts
 
 
-def _start_helpers(
-    spec_path: str | Path,
-    study_dir: Path,
-    url: str,
-    workers: int,
-    options: WorkerOptions,
-    overrides: Sequence[str],
-) -> list[subprocess.Popen]:
-    """Start `workers - 1` more worker processes on this machine, each with its share of the CPU threads."""
+def _helpers(plan: StudyPlan, url: str, workers: int, options: WorkerOptions) -> list[BaseProcess]:
+    """`workers - 1` more worker processes on this machine (not started yet), each calling
+    `work_in_helper` with its share of the CPU threads. Spawned, not forked: torch is not fork-safe."""
+    if workers < 2:
+        return []
     threads = max(1, (os.cpu_count() or 1) // workers)
-    _set_threads(threads)
-    command = [
-        sys.executable,
-        "-m",
-        "cnnlab",
-        "study",
-        "run",
-        str(spec_path),
-        "--out",
-        str(study_dir),
-        "--storage",
-        url,
-        "--worker-only",
-        "--heartbeat",
-        str(options.heartbeat_s),
-        "--max-attempts",
-        str(options.max_attempts),
-        *(argument for item in overrides for argument in ("--set", item)),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    return [subprocess.Popen(command, env=env) for _ in range(workers - 1)]
-
-
-def _stop(helper: subprocess.Popen) -> None:
-    """Stop a helper still running (this process was interrupted): it records its run as interrupted."""
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        helper.wait(timeout=2)  # a Ctrl-C reached the helpers too; let them finish recording
-    if helper.poll() is None:
-        helper.terminate()
-        try:
-            helper.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            helper.kill()  # it did not stop; its run is resumed later from its checkpoint
-            helper.wait()
-
-
-def _set_threads(threads: int) -> None:
-    import torch
-
     torch.set_num_threads(threads)
+    spawn = multiprocessing.get_context("spawn")
+    return [
+        spawn.Process(target=work_in_helper, args=(plan, url, options, threads), name=f"worker-{number}")
+        for number in range(2, workers + 1)
+    ]
+
+
+def work_in_helper(plan: StudyPlan, url: str, options: WorkerOptions, threads: int) -> None:
+    """A helper process of `run_study`: work through the queue like the main process, then exit.
+
+    SIGINT/SIGTERM record its run as interrupted and exit 130/143 (the main process says how to resume);
+    a user error prints one line and exits 2, as the CLI does."""
+    torch.set_num_threads(threads)
+    for stream in (sys.stdout, sys.stderr):  # line by line, so workers' lines never cut into each other
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(line_buffering=True, errors="backslashreplace")
+    try:
+        with signals_raise():
+            work(plan, open_queue(plan, url, options), options=options)
+    except Interrupted as stop:
+        sys.exit(stop.exit_code)
+    except CnnlabError as error:
+        print(f"cnnlab: error: {one_line(str(error))}", file=sys.stderr)
+        sys.exit(error.exit_code)
+
+
+def _stop(helper: BaseProcess) -> None:
+    """Stop a helper still running (this process was interrupted): it records its run as interrupted."""
+    if helper.pid is None:  # never started
+        return
+    helper.join(timeout=2)  # a Ctrl-C reached the helpers too; let them finish recording
+    if helper.is_alive():
+        helper.terminate()  # SIGTERM: recorded as interrupted
+        helper.join(timeout=20)
+    if helper.is_alive():
+        helper.kill()  # it did not stop; its run is resumed later from its checkpoint
+        helper.join()

@@ -72,7 +72,10 @@ def _queue_states(plan: dict[str, Any], url: str | None) -> dict[int, work_queue
         return None
     try:
         queue = work_queue.RunQueue(
-            url, plan["queue"], max_attempts=plan.get("max_attempts", 3), create=False
+            url,
+            plan["queue"],
+            max_attempts=plan.get("max_attempts", work_queue.WorkerOptions.max_attempts),
+            create=False,
         )
         return queue.states()
     except Exception:  # a status report must not fail because the storage is gone, locked or unreachable

@@ -29,12 +29,15 @@ from optuna.trial import TrialState
 
 from cnnlab import config as cfg
 from cnnlab import safeio
+from cnnlab.data import load_split, make_splits
 from cnnlab.errors import CnnlabError
+from cnnlab.study.checks import check_config
 from cnnlab.study.plan import RUNS_DIR, splits_plan
-from cnnlab.study.queue import open_storage, quiet_optuna
+from cnnlab.study.queue import WorkerOptions, open_storage, quiet_optuna
 from cnnlab.study.runner import spec_text
 from cnnlab.study.selection import metric_value
 from cnnlab.study.spec import SearchParam, TuneSpec, load_tune_spec
+from cnnlab.train import fit
 
 SPEC_FILE = "tune.yaml"
 BEST_FILE = "best.yaml"
@@ -71,20 +74,19 @@ def run_tune(
     *,
     trials: int | None = None,
     storage: str | None = None,
-    heartbeat_s: int = 10,
+    heartbeat_s: int | None = None,  # default WorkerOptions.heartbeat_s
     overrides: Sequence[str] = (),
     log: Any = print,
 ) -> TuneOutcome:
     """Run trials until `trials` (default: the spec's) have finished across all processes, then report."""
-    from cnnlab.study.checks import check_config
-
     spec = load_tune_spec(spec_path, overrides)
     check_config(cfg.from_dict(spec.base))
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     safeio.atomic_write_text(out_dir / SPEC_FILE, spec_text(spec_path, spec.raw, overrides))
     budget = trials or spec.trials
-    study, created = _open_study(spec, storage or f"sqlite:///{out_dir / STORAGE_FILE}", heartbeat_s)
+    url = storage or f"sqlite:///{out_dir / STORAGE_FILE}"
+    study, created = _open_study(spec, url, heartbeat_s or WorkerOptions.heartbeat_s)
     remaining = budget - _count_finished(study)
     if remaining > 0:
         callback = optuna.study.MaxTrialsCallback(budget, states=FINISHED)
@@ -227,8 +229,6 @@ def _fold_config(spec: TuneSpec, params: dict[str, Any], fold: int, out_dir: Pat
     config = cfg.from_dict(tree)
     split = splits_plan(config, spec.split_seed, out_dir)
     if not split.path.is_file():
-        from cnnlab.data import load_split, make_splits
-
         labels = load_split(split.data, "train").labels
         make_splits(labels, seed=split.seed, folds=split.folds).save(split.path)
     return cfg.replace(config, **{"data.splits_file": str(split.path)})
@@ -238,8 +238,6 @@ def _fit_fold(
     config: cfg.RunConfig, out_dir: Path, trial: optuna.Trial, label: str, fold: int, spec: TuneSpec
 ) -> float:
     """Train one fold (reusing a completed identical run) and return its validation accuracy."""
-    from cnnlab.train import fit
-
     run_id = cfg.config_hash(config)
     tags = {
         "study": spec.name,
