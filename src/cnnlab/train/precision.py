@@ -1,10 +1,11 @@
 """`train.precision: auto`: the precision a run trains in, measured on this machine for this model on a CPU.
 
-- CUDA: bf16-mixed (every CUDA GPU cnnlab supports runs bf16 tensor-core kernels faster than fp32).
+- CUDA: bf16-mixed, as before (tensor-core GPUs run it faster than fp32; no probe).
 - CPU: bf16-mixed only where it measured faster. bf16 convolutions are fast only with AVX512-BF16 or AMX;
-  without either flag they are far slower than fp32 (4-16x on some shapes in torch 2.14), so such a CPU
-  trains in fp32 without a probe. With a flag, a probe times a few training steps (forward, backward, SGD
-  step on random inputs of the run's shape, channels_last as the run, on a copy of the model) each way,
+  without either flag they are far slower than fp32 (resnet20_cifar and lenet5 training steps 5-10x slower
+  on an AVX2-only AMD EPYC, torch 2.14.1; some bf16 shapes also regressed 4-16x since torch 2.13), so such
+  a CPU trains in fp32 without a probe. With a flag, a probe times a few training steps (forward, backward,
+  SGD step on random inputs of the run's shape, channels_last as the run, on a copy of the model) each way,
   interleaved, and bf16 is chosen when it is at least `BF16_MARGIN` times faster. The decision is cached
   per machine and model shape in `<cache>/precision.json` (`$CNNLAB_CACHE`, else `~/.cache/cnnlab`), so
   only the first run of a model on a machine pays the probe's seconds; delete the file to measure again.
