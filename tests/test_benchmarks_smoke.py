@@ -22,6 +22,7 @@ RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 sys.path.insert(0, str(BENCHMARKS))
 
 import common  # noqa: E402
+import run_all  # noqa: E402
 import study_overhead  # noqa: E402
 import throughput  # noqa: E402
 import time_to_accuracy  # noqa: E402
@@ -43,14 +44,33 @@ def test_generated_idx_files_load_as_fashion_mnist(fashion_dir):
     assert sorted(train.labels.unique().tolist()) == list(range(10))
 
 
-def test_throughput_measures_all_three_pipelines_on_the_same_steps(fashion_dir):
-    setting = throughput.Setting("lenet5", steps=2, batch_size=16, device="cpu", data_dir=fashion_dir)
+def test_throughput_measures_every_pipeline_in_both_precisions_on_the_same_steps(fashion_dir):
+    setting = throughput.Setting(
+        "lenet5",
+        steps=2,
+        batch_size=16,
+        device="cpu",
+        data_dir=fashion_dir,
+        precisions=("32-true", "bf16-mixed"),
+    )
     setting.forward_flops = throughput.forward_flops(setting)
     throughput.measure(setting, repeats=1)
-    assert all(len(setting.rates[key]) == 1 and setting.rates[key][0] > 0 for key in throughput.PIPELINES)
-    rows = throughput.model_table(setting, peak=100.0)
-    assert sum(row.startswith("| (") for row in rows) == 3
-    assert any(row.startswith("c/a = ") and "c/b = " in row for row in rows)
+    assert setting.pipelines == ("a", "b:32-true", "c:32-true", "b:bf16-mixed", "c:bf16-mixed")
+    assert all(len(setting.rates[key]) == 1 and setting.rates[key][0] > 0 for key in setting.pipelines)
+    rows = throughput.model_table(setting, peaks={"32-true": 100.0, "bf16-mixed": 200.0})
+    assert sum(row.startswith("| (") for row in rows) == 5
+    assert sum(row.startswith(("fp32: c/a = ", "bf16: c/a = ")) and "c/b = " in row for row in rows) == 2
+    assert any(row.startswith("cnnlab fit bf16 / fp32: ") for row in rows)
+    figures = throughput.headline(setting, {"32-true": 100.0, "bf16-mixed": 200.0})
+    assert set(figures) == {"32-true", "bf16-mixed", "bf16_over_fp32"}
+    assert figures["32-true"]["c_over_a"] > 0 and figures["bf16-mixed"]["of_peak"] > 0
+
+
+def test_throughput_measures_bf16_only_where_auto_could_choose_it(monkeypatch):
+    monkeypatch.setattr(common, "cpu_bf16_flags", lambda: ())
+    assert throughput.default_precisions("cpu") == ("32-true",)
+    monkeypatch.setattr(common, "cpu_bf16_flags", lambda: ("amx_bf16",))
+    assert throughput.default_precisions("cpu") == ("32-true", "bf16-mixed")
 
 
 def test_time_to_accuracy_cold_run_reads_back_the_test_accuracy(fashion_dir, tmp_path, monkeypatch):
@@ -68,6 +88,68 @@ def test_time_to_accuracy_cold_run_reads_back_the_test_accuracy(fashion_dir, tmp
     assert attempt.epochs == 1 and 0.0 <= attempt.test_acc <= 1.0 and attempt.wall_s > attempt.train_s > 0
     rows = time_to_accuracy.recipe_rows(recipe, 0.92, 180.0, [attempt])
     assert len(rows) == 2 and rows[-1].endswith(f"| {int(attempt.test_acc >= 0.92)}/1 |")
+
+
+def test_accuracy_against_time_is_read_from_metrics_and_drawn(tmp_path):
+    (tmp_path / "metrics.csv").write_text(
+        "epoch,train_loss,train_acc,val_loss,val_acc,lr,epoch_time_s,test_loss,test_acc\n"
+        "0,0.9,0.7,,,0.1,4.5,0.5,0.85\n1,0.5,0.85,,,0.1,4.0,0.3,0.91\n"
+    )
+    curve = time_to_accuracy.epoch_curve(tmp_path)
+    assert curve == ((4.5, 0.85), (8.5, 0.91))
+    picture = tmp_path / "curve.png"
+    time_to_accuracy.draw_curves({"fashion-mnist-92.yaml": curve}, {"fashion-mnist-92.yaml": 0.92}, picture)
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_parity_rows_give_mean_and_std_per_precision():
+    def attempt(acc: float, precision: str) -> time_to_accuracy.Attempt:
+        return time_to_accuracy.Attempt(0, 60.0, acc, 50.0, 10, precision)
+
+    runs = {
+        "32-true": [attempt(0.92, "32-true"), attempt(0.93, "32-true")],
+        "bf16-mixed": [attempt(0.925, "bf16-mixed"), attempt(0.925, "bf16-mixed")],
+    }
+    rows = time_to_accuracy.parity_rows(RECIPES / "fashion-mnist-92.yaml", runs)
+    assert rows[0] == "| fashion-mnist-92.yaml | 32-true | 2 | 0.9250 ± 0.0071 | 60.0 ± 0.0 |"
+    assert "| bf16-mixed | 2 | 0.9250 ± 0.0000 |" in rows[1]
+
+
+def test_run_all_writes_one_summary_from_every_script():
+    fit = {
+        "fit_images_per_s": 700.0,
+        "c_over_a": 2.6,
+        "c_over_b": 1.0,
+        "of_peak": 0.8,
+        "seconds_per_tflop": 7,
+    }
+    results = {
+        "data_loader": {"in_memory_over_torchvision": 19.3},
+        "throughput": {
+            "models": {"resnet20_cifar": {"32-true": fit, "bf16-mixed": fit, "bf16_over_fp32": 1.8}},
+            "lines": [
+                "densenet_cifar time per FLOP / resnet20_cifar's, cnnlab fit ...: fp32 1.20 / 1.30 / 1.40"
+            ],
+        },
+        "time_to_accuracy": {
+            "recipes": {
+                "fashion-mnist-92.yaml": {
+                    "target": 0.92,
+                    "budget_s": 90.0,
+                    "median_wall_s": 80.0,
+                    "reached": 3,
+                    "runs": 3,
+                    "precision": ["32-true"],
+                }
+            }
+        },
+        "study_overhead": {"marginal_s": 0.14, "per_run_in_worker_s": 0.29, "fixed_s": 11.0},
+    }
+    lines = run_all.summary_lines(results, [], "cpu")
+    text = "\n".join(lines)
+    assert "Machine: " in text and "| resnet20_cifar, 32-true | 700 img/s | c/a 2.60 | c/b 1.00 |" in text
+    assert "bf16 / fp32 1.80x" in text and "80.0 s median wall (budget 90 s) | 3/3 runs >= 92%" in text
+    assert "0.14 s marginal per run" in text and "19.3x" in text and "densenet_cifar time per FLOP" in text
 
 
 @pytest.mark.parametrize("name", sorted(path.name for path in RECIPES.glob("*.yaml")))
