@@ -120,7 +120,7 @@ def write_run(
     as train/health.py words them). `test_every_epoch` adds metrics.csv's per-epoch test_acc and test_loss
     (train.test_every_epoch)."""
     rng = rng or np.random.default_rng(0)
-    config = from_dict(dict(dotted))
+    config = from_dict({"data.augment": "none", **dotted})  # resolved, as train records it (no recipe gap)
     run_dir = runs_root / config_hash(config)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_yaml(config))

@@ -25,7 +25,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from cnnlab.report.collect import Configuration, EnsembleRecord, RunRecord, Study
+from cnnlab.report.collect import Configuration, EnsembleRecord, RunRecord, Study, format_value
 from cnnlab.report.statistics import ConfigurationRow, TwoFactorGrid, stage_rows, two_factor_grid
 from cnnlab.runfolder import ImageSamples, Predictions
 
@@ -612,7 +612,7 @@ def augmented_samples(study: Study) -> Plot | None:
     parts = np.atleast_1d(figure.subfigures(len(blocks), 1, height_ratios=[h + 0.6 for h in heights]))
     described = []
     for part, (configurations, run, samples) in zip(parts, blocks):
-        preset = str(configurations[0].settings.get("data.augment", "none"))
+        preset = format_value(configurations[0].settings.get("data.augment", "none"))
         shown_from = next(c.ident for c in configurations if run in c.runs)
         where = f"{', '.join(c.ident for c in configurations)}; shown: {shown_from} {_run_name(run)}"
         part.suptitle(f"data.augment={preset} ({where})", fontsize=10)

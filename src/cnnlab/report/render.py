@@ -436,7 +436,9 @@ def _flag_caution(comparison: PairedComparison, flagged: frozenset[str]) -> str:
     marked = [ident for ident in (comparison.better, comparison.worse) if ident in flagged]
     if not marked:
         return ""
-    return f" Caution: {' and '.join(marked)} {FLAG_MARK} include(s) a run flagged as not learning."
+    verb = "has" if len(marked) == 1 else "each have"
+    flagged_runs = f"a run flagged as not learning ({FLAG_MARK}, see {NOT_LEARNING})"
+    return f" Caution: {' and '.join(marked)} {verb} {flagged_runs}."
 
 
 def _incomplete_section(study: Study) -> Section | None:
