@@ -221,8 +221,10 @@ def test_e3_suite_runs_every_study_into_one_folder_with_one_report(tmp_path, cap
                 assert len(np.load(predictions)["labels"]) == 40  # the test subset, not all 360 images
     report = (out / "report.md").read_text()
     html = (out / "report.html").read_text()
-    for name in names:
-        assert f"## Study: {name}" in report and f"<h2>Study: {name}</h2>" in html
+    assert report.startswith("# Suite report: e3") and "<h1>Suite report: e3</h1>" in html
+    for name in names:  # one section per study, its own sections one level down
+        assert f"\n## {name}\n" in report and f"<h2>{name}</h2>" in html
+    assert "\n### Results" in report
     assert (out / "ensemble" / "ensembles").is_dir()
     assert (out / "cv-hparams" / "select.json").is_file()
     capsys.readouterr()
@@ -246,3 +248,15 @@ def test_suite_overrides_must_name_a_study(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no study 'quick' (did you mean quickstart?)" in err and len(err.strip().splitlines()) == 1
     assert not Path(out).exists()
+
+
+def test_a_tune_spec_takes_one_init():
+    from cnnlab.study import parse_tune_spec
+
+    raw = {
+        "base": {"model.name": "resnet18", "train.init": {"resnet18": "file:a.pth"}},
+        "space": {"optim.lr": [0.1]},
+        "cv": {"folds": 2},
+    }
+    with pytest.raises(ConfigError, match="base.train.init must be one init"):
+        parse_tune_spec(raw)
