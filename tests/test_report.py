@@ -660,6 +660,8 @@ def test_runs_that_did_not_learn_is_one_section_in_both_html_and_markdown(tmp_pa
     headline = _md_table_rows(_md_sections(markdown)["Results"])
     assert [row[2].endswith(" †") for row in headline] == [True, False]
     assert "<td>model.name=lenet5 †</td>" in page
+    runs = _md_table_rows(_md_sections(markdown)["Runs"].split("\n\n", 1)[1])
+    assert sorted(row[4] for row in runs) == ["completed", "completed", "completed", "completed †"]
     for text in (markdown, page, paths.table):
         assert "† a completed run of this configuration was flagged as not learning" in text
     with open(paths.csv, newline="") as handle:  # results.csv keeps the plain label
