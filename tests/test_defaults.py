@@ -214,6 +214,7 @@ def test_torchvision_nets_from_scratch_beat_the_majority_class_with_the_defaults
             "data.name": f"folder:{clipart}",
             "data.image_size": 64,
             "data.val_fraction": 0.2,
+            "data.batch_size": 16,  # 128 training images: 8 steps an epoch (a data key, not an optimizer one)
             "train.epochs": 4,
         }
     )

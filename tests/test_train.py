@@ -258,3 +258,44 @@ def test_last_checkpoint_is_refreshed_even_when_validation_does_not_improve(tmp_
     assert rows[0]["val_acc"] == rows[1]["val_acc"]  # epoch 1 is not a new best
     assert safeio.load_checkpoint(frozen.out_dir / "checkpoints" / "last.ckpt")["epoch"] == 1
     assert safeio.load_checkpoint(frozen.out_dir / "checkpoints" / "best.ckpt")["epoch"] == 0
+
+
+def test_test_every_epoch_writes_test_columns_lines_and_scalars(tmp_path, capsys, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.delenv("CNNLAB_QUIET", raising=False)
+    out = tmp_path / "e1"
+    fit(tiny(**{"train.epochs": 2, "train.test_every_epoch": True}), out)
+    rows = read_metrics(out / "metrics.csv")
+    assert list(rows[0])[-2:] == ["test_loss", "test_acc"] and len(rows) == 2
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Epoch: ")]
+    assert len(lines) == 2 and all(", test " in line and len(line) <= 80 for line in lines), lines
+    assert f"test {100 * float(rows[1]['test_acc']):.1f}%" in lines[1]
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    per_epoch = [event.value for event in events.Scalars("test_acc")][:2]
+    assert per_epoch == pytest.approx([float(row["test_acc"]) for row in rows])
+
+
+def test_test_scores_never_choose_the_checkpoint_or_stop_early(tmp_path, monkeypatch):
+    from cnnlab.train.callbacks import EpochTester
+
+    def misleading(self, pl_module):  # test accuracy best at epoch 0, then falling: selection must not care
+        epoch = pl_module.current_epoch
+        row = {"test_acc": 1.0 if epoch == 0 else 0.0, "test_loss": 0.0 if epoch == 0 else 9.0}
+        for name, value in row.items():
+            pl_module.log(name, value, on_step=False, on_epoch=True)
+        return row
+
+    monkeypatch.setattr(EpochTester, "score", misleading)
+    out = tmp_path / "e1"
+    config = tiny(**{"train.epochs": 3, "train.test_every_epoch": True, "train.early_stopping": 1})
+    result = fit(config, out)
+    rows = read_metrics(out / "metrics.csv")
+    val = [float(row["val_acc"]) for row in rows]
+    best_by_val = val.index(max(val))
+    assert result.summary["best"]["epoch"] == best_by_val
+    assert safeio.load_checkpoint(out / "checkpoints" / "best.ckpt")["epoch"] == best_by_val
+    if best_by_val > 0:  # early stopping on test_acc would have stopped after epoch 1
+        assert result.summary["epochs_run"] >= 2
+    assert result.summary["test"]["acc"] < 1.0  # the final test score is the best checkpoint's own
