@@ -408,6 +408,7 @@ def check_data_config(data: DataConfig) -> None:
         folder_data.check_background(tuple(data.background))
     else:
         get_spec(data.name)
-    parse_augment(data.augment)
+    if data.augment is not None:  # None: the run's recipe chooses (cnnlab.train.recipes)
+        parse_augment(data.augment)
     if data.image_size is not None and data.image_size < 1:
         raise ConfigError(f"data.image_size={data.image_size} is out of range; it must be at least 1")
