@@ -223,7 +223,8 @@ def test_torchvision_nets_from_scratch_beat_the_majority_class_with_the_defaults
     probs = np.load(tmp_path / model / "predictions" / "test.npz")
     majority = np.bincount(probs["labels"]).max() / len(probs["labels"])
     assert summary["recipe"] == "torchvision-scratch" and summary["flags"] == [], summary["flags"]
-    assert summary["test"]["acc"] >= majority + 0.15, (summary["test"], majority)
+    # measured (docs/training.md): resnet18 0.600, alexnet 0.600, densenet121 0.675 on 40 test images (0.400)
+    assert summary["test"]["acc"] >= majority + 0.10, (summary["test"], majority)
 
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -238,3 +239,13 @@ def test_classic_lenet_learns_fashion_mnist_with_the_defaults(tmp_path):
     result = fit(config, tmp_path / "lenet")
     assert result.summary["config"]["model"]["activation"] is None  # the classic: sigmoid, as built
     assert result.summary["recipe"] == "lenet-classic" and result.summary["test"]["acc"] > 0.60
+
+
+def test_the_epoch_line_fits_80_columns_with_test_scores_and_a_blown_up_loss():
+    from cnnlab.train.callbacks import format_epoch_line
+
+    row = {"epoch": 99, "train_acc": 0.999, "train_loss": 0.0123, "val_acc": 0.8012, "val_loss": 1_253_485.0}
+    row.update({"test_acc": 1.0, "test_loss": 0.554, "lr": 0.000316, "epoch_time_s": 999.4})
+    line = format_epoch_line(row)
+    assert line == "Epoch: 99, train 99.9% 0.012, val 80.1% 1.3e6, test 100% 0.554, lr 3.2e-4, 999s"
+    assert len(line) <= 80
