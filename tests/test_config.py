@@ -58,3 +58,28 @@ def test_missing_and_invalid_yaml_files(tmp_path):
     bad.write_text("a: [1, 2\n")
     with pytest.raises(ConfigError, match="invalid YAML"):
         config.load_yaml(bad)
+
+
+def test_replace_checks_each_value_and_keeps_the_rest():
+    base = config.from_dict({"model.name": "lenet5", "optim.lr": 0.05})
+    changed = config.replace(base, **{"train.epochs": "3", "data.classes": [1, 2]})
+    assert (changed.train.epochs, changed.data.classes) == (3, ("1", "2"))  # typed as the field says
+    assert changed.model == base.model and changed.optim == base.optim  # untouched sections are the same
+    with pytest.raises(ConfigError, match="unknown config key 'optim.lrr' \\(did you mean optim.lr"):
+        config.replace(base, **{"optim.lrr": 0.1})
+    with pytest.raises(ConfigError, match="train.epochs=0 is out of range"):
+        config.replace(base, **{"train.epochs": 0})
+    with pytest.raises(ConfigError, match="data.fold=3 is out of range"):  # a range that spans two keys
+        config.replace(base, **{"data.folds": 3, "data.fold": 3})
+
+
+def test_run_id_is_the_config_hash_computed_once():
+    run = config.from_dict({"model.name": "lenet5"})
+    assert run.run_id == config.config_hash(run)
+    assert "run_id" in vars(run)  # cached on the object: read again, not recomputed
+    assert config.replace(run, **{"train.seed": 1}).run_id != run.run_id
+
+
+def test_split_index_is_the_fold_under_cv_and_zero_for_holdout():
+    assert config.from_dict({"data.folds": 5, "data.fold": 3}).data.split_index == 3
+    assert config.from_dict({"data.fold": 3}).data.split_index == 0

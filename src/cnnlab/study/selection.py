@@ -86,9 +86,9 @@ def final_config(selection: Selection, seed: int) -> cfg.RunConfig:
     """The chosen configuration retrained on the whole training split and evaluated on the test split once."""
     template = selection.template.config
     assert template is not None
-    return cfg.replace(
+    return cfg.with_values(  # typed values over a checked config: nothing to check again
         template,
-        **{
+        {
             "train.seed": seed,
             "data.folds": None,
             "data.fold": 0,
