@@ -159,7 +159,7 @@ def test_shipped_recipes_are_valid_fashion_mnist_run_configs(name):
 
 
 def test_study_overhead_spec_runs_and_its_log_lines_parse(fashion_dir, tmp_path):
-    from cnnlab.study import run_study
+    from cnnlab.study.runner import run_study
 
     options = argparse.Namespace(subset=200, device="cpu")
     spec = study_overhead.write_spec(tmp_path, 1, options, fashion_dir)

@@ -153,7 +153,7 @@ def test_a_paused_worker_loses_its_claim_and_every_run_executes_once(tmp_path):
 
 def wait_until_reaped(study: Path, run_id: str, deadline: float) -> None:
     """Until the paused worker's run no longer counts as running (its trial was failed and requeued)."""
-    from cnnlab.study import study_status
+    from cnnlab.study.status import study_status
 
     while time.monotonic() < deadline:
         states = {run.run_id: run.state for run in study_status(study).runs}

@@ -14,9 +14,9 @@ from cnnlab import cli
 from cnnlab import config as cfg
 from cnnlab.data import load_split
 from cnnlab.errors import ConfigError
-from cnnlab.study import expand, parse_study_spec
 from cnnlab.study.checks import check_plan
-from cnnlab.study.spec import apply_overrides, load_study_spec
+from cnnlab.study.plan import expand
+from cnnlab.study.spec import apply_overrides, load_study_spec, parse_study_spec
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 CATS_VS_DOGS = STUDIES / "cats-vs-dogs.yaml"
@@ -251,7 +251,7 @@ def test_suite_overrides_must_name_a_study(tmp_path, capsys):
 
 
 def test_a_tune_spec_takes_one_init():
-    from cnnlab.study import parse_tune_spec
+    from cnnlab.study.spec import parse_tune_spec
 
     raw = {
         "base": {"model.name": "resnet18", "train.init": {"resnet18": "file:a.pth"}},

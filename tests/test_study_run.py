@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from cnnlab import cli
-from cnnlab.study import run_study, study_status
-from cnnlab.study.runner import WorkerOptions
+from cnnlab.study.runner import WorkerOptions, run_study
+from cnnlab.study.status import study_status
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 TINY = {
@@ -338,7 +338,7 @@ def test_worker_flags_left_out_take_the_worker_options_defaults(tmp_path, capsys
         seen.append(kwargs["options"])
         raise SystemExit(0)
 
-    monkeypatch.setattr("cnnlab.study.run_study", fake_run_study)
+    monkeypatch.setattr("cnnlab.study.runner.run_study", fake_run_study)
     spec = write_spec(tmp_path / "s.yaml", {"base": TINY, "seeds": [0]})
     for extra in ([], ["--worker-only"]):
         with pytest.raises(SystemExit):

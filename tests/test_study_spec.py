@@ -7,9 +7,15 @@ import yaml
 
 from cnnlab import config as cfg
 from cnnlab.errors import ConfigError
-from cnnlab.study import expand, parse_study_spec, parse_tune_spec
 from cnnlab.study.checks import check_plan
-from cnnlab.study.spec import apply_overrides, load_study_spec, load_tune_spec
+from cnnlab.study.plan import expand
+from cnnlab.study.spec import (
+    apply_overrides,
+    load_study_spec,
+    load_tune_spec,
+    parse_study_spec,
+    parse_tune_spec,
+)
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 BASE = {"model.name": "lenet5", "data.name": "digits", "train.epochs": 1}

@@ -1,24 +1,13 @@
 """cnnlab: comparative experiments with convolutional image classifiers.
 
-Importing cnnlab does not import Lightning; `fit` loads the training stack on first use.
+The library lives in its subpackages: `cnnlab.models` (`create_model`, `list_models`), `cnnlab.data`,
+`cnnlab.train` (`fit`), `cnnlab.study` and `cnnlab.report`. Nothing is re-exported here: every `cnnlab`
+command, `--help` included, imports this package first, and the training stack it would pull in costs
+seconds (docs/architecture.md, "Imports").
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from cnnlab.version import __version__
 
-__all__ = ["__version__", "create_model", "fit", "list_models"]
-
-
-def __getattr__(name: str) -> Any:
-    if name in ("create_model", "list_models"):
-        from cnnlab import models
-
-        return getattr(models, name)
-    if name == "fit":
-        from cnnlab.train import fit
-
-        return fit
-    raise AttributeError(f"module 'cnnlab' has no attribute {name!r}")
+__all__ = ["__version__"]

@@ -1,7 +1,9 @@
 """The `cnnlab` command line: parse arguments, build a config, call the library. No logic of its own.
 
 Each command is a pair: `_add_<name>(subparsers)` declares its arguments, `_run_<name>(args)` calls the
-library. Library modules are imported inside the `_run_` functions so `cnnlab --help` stays fast.
+library. The library's packages (models, data, train, study, report: each loads torch, train and study
+Lightning too) are imported inside the `_run_` functions, the one place cnnlab defers imports: `cnnlab
+--help` stays at a tenth of a second instead of seconds (docs/architecture.md, "Imports").
 A user error (CnnlabError) prints one line and exits 2; a failed run (or a study with failed runs) exits 1,
 a diverged run 3; SIGINT/SIGTERM end the command with one line saying how to resume, exit 130/143.
 """
@@ -10,10 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+import yaml
+
+from cnnlab import config
 from cnnlab.errors import (
     EXIT_DIVERGED,
     EXIT_FAILED,
@@ -21,6 +27,7 @@ from cnnlab.errors import (
     EXIT_SIGTERM,
     EXIT_USAGE,
     CnnlabError,
+    ConfigError,
     Interrupted,
     describe_os_error,
     one_line,
@@ -148,8 +155,6 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
 
 def run_config_from_args(args: argparse.Namespace) -> Any:
     """The RunConfig of `cnnlab train`: defaults <- config file <- flags <- --set."""
-    from cnnlab import config
-
     tree = config.load_yaml(args.config) if args.config else {}
     flags = {
         key: getattr(args, flag)
@@ -164,9 +169,9 @@ def run_config_from_args(args: argparse.Namespace) -> Any:
 def _run_train(args: argparse.Namespace) -> int:
     from cnnlab.train import fit
 
-    config = run_config_from_args(args)
+    run_config = run_config_from_args(args)
     args.resume_hint = _with_flag(args.argv, "--resume")
-    result = fit(config, args.out, resume=args.resume, overwrite=args.overwrite)
+    result = fit(run_config, args.out, resume=args.resume, overwrite=args.overwrite)
     if result.rank:  # another DDP rank: it trained its shard; rank zero prints and writes
         return {"diverged": EXIT_DIVERGED, "failed": EXIT_FAILED}.get(result.status, 0)
     summary = result.summary
@@ -185,8 +190,6 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _with_flag(argv: Sequence[str], flag: str) -> str:
     """The command line as typed, with `flag` added when missing: what to run to resume."""
-    import shlex
-
     words = ["cnnlab", *argv]
     return shlex.join(words if not flag or flag in words else [*words, flag])
 
@@ -353,7 +356,6 @@ def _add_data(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_data(args: argparse.Namespace) -> int:
-    from cnnlab import config
     from cnnlab.data.describe import dataset_table, describe_dataset
 
     if args.name is None:
@@ -450,8 +452,8 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 def _run_study(args: argparse.Namespace) -> int:
-    from cnnlab.errors import ConfigError
-    from cnnlab.study import WorkerOptions, run_study
+    from cnnlab.study.queue import WorkerOptions
+    from cnnlab.study.runner import run_study
 
     if any(value is not None and value < 1 for value in (args.workers, args.heartbeat, args.max_attempts)):
         raise ConfigError("--workers, --heartbeat and --max-attempts must be at least 1")
@@ -532,26 +534,14 @@ def _write_suite_report(folder: Any) -> tuple[Any, Any]:
 
 
 def _run_study_status(args: argparse.Namespace) -> int:
-    import dataclasses
-    import json
-
-    from cnnlab.study import format_status, study_status
+    from cnnlab.study.status import format_status, study_status
     from cnnlab.study.suite import is_suite_folder, suite_studies
 
     if is_suite_folder(args.dir):
         return _print_suite_status(suite_studies(args.dir), args)
     status = study_status(args.dir, storage=args.storage)
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "study_dir": str(status.study_dir),
-                    "counts": status.counts,
-                    "runs": [dataclasses.asdict(run) for run in status.runs],
-                },
-                indent=2,
-            )
-        )
+        print(json.dumps(status.to_json(), indent=2))
     else:
         print(format_status(status))
     return 0
@@ -559,21 +549,11 @@ def _run_study_status(args: argparse.Namespace) -> int:
 
 def _print_suite_status(studies: Sequence[tuple[str, Any]], args: argparse.Namespace) -> int:
     """`study status` of a suite folder: each sub-study's status (a sub-study not started yet says so)."""
-    import dataclasses
-    import json
-
-    from cnnlab.study import format_status, study_status
+    from cnnlab.study.status import format_status, study_status
 
     found = {name: study_status(folder) for name, folder in studies if (folder / "study.json").is_file()}
     if args.json:
-        shown = {
-            name: {
-                "study_dir": str(status.study_dir),
-                "counts": status.counts,
-                "runs": [dataclasses.asdict(run) for run in status.runs],
-            }
-            for name, status in found.items()
-        }
+        shown = {name: status.to_json() for name, status in found.items()}
         print(
             json.dumps({"studies": shown, "not_started": [n for n, _ in studies if n not in found]}, indent=2)
         )
@@ -616,10 +596,7 @@ def _add_tune(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_tune(args: argparse.Namespace) -> int:
-    import yaml
-
-    from cnnlab.errors import ConfigError
-    from cnnlab.study import run_tune
+    from cnnlab.study.tune import run_tune
 
     if any(value is not None and value < 1 for value in (args.trials, args.heartbeat)):
         raise ConfigError("--trials and --heartbeat must be at least 1")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import errno
+import signal
 from collections.abc import Iterable
 
 EXIT_OK = 0
@@ -95,6 +96,4 @@ class Interrupted(BaseException):
 
     @property
     def signal_name(self) -> str:
-        import signal
-
         return signal.Signals(self.signum).name

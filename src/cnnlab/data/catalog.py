@@ -18,6 +18,7 @@ import torch
 from cnnlab.config import DataConfig
 from cnnlab.data import folder as folder_data
 from cnnlab.data import locations
+from cnnlab.data.augment import parse_augment
 from cnnlab.data.generated import (
     SYNTHETIC_CHANNELS,
     SYNTHETIC_CLASSES,
@@ -244,7 +245,7 @@ def ensure_local(spec: DatasetSpec, data_dir: str | None, *, download: bool) -> 
 
 def _download(spec: DatasetSpec, root: Path) -> None:
     """Download (and extract) a dataset's files into `root` with torchvision's own downloader."""
-    import torchvision.datasets as tv_datasets
+    import torchvision.datasets as tv_datasets  # ~2.7 s: only to download (docs/architecture.md, Imports)
     from torchvision.datasets.utils import download_and_extract_archive
 
     root.mkdir(parents=True, exist_ok=True)
@@ -401,8 +402,6 @@ def native_side(data: DataConfig) -> int:
 
 def check_data_config(data: DataConfig) -> None:
     """Validate the data keys that config.py cannot check alone (dataset name, augmentation preset)."""
-    from cnnlab.data.augment import parse_augment
-
     if data.name.startswith(FOLDER_PREFIX):
         folder_data.resolve_folder(data.name[len(FOLDER_PREFIX) :])
         folder_data.check_background(tuple(data.background))

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cnnlab import safeio
 from cnnlab.data.imageset import ImageSet, take
@@ -252,8 +253,6 @@ def decode_image(
     Raises BadImage for a file that is not an allowed image, claims more than `max_pixels` in its header
     (checked before anything is allocated), or fails to decode completely.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -292,8 +291,6 @@ def _check_header(image: Any, max_pixels: int) -> None:
 
 def to_rgb(image: Any, background: tuple[int, ...] = DEFAULT_BACKGROUND) -> np.ndarray:
     """uint8 (H, W, 3) RGB from any Pillow mode: 16-bit scaled by 1/257, alpha over `background`."""
-    from PIL import Image
-
     if image.mode in SIXTEEN_BIT_MODES:
         wide = np.asarray(image).astype(np.float64)
         image = Image.fromarray(np.rint(np.clip(wide, 0, 65535) / 257.0).astype(np.uint8))
@@ -309,8 +306,6 @@ def to_rgb(image: Any, background: tuple[int, ...] = DEFAULT_BACKGROUND) -> np.n
 
 def _fit_square(rgb: np.ndarray, size: int) -> np.ndarray:
     """Resize the shorter side to `size` and crop the centre square (bilinear, antialiased by Pillow)."""
-    from PIL import Image
-
     height, width = rgb.shape[:2]
     if (height, width) == (size, size):
         return rgb
@@ -371,28 +366,18 @@ def load_folder(root: Path, options: FolderOptions) -> FolderLoad:
 
 def _report_ignored(scan: FolderScan) -> None:
     """Log what the scan ignored, so a user notices files that are not part of the dataset."""
-    if scan.hidden:
-        log.warning(
-            "folder %s: ignored %d hidden entries: %s",
-            scan.root,
-            len(scan.hidden),
-            ", ".join(scan.hidden[:10]),
-        )
-    if scan.skipped_links:
-        log.warning(
-            "folder %s: skipped %d symlinks that loop or point into another class or back up the tree "
-            "(an image is read once, under one label): %s",
-            scan.root,
-            len(scan.skipped_links),
-            ", ".join(scan.skipped_links[:10]),
-        )
-    if scan.non_images:
-        log.warning(
-            "folder %s: skipped %d non-image files: %s",
-            scan.root,
-            len(scan.non_images),
-            ", ".join(scan.non_images[:10]),
-        )
+    ignored = (
+        (scan.hidden, "ignored %d hidden entries"),
+        (
+            scan.skipped_links,
+            "skipped %d symlinks that loop or point into another class or back up the tree "
+            "(an image is read once, under one label)",
+        ),
+        (scan.non_images, "skipped %d non-image files"),
+    )
+    for entries, what in ignored:
+        if entries:
+            log.warning(f"folder %s: {what}: %s", scan.root, len(entries), ", ".join(entries[:10]))
 
 
 def _stamp(path: Path) -> tuple[int, int]:
@@ -561,7 +546,7 @@ def _check_same_classes(root: Path, train: ImageSet, test: ImageSet) -> None:
 
 def _split_test(root: Path, image_set: ImageSet, test_fraction: float) -> dict[str, ImageSet]:
     """A fixed stratified test share (FOLDER_TEST_SEED) of a folder without train/ and test/ subfolders."""
-    from sklearn.model_selection import train_test_split
+    from sklearn.model_selection import train_test_split  # ~1.5 s: only to split (architecture.md, Imports)
 
     counts = image_set.class_counts()
     too_small = [name for name, count in zip(image_set.class_names, counts) if count < 2]

@@ -24,7 +24,7 @@ SYNTHETIC_NOISE = 0.15  # std of the additive pixel noise, in [0, 1] intensity u
 def digits_split(split: str) -> ImageSet:
     """scikit-learn's 8x8 digits scaled to 0..255 and resized to 28x28; a fixed stratified 80/20 split."""
     from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    from sklearn.model_selection import train_test_split  # ~1.5 s: only to split (architecture.md, Imports)
 
     bunch = load_digits()
     pixels = np.rint(bunch.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)

@@ -10,8 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from cnnlab import config as cfg
+from cnnlab import safeio
+from cnnlab.data import check_data_config
 from cnnlab.errors import CnnlabError, ConfigError
+from cnnlab.models import check_switches
 from cnnlab.study.plan import StudyPlan
+from cnnlab.train.distributed import check_single_process
+from cnnlab.train.resolve import model_switches
 
 
 def check_plan(plan: StudyPlan) -> None:
@@ -37,8 +42,6 @@ def check_plan(plan: StudyPlan) -> None:
 
 def check_init_file(init: str, checked: set[str]) -> None:
     """A `file:` init must exist and load as weights before the first run trains (each file read once)."""
-    from cnnlab import safeio
-
     scheme, _, path = init.partition(":")
     if scheme != "file" or path in checked:
         return
@@ -50,11 +53,6 @@ def check_init_file(init: str, checked: set[str]) -> None:
 
 def check_config(config: cfg.RunConfig) -> None:
     """One config's model switches and data keys, checked against the zoo and the dataset catalog."""
-    from cnnlab.data import check_data_config
-    from cnnlab.models import check_switches
-    from cnnlab.train.distributed import check_single_process
-    from cnnlab.train.resolve import model_switches
-
     try:
         check_switches(config.model.name, model_switches(config.model))
     except ConfigError as error:

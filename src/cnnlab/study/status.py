@@ -44,6 +44,14 @@ class StudyStatus:
     runs: tuple[RunStatus, ...]
     storage_read: bool
 
+    def to_json(self) -> dict[str, Any]:
+        """What `study status --json` prints: the folder, the counts and every run."""
+        return {
+            "study_dir": str(self.study_dir),
+            "counts": self.counts,
+            "runs": [dataclasses.asdict(run) for run in self.runs],
+        }
+
 
 def study_status(study_dir: str | Path, *, storage: str | None = None) -> StudyStatus:
     """The state of every planned run of a study folder."""

@@ -17,7 +17,7 @@ import yaml
 from cnnlab import config as cfg
 from cnnlab import safeio
 from cnnlab.errors import ConfigError, close_matches
-from cnnlab.study.spec import SAFE_NAME
+from cnnlab.study.spec import SAFE_NAME, apply_overrides, parse_study_spec
 
 SUITE_KEYS = ("name", "description", "studies")
 SUITE_FILE = "suite.json"
@@ -200,9 +200,8 @@ class SuiteOutcome:
 
 def check_suite(suite: SuiteSpec, out_dir: Path) -> None:
     """Plan and check every sub-study before any of them trains; errors name the sub-study."""
-    from cnnlab.study.checks import check_plan
+    from cnnlab.study.checks import check_plan  # these two load Lightning; `cnnlab report` imports suite
     from cnnlab.study.plan import expand
-    from cnnlab.study.spec import apply_overrides, parse_study_spec
 
     for study in suite.studies:
         source = study.inline if study.inline is not None else cfg.load_yaml(study.spec_path, "study spec")
@@ -228,7 +227,7 @@ def run_suite(
 
     Every sub-study is planned and checked first, so a bad spec or a missing weights file stops the suite
     before any run trains. `study_options` are `run_study`'s (workers, options, restart, log)."""
-    from cnnlab.study.runner import run_study
+    from cnnlab.study.runner import run_study  # Lightning: see check_suite
 
     out = Path(out_dir).absolute()
     suite = load_suite(spec_path, out, overrides)

@@ -13,6 +13,7 @@ import lightning.pytorch as pl
 import torch
 
 from cnnlab import runfolder
+from cnnlab.train.inference import predict_probs, score_predictions
 from cnnlab.train.system import ClassifierSystem
 
 
@@ -183,7 +184,6 @@ class EpochTester:
 
     def score(self, pl_module: ClassifierSystem) -> dict[str, float]:
         """Score the current weights in eval mode, log them, and leave the module in the mode it was in."""
-        from cnnlab.train.inference import predict_probs, score_predictions
 
         training = pl_module.training
         probs = predict_probs(

@@ -9,8 +9,10 @@ from typing import Any
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import nn
 
+from cnnlab import config as cfg
 from cnnlab import runfolder, safeio
-from cnnlab.errors import ConfigError, WeightsError
+from cnnlab.errors import CnnlabError, ConfigError, WeightsError
+from cnnlab.models import create_model, list_models
 
 MODEL_PREFIX = "model."
 
@@ -87,10 +89,6 @@ META_TYPES = {  # what evaluate, predict and export read from a checkpoint's (or
 
 def build_trained_model(meta: dict[str, Any], state: dict[str, Any], *, source: Path) -> TrainedModel:
     """Check the metadata, rebuild the model from the registry and load `state` into it strictly."""
-    from cnnlab import config as cfg
-    from cnnlab.errors import CnnlabError
-    from cnnlab.models import create_model
-
     check_meta(meta, source)
     _check_registered(meta, source)
     try:
@@ -113,8 +111,6 @@ def build_trained_model(meta: dict[str, Any], state: dict[str, Any], *, source: 
 def _check_registered(meta: dict[str, Any], source: Path) -> None:
     """A model from a plugin is built only once the user imported that plugin (`--plugin`): a checkpoint
     naming a model never imports code."""
-    from cnnlab.models import list_models
-
     if meta["model"] in list_models():
         return
     plugin = (meta["config"].get("model") or {}).get("plugin")

@@ -16,6 +16,9 @@ import functools
 import logging
 import warnings
 
+import lightning.pytorch as pl
+from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
 from cnnlab import config as cfg
 from cnnlab.errors import ConfigError
 
@@ -39,7 +42,7 @@ def run_ranks(config: cfg.RunConfig) -> Ranks:
     dropped: nothing starts and nothing is written). Strategies that start their processes from inside
     Python (ddp_spawn, ddp_fork, ddp_notebook) are refused: a run is recorded by the process that runs
     `fit`, which they would leave without the epochs trained in the processes they start."""
-    from cnnlab.train.run import _accelerator, _devices
+    from cnnlab.train.run import _accelerator, _devices  # here: run imports this module
 
     train = config.train
     return _ranks(_accelerator(config), _devices(train.devices), train.num_nodes, train.strategy)
@@ -47,9 +50,6 @@ def run_ranks(config: cfg.RunConfig) -> Ranks:
 
 @functools.lru_cache(maxsize=32)
 def _ranks(accelerator: str, devices: int | str, num_nodes: int, strategy: str) -> Ranks:
-    import lightning.pytorch as pl
-    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
-
     levels = {name: logging.getLogger(name).level for name in ("lightning.pytorch", "lightning.fabric")}
     try:
         for name in levels:

@@ -19,12 +19,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib import colormaps
+from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
 from cnnlab import safeio
 from cnnlab.data import InMemoryLoader
 from cnnlab.data.imageset import resize_images
 from cnnlab.errors import ConfigError, DataError
+from cnnlab.train.inference import load_model, read_image_folder
 
 ADAPTIVE_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 EXPLAIN_BATCH = 32  # images per forward/backward pass in `explain_images`
@@ -130,8 +133,6 @@ def explain_uint8(
 
 def overlay(image: np.ndarray, cam: np.ndarray, *, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
     """uint8 (H, W, 3): the image (C, H, W; grey or RGB) under the heat map (H, W in [0, 1])."""
-    from matplotlib import colormaps
-
     rgb = np.repeat(image, 3, axis=0) if image.shape[0] == 1 else image
     heat = colormaps[COLORMAP](np.clip(cam, 0, 1))[..., :3] * 255
     blended = (1 - alpha) * rgb.transpose(1, 2, 0).astype(np.float32) + alpha * heat
@@ -141,8 +142,6 @@ def overlay(image: np.ndarray, cam: np.ndarray, *, alpha: float = OVERLAY_ALPHA)
 def explain_images(checkpoint: str | Path, images: str | Path, out_dir: str | Path) -> list[Explanation]:
     """`cnnlab explain`: for each image file in `images`, `<out_dir>/<stem>.png` with the image beside its
     Grad-CAM overlay of the predicted class and the prediction written below."""
-    from cnnlab.train.inference import load_model, read_image_folder
-
     checkpoint, images, out_dir = Path(checkpoint), Path(images), Path(out_dir)
     if not checkpoint.exists():
         raise ConfigError(
@@ -181,8 +180,6 @@ def explain_images(checkpoint: str | Path, images: str | Path, out_dir: str | Pa
 
 def _overlay_png(image: torch.Tensor, cam: np.ndarray, caption: str) -> bytes:
     """The image and its Grad-CAM overlay side by side, enlarged to OVERLAY_SIDE, with a caption below."""
-    from PIL import Image, ImageDraw, ImageFont
-
     side = OVERLAY_SIDE
     enlarged = resize_images(image[None], side)[0].numpy()
     big_cam = F.interpolate(torch.from_numpy(cam)[None, None], size=(side, side), mode="bilinear")[0, 0]

@@ -10,11 +10,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from cnnlab import config as cfg
 from cnnlab import runfolder, safeio
 from cnnlab.data import InMemoryLoader, Splits, load_split
+from cnnlab.data.folder import IMAGE_SUFFIXES, BadImage, decode_image
 from cnnlab.errors import ConfigError, DataError, WeightsError
 from cnnlab.train.checkpoint import TrainedModel, build_trained_model, load_trained_model
 
@@ -146,8 +148,6 @@ def _check_input(trained: TrainedModel, images: torch.Tensor, source: str) -> No
 
 def read_image_folder(folder: str | Path, *, size: int, channels: int) -> tuple[list[str], torch.Tensor]:
     """(file stems, uint8 images) of every image file directly in `folder`, decoded like training folders."""
-    from cnnlab.data.folder import IMAGE_SUFFIXES, BadImage, decode_image
-
     folder = Path(folder)
     files = sorted(
         p
@@ -175,8 +175,6 @@ def read_image_folder(folder: str | Path, *, size: int, channels: int) -> tuple[
 
 def export_checkpoint(path: str | Path, out_dir: str | Path, *, onnx: bool = False) -> Path:
     """Write model.safetensors and manifest.json (SHA-256, architecture, classes, input size, stats)."""
-    from safetensors.torch import save_file
-
     trained = load_model(path)
     out_dir = Path(out_dir)
     state = {key: value.contiguous() for key, value in trained.model.state_dict().items()}
@@ -253,7 +251,7 @@ def _read_manifest(path: Path) -> dict[str, Any]:
 
 def _export_onnx(model: nn.Module, input_size: list[int], path: Path) -> str:
     try:
-        import onnx  # noqa: F401
+        import onnx  # noqa: F401  (an optional extra: probed here, only when --onnx asks for it)
     except ImportError:
         raise ConfigError("--onnx needs the onnx package: pip install 'cnnlab[onnx]'") from None
     example = torch.zeros(1, *input_size)

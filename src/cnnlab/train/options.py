@@ -4,6 +4,7 @@ precision. Lightning itself would only reject them inside `Trainer(...)`, after 
 from __future__ import annotations
 
 import torch
+from lightning.pytorch.strategies import StrategyRegistry
 
 from cnnlab import config as cfg
 from cnnlab.errors import ConfigError, unknown_choice
@@ -29,8 +30,6 @@ def check_trainer_options(config: cfg.RunConfig) -> None:
 
 
 def _check_strategy(strategy: str) -> None:
-    from lightning.pytorch.strategies import StrategyRegistry
-
     allowed = ("auto", *StrategyRegistry.available_strategies())
     if strategy not in allowed:
         raise unknown_choice("train.strategy", strategy, allowed)

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab import safeio
+from cnnlab.data.locations import cache_root
 
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with native bf16 matrix kernels
 BF16_MARGIN = 1.10  # bf16 must be this much faster than fp32 (probe noise; fp32 is the safe default)
@@ -261,8 +262,6 @@ def _cpu_model() -> str:
 
 
 def _cache_path() -> Path:
-    from cnnlab.data.locations import cache_root
-
     return cache_root() / CACHE_FILE
 
 

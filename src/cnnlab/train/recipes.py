@@ -22,6 +22,7 @@ from typing import Any
 
 from cnnlab import config as cfg
 from cnnlab.data.catalog import FOLDER_PREFIX
+from cnnlab.models import model_info
 
 # The optimizer-specific keys and their values when the user chose the optimizer but not these.
 OPTIMIZER_KEYS = ("optim.lr", "optim.momentum", "optim.nesterov", "optim.weight_decay")
@@ -119,8 +120,6 @@ RECIPE_CHOICES = ("auto", *RECIPES)
 
 def situation(config: cfg.RunConfig) -> str:
     """The recipe `optim.recipe: auto` picks for this config's model and init."""
-    from cnnlab.models import model_info
-
     if config.train.init != "scratch":
         return "pretrained"
     info = model_info(config.model.name)

@@ -19,9 +19,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import lightning
 import lightning.pytorch as pl
 import numpy as np
 import torch
+import torchvision
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
@@ -30,7 +32,16 @@ from cnnlab import config as cfg
 from cnnlab import runfolder, safeio
 from cnnlab.data import ImageSet, Splits, load_split, make_splits, normalization, take, write_bad_files
 from cnnlab.errors import ConfigError, DataError, DiskFull, Interrupted, describe_os_error
-from cnnlab.models import count_flops, count_params, create_model, load_pretrained, model_info, resolve_stem
+from cnnlab.models import (
+    count_flops,
+    count_params,
+    create_model,
+    load_pretrained,
+    model_info,
+    resolve_stem,
+    torchvision_state_dict,
+)
+from cnnlab.train.artefacts import write_run_images
 from cnnlab.train.callbacks import (
     AbandonWatch,
     BackboneFreeze,
@@ -295,8 +306,6 @@ def _splits_for(config: cfg.RunConfig, train_set: ImageSet) -> Splits:
 def _initialise(model: nn.Module, init: str, model_name: str) -> str:
     """Apply `train.init`: scratch | torchvision:<WEIGHTS> | file:<path> | run:<run dir>; returns a line
     saying what loading changed ('' for scratch)."""
-    from cnnlab.models import torchvision_state_dict
-
     scheme, _, value = init.partition(":")
     if scheme == "scratch" and not value:
         return ""
@@ -679,9 +688,7 @@ def _evaluate_best(prepared: PreparedRun, out_dir: Path, precision: str) -> dict
             )
         result["test"] = {"acc": scores["acc"], "loss": scores["loss"]}
         result["per_class_accuracy"] = scores["per_class_accuracy"]
-    from cnnlab.train.artefacts import write_run_images  # the report's pictures: images/*.npz
-
-    write_run_images(trained.model, prepared, out_dir, device)
+    write_run_images(trained.model, prepared, out_dir, device)  # the report's pictures: images/*.npz
     return result
 
 
@@ -723,9 +730,6 @@ def _last_row(rows: list[dict[str, float]]) -> dict[str, float] | None:
 
 
 def _provenance(config: cfg.RunConfig) -> dict[str, Any]:
-    import lightning
-    import torchvision
-
     device = (
         torch.cuda.get_device_name(0) if _accelerator(config) == "cuda" else platform.processor() or "cpu"
     )

@@ -12,7 +12,9 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from cnnlab import config as cfg
 from cnnlab.config import OptimConfig
+from cnnlab.train.recipes import recipe_values
 from cnnlab.train.speed import compiled_forward
 
 BatchNormTypes = (nn.modules.batchnorm._BatchNorm,)
@@ -136,9 +138,6 @@ class ClassifierSystem(pl.LightningModule):
 def completed_optim(optim: OptimConfig) -> OptimConfig:
     """An OptimConfig with every key the recipe fills set: a resolved run's is already complete; one built by
     hand (OptimConfig(lr=0.1)) gets the cifar-sgd recipe's values for the keys it left unset."""
-    from cnnlab import config as cfg
-    from cnnlab.train.recipes import recipe_values
-
     if isinstance(optim.lr, str):
         raise ValueError("optim.lr=auto must be replaced by the rate the finder chose before training")
     values = recipe_values(cfg.RunConfig(optim=optim))
