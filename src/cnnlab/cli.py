@@ -124,19 +124,20 @@ TRAIN_FLAGS = {  # flag -> (dotted config key, type, help)
     ),
 }
 
+
+def _add_overrides(sub: argparse.ArgumentParser, text: str) -> None:
+    """`--set KEY=VALUE`, repeatable: the dotted-key overrides of train, study run and tune."""
+    sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=text)
+
+
+CHECKPOINT_HELP = "checkpoint file, run directory or export directory"
 PLUGIN_HELP = "import this plugin (module or `cnnlab.models` entry point) first, for a model it registers"
 
 
 def _add_train(commands: argparse._SubParsersAction) -> None:
     sub = _command(commands, "train", "Train one run and write its run directory.", _run_train)
     sub.add_argument("-c", "--config", help="run config YAML (deltas from the defaults)")
-    sub.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any config key, e.g. --set optim.weight_decay=0 (repeatable)",
-    )
+    _add_overrides(sub, "override any config key, e.g. --set optim.weight_decay=0 (repeatable)")
     for flag, (key, kind, text) in TRAIN_FLAGS.items():
         sub.add_argument(f"--{flag.replace('_', '-')}", type=kind, help=f"{text} [{key}]")
     sub.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt")
@@ -208,7 +209,7 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     sub = _command(
         commands, "evaluate", "Print a trained model's metrics on a dataset split as JSON.", _run_evaluate
     )
-    sub.add_argument("--checkpoint", required=True, help="checkpoint file, run directory or export directory")
+    sub.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     sub.add_argument("--plugin", help=PLUGIN_HELP)
     sub.add_argument("--data", help="dataset to evaluate on (default: the run's own)")
     sub.add_argument("--data-dir", help="folder searched first for dataset files")
@@ -228,7 +229,7 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
     sub = _command(
         commands, "predict", "Predict an image folder (or a dataset's test split) to CSV.", _run_predict
     )
-    sub.add_argument("--checkpoint", required=True, help="checkpoint file, run directory or export directory")
+    sub.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     sub.add_argument("--images", required=True, help="folder of images, or a dataset name")
     sub.add_argument("--plugin", help=PLUGIN_HELP)
     sub.add_argument("--out", required=True, help="CSV file to write")
@@ -395,12 +396,9 @@ def _add_study(commands: argparse._SubParsersAction) -> None:
         help="study spec YAML, or a suite of studies (a `studies:` list; see docs/studies.md and studies/)",
     )
     run.add_argument("--out", required=True, metavar="DIR", help="study folder (runs/, splits/, report)")
-    run.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a spec key, e.g. --set base.data.name=cifar10 or --set seeds=[0]; in a suite, "
+    _add_overrides(
+        run,
+        "override a spec key, e.g. --set base.data.name=cifar10 or --set seeds=[0]; in a suite, "
         "--set studies.<name>.<key>=VALUE or studies.*.<key>=VALUE (repeatable; see docs/studies.md)",
     )
     run.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes on this machine")
@@ -569,13 +567,7 @@ def _add_tune(commands: argparse._SubParsersAction) -> None:
     )
     sub.add_argument("spec", metavar="SPEC", help="tune spec YAML: base, space, cv (see docs/studies.md)")
     sub.add_argument("--out", required=True, metavar="DIR", help="tune folder (runs/, best.yaml, tune.json)")
-    sub.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a spec key, e.g. --set base.data.name=cifar10 (repeatable)",
-    )
+    _add_overrides(sub, "override a spec key, e.g. --set base.data.name=cifar10 (repeatable)")
     sub.add_argument(
         "--trials",
         type=int,
@@ -627,7 +619,7 @@ def _add_explain(commands: argparse._SubParsersAction) -> None:
         "Write Grad-CAM overlays (where the model looks) for a folder of your own images.",
         _run_explain,
     )
-    sub.add_argument("--checkpoint", required=True, help="checkpoint file, run directory or export directory")
+    sub.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     sub.add_argument("--images", required=True, help="folder of image files (decoded as in training)")
     sub.add_argument("--out", required=True, help="folder to write one <image name>.png overlay per image")
 

@@ -89,67 +89,60 @@ _CIFAR10_FILES = (
 _CIFAR100_FILES = (("train",), ("test",), "meta", "fine_label_names", "fine_labels")
 _CIFAR_HOW = "extract {archive} (https://www.cs.toronto.edu/~kriz/cifar.html) into --data-dir or $CNNLAB_DATA"
 
+_DOWNLOAD = ", or run once with network access to download"
+
+
+def _idx_spec(name: str, torchvision_class: str, class_names: tuple[str, ...], how: str = "") -> DatasetSpec:
+    """An MNIST-format dataset: 60,000 + 10,000 grey 28x28 images in IDX files."""
+    return DatasetSpec(
+        name,
+        "idx",
+        (1, 28, 28),
+        (60000, 10000),
+        10,
+        torchvision_class,
+        torchvision_class,
+        class_names,
+        f"{how}{_IDX_HOW}{_DOWNLOAD} them",
+    )
+
+
+def _cifar_spec(
+    name: str,
+    classes: int,
+    torchvision_class: str,
+    folder: str,
+    archive: str,
+    files: tuple[tuple[str, ...], tuple[str, ...], str, str, str],
+) -> DatasetSpec:
+    """A CIFAR dataset: 50,000 + 10,000 colour 32x32 images in the python pickles of `archive`."""
+    return DatasetSpec(
+        name,
+        "cifar",
+        (3, 32, 32),
+        (50000, 10000),
+        classes,
+        torchvision_class,
+        folder,
+        how_to_get=_CIFAR_HOW.format(archive=archive) + f"{_DOWNLOAD} it",
+        cifar_files=files,
+    )
+
+
 SPECS: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in (
         DatasetSpec("digits", "digits", (1, 28, 28), (1437, 360), 10, class_names=_DIGITS_NAMES),
-        DatasetSpec(
-            "mnist",
-            "idx",
-            (1, 28, 28),
-            (60000, 10000),
-            10,
-            "MNIST",
-            "MNIST",
-            _DIGITS_NAMES,
-            f"{_IDX_HOW}, or run once with network access to download them",
+        _idx_spec("mnist", "MNIST", _DIGITS_NAMES),
+        _idx_spec(
+            "fashion-mnist", "FashionMNIST", _FASHION_NAMES, "apt-get install dataset-fashion-mnist, or "
         ),
-        DatasetSpec(
-            "fashion-mnist",
-            "idx",
-            (1, 28, 28),
-            (60000, 10000),
-            10,
-            "FashionMNIST",
-            "FashionMNIST",
-            _FASHION_NAMES,
-            f"apt-get install dataset-fashion-mnist, or {_IDX_HOW}, or run once with "
-            "network access to download them",
+        _idx_spec("kmnist", "KMNIST", _KMNIST_NAMES),
+        _cifar_spec(
+            "cifar10", 10, "CIFAR10", "cifar-10-batches-py", "cifar-10-python.tar.gz", _CIFAR10_FILES
         ),
-        DatasetSpec(
-            "kmnist",
-            "idx",
-            (1, 28, 28),
-            (60000, 10000),
-            10,
-            "KMNIST",
-            "KMNIST",
-            _KMNIST_NAMES,
-            f"{_IDX_HOW}, or run once with network access to download them",
-        ),
-        DatasetSpec(
-            "cifar10",
-            "cifar",
-            (3, 32, 32),
-            (50000, 10000),
-            10,
-            "CIFAR10",
-            "cifar-10-batches-py",
-            how_to_get=_CIFAR_HOW.format(archive="cifar-10-python.tar.gz") + ", or run once with "
-            "network access to download it",
-            cifar_files=_CIFAR10_FILES,
-        ),
-        DatasetSpec(
-            "cifar100",
-            "cifar",
-            (3, 32, 32),
-            (50000, 10000),
-            100,
-            "CIFAR100",
-            "cifar-100-python",
-            how_to_get=_CIFAR_HOW.format(archive="cifar-100-python.tar.gz") + ", or run once with "
-            "network access to download it",
-            cifar_files=_CIFAR100_FILES,
+        _cifar_spec(
+            "cifar100", 100, "CIFAR100", "cifar-100-python", "cifar-100-python.tar.gz", _CIFAR100_FILES
         ),
         DatasetSpec(
             "synthetic",

@@ -204,8 +204,7 @@ class TorchvisionVGG(ClassifierHeadMixin, VGG):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Conv stages, adaptive pool (7x7; 1x1 with the small stem), the two hidden linear layers (4096)."""
-        x = torch.flatten(self.avgpool(self.features(x)), 1)
-        return self.classifier[:-1](x)
+        return _through_hidden_layers(self, x)
 
 
 class TorchvisionAlexNet(ClassifierHeadMixin, AlexNet):
@@ -239,8 +238,12 @@ class TorchvisionAlexNet(ClassifierHeadMixin, AlexNet):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Conv stages, 6x6 adaptive pool, and the two hidden linear layers (4096 features)."""
-        x = torch.flatten(self.avgpool(self.features(x)), 1)
-        return self.classifier[:-1](x)
+        return _through_hidden_layers(self, x)
+
+
+def _through_hidden_layers(model: VGG | AlexNet, x: torch.Tensor) -> torch.Tensor:
+    """VGG and AlexNet: features, adaptive pool, flatten, and every classifier layer but the last."""
+    return model.classifier[:-1](torch.flatten(model.avgpool(model.features(x)), 1))
 
 
 def _with_norm_after(layers: nn.Sequential, norm: str) -> nn.Sequential:

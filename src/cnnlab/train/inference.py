@@ -93,14 +93,7 @@ def evaluate_checkpoint(
             f"trained on {len(trained.class_names)}"
         )
     _check_input(trained, images, data_config.name)
-    probs = predict_probs(
-        trained.model,
-        images,
-        mean=tuple(trained.meta["mean"]),
-        std=tuple(trained.meta["std"]),
-        device=_device(),
-        batch_size=data_config.eval_batch_size,
-    )
+    probs = _predict(trained, images, batch_size=data_config.eval_batch_size)
     scores = score_predictions(probs, labels.numpy(), trained.class_names)
     return {"split": split, "dataset": data_config.name, "images": len(labels), **scores}
 
@@ -122,14 +115,7 @@ def predict_images(
         pixels = test.images
         ids = list(test.ids) if test.ids else [str(i) for i in range(len(test.labels))]
     _check_input(trained, pixels, images)
-    probs = predict_probs(
-        trained.model,
-        pixels,
-        mean=tuple(trained.meta["mean"]),
-        std=tuple(trained.meta["std"]),
-        device=_device(),
-        batch_size=256,
-    )
+    probs = _predict(trained, pixels, batch_size=256)
     rows = sorted(zip(ids, probs), key=lambda item: _id_sort_key(item[0]))
     safeio.atomic_write_text(out, _predictions_csv(rows, trained.class_names, fmt))
     return Path(out)
@@ -305,6 +291,12 @@ def _split_images(
 
 def _run_dir(path: Path) -> Path:
     return path if path.is_dir() else path.parent.parent
+
+
+def _predict(trained: TrainedModel, images: torch.Tensor, *, batch_size: int) -> np.ndarray:
+    """Class probabilities of a trained model for uint8 images, normalised with its training statistics."""
+    mean, std = tuple(trained.meta["mean"]), tuple(trained.meta["std"])
+    return predict_probs(trained.model, images, mean=mean, std=std, device=_device(), batch_size=batch_size)
 
 
 def _device() -> torch.device:
