@@ -31,8 +31,8 @@ def resolved(**dotted) -> cfg.RunConfig:
 @pytest.mark.parametrize(
     ("dotted", "recipe", "optimizer", "lr"),
     [
-        ({"model.name": "resnet20_cifar"}, "cifar-sgd", "sgd", 0.1),
-        ({"model.name": "preact_resnet20_cifar"}, "cifar-sgd", "sgd", 0.1),
+        ({"model.name": "resnet20_cifar"}, "cifar-sgd", "sgd", 0.05),
+        ({"model.name": "preact_resnet20_cifar"}, "cifar-sgd", "sgd", 0.05),
         ({"model.name": "resnet18"}, "torchvision-scratch", "adamw", 1e-3),
         ({"model.name": "alexnet"}, "torchvision-scratch", "adamw", 1e-3),
         ({"model.name": "densenet121", "train.init": "file:w.pth"}, "pretrained", "sgd", 0.01),
@@ -65,7 +65,7 @@ def test_user_keys_win_and_another_optimizer_brings_its_own_defaults():
     )
     assert sgd.optim.warmup_epochs == 1.0 and sgd.optim.recipe == "torchvision-scratch"
     named = resolved(**{"model.name": "resnet18", "optim.recipe": "cifar-sgd"})
-    assert (named.optim.optimizer, named.optim.lr) == ("sgd", 0.1)
+    assert (named.optim.optimizer, named.optim.lr) == ("sgd", 0.05)
 
 
 @pytest.mark.parametrize(
@@ -107,6 +107,7 @@ def test_the_first_line_names_the_recipe_and_marks_the_users_keys():
 def test_an_unresolved_optim_config_trains_with_the_cifar_recipe():
     optim = completed_optim(cfg.OptimConfig(lr=0.2))
     assert (optim.optimizer, optim.lr, optim.momentum, optim.weight_decay) == ("sgd", 0.2, 0.9, 5e-4)
+    assert completed_optim(cfg.OptimConfig()).lr == 0.05
 
 
 @pytest.mark.parametrize("lr", ["auto", "0.5", 0.5])

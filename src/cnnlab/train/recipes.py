@@ -59,13 +59,14 @@ RECIPES: dict[str, Recipe] = {
             {
                 "optim.optimizer": "sgd",
                 **OPTIMIZER_DEFAULTS["sgd"],
+                "optim.lr": 0.05,  # He et al.'s 0.1 at batch 128, scaled to batch 64 (Goyal et al. 2017)
                 "optim.schedule": "cosine",
                 "optim.warmup_epochs": 1.0,
                 "data.augment": "natural",
                 "train.backbone_lr_mult": 1.0,
             },
-            "He et al. 2016 (CIFAR ResNets: SGD 0.1, momentum 0.9, warmup); Loshchilov & Hutter 2017 "
-            "(cosine)",
+            "He et al. 2016 (CIFAR ResNets: SGD 0.1 at batch 128, momentum 0.9, warmup), scaled linearly to "
+            "batch 64 (Goyal et al. 2017); Loshchilov & Hutter 2017 (cosine)",
         ),
         Recipe(
             "torchvision-scratch",
