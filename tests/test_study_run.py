@@ -109,16 +109,16 @@ def test_killed_study_continues_with_only_its_unfinished_runs(tmp_path, uninterr
     status = study_status(study_dir)
     assert status.counts["completed"] == finished and sum(status.counts.values()) == 24
 
-    import cnnlab.train
+    import cnnlab.study.runner
 
     trained = []
-    real_fit = cnnlab.train.fit
+    real_fit = cnnlab.study.runner.fit
 
     def counting_fit(config, out_dir, **kwargs):
         trained.append(Path(out_dir).name)
         return real_fit(config, out_dir, **kwargs)
 
-    monkeypatch.setattr(cnnlab.train, "fit", counting_fit)
+    monkeypatch.setattr(cnnlab.study.runner, "fit", counting_fit)  # the fit the runner calls
     outcome = run_study(spec, study_dir, options=FAST, log=lambda line: None)
     assert len(trained) == 24 - finished, "only the unfinished runs execute"
     assert outcome.trained == 24 - finished and outcome.counts["completed"] == 24
