@@ -288,7 +288,7 @@ def _add_report(commands: argparse._SubParsersAction) -> None:
 
 def _run_report(args: argparse.Namespace) -> int:
     from cnnlab.report import write_report
-    from cnnlab.study.suite import is_suite_folder
+    from cnnlab.runfolder import is_suite_folder
 
     if is_suite_folder(args.dir):
         html, markdown = _write_suite_report(args.dir)
@@ -532,8 +532,8 @@ def _write_suite_report(folder: Any) -> tuple[Any, Any]:
 
 
 def _run_study_status(args: argparse.Namespace) -> int:
+    from cnnlab.runfolder import is_suite_folder, suite_studies
     from cnnlab.study.status import format_status, study_status
-    from cnnlab.study.suite import is_suite_folder, suite_studies
 
     if is_suite_folder(args.dir):
         return _print_suite_status(suite_studies(args.dir), args)

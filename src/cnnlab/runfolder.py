@@ -39,7 +39,7 @@ from typing import Any, TypedDict
 import numpy as np
 
 from cnnlab import safeio
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, ConfigError
 
 MARKER_FILE = ".cnnlab-run"
 CONFIG_FILE = "config.yaml"
@@ -76,6 +76,7 @@ FINISHED_STATES = (COMPLETED, FAILED, DIVERGED)  # final: a study does not run t
 # live here, below both, because the report never imports cnnlab.study.
 PLAN_FILE = "study.json"  # a study's expanded plan: its stages and runs in spec order
 SPEC_FILE = "study.yaml"  # the study spec as given (with --set overrides applied)
+SUITE_FILE = "suite.json"  # a suite folder: its name and sub-studies, in order (study/suite.py writes it)
 ROLE_FINAL = "final"  # tags.role of a run retrained on all training data after selection
 
 
@@ -561,3 +562,26 @@ def _float(value: Any) -> float:
         return float(value)
     except (TypeError, ValueError):
         return math.nan
+
+
+# --- suite.json (a suite folder's record; written by study/suite.py) ----------------------------------------
+
+
+def is_suite_folder(folder: str | Path) -> bool:
+    """Was the folder written by a suite (it holds suite.json)?"""
+    return (Path(folder) / SUITE_FILE).is_file()
+
+
+def suite_studies(folder: str | Path) -> list[tuple[str, Path]]:
+    """(name, folder) of each sub-study of a suite folder, in the suite's order."""
+    folder = Path(folder)
+    try:
+        record = safeio.read_json(folder / SUITE_FILE)
+        return [(item["name"], folder / item["name"]) for item in record["studies"]]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ConfigError(f"{folder / SUITE_FILE} is not a cnnlab suite file ({error})") from None
+
+
+def suite_name(folder: str | Path) -> str:
+    """The suite's name, as suite.json records it."""
+    return str(safeio.read_json(Path(folder) / SUITE_FILE).get("name", Path(folder).name))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from cnnlab.report.document import Paragraph, combine
 from cnnlab.report.render import build_document, build_report, results_csv, write_report
+from cnnlab.runfolder import suite_name, suite_studies
 from cnnlab.safeio import atomic_write_text
 
 SUITE_TITLE = "Suite report: {name}"
@@ -15,8 +16,6 @@ SUITE_TITLE = "Suite report: {name}"
 def write_suite_report(folder: str | Path) -> tuple[Path, Path]:
     """Write every sub-study's report (each built once), then the suite's report.html and report.md with a
     section per sub-study; returns their paths. A sub-study not started yet is named, not shown."""
-    from cnnlab.study.suite import suite_name, suite_studies
-
     folder = Path(folder)
     studies = suite_studies(folder)
     parts = []

@@ -17,10 +17,10 @@ import yaml
 from cnnlab import config as cfg
 from cnnlab import safeio
 from cnnlab.errors import ConfigError, close_matches
+from cnnlab.runfolder import SUITE_FILE
 from cnnlab.study.spec import SAFE_NAME, apply_overrides, parse_study_spec
 
 SUITE_KEYS = ("name", "description", "studies")
-SUITE_FILE = "suite.json"
 SUITE_SPEC_FILE = "suite.yaml"
 INLINE_DIR = "suite-specs"  # inline sub-study specs are written here so worker processes can read them
 ALL = "*"
@@ -50,11 +50,6 @@ def is_suite(path: str | Path) -> bool:
     """Does the spec file hold a suite (a top-level `studies:` list)?"""
     raw = cfg.load_yaml(path, "study spec")
     return "studies" in raw
-
-
-def is_suite_folder(folder: str | Path) -> bool:
-    """Was the folder written by a suite (it holds suite.json)?"""
-    return (Path(folder) / SUITE_FILE).is_file()
 
 
 def load_suite(path: str | Path, out_dir: str | Path, overrides: Sequence[str] = ()) -> SuiteSpec:
@@ -168,21 +163,6 @@ def write_suite_file(suite: SuiteSpec, out_dir: Path, overrides: Sequence[str]) 
             "studies": [{"name": s.name, "spec_path": str(s.spec_path)} for s in suite.studies],
         },
     )
-
-
-def suite_studies(folder: str | Path) -> list[tuple[str, Path]]:
-    """(name, folder) of each sub-study of a suite folder, in the suite's order."""
-    folder = Path(folder)
-    try:
-        record = safeio.read_json(folder / SUITE_FILE)
-        return [(item["name"], folder / item["name"]) for item in record["studies"]]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ConfigError(f"{folder / SUITE_FILE} is not a cnnlab suite file ({error})") from None
-
-
-def suite_name(folder: str | Path) -> str:
-    """The suite's name, as suite.json records it."""
-    return str(safeio.read_json(Path(folder) / SUITE_FILE).get("name", Path(folder).name))
 
 
 @dataclasses.dataclass(frozen=True)
