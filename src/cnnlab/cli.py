@@ -462,18 +462,9 @@ def _run_study(args: argparse.Namespace) -> int:
 
     if is_suite(args.spec):
         return _run_suite(args, options)
-    outcome = run_study(
-        args.spec,
-        args.out,
-        workers=args.workers,
-        worker_only=args.worker_only,
-        options=options,
-        overrides=args.set,
-        restart=args.restart,
-    )
-    counts = ", ".join(f"{number} {state}" for state, number in outcome.counts.items() if number)
+    outcome = run_study(args.spec, args.out, **_study_run_options(args, options))
     print(
-        f"study {outcome.study_dir}: {counts} (this process trained {outcome.trained}, "
+        f"study {outcome.study_dir}: {_counts(outcome)} (this process trained {outcome.trained}, "
         f"found {outcome.skipped} already completed)"
     )
     unfinished = outcome.counts["failed"] + outcome.counts["diverged"]
@@ -484,44 +475,48 @@ def _run_study(args: argparse.Namespace) -> int:
     paths = write_report(outcome.study_dir)
     print(paths.table)
     print(f"report: {paths.html}")
-    if unfinished:
-        print(
-            f"cnnlab: {unfinished} run(s) failed or diverged; see `cnnlab study status {outcome.study_dir}`",
-            file=sys.stderr,
-        )
-        return EXIT_FAILED
-    return 0
+    return _exit_for_unfinished(unfinished, outcome.study_dir)
+
+
+def _study_run_options(args: argparse.Namespace, options: Any) -> dict[str, Any]:
+    """The keyword arguments `run_study` and `run_suite` share, from `study run`'s flags."""
+    return {
+        "workers": args.workers,
+        "worker_only": args.worker_only,
+        "options": options,
+        "overrides": args.set,
+        "restart": args.restart,
+    }
+
+
+def _counts(outcome: Any) -> str:
+    """'3 completed, 1 failed': a study outcome's non-zero run counts."""
+    return ", ".join(f"{number} {state}" for state, number in outcome.counts.items() if number)
+
+
+def _exit_for_unfinished(unfinished: int, folder: Any) -> int:
+    """Exit 1 with one line when runs failed or diverged, else 0."""
+    if not unfinished:
+        return 0
+    message = f"cnnlab: {unfinished} run(s) failed or diverged; see `cnnlab study status {folder}`"
+    print(message, file=sys.stderr)
+    return EXIT_FAILED
 
 
 def _run_suite(args: argparse.Namespace, options: Any) -> int:
     """`study run` of a suite spec: every sub-study into DIR/<name>/, then one report with a section each."""
     from cnnlab.study.suite import run_suite
 
-    suite = run_suite(
-        args.spec,
-        args.out,
-        workers=args.workers,
-        worker_only=args.worker_only,
-        options=options,
-        overrides=args.set,
-        restart=args.restart,
-    )
+    suite = run_suite(args.spec, args.out, **_study_run_options(args, options))
     for name, outcome in suite.outcomes:
-        counts = ", ".join(f"{number} {state}" for state, number in outcome.counts.items() if number)
         print(
-            f"study {name}: {counts} (this process trained {outcome.trained}, found {outcome.skipped} done)"
+            f"study {name}: {_counts(outcome)} (this process trained {outcome.trained}, "
+            f"found {outcome.skipped} done)"
         )
     if not args.worker_only:
         paths = _write_suite_report(suite.out_dir)
         print(f"report: {paths[0]}")
-    if suite.unfinished:
-        print(
-            f"cnnlab: {suite.unfinished} run(s) failed or diverged; "
-            f"see `cnnlab study status {suite.out_dir}`",
-            file=sys.stderr,
-        )
-        return EXIT_FAILED
-    return 0
+    return _exit_for_unfinished(suite.unfinished, suite.out_dir)
 
 
 def _write_suite_report(folder: Any) -> tuple[Any, Any]:
