@@ -281,6 +281,20 @@ def test_two_machines_share_a_postgresql_study_and_each_run_executes_once(tmp_pa
     assert "4 completed" in capsys.readouterr().out
 
 
+def start_both_machines(a: Machine, b: Machine, raw: dict, shared: Path, database: str) -> tuple:
+    """Machine a plans and works, b only works, on one study (heartbeat 1 s); returns (the machine that
+    claimed the run, the other)."""
+    args = ("--out", str(shared), "--storage", database, "--heartbeat", "1")
+    workers = [
+        a.start("study", "run", a.spec("spec.yaml", raw), *args),
+        b.start("study", "run", b.spec("spec.yaml", raw), *args, "--worker-only"),
+    ]
+    claimer = wait_for(
+        lambda: next((w for w in workers if w.started()), None), 120, "a machine to claim the run"
+    )
+    return claimer, workers[1 - workers.index(claimer)]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(UNSHARE is None, reason="needs a PID namespace (unshare) to stand for a second machine")
 def test_a_killed_machines_run_is_taken_over_after_its_heartbeats_stop(tmp_path, database):
@@ -288,15 +302,7 @@ def test_a_killed_machines_run_is_taken_over_after_its_heartbeats_stop(tmp_path,
     shared = tmp_path / "shared" / "study"
     # a in a PID namespace of its own: neither sees the other's pids, as on two hosts
     a, b = Machine(tmp_path, "machine-a"), Machine(tmp_path, "machine-b", namespaced=False)
-    args = ("--out", str(shared), "--storage", database, "--heartbeat", "1")  # grace: 3 beats
-    workers = [
-        a.start("study", "run", a.spec("spec.yaml", raw), *args),
-        b.start("study", "run", b.spec("spec.yaml", raw), *args, "--worker-only"),
-    ]
-    victim = wait_for(
-        lambda: next((w for w in workers if w.started()), None), 120, "a machine to claim the run"
-    )
-    survivor = workers[1 - workers.index(victim)]
+    victim, survivor = start_both_machines(a, b, raw, shared, database)  # grace: 3 beats
     run_dir = wait_for(lambda: next(iter(sorted((shared / "runs").glob("*"))), None), 120, "a run folder")
     wait_for(lambda: len(epochs(run_dir)) >= 2, 120, "two epochs on the machine that claimed the run")
     victim.signal(signal.SIGKILL)
@@ -327,15 +333,7 @@ def test_a_stopped_machine_loses_its_claim_on_postgresql_and_each_run_completes_
     raw = {"name": "pause", "base": {**SHORT, "train.epochs": 8}, "seeds": [0]}
     shared = tmp_path / "shared" / "study"
     a, b = Machine(tmp_path, "machine-a"), Machine(tmp_path, "machine-b")
-    args = ("--out", str(shared), "--storage", database, "--heartbeat", "1")
-    workers = [
-        a.start("study", "run", a.spec("spec.yaml", raw), *args),
-        b.start("study", "run", b.spec("spec.yaml", raw), *args, "--worker-only"),
-    ]
-    sleeper = wait_for(
-        lambda: next((w for w in workers if w.started()), None), 120, "a machine to claim the run"
-    )
-    other = workers[1 - workers.index(sleeper)]
+    sleeper, other = start_both_machines(a, b, raw, shared, database)
     paused_dir = wait_for(lambda: next(iter(sorted((shared / "runs").glob("*"))), None), 120, "a run folder")
     wait_for(lambda: len(epochs(paused_dir)) >= 2, 120, "two epochs on the machine that claimed the run")
     sleeper.signal(signal.SIGSTOP)
