@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from cnnlab import safeio
@@ -60,14 +61,20 @@ def epochs_done(out) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+def load_last(out) -> dict:
+    return safeio.load_checkpoint(out / "checkpoints" / "last.ckpt")
+
+
 def final_weights(out) -> dict[str, torch.Tensor]:
-    return model_state(safeio.load_checkpoint(out / "checkpoints" / "last.ckpt"))
+    return model_state(load_last(out))
 
 
-def test_sigkill_mid_epoch_then_resume_is_bitwise_equal(tmp_path):
+@pytest.mark.parametrize("extra", [(), ("--set", "train.ema=0.9")], ids=["plain", "ema"])
+def test_sigkill_mid_epoch_then_resume_is_bitwise_equal(tmp_path, extra):
+    """With train.ema the weight average is state too: the kept checkpoint's average and live weights both."""
     reference, killed = tmp_path / "reference", tmp_path / "killed"
-    uninterrupted = train(reference)
-    victim = train(killed)
+    uninterrupted = train(reference, *extra)
+    victim = train(killed, *extra)
     deadline = time.monotonic() + 240
     while not epochs_done(killed) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -78,10 +85,13 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_equal(tmp_path):
     victim.wait()
     assert len(epochs_done(killed)) == 1 and not (killed / "result.json").exists(), "not killed mid-epoch 1"
 
-    resumed = train(killed, "--resume")
+    resumed = train(killed, *extra, "--resume")
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
     assert uninterrupted.wait(timeout=300) == 0, uninterrupted.stderr.read()
     expected, actual = final_weights(reference), final_weights(killed)
     assert expected.keys() == actual.keys()
     assert all(torch.equal(expected[key], actual[key]) for key in expected)
+    if extra:  # last.ckpt's state_dict is the average; the live weights the resumed run trained on
+        live = [load_last(out)["current_model_state"] for out in (reference, killed)]
+        assert all(torch.equal(live[0][key], live[1][key]) for key in live[0])
     assert [r["val_acc"] for r in epochs_done(reference)] == [r["val_acc"] for r in epochs_done(killed)]

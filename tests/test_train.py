@@ -13,8 +13,12 @@ import torch
 from cnnlab import config as cfg
 from cnnlab import safeio
 from cnnlab.cli import main
-from cnnlab.train import fit, load_model
+from cnnlab.data import load_split
+from cnnlab.errors import ConfigError
+from cnnlab.train import evaluate_checkpoint, fit, load_model
 from cnnlab.train.checkpoint import model_state
+from cnnlab.train.inference import predict_probs
+from cnnlab.train.resolve import resolve_config
 
 
 def tiny(**dotted) -> cfg.RunConfig:
@@ -299,3 +303,41 @@ def test_test_scores_never_choose_the_checkpoint_or_stop_early(tmp_path, monkeyp
     if best_by_val > 0:  # early stopping on test_acc would have stopped after epoch 1
         assert result.summary["epochs_run"] >= 2
     assert result.summary["test"]["acc"] < 1.0  # the final test score is the best checkpoint's own
+
+
+def test_ema_checkpoints_hold_the_average_and_resume_keeps_the_live_weights(tmp_path):
+    run = fit(tiny(**{"train.ema": 0.9}), tmp_path / "ema")
+    assert run.status == "completed"
+    checkpoint = safeio.load_checkpoint(run.out_dir / "checkpoints" / "last.ckpt")
+    average, live = checkpoint["state_dict"], checkpoint["current_model_state"]
+    assert average.keys() == live.keys()
+    assert any(not torch.equal(average[key], live[key]) for key in average), "the average is not the live net"
+    # the scores are the average's: evaluating the kept checkpoint gives the reported test accuracy
+    assert evaluate_checkpoint(run.out_dir)["acc"] == pytest.approx(run.summary["test"]["acc"])
+
+
+def test_flip_tta_averages_the_image_and_its_mirror(tmp_path):
+    config = tiny(**{"train.tta": "flip", "optim.lr": 0.005})
+    run = fit(config, tmp_path / "tta")
+    trained = load_model(run.out_dir)
+    test = load_split(resolve_config(config).data, "test")
+    scoring = {"mean": tuple(trained.meta["mean"]), "std": tuple(trained.meta["std"])}
+    scoring.update(device=torch.device("cpu"), batch_size=256)
+    plain = predict_probs(trained.model, test.images, **scoring)
+    mirrored = predict_probs(trained.model, test.images.flip(-1), **scoring)
+    saved = np.load(run.out_dir / "predictions" / "test.npz")["probs"]
+    assert np.allclose(saved, (plain + mirrored) / 2, atol=1e-5)
+    assert not np.allclose(saved, plain, atol=1e-3), "the mirror counted"
+
+
+@pytest.mark.parametrize(
+    "dotted, message",
+    [
+        ({"train.tta": "rotate"}, "train.tta='rotate' is not allowed; allowed: none, flip"),
+        ({"train.ema": 1.5}, "train.ema=1.5 is out of range; it must be in (0, 1), e.g. 0.999"),
+    ],
+)
+def test_ema_and_tta_values_are_checked(dotted, message):
+    with pytest.raises(ConfigError) as error:
+        cfg.from_dict(dotted)
+    assert str(error.value) == message

@@ -34,6 +34,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.recipe": ("auto", "cifar-sgd", "torchvision-scratch", "pretrained", "lenet-classic"),
     "optim.schedule": ("none", "multistep", "cosine", "onecycle"),
     "train.finetune": ("full", "linear", "gradual"),
+    "train.tta": ("none", "flip"),
 }
 
 
@@ -116,6 +117,9 @@ class TrainConfig:
     early_stopping: int | None = None  # patience in epochs on validation accuracy
     test: bool = True  # evaluate the test split at the end
     test_every_epoch: bool = False  # also score the test split every epoch (curves only, never selection)
+    ema: float | None = None  # decay of an exponential moving average of the weights (Lightning's
+    #   EMAWeightAveraging, updated every step): validation, checkpoints and scores use the average
+    tta: str = "none"  # none | flip: final val/test scores and predict average the image and its mirror
     accelerator: str = "auto"
     devices: str = "auto"
     num_nodes: int = 1
@@ -487,6 +491,7 @@ def check_ranges(config: RunConfig) -> None:
             "in [0, folds)",
         ),
         ("train.backbone_lr_mult", (config.train.backbone_lr_mult or 0) >= 0, "0 or more"),
+        ("train.ema", config.train.ema is None or 0 < config.train.ema < 1, "in (0, 1), e.g. 0.999"),
     ]
     for key, ok, allowed in checks:
         if not ok:

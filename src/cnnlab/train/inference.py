@@ -33,8 +33,10 @@ def predict_probs(
     std: tuple[float, ...],
     device: torch.device,
     batch_size: int,
+    tta: str = "none",
 ) -> np.ndarray:
-    """Softmax probabilities (N, K) for uint8 images, in order, with the model in eval mode."""
+    """Softmax probabilities (N, K) for uint8 images, in order, with the model in eval mode; `tta="flip"`
+    averages them with those of the horizontally mirrored images (train.tta)."""
     model = model.to(device).eval()
     loader = InMemoryLoader(
         images,
@@ -51,8 +53,15 @@ def predict_probs(
         world_size=1,
         channels_last=False,
     )
-    chunks = [torch.softmax(model(batch).float(), dim=1).cpu() for batch, _ in loader]
+    chunks = [_probs(model, batch, tta).cpu() for batch, _ in loader]
     return torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), dtype=np.float32)
+
+
+def _probs(model: nn.Module, batch: torch.Tensor, tta: str) -> torch.Tensor:
+    probs = torch.softmax(model(batch).float(), dim=1)
+    if tta == "flip":
+        probs = (probs + torch.softmax(model(batch.flip(-1)).float(), dim=1)) / 2
+    return probs
 
 
 def score_predictions(
@@ -296,7 +305,10 @@ def _run_dir(path: Path) -> Path:
 def _predict(trained: TrainedModel, images: torch.Tensor, *, batch_size: int) -> np.ndarray:
     """Class probabilities of a trained model for uint8 images, normalised with its training statistics."""
     mean, std = tuple(trained.meta["mean"]), tuple(trained.meta["std"])
-    return predict_probs(trained.model, images, mean=mean, std=std, device=_device(), batch_size=batch_size)
+    tta = trained.meta.get("config", {}).get("train", {}).get("tta", "none")  # older checkpoints: none
+    return predict_probs(
+        trained.model, images, mean=mean, std=std, device=_device(), batch_size=batch_size, tta=tta
+    )
 
 
 def _device() -> torch.device:

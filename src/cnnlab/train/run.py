@@ -24,7 +24,12 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import torchvision
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import (
+    EarlyStopping,
+    EMAWeightAveraging,
+    LearningRateMonitor,
+    ModelCheckpoint,
+)
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
@@ -494,6 +499,8 @@ def _build_trainer(
     if config.train.finetune != "full":
         unfreeze = config.train.unfreeze_epoch if config.train.finetune == "gradual" else None
         callbacks.append(BackboneFreeze(unfreeze))
+    if config.train.ema is not None:  # validation and every checkpoint's state_dict see the average
+        callbacks.append(EMAWeightAveraging(decay=config.train.ema))
     if config.train.early_stopping and has_val:
         callbacks.append(EarlyStopping(monitor="val_acc", mode="max", patience=config.train.early_stopping))
     return pl.Trainer(
@@ -708,6 +715,7 @@ def _predict_and_save(
         std=prepared.std,
         device=device,
         batch_size=prepared.config.data.eval_batch_size,
+        tta=prepared.config.train.tta,
     )
     labels = images.labels.numpy()
     runfolder.write_predictions(out_dir, split, probs, labels, indices)
