@@ -305,7 +305,7 @@ def test_test_scores_never_choose_the_checkpoint_or_stop_early(tmp_path, monkeyp
     assert result.summary["test"]["acc"] < 1.0  # the final test score is the best checkpoint's own
 
 
-def test_ema_checkpoints_hold_the_average_and_resume_keeps_the_live_weights(tmp_path):
+def test_ema_checkpoints_hold_the_average_and_keep_the_live_weights(tmp_path):
     run = fit(tiny(**{"train.ema": 0.9}), tmp_path / "ema")
     assert run.status == "completed"
     checkpoint = safeio.load_checkpoint(run.out_dir / "checkpoints" / "last.ckpt")
@@ -321,8 +321,12 @@ def test_flip_tta_averages_the_image_and_its_mirror(tmp_path):
     run = fit(config, tmp_path / "tta")
     trained = load_model(run.out_dir)
     test = load_split(resolve_config(config).data, "test")
-    scoring = {"mean": tuple(trained.meta["mean"]), "std": tuple(trained.meta["std"])}
-    scoring.update(device=torch.device("cpu"), batch_size=256)
+    scoring = {
+        "mean": tuple(trained.meta["mean"]),
+        "std": tuple(trained.meta["std"]),
+        "device": torch.device("cpu"),
+        "batch_size": 256,
+    }
     plain = predict_probs(trained.model, test.images, **scoring)
     mirrored = predict_probs(trained.model, test.images.flip(-1), **scoring)
     saved = np.load(run.out_dir / "predictions" / "test.npz")["probs"]
