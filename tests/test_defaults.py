@@ -6,6 +6,7 @@ optimizer flag real networks on real images beat the majority class."""
 from __future__ import annotations
 
 import csv
+import math
 import shutil
 import subprocess
 from pathlib import Path
@@ -250,3 +251,13 @@ def test_the_epoch_line_fits_80_columns_with_test_scores_and_a_blown_up_loss():
     line = format_epoch_line(row)
     assert line == "Epoch: 99, train 99.9% 0.012, val 80.1% 1.3e6, test 100% 0.554, lr 3.2e-4, 999s"
     assert len(line) <= 80
+
+
+def test_the_epoch_line_leaves_out_a_validation_split_the_run_does_not_have():
+    from cnnlab.train.callbacks import format_epoch_line
+
+    row = {"epoch": 2, "train_acc": 0.91, "train_loss": 0.705, "val_acc": math.nan, "val_loss": math.nan}
+    row.update({"lr": 0.0919, "epoch_time_s": 10.4})
+    assert format_epoch_line(row) == "Epoch: 2, train 91.0% 0.705, lr 0.0919, 10s"
+    row.update({"val_acc": 0.1, "val_loss": math.nan})  # a diverged loss still shows its split
+    assert ", val 10.0% nan," in format_epoch_line(row)

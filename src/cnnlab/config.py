@@ -125,7 +125,7 @@ class TrainConfig:
     num_nodes: int = 1
     strategy: str = "auto"
     precision: str = "auto"  # auto: bf16 on CUDA, and on a CPU where it measured faster (train/precision.py)
-    channels_last: bool = True
+    channels_last: bool | str = "auto"  # auto: NCHW where a probe measured it faster (train/layout.py)
     compile: bool = False  # torch.compile the model
 
 
@@ -481,6 +481,7 @@ def check_ranges(config: RunConfig) -> None:
         ("data.batch_size", config.data.batch_size >= 1, "at least 1"),
         ("data.eval_batch_size", config.data.eval_batch_size >= 1, "at least 1"),
         ("optim.lr", _lr_ok(config.optim.lr), "a positive number or auto (the learning-rate finder)"),
+        ("train.channels_last", train.channels_last in (True, False, "auto"), "true, false or auto"),
         ("data.val_fraction", 0 <= config.data.val_fraction < 1, "in [0, 1)"),
         ("data.test_fraction", 0 < config.data.test_fraction < 1, "in (0, 1)"),
         ("model.dropout", config.model.dropout is None or 0 <= config.model.dropout < 1, "in [0, 1)"),

@@ -129,10 +129,11 @@ def format_epoch_line(row: dict[str, float]) -> str:
     """One line per epoch, under 80 columns even with the test scores: accuracy in percent, then loss.
 
     `Epoch: 3, train 81.2% 0.512, val 80.1% 0.543, test 79.9% 0.551, lr 1e-3, 4.1s` (test only with
-    train.test_every_epoch)."""
+    train.test_every_epoch, val only with a validation split)."""
     parts = [f"Epoch: {int(row['epoch'])}"]
     for split in ("train", "val", "test"):
-        if f"{split}_acc" in row:
+        acc, loss = row.get(f"{split}_acc"), row.get(f"{split}_loss")
+        if acc is not None and not (acc != acc and loss != loss):  # both nan: no such split (val_fraction 0)
             parts.append(f"{split} {_percent(row[f'{split}_acc'])} {_loss(row[f'{split}_loss'])}")
     parts.append(f"lr {_short(row['lr'])}")
     seconds = row["epoch_time_s"]

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +44,7 @@ PROBE_STEP_S = 0.5  # halve the probe batch while one fp32 step takes longer tha
 PROBE_MIN_BATCH = 8
 CACHE_FILE = "precision.json"
 FP32, BF16 = "32-true", "bf16-mixed"
+Probe = TypeVar("Probe")
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,7 @@ def choose_precision(
     probe = cached_probe(
         f"{model_key}|{input_shape}|batch {min(batch_size, PROBE_BATCH)}|channels_last {channels_last}",
         lambda: probe_step_rates(model, input_shape, num_classes, batch_size, channels_last=channels_last),
+        ProbeResult,
     )
     precision = decide(probe.fp32_images_per_s, probe.bf16_images_per_s)
     source = "cached probe" if probe.cached else "probe"
@@ -164,48 +166,99 @@ def probe_step_rates(
     pairs: int = PROBE_PAIRS,
     budget_s: float = PROBE_SECONDS,
 ) -> ProbeResult:
-    """Time training steps of a copy of `model` in fp32 and bf16 autocast, interleaved; best step each way.
+    """Time training steps of a copy of `model` in fp32 and bf16 autocast, interleaved; best step each way."""
+    timed = time_training_ways(
+        model,
+        input_shape,
+        num_classes,
+        batch_size,
+        ways=((channels_last, False), (channels_last, True)),
+        pairs=pairs,
+        budget_s=budget_s,
+    )
+    fp32, bf16 = timed.images_per_s
+    return ProbeResult(
+        batch=timed.batch,
+        pairs=timed.pairs,
+        fp32_images_per_s=fp32,
+        bf16_images_per_s=bf16,
+        seconds=timed.seconds,
+    )
 
-    The batch is halved (down to PROBE_MIN_BATCH) while one fp32 step takes longer than PROBE_STEP_S, so a
-    large model costs seconds too. When the warm-up alone used the budget, the warm-up steps are the figures
-    (bf16's first step includes its kernel set-up: a bias towards fp32, the safe side). The model, its
-    BatchNorm statistics and the global random state are left as they were.
+
+@dataclass(frozen=True)
+class WayTimes:
+    """Training-step throughput of each way a probe compared (best of its timed steps)."""
+
+    batch: int
+    pairs: int  # timed rounds of one step each way
+    images_per_s: tuple[float, ...]  # in the order of the ways
+    seconds: float  # wall time of the whole probe, warm-up included
+
+
+def time_training_ways(
+    model: nn.Module,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    batch_size: int,
+    *,
+    ways: tuple[tuple[bool, bool], ...],  # (channels_last, bf16 autocast) of each way
+    pairs: int = PROBE_PAIRS,
+    budget_s: float = PROBE_SECONDS,
+) -> WayTimes:
+    """Time forward/backward/SGD steps of one copy of `model` per way on random inputs, interleaved.
+
+    The batch is halved (down to PROBE_MIN_BATCH) while the first way's step takes longer than PROBE_STEP_S,
+    so a large model costs seconds too. When the warm-up alone used the budget, the warm-up steps are the
+    figures (a way's first step includes its kernel set-up: a bias towards the first way, the default). The
+    model, its BatchNorm statistics and the global random state are left as they were.
     """
     started = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        probe_model = copy.deepcopy(model).cpu().to(memory_format=memory_format).train()
-        optimizer = torch.optim.SGD(probe_model.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
+        copies = [_probe_copy(model, channels_last) for channels_last, _ in ways]
         batch = max(1, min(batch_size, PROBE_BATCH))
         while True:  # warm-up: oneDNN builds its kernels on the first call of each shape
-            images = torch.randn(batch, *input_shape).contiguous(memory_format=memory_format)
-            step = _training_step(probe_model, optimizer, images, torch.randint(0, num_classes, (batch,)))
-            warm_fp32 = step(False)
-            if warm_fp32 <= PROBE_STEP_S or batch <= PROBE_MIN_BATCH:
+            steps = [_training_step(*copy_, input_shape, num_classes, batch) for copy_ in copies]
+            first = steps[0](ways[0][1])
+            if first <= PROBE_STEP_S or batch <= PROBE_MIN_BATCH:
                 break
             batch = max(PROBE_MIN_BATCH, batch // 2)
-        times: dict[bool, list[float]] = {False: [], True: []}
-        warm = {False: warm_fp32, True: step(True)}
+        warm = [first] + [step(bf16) for step, (_, bf16) in zip(steps[1:], ways[1:])]
+        times: list[list[float]] = [[] for _ in ways]
         for _ in range(pairs):
             if time.perf_counter() - started > budget_s:
                 break
-            for bf16 in (False, True):
-                times[bf16].append(step(bf16))
-    best = {bf16: min(times[bf16]) if times[bf16] else warm[bf16] for bf16 in (False, True)}
-    return ProbeResult(
+            for index, (step, (_, bf16)) in enumerate(zip(steps, ways)):
+                times[index].append(step(bf16))
+    best = [min(taken) if taken else warmed for taken, warmed in zip(times, warm)]
+    return WayTimes(
         batch=batch,
-        pairs=len(times[True]),
-        fp32_images_per_s=round(batch / best[False], 1),
-        bf16_images_per_s=round(batch / best[True], 1),
+        pairs=len(times[-1]),
+        images_per_s=tuple(round(batch / seconds, 1) for seconds in best),
         seconds=round(time.perf_counter() - started, 2),
     )
 
 
+def _probe_copy(model: nn.Module, channels_last: bool) -> tuple[nn.Module, torch.optim.Optimizer, bool]:
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    probe_model = copy.deepcopy(model).cpu().to(memory_format=memory_format).train()
+    optimizer = torch.optim.SGD(probe_model.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
+    return probe_model, optimizer, channels_last
+
+
 def _training_step(
-    model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    channels_last: bool,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    batch: int,
 ) -> Callable[[bool], float]:
     """A function running one forward/backward/SGD step (bf16 autocast or not) and returning its seconds."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    images = torch.randn(batch, *input_shape).contiguous(memory_format=memory_format)
+    labels = torch.randint(0, num_classes, (batch,))
 
     def step(bf16: bool) -> float:
         start = time.perf_counter()
@@ -219,12 +272,13 @@ def _training_step(
     return step
 
 
-_memo: dict[str, ProbeResult] = {}
+_memo: dict[str, Any] = {}
 
 
-def cached_probe(shape_key: str, measure: Callable[[], ProbeResult]) -> ProbeResult:
+def cached_probe(shape_key: str, measure: Callable[[], Probe], kind: type[Probe]) -> Probe:
     """The probe of this machine and model shape: from this process, the machine's cache file, or measured
-    now (and stored). A cache file that cannot be read or written is ignored (the probe runs)."""
+    now (and stored). `kind` is the probe's dataclass (with a `cached` field). A cache file that cannot be
+    read or written is ignored (the probe runs)."""
     key = f"{_machine_key()}|{shape_key}"
     if key in _memo:
         return _memo[key]
@@ -232,7 +286,7 @@ def cached_probe(shape_key: str, measure: Callable[[], ProbeResult]) -> ProbeRes
     stored = _read_cache(path)
     if key in stored:
         try:
-            _memo[key] = ProbeResult(**{**stored[key], "cached": True})
+            _memo[key] = kind(**{**stored[key], "cached": True})
             return _memo[key]
         except TypeError:
             pass  # written by another version: measure again

@@ -62,6 +62,7 @@ from cnnlab.train.data_module import InMemoryDataModule
 from cnnlab.train.distributed import run_ranks
 from cnnlab.train.health import learning_flags
 from cnnlab.train.inference import predict_probs, score_predictions
+from cnnlab.train.layout import LayoutChoice, choose_layout
 from cnnlab.train.lr_finder import FoundRate, find_lr
 from cnnlab.train.options import check_trainer_options
 from cnnlab.train.precision import PrecisionChoice, choose_precision
@@ -151,19 +152,21 @@ def _train_and_record(
 ) -> RunResult:
     """Train, then write result.json: scored when the run ended, without scores when it was interrupted."""
     started = time.perf_counter()
-    precision = _precision(prepared, checkpoint)
-    print(precision.line(), flush=True)  # the run's first line: what it trains in, and why
+    layout, precision = _speed_choices(prepared, checkpoint)
+    print(precision.line(), flush=True)  # the run's first lines: what it trains in, and why
+    print(layout.line(), flush=True)
     print(describe_recipe(prepared.config), flush=True)
     if prepared.init_note:
         print(prepared.init_note, flush=True)
     recorder = EpochRecorder(out_dir, echo=not os.environ.get("CNNLAB_QUIET"))
     try:
-        status, reason = _train(prepared, out_dir, checkpoint, recorder, abandon, precision=precision)
+        status, reason = _train(
+            prepared, out_dir, checkpoint, recorder, abandon, precision=precision, layout=layout
+        )
         if abandon is not None and abandon.is_set():
             raise RunAbandoned("the claim on this run passed to another worker")
-        summary = _summarize(
-            prepared, out_dir, status, reason, recorder, time.perf_counter() - started, tags, precision
-        )
+        wall = time.perf_counter() - started
+        summary = _summarize(prepared, out_dir, status, reason, recorder, wall, tags, (layout, precision))
     except Interrupted as stop:
         reason = f"interrupted by {stop.signal_name} after {len(recorder.rows)} epoch(s)"
         summary = _summarize(
@@ -174,7 +177,7 @@ def _train_and_record(
             recorder,
             time.perf_counter() - started,
             tags,
-            precision,
+            (layout, precision),
             evaluate=False,
         )
         runfolder.write_result(out_dir, summary)
@@ -218,9 +221,9 @@ def _train_other_rank(config: cfg.RunConfig, out_dir: Path, rank: int, *, resume
     checkpoint = checkpoint if checkpoint is not None and checkpoint.is_file() else None
     recorder = EpochRecorder(out_dir, echo=False)
     try:
-        precision = _precision(prepared, checkpoint)  # no probe: several processes, CUDA, or resumed
+        layout, precision = _speed_choices(prepared, checkpoint)  # no probe: several processes or CUDA
         status, reason = _train(
-            prepared, out_dir, checkpoint, recorder, None, precision=precision, primary=False
+            prepared, out_dir, checkpoint, recorder, None, precision=precision, layout=layout, primary=False
         )
     except Interrupted as stop:
         stop.quiet = True  # type: ignore[attr-defined]  # rank zero records it and says how to resume
@@ -365,6 +368,7 @@ def _train(
     abandon: threading.Event | None,
     *,
     precision: PrecisionChoice,
+    layout: LayoutChoice,
     primary: bool = True,
 ) -> tuple[str, str | None]:
     config = prepared.config
@@ -378,16 +382,16 @@ def _train(
         mean=prepared.mean,
         std=prepared.std,
         seed=config.train.seed,
-        channels_last=config.train.channels_last,
+        channels_last=layout.channels_last,
     )
-    model = (
-        prepared.model.to(memory_format=torch.channels_last) if config.train.channels_last else prepared.model
-    )
+    model = prepared.model.to(memory_format=torch.channels_last) if layout.channels_last else prepared.model
     if config.train.test_every_epoch:
         recorder.tester = _epoch_tester(prepared)
     optim = config.optim
     if optim.lr == "auto":
-        recorder.lr_found = _find_lr(prepared, model, data, out_dir, primary=primary)
+        recorder.lr_found = _find_lr(
+            prepared, model, data, out_dir, precision=precision.precision, primary=primary
+        )
         optim = dataclasses.replace(optim, lr=recorder.lr_found.lr)
     system = ClassifierSystem(
         model,
@@ -396,8 +400,12 @@ def _train(
         backbone_lr_mult=config.train.backbone_lr_mult,
         compile=config.train.compile,
     )
-    # the precision is kept in the checkpoint, so a resumed run trains as it started (never probed again)
-    system.extra_checkpoint = {**_checkpoint_meta(prepared), "precision": precision.precision}
+    # precision and layout are kept in the checkpoint: a resumed run trains as it started (never probed again)
+    system.extra_checkpoint = {
+        **_checkpoint_meta(prepared),
+        "precision": precision.precision,
+        "channels_last": layout.channels_last,
+    }
     if _accelerator(config) == "cpu":
         keep_freed_memory()  # no page faults per step (benchmarks/RESULTS.md)
     try:
@@ -433,7 +441,13 @@ def _epoch_tester(prepared: PreparedRun) -> EpochTester:
 
 
 def _find_lr(
-    prepared: PreparedRun, model: nn.Module, data: InMemoryDataModule, out_dir: Path, *, primary: bool
+    prepared: PreparedRun,
+    model: nn.Module,
+    data: InMemoryDataModule,
+    out_dir: Path,
+    *,
+    precision: str,
+    primary: bool,
 ) -> FoundRate:
     """optim.lr: auto: the finder's rate, printed and noted in config.yaml (whose optim.lr stays `auto`, the
     rule every run of the configuration shares: it is what the run id hashes)."""
@@ -452,7 +466,7 @@ def _find_lr(
             optim=config.optim,
             seed=config.train.seed,
             accelerator=_accelerator(config),
-            precision=_precision(prepared, None).precision,  # the run's own choice (memoised probe)
+            precision=precision,  # the run's own choice
             steps_per_epoch=steps,
             show_progress=_progress_bar(),
             num_classes=len(prepared.train_set.class_names),
@@ -536,27 +550,36 @@ def _devices(devices: str) -> int | str:
     return int(devices) if devices.isdigit() else devices
 
 
-def _precision(prepared: PreparedRun, checkpoint: Path | None) -> PrecisionChoice:
-    """train.precision resolved for this run on this machine (cnnlab.train.precision): as configured, as the
-    checkpoint of a resumed run records, or `auto`'s choice (a short probe on a CPU with bf16 kernels)."""
+def _speed_choices(prepared: PreparedRun, checkpoint: Path | None) -> tuple[LayoutChoice, PrecisionChoice]:
+    """train.channels_last and train.precision resolved for this run on this machine (cnnlab.train.layout,
+    cnnlab.train.precision): as configured, as the checkpoint of a resumed run records, or `auto`'s choice (a
+    short probe on a CPU, cached per machine). The precision probe runs in the chosen layout."""
     config = prepared.config
+    meta: Any = safeio.load_checkpoint(checkpoint).get("cnnlab") if checkpoint is not None else None
+    meta = meta if isinstance(meta, dict) else {}
     side = config.data.image_size
-    resumed_with = None
-    if checkpoint is not None:
-        meta = safeio.load_checkpoint(checkpoint).get("cnnlab")
-        resumed_with = meta.get("precision") if isinstance(meta, dict) else None
-    return choose_precision(
-        config.train.precision,
-        accelerator=_accelerator(config),
-        processes=run_ranks(config).world_size,
-        model=prepared.model,
-        model_key=f"{config.model.name} {sorted(prepared.model_hparams.items())}",
-        input_shape=(prepared.model_hparams["in_chans"], side, side),
-        num_classes=len(prepared.train_set.class_names),
-        batch_size=config.data.batch_size,
-        channels_last=config.train.channels_last,
-        resumed_with=resumed_with,
+    shape = {
+        "accelerator": _accelerator(config),
+        "processes": run_ranks(config).world_size,
+        "model": prepared.model,
+        "model_key": f"{config.model.name} {sorted(prepared.model_hparams.items())}",
+        "input_shape": (prepared.model_hparams["in_chans"], side, side),
+        "num_classes": len(prepared.train_set.class_names),
+        "batch_size": config.data.batch_size,
+    }
+    resumed_layout = meta.get("channels_last")
+    layout = choose_layout(
+        config.train.channels_last,
+        resumed_with=resumed_layout if isinstance(resumed_layout, bool) else None,
+        **shape,
     )
+    precision = choose_precision(
+        config.train.precision,
+        channels_last=layout.channels_last,
+        resumed_with=meta.get("precision"),
+        **shape,
+    )
+    return layout, precision
 
 
 def _progress_bar() -> bool:
@@ -606,11 +629,12 @@ def _summarize(
     recorder: EpochRecorder,
     wall: float,
     tags: dict[str, Any] | None,
-    precision: PrecisionChoice,
+    choices: tuple[LayoutChoice, PrecisionChoice],
     *,
     evaluate: bool = True,
 ) -> dict[str, Any]:
     config = prepared.config
+    layout, precision = choices
     rows = recorder.rows
     summary: dict[str, Any] = {
         "run_id": prepared.run_id,
@@ -645,6 +669,7 @@ def _summarize(
             if recorder.train_seconds
             else None,
             "precision": precision.as_dict(),
+            "layout": layout.as_dict(),
             "config": cfg.to_dict(config),
             "tags": dict(tags or {}),
             "provenance": _provenance(config),
