@@ -18,12 +18,14 @@ run on every machine, and a resumed run trains in the precision its checkpoint r
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import fcntl
 import functools
 import json
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,6 +45,9 @@ PROBE_SECONDS = 6.0  # start no timed pair after this long (warm-up included)
 PROBE_STEP_S = 0.5  # halve the probe batch while one fp32 step takes longer than this
 PROBE_MIN_BATCH = 8
 CACHE_FILE = "precision.json"
+PROBE_LOCK_WAIT_S = (
+    60.0  # longest wait for another process's probe (a few seconds each) before probing anyway
+)
 FP32, BF16 = "32-true", "bf16-mixed"
 Probe = TypeVar("Probe")
 
@@ -277,28 +282,51 @@ _memo: dict[str, Any] = {}
 
 def cached_probe(shape_key: str, measure: Callable[[], Probe], kind: type[Probe]) -> Probe:
     """The probe of this machine and model shape: from this process, the machine's cache file, or measured
-    now (and stored). `kind` is the probe's dataclass (with a `cached` field). A cache file that cannot be
-    read or written is ignored (the probe runs)."""
+    now (and stored). `kind` is the probe's dataclass (with a `cached` field). One process measures at a
+    time (a lock beside the cache file): two runs started together (a study's workers, a test's reference
+    and victim) wait for one measurement and share its decision instead of measuring each other's load. A
+    cache file that cannot be read or written is ignored (the probe runs)."""
     key = f"{_machine_key()}|{shape_key}"
     if key in _memo:
         return _memo[key]
     path = _cache_path()
-    stored = _read_cache(path)
-    if key in stored:
-        try:
-            _memo[key] = kind(**{**stored[key], "cached": True})
-            return _memo[key]
-        except TypeError:
-            pass  # written by another version: measure again
-    result = measure()
-    _memo[key] = result
-    stored[key] = asdict(result)
+    with _probe_lock(path):
+        stored = _read_cache(path)
+        if key in stored:
+            try:
+                _memo[key] = kind(**{**stored[key], "cached": True})
+                return _memo[key]
+            except TypeError:
+                pass  # written by another version: measure again
+        result = measure()
+        _memo[key] = result
+        stored[key] = asdict(result)
+        with contextlib.suppress(OSError):  # a read-only home: the decision still holds for this process
+            safeio.atomic_write_text(path, json.dumps(stored, indent=1, sort_keys=True) + "\n")
+    return result
+
+
+@contextlib.contextmanager
+def _probe_lock(path: Path, wait_s: float = PROBE_LOCK_WAIT_S) -> Iterator[None]:
+    """Hold `<cache file>.lock` while probing; after `wait_s` (a holder stopped with SIGSTOP, say) or where
+    the lock cannot be made (a read-only home), go on without it."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        safeio.atomic_write_text(path, json.dumps(stored, indent=1, sort_keys=True) + "\n")
+        handle = open(path.with_name(path.name + ".lock"), "a")  # noqa: SIM115 (closed by the with below)
     except OSError:
-        pass  # a read-only home: the decision still holds for this process
-    return result
+        yield
+        return
+    with handle:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+        yield  # the lock goes with the handle
 
 
 def _machine_key() -> str:
