@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 
-from cnnlab import config as cfg
 from cnnlab import safeio
 from cnnlab.errors import ConfigError
 from cnnlab.models import create_model
@@ -15,6 +14,7 @@ from cnnlab.train import fit
 from cnnlab.train import layout as lay
 from cnnlab.train import precision as prec
 from cnnlab.train.layout import LayoutProbe, choose_layout
+from tests.test_precision import lenet_target, tiny
 
 
 @pytest.fixture
@@ -42,17 +42,7 @@ def layout_probe(monkeypatch, tmp_path):
 
 
 def choose(requested: bool | str = "auto", **overrides):
-    arguments = {
-        "accelerator": "cpu",
-        "processes": 1,
-        "model": create_model("lenet5", num_classes=10, in_chans=1),
-        "model_key": "lenet5",
-        "input_shape": (1, 28, 28),
-        "num_classes": 10,
-        "batch_size": 256,
-        **overrides,
-    }
-    return choose_layout(requested, **arguments)
+    return choose_layout(requested, lenet_target(overrides), **overrides)
 
 
 @pytest.mark.parametrize(
@@ -101,19 +91,6 @@ def test_the_layout_probe_measures_both_ways_and_leaves_model_and_random_state_a
     assert torch.equal(torch.random.get_rng_state(), state)
     assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())
     assert next(model.parameters()).is_contiguous()  # the model itself was not converted
-
-
-def tiny(**dotted) -> cfg.RunConfig:
-    base = {
-        "model.name": "lenet5",
-        "model.activation": "relu",
-        "data.name": "digits",
-        "data.subset": 200,
-        "data.batch_size": 50,
-        "optim.lr": 0.05,
-        "train.epochs": 1,
-    }
-    return cfg.from_dict({**base, **dotted})
 
 
 def test_a_run_records_its_layout_in_result_json_its_second_line_and_checkpoint(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -12,7 +13,7 @@ from cnnlab import safeio
 from cnnlab.models import create_model
 from cnnlab.train import fit
 from cnnlab.train import precision as prec
-from cnnlab.train.precision import ProbeResult, choose_precision, decide
+from cnnlab.train.precision import ProbeResult, ProbeTarget, choose_precision, decide
 
 
 def fake_probe(fp32: float, bf16: float) -> ProbeResult:
@@ -38,20 +39,25 @@ def bf16_cpu(monkeypatch, tmp_path):
     return use
 
 
+def lenet_target(overrides: dict) -> ProbeTarget:
+    """lenet5 at 1x28x28, batch 256, one CPU process; takes (pops) the ProbeTarget fields out of overrides."""
+    target = ProbeTarget(
+        accelerator="cpu",
+        processes=1,
+        model=create_model("lenet5", num_classes=10, in_chans=1),
+        model_key="lenet5",
+        input_shape=(1, 28, 28),
+        num_classes=10,
+        batch_size=256,
+    )
+    fields = {"accelerator", "processes", "model_key", "batch_size"} & overrides.keys()
+    return dataclasses.replace(target, **{key: overrides.pop(key) for key in fields})
+
+
 def choose(requested: str = "auto", **overrides):
-    model = create_model("lenet5", num_classes=10, in_chans=1)
-    arguments = {
-        "accelerator": "cpu",
-        "processes": 1,
-        "model": model,
-        "model_key": "lenet5",
-        "input_shape": (1, 28, 28),
-        "num_classes": 10,
-        "batch_size": 256,
-        "channels_last": True,
-        **overrides,
-    }
-    return choose_precision(requested, **arguments)
+    target = lenet_target(overrides)
+    channels_last = overrides.pop("channels_last", True)
+    return choose_precision(requested, target, channels_last=channels_last, **overrides)
 
 
 @pytest.mark.parametrize(

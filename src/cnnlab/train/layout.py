@@ -24,7 +24,7 @@ from typing import Any
 
 from torch import nn
 
-from cnnlab.train.precision import PROBE_BATCH, cached_probe, time_training_ways
+from cnnlab.train.precision import ProbeTarget, cached_probe, time_training_ways
 
 NCHW_MARGIN = 1.10  # NCHW must train this much faster than channels_last to be chosen
 
@@ -72,30 +72,21 @@ class LayoutChoice:
 
 
 def choose_layout(
-    requested: bool | str,
-    *,
-    accelerator: str,
-    processes: int,
-    model: nn.Module,
-    model_key: str,
-    input_shape: tuple[int, int, int],
-    num_classes: int,
-    batch_size: int,
-    resumed_with: bool | None = None,
+    requested: bool | str, target: ProbeTarget, *, resumed_with: bool | None = None
 ) -> LayoutChoice:
     """The layout of a run: as configured, as its checkpoint says (resume), or measured for `auto`."""
     if requested != "auto":
         return LayoutChoice(bool(requested), requested, "as configured, no probe")
     if resumed_with is not None:
         return LayoutChoice(resumed_with, requested, "as chosen when the run started (its checkpoint)")
-    if accelerator != "cpu":
-        return LayoutChoice(True, requested, f"channels_last on {accelerator}, no probe")
-    if processes > 1:
-        reason = f"channels_last: {processes} CPU processes (the probe runs alone)"
+    if target.accelerator != "cpu":
+        return LayoutChoice(True, requested, f"channels_last on {target.accelerator}, no probe")
+    if target.processes > 1:
+        reason = f"channels_last: {target.processes} CPU processes (the probe runs alone)"
         return LayoutChoice(True, requested, reason)
     probe = cached_probe(
-        f"layout|{model_key}|{input_shape}|batch {min(batch_size, PROBE_BATCH)}",
-        lambda: probe_layout_rates(model, input_shape, num_classes, batch_size),
+        f"layout|{target.shape_key}",
+        lambda: probe_layout_rates(target.model, target.input_shape, target.num_classes, target.batch_size),
         LayoutProbe,
     )
     nchw = probe.nchw_speedup >= NCHW_MARGIN

@@ -119,20 +119,28 @@ def cpu_bf16_flags() -> tuple[str, ...]:
     return tuple(found)
 
 
+@dataclass(frozen=True)
+class ProbeTarget:
+    """What a probe trains and where: the run's model, input and batch, the accelerator and process count."""
+
+    accelerator: str
+    processes: int
+    model: nn.Module
+    model_key: str  # name and switches: with the input shape and batch, the cache key
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    batch_size: int
+
+    @property
+    def shape_key(self) -> str:
+        return f"{self.model_key}|{self.input_shape}|batch {min(self.batch_size, PROBE_BATCH)}"
+
+
 def choose_precision(
-    requested: str,
-    *,
-    accelerator: str,
-    processes: int,
-    model: nn.Module,
-    model_key: str,
-    input_shape: tuple[int, int, int],
-    num_classes: int,
-    batch_size: int,
-    channels_last: bool,
-    resumed_with: str | None = None,
+    requested: str, target: ProbeTarget, *, channels_last: bool, resumed_with: str | None = None
 ) -> PrecisionChoice:
     """The precision of a run: as configured, as its checkpoint says (resume), or decided for `auto`."""
+    accelerator = target.accelerator
     if requested != "auto":
         return PrecisionChoice(requested, requested, "as configured, no probe")
     if resumed_with:
@@ -144,11 +152,18 @@ def choose_precision(
     flags = cpu_bf16_flags()
     if not flags:
         return PrecisionChoice(FP32, requested, "fp32: this CPU lacks avx512_bf16 and amx_bf16 (no probe)")
-    if processes > 1:
-        return PrecisionChoice(FP32, requested, f"fp32: {processes} CPU processes (the probe runs alone)")
+    if target.processes > 1:
+        reason = f"fp32: {target.processes} CPU processes (the probe runs alone)"
+        return PrecisionChoice(FP32, requested, reason)
     probe = cached_probe(
-        f"{model_key}|{input_shape}|batch {min(batch_size, PROBE_BATCH)}|channels_last {channels_last}",
-        lambda: probe_step_rates(model, input_shape, num_classes, batch_size, channels_last=channels_last),
+        f"{target.shape_key}|channels_last {channels_last}",
+        lambda: probe_step_rates(
+            target.model,
+            target.input_shape,
+            target.num_classes,
+            target.batch_size,
+            channels_last=channels_last,
+        ),
         ProbeResult,
     )
     precision = decide(probe.fp32_images_per_s, probe.bf16_images_per_s)

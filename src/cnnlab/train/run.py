@@ -65,7 +65,7 @@ from cnnlab.train.inference import predict_probs, score_predictions
 from cnnlab.train.layout import LayoutChoice, choose_layout
 from cnnlab.train.lr_finder import FoundRate, find_lr
 from cnnlab.train.options import check_trainer_options
-from cnnlab.train.precision import PrecisionChoice, choose_precision
+from cnnlab.train.precision import PrecisionChoice, ProbeTarget, choose_precision
 from cnnlab.train.recipes import describe as describe_recipe
 from cnnlab.train.resolve import is_pretrained, model_switches, resolve_config
 from cnnlab.train.speed import keep_freed_memory
@@ -558,26 +558,26 @@ def _speed_choices(prepared: PreparedRun, checkpoint: Path | None) -> tuple[Layo
     meta: Any = safeio.load_checkpoint(checkpoint).get("cnnlab") if checkpoint is not None else None
     meta = meta if isinstance(meta, dict) else {}
     side = config.data.image_size
-    shape = {
-        "accelerator": _accelerator(config),
-        "processes": run_ranks(config).world_size,
-        "model": prepared.model,
-        "model_key": f"{config.model.name} {sorted(prepared.model_hparams.items())}",
-        "input_shape": (prepared.model_hparams["in_chans"], side, side),
-        "num_classes": len(prepared.train_set.class_names),
-        "batch_size": config.data.batch_size,
-    }
+    target = ProbeTarget(
+        accelerator=_accelerator(config),
+        processes=run_ranks(config).world_size,
+        model=prepared.model,
+        model_key=f"{config.model.name} {sorted(prepared.model_hparams.items())}",
+        input_shape=(prepared.model_hparams["in_chans"], side, side),
+        num_classes=len(prepared.train_set.class_names),
+        batch_size=config.data.batch_size,
+    )
     resumed_layout = meta.get("channels_last")
     layout = choose_layout(
         config.train.channels_last,
+        target,
         resumed_with=resumed_layout if isinstance(resumed_layout, bool) else None,
-        **shape,
     )
     precision = choose_precision(
         config.train.precision,
+        target,
         channels_last=layout.channels_last,
         resumed_with=meta.get("precision"),
-        **shape,
     )
     return layout, precision
 
