@@ -77,6 +77,7 @@ class Setting:
     precisions: tuple[str, ...] = (FP32,)  # of (b) and (c); (a) is fp32
     forward_flops: int = 0
     rates: dict[str, list[float]] = field(default_factory=dict)
+    layout: str = "channels_last"  # of (b) and (c): what train.channels_last: auto chose for (c)
 
     @property
     def pipelines(self) -> tuple[str, ...]:
@@ -162,11 +163,13 @@ def usual_pipeline(setting: Setting) -> Callable[[], None]:
 def hand_loop(setting: Setting, precision: str = FP32) -> Callable[[], None]:
     """(b): an epoch function of the minimal loop over in-memory uint8 tensors (cnnlab's device settings)."""
     from cnnlab.data.augment import augment_uint8
-    from cnnlab.train.run import prepare_run
+    from cnnlab.train.run import prepare_run, speed_choices
 
     prepared = prepare_run(fit_config(setting, 1))
     device = torch.device(setting.device)
-    memory_format = torch.channels_last if prepared.config.train.channels_last else torch.contiguous_format
+    layout, _ = speed_choices(prepared, None)  # the layout (c) trains in: c/b compares loops, not layouts
+    setting.layout = layout.name
+    memory_format = torch.channels_last if layout.channels_last else torch.contiguous_format
     model = prepared.model.to(device, memory_format=memory_format).train()
     forward = torch.compile(model.forward) if setting.compile else model
     optimizer = make_optimizer(model)
@@ -265,7 +268,8 @@ def model_table(setting: Setting, peaks: dict[str, float]) -> list[str]:
     rows = [
         f"**{setting.model}**{' (compiled)' if setting.compile else ''} — batch {setting.batch_size}, "
         f"{setting.steps} steps per timed epoch, {len(setting.rates['a'])} repetitions, "
-        f"{train_flops / 1e9:.4f} GFLOP per training image (3 x forward)",
+        f"{train_flops / 1e9:.4f} GFLOP per training image (3 x forward); (b) and (c) {setting.layout} "
+        "(what `train.channels_last: auto` chose; (a) NCHW)",
         "",
         "| pipeline | images/s min / median / max | GFLOP/s (median) | of matmul peak (same precision) |",
         "|---|---:|---:|---:|",

@@ -152,7 +152,7 @@ def _train_and_record(
 ) -> RunResult:
     """Train, then write result.json: scored when the run ended, without scores when it was interrupted."""
     started = time.perf_counter()
-    layout, precision = _speed_choices(prepared, checkpoint)
+    layout, precision = speed_choices(prepared, checkpoint)
     print(precision.line(), flush=True)  # the run's first lines: what it trains in, and why
     print(layout.line(), flush=True)
     print(describe_recipe(prepared.config), flush=True)
@@ -221,7 +221,7 @@ def _train_other_rank(config: cfg.RunConfig, out_dir: Path, rank: int, *, resume
     checkpoint = checkpoint if checkpoint is not None and checkpoint.is_file() else None
     recorder = EpochRecorder(out_dir, echo=False)
     try:
-        layout, precision = _speed_choices(prepared, checkpoint)  # no probe: several processes or CUDA
+        layout, precision = speed_choices(prepared, checkpoint)  # no probe: several processes or CUDA
         status, reason = _train(
             prepared, out_dir, checkpoint, recorder, None, precision=precision, layout=layout, primary=False
         )
@@ -550,7 +550,7 @@ def _devices(devices: str) -> int | str:
     return int(devices) if devices.isdigit() else devices
 
 
-def _speed_choices(prepared: PreparedRun, checkpoint: Path | None) -> tuple[LayoutChoice, PrecisionChoice]:
+def speed_choices(prepared: PreparedRun, checkpoint: Path | None) -> tuple[LayoutChoice, PrecisionChoice]:
     """train.channels_last and train.precision resolved for this run on this machine (cnnlab.train.layout,
     cnnlab.train.precision): as configured, as the checkpoint of a resumed run records, or `auto`'s choice (a
     short probe on a CPU, cached per machine). The precision probe runs in the chosen layout."""
