@@ -356,6 +356,16 @@ def test_lenet5_switches() -> None:
     assert (types.count(nn.BatchNorm2d), types.count(nn.BatchNorm1d)) == (2, 2)
 
 
+def test_lenet5_widths_set_both_convs_and_the_flatten_size() -> None:
+    model = create_model("lenet5", num_classes=10, in_chans=1, widths=(16, 32), norm="batch")
+    first, second = (module for module in model.features if isinstance(module, nn.Conv2d))
+    assert (first.out_channels, second.in_channels, second.out_channels) == (16, 16, 32)
+    assert model.hidden[0].in_features == 32 * 5 * 5
+    assert count_params(model) == 120_886 and model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(ConfigError, match=r"model\.widths for lenet5 needs two channel counts"):
+        create_model("lenet5", num_classes=10, widths=(16,))
+
+
 def test_activation_switch_on_cifar_nets() -> None:
     for name in ("resnet20_cifar", "preact_resnet20_cifar", "densenet_cifar", "googlenet_cifar"):
         types = _types(create_model(name, num_classes=10, activation="gelu"))

@@ -49,7 +49,7 @@ class ModelConfig:
     pool: str | None = None  # avg | max (lenet5)
     stem: str = "auto"  # ImageNet-shaped nets: auto | resize (to 224) | small (3x3 stem) | imagenet (as is)
     blocks: int | None = None  # residual blocks per group/stage (CIFAR ResNets and ResNeXts)
-    widths: tuple[int, ...] | None = None  # channels per group (resnet20_cifar, preact_resnet20_cifar)
+    widths: tuple[int, ...] | None = None  # channels per group (cifar ResNets) or of lenet5's two convs
     groups: int | None = None  # ResNeXt cardinality: groups of the 3x3 convolution
     width_per_group: int | None = None  # ResNeXt bottleneck width per group at the first stage
     plugin: str | None = None  # import this module (or `cnnlab.models` entry point) first: your own nets

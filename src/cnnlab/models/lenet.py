@@ -3,7 +3,8 @@
 conv5x5(6, pad 2) → act → pool2 → conv5x5(16) → act → pool2 → fc120 → act → fc84 → act → fc.
 The flatten size follows the input side (`image_size`): 16·5·5 = 400 at 28 px, giving 61,706 parameters with
 one input channel and 10 classes. `norm` goes after each conv (and BatchNorm1d / LayerNorm after the hidden
-linear layers); `dropout` after each hidden linear layer's activation.
+linear layers); `dropout` after each hidden linear layer's activation; `widths` sets the two convs' channels
+(6 and 16 in the classic).
 """
 
 from __future__ import annotations
@@ -38,25 +39,30 @@ class LeNet5(ClassifierHeadMixin, nn.Module):
         pool: str = "avg",
         norm: str = "none",
         dropout: float = 0.0,
+        widths: tuple[int, ...] = (6, 16),  # channels of the two convs
     ) -> None:
         super().__init__()
+        if len(widths) != 2:
+            message = f"model.widths for lenet5 needs two channel counts (one per conv), got {widths}"
+            raise ConfigError(message)
+        first, second = widths
         self.image_size = image_size
         flat_side = self._flatten_side(image_size)
         if flat_side < 1:
             raise ConfigError(f"lenet5 needs inputs of at least 12x12 pixels, got image_size={image_size}")
         pool_layer = nn.AvgPool2d if pool == "avg" else nn.MaxPool2d
         self.features = compact(
-            nn.Conv2d(in_chans, 6, kernel_size=5, padding=2),
-            norm_2d(norm, 6),
+            nn.Conv2d(in_chans, first, kernel_size=5, padding=2),
+            norm_2d(norm, first),
             make_activation(activation),
             pool_layer(2),
-            nn.Conv2d(6, 16, kernel_size=5),
-            norm_2d(norm, 16),
+            nn.Conv2d(first, second, kernel_size=5),
+            norm_2d(norm, second),
             make_activation(activation),
             pool_layer(2),
         )
         self.hidden = compact(
-            nn.Linear(16 * flat_side * flat_side, 120),
+            nn.Linear(second * flat_side * flat_side, 120),
             norm_1d(norm, 120) or nn.Identity(),
             make_activation(activation),
             dropout_or_identity(dropout),
@@ -91,7 +97,7 @@ register_model(
         source="cnnlab",
         default_input_size=LENET_INPUT,
         native_classes=10,
-        switches={"dropout": None, "norm": NORMS, "activation": ACTIVATIONS, "pool": POOLS},
+        switches={"dropout": None, "norm": NORMS, "activation": ACTIVATIONS, "pool": POOLS, "widths": None},
         first_conv="features.0",
         classifier="fc",
         builder=LeNet5,
