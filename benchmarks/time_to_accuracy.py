@@ -199,7 +199,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--long-repeats",
         type=int,
         default=2,
-        help="cold-start runs of recipes without a time budget (the 93%% recipe: ~9 min each on 2 cores)",
+        help="cold-start runs of a recipe without a time budget (one given with --recipe)",
     )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra override")
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS of the runs (default: torch's own)")
