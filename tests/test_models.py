@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import copy
 import importlib.util
 from pathlib import Path
 
@@ -364,6 +365,28 @@ def test_lenet5_widths_set_both_convs_and_the_flatten_size() -> None:
     assert count_params(model) == 120_886 and model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
     with pytest.raises(ConfigError, match=r"model\.widths for lenet5 needs two channel counts"):
         create_model("lenet5", num_classes=10, widths=(16,))
+
+
+def test_lenet5_relu_max_pools_first_with_the_classic_orders_outputs_and_gradients() -> None:
+    """With ReLU and max pooling the stages pool before they activate: bitwise the act → pool net."""
+    torch.manual_seed(0)
+    model = create_model("lenet5", num_classes=10, in_chans=1, activation="relu", pool="max", norm="batch")
+    kinds = [type(m) for m in model.features]
+    assert kinds == [nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.ReLU] * 2
+    classic = copy.deepcopy(model)
+    f = classic.features
+    classic.features = nn.Sequential(f[0], f[1], f[3], f[2], f[4], f[5], f[7], f[6])  # act → pool
+    inputs, labels = torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,))
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (model, classic)]
+    for _ in range(3):
+        for net, optimizer in zip((model, classic), optimizers):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(net(inputs), labels).backward()
+            optimizer.step()
+    for (key, ours), theirs in zip(model.state_dict().items(), classic.state_dict().values()):
+        assert torch.equal(ours, theirs), key
+    avg = create_model("lenet5", num_classes=10, in_chans=1, activation="relu", pool="avg")
+    assert [type(m) for m in avg.features][1:3] == [nn.ReLU, nn.AvgPool2d]  # avg and ReLU do not commute
 
 
 def test_activation_switch_on_cifar_nets() -> None:

@@ -4,7 +4,9 @@ conv5x5(6, pad 2) → act → pool2 → conv5x5(16) → act → pool2 → fc120 
 The flatten size follows the input side (`image_size`): 16·5·5 = 400 at 28 px, giving 61,706 parameters with
 one input channel and 10 classes. `norm` goes after each conv (and BatchNorm1d / LayerNorm after the hidden
 linear layers); `dropout` after each hidden linear layer's activation; `widths` sets the two convs' channels
-(6 and 16 in the classic).
+(6 and 16 in the classic). With ReLU and max pooling each conv stage pools before it activates: ReLU and
+max commute exactly (the same outputs and gradients, bit for bit), and the ReLU then runs on a quarter of
+the elements (14 % faster training steps with 16/32 channels on a 2-core CPU, benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -50,16 +52,9 @@ class LeNet5(ClassifierHeadMixin, nn.Module):
         flat_side = self._flatten_side(image_size)
         if flat_side < 1:
             raise ConfigError(f"lenet5 needs inputs of at least 12x12 pixels, got image_size={image_size}")
-        pool_layer = nn.AvgPool2d if pool == "avg" else nn.MaxPool2d
         self.features = compact(
-            nn.Conv2d(in_chans, first, kernel_size=5, padding=2),
-            norm_2d(norm, first),
-            make_activation(activation),
-            pool_layer(2),
-            nn.Conv2d(first, second, kernel_size=5),
-            norm_2d(norm, second),
-            make_activation(activation),
-            pool_layer(2),
+            *_conv_stage(nn.Conv2d(in_chans, first, kernel_size=5, padding=2), norm, activation, pool),
+            *_conv_stage(nn.Conv2d(first, second, kernel_size=5), norm, activation, pool),
         )
         self.hidden = compact(
             nn.Linear(second * flat_side * flat_side, 120),
@@ -88,6 +83,14 @@ class LeNet5(ClassifierHeadMixin, nn.Module):
                 f"the input size), got {x.shape[-2]}x{x.shape[-1]}; build it with image_size={x.shape[-1]}"
             )
         return self.hidden(torch.flatten(self.features(x), 1))
+
+
+def _conv_stage(conv: nn.Conv2d, norm: str, activation: str, pool: str) -> list[nn.Module]:
+    """conv → norm → act → pool, or conv → norm → pool → act where that is the same function (ReLU, max)."""
+    act = make_activation(activation)
+    pool_layer = nn.AvgPool2d(2) if pool == "avg" else nn.MaxPool2d(2)
+    tail = [pool_layer, act] if (activation, pool) == ("relu", "max") else [act, pool_layer]
+    return [conv, norm_2d(norm, conv.out_channels), *tail]
 
 
 register_model(
