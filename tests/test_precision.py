@@ -85,6 +85,8 @@ def test_auto_keeps_fp32_where_bf16_measured_slower(bf16_cpu):
 def test_the_decision_is_cached_per_machine_and_model(bf16_cpu, tmp_path):
     calls = bf16_cpu(734.0, 1353.0)
     first = choose()
+    again = choose()  # a study worker's next run: measured earlier in this process, so not now
+    assert not first.probe.cached and again.probe.cached and "(auto: cached probe on this CPU" in again.line()
     prec._memo.clear()  # a new process: only the cache file remains
     second = choose()
     assert calls == [1] and second.precision == first.precision and second.probe.cached

@@ -26,7 +26,7 @@ import json
 import platform
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -303,7 +303,7 @@ def cached_probe(shape_key: str, measure: Callable[[], Probe], kind: type[Probe]
     cache file that cannot be read or written is ignored (the probe runs)."""
     key = f"{_machine_key()}|{shape_key}"
     if key in _memo:
-        return _memo[key]
+        return replace(_memo[key], cached=True)  # measured earlier in this process, not now
     path = _cache_path()
     with _probe_lock(path):
         stored = _read_cache(path)
