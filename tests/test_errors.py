@@ -388,3 +388,26 @@ def test_cnnlab_data_offline_does_not_promise_a_download(tmp_path, capsys, monke
     assert cli.main(["data"]) == 0
     listing = capsys.readouterr().out
     assert "downloaded on first use" not in listing and "CNNLAB_OFFLINE is set" in listing
+
+
+def test_the_program_exits_with_mains_code_and_skips_the_final_collection(monkeypatch):
+    """`cnnlab` and `python -m cnnlab` run `run_program`: main's exit code, after `gc.freeze()` (the
+    interpreter's last garbage collection over torch's objects cost ~2 s of every exit)."""
+    import gc
+    import subprocess
+    import sys
+
+    import tomllib
+
+    frozen = []
+    monkeypatch.setattr(cli, "main", lambda: 3)
+    monkeypatch.setattr(gc, "freeze", lambda: frozen.append(True))
+    with pytest.raises(SystemExit) as done:
+        cli.run_program()
+    assert done.value.code == 3 and frozen == [True]
+    scripts = tomllib.loads(Path("pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"cnnlab": "cnnlab.cli:run_program"}
+    shown = subprocess.run(
+        [sys.executable, "-m", "cnnlab", "train", "--epochs", "x"], capture_output=True, text=True
+    )
+    assert shown.returncode == 2 and shown.stderr.count("\n") == 1 and "--epochs" in shown.stderr

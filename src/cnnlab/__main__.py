@@ -1,5 +1,5 @@
 """`python -m cnnlab` runs the command-line program."""
 
-from cnnlab.cli import main
+from cnnlab.cli import run_program
 
-raise SystemExit(main())
+run_program()

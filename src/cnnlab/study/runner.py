@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import gc
 import multiprocessing
 import os
 import shutil
@@ -473,6 +474,8 @@ def work_in_helper(plan: StudyPlan, url: str, options: WorkerOptions, threads: i
     except CnnlabError as error:
         print(f"cnnlab: error: {one_line(str(error))}", file=sys.stderr)
         sys.exit(error.exit_code)
+    finally:
+        gc.freeze()  # exit without the final garbage collection, as the CLI does (cli.run_program)
 
 
 def _stop(helper: BaseProcess) -> None:
