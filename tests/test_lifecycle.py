@@ -22,6 +22,7 @@ from PIL import Image
 from cnnlab import cli, runfolder
 from cnnlab.config import config_hash, from_dict, load_yaml
 from tests.test_study_run import TINY, write_spec
+from tests.worker_output import progress_lines, queue_trials, run_lines
 
 pytestmark = pytest.mark.slow
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CNNLAB_QUIET": "1"}
@@ -151,14 +152,14 @@ def test_a_paused_worker_loses_its_claim_and_every_run_executes_once(tmp_path):
     results = [finish(sleeper), finish(other)]
     for code, out, err in results:
         assert code == 0 and "Traceback" not in out + err, out + err
-    lines = [line for _, out, _ in results for line in out.splitlines() if line.startswith("[")]
-    completed = [line.split()[2] for line in lines if line.split()[1] == "completed"]
+    lines = [match.string for _, out, _ in results for match in progress_lines(out)]
+    completed = [run_id for _, out, _ in results for run_id in run_lines(out, "completed")]
     run_ids = sorted(path.name for path in (study / "runs").iterdir())
     assert sorted(completed) == run_ids, f"each run completed exactly once:\n{chr(10).join(lines)}"
     # the woken worker notices either mid-run (its heartbeat finds the trial reaped: a "lost" line, the run
     # resumes later from its checkpoint) or, when the queue's database was busy until the run ended, as it
     # records the result (the run was still its own: the folder lock kept the other worker out)
-    noticed = [line for line in lines if line.split()[1] == "lost" or "its claim had expired" in line]
+    noticed = [line for line in lines if " lost " in line or "its claim had expired" in line]
     assert noticed, f"the woken worker noticed its lost claim:\n{chr(10).join(lines)}"
     for run_id in run_ids:
         result = runfolder.read_result(study / "runs" / run_id)
@@ -167,12 +168,13 @@ def test_a_paused_worker_loses_its_claim_and_every_run_executes_once(tmp_path):
 
 
 def wait_until_reaped(study: Path, run_id: str, deadline: float) -> None:
-    """Until the paused worker's run no longer counts as running (its trial was failed and requeued)."""
-    from cnnlab.study.status import study_status
-
+    """Until the paused worker's trial for the run is failed in the queue (reaped and requeued). Read from
+    the storage itself: `study status` falls back to the files while the storage is busy, and a run with no
+    result there reads as pending."""
+    storage = json.loads((study / "study.json").read_text())["storage"]
     while time.monotonic() < deadline:
-        states = {run.run_id: run.state for run in study_status(study).runs}
-        if states.get(run_id) not in (None, "running"):
+        trials = [t for ts in queue_trials(storage, study).values() for t in ts]
+        if any(t.state.name == "FAIL" and t.user_attrs.get("run_id") == run_id for t in trials):
             return
         time.sleep(0.5)
     raise AssertionError("the paused worker's claim was never taken back")

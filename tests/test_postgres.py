@@ -25,6 +25,7 @@ import yaml
 from cnnlab import cli, runfolder
 from cnnlab.study import queue as work_queue
 from tests.test_study_run import TINY
+from tests.worker_output import queue_trials, run_lines
 
 SHORT = {**TINY, "data.subset": 600}  # ~0.1 s per epoch on an idle core
 
@@ -144,18 +145,6 @@ def database(postgres):
     return postgres.create_database(f"t_{uuid.uuid4().hex[:12]}")
 
 
-def queue_trials(url: str, study_dir: Path) -> dict[int, list]:
-    """Every trial of the study's queue in the storage, per run index, oldest first."""
-    plan = json.loads((study_dir / "study.json").read_text())
-    storage = work_queue.open_storage(url)
-    study_id = storage.get_study_id_from_name(plan["queue"])
-    trials: dict[int, list] = {}
-    for trial in sorted(storage.get_all_trials(study_id), key=lambda t: t.number):
-        trials.setdefault(trial.user_attrs[work_queue.RUN_INDEX], []).append(trial)
-    storage.engine.dispose()
-    return trials
-
-
 def sessions(run_dir: Path) -> int:
     """How many processes trained in this folder: TensorBoard names its event files
     events.out.tfevents.<time>.<host>.<pid>.<n>, so one pid per training session."""
@@ -179,13 +168,6 @@ def wait_for(condition, timeout: float, what: str):
             return value
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def run_lines(output: str, state: str) -> list[str]:
-    """Run ids of this worker's `[i/n] <state> <run_id> ...` lines."""
-    return [
-        line.split()[2] for line in output.splitlines() if line.startswith("[") and line.split()[1] == state
-    ]
 
 
 def assert_clean(code: int, output: str) -> None:

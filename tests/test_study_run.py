@@ -16,6 +16,7 @@ import yaml
 from cnnlab import cli
 from cnnlab.study.runner import WorkerOptions, run_study
 from cnnlab.study.status import study_status
+from tests.worker_output import run_lines
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 TINY = {
@@ -166,14 +167,14 @@ def test_two_processes_share_one_storage_and_retry_a_killed_workers_run(tmp_path
     first = cnnlab_process("study", "run", str(spec), "--out", str(study_dir), "--heartbeat", "1")
     second = cnnlab_process("study", "run", str(spec), "--out", str(study_dir), "--heartbeat", "1")
     first_lines: list[str] = []
-    killed_line = read_until(first, lambda line, seen: " start " in line, first_lines)
+    killed_line = read_until(first, lambda line, seen: bool(run_lines(line, "start")), first_lines)
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)
-    killed_run = killed_line.split()[2]
+    (killed_run,) = run_lines(killed_line, "start")
     output, _ = second.communicate(timeout=180)
     assert second.returncode == 0, output
     lines = first_lines + output.splitlines()
-    completed = [line.split()[2] for line in lines if line.startswith("[") and " completed " in line]
+    completed = run_lines("\n".join(lines), "completed")
     assert sorted(completed) == sorted(set(completed)) and len(completed) == 6, (
         "every run completed exactly once"
     )
@@ -322,9 +323,7 @@ def test_workers_option_runs_every_run_once_across_local_processes(tmp_path):
     )
     output, _ = process.communicate(timeout=180)
     assert process.returncode == 0, output
-    completed = [
-        line.split()[2] for line in output.splitlines() if line.startswith("[") and " completed " in line
-    ]
+    completed = run_lines(output, "completed")
     assert len(completed) == 4 and len(set(completed)) == 4, output
     assert ": 4 completed (" in output and (tmp_path / "w" / "report.html").is_file()
 
