@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 from scipy import stats
 
+from cnnlab import runfolder
 from cnnlab.cli import main
 from cnnlab.report import (
     Document,
@@ -310,7 +311,7 @@ def test_cli_report_on_a_folder_without_results_exits_2_with_one_line(
     assert not (target / "report.html").exists()
 
 
-def test_report_neither_builds_a_model_nor_imports_training(tmp_path: Path) -> None:
+def test_report_neither_builds_a_model_nor_imports_training_or_torch(tmp_path: Path) -> None:
     for seed in (0, 1):
         write_run(tmp_path / "runs", {"model.name": "lenet5", "train.seed": seed})
     training = (
@@ -320,6 +321,7 @@ def test_report_neither_builds_a_model_nor_imports_training(tmp_path: Path) -> N
         "lightning",
         "pytorch_lightning",
         "torchvision",
+        "torch",
     )
     code = (
         "import sys\nfrom cnnlab.cli import main\n"
@@ -804,3 +806,35 @@ def test_a_one_axis_grid_gets_no_grid_table(paired) -> None:
     _, paths = paired
     assert "Grid:" not in paths.markdown.read_text()
     assert "grid_heatmap.png" not in {path.name for path in paths.plots}
+
+
+def test_a_report_again_reuses_its_figures_until_an_input_changes(tmp_path: Path, monkeypatch) -> None:
+    import cnnlab.report.render as render
+
+    for seed in (0, 1):
+        write_run(tmp_path / "runs", {"model.name": "lenet5", "train.seed": seed})
+    drawn = []
+    draw = render.make_plots
+    monkeypatch.setattr(render, "make_plots", lambda study, rows: drawn.append(1) or draw(study, rows))
+    first = write_report(tmp_path)
+    figures = {path.name: path.read_bytes() for path in first.plots}
+    html = first.html.read_text()
+    assert write_report(tmp_path).plots == first.plots and len(drawn) == 1, "nothing changed: not drawn"
+    assert {path.name: path.read_bytes() for path in first.plots} == figures
+    embedded = re.compile(r"<img [^>]*>")
+    assert embedded.findall(html) == embedded.findall(first.html.read_text()), "the same embedded figures"
+    metrics = sorted((tmp_path / "runs").glob(f"*/{runfolder.METRICS_FILE}"))[0]
+    with open(metrics, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    rows[0]["val_acc"] = str(float(rows[0]["val_acc"]) / 2)
+    with open(metrics, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    write_report(tmp_path)
+    assert len(drawn) == 2, "an input changed: every figure drawn again"
+    (tmp_path / "report_files" / ".figures.json").write_text('{"format": 1, "key": "x", "figures": 3')
+    write_report(tmp_path)
+    assert len(drawn) == 3, "a damaged cache is ignored"
+    write_report(tmp_path)
+    assert len(drawn) == 3

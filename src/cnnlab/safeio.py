@@ -17,10 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
-
 from cnnlab.errors import WeightsError
 
 
@@ -75,6 +71,8 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """torch.save atomically."""
+    import torch
+
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
     return Path(path)
@@ -100,6 +98,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     A file that needs full unpickling (it could run code) is refused with a WeightsError; there is no
     fallback. Returns the loaded mapping (a state_dict, or a Lightning checkpoint dict).
     """
+    import torch  # here, not at the top: the report and status commands write files without torch
+
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"checkpoint not found: {path}")
@@ -130,6 +130,9 @@ def _first_sentence(error: BaseException, limit: int = 160) -> str:
 
 
 def _load_safetensors(path: Path) -> dict[str, Any]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as error:

@@ -261,6 +261,18 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
+def input_files(root: Path) -> list[Path]:
+    """Every file `load_study` and the figures read from a study folder, in a fixed order: what a report
+    depends on (`cnnlab.report.figure_cache` keys the figures by their content)."""
+    files = [root / name for name in (*SPEC_FILES, SELECT_FILE)]
+    run_dirs = [path.parent for path in _run_result_files(root)]
+    for run_dir in run_dirs + [path.parent for path in sorted(root.glob("ensembles/*/result.json"))]:
+        files += [run_dir / runfolder.RESULT_FILE, run_dir / runfolder.METRICS_FILE]
+        files += [runfolder.predictions_path(run_dir, split) for split in runfolder.PREDICTION_SPLITS]
+        files += [runfolder.image_samples_path(run_dir, kind) for kind in runfolder.IMAGE_KINDS]
+    return [path for path in files if path.is_file()]
+
+
 def _run_result_files(root: Path) -> list[Path]:
     """Every run's result.json under root, ensembles and report output excluded."""
     found = []

@@ -51,6 +51,7 @@ from cnnlab.report.document import (
     render_html,
     render_markdown,
 )
+from cnnlab.report.figure_cache import cached_plots
 from cnnlab.report.plots import FIGURES, GRID, IMAGES, TEST_CURVE_NOTE, Plot, make_plots
 from cnnlab.report.statistics import (
     ConfigurationRow,
@@ -161,7 +162,11 @@ def build_report(source: str | Path | Study) -> Report:
     study = source if isinstance(source, Study) else load_study(source)
     rows = configuration_rows(study)
     generated = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return Report(study, rows, paired_comparisons(study), make_plots(study, rows), generated)
+    if isinstance(source, Study):  # built in memory: its files may not be what it holds
+        plots = make_plots(study, rows)
+    else:
+        plots = cached_plots(study.root, lambda: make_plots(study, rows))
+    return Report(study, rows, paired_comparisons(study), plots, generated)
 
 
 def build_document(source: str | Path | Study | Report) -> Document:
