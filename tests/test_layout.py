@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -133,3 +134,14 @@ def test_explicit_layouts_are_not_probed_and_a_bad_value_is_named(layout_probe, 
     assert calls == []
     with pytest.raises(ConfigError, match=r"train\.channels_last='sometimes'.*true, false or auto"):
         tiny(**{"train.channels_last": "sometimes"})
+
+
+def test_a_run_too_short_to_repay_the_probe_trains_channels_last_unprobed(monkeypatch, tmp_path):
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(prec, "_memo", {})
+    target = dataclasses.replace(lenet_target({}), batch_size=16, run_images=1279)
+    choice = choose_layout("auto", target)
+    assert choice.channels_last is True and choice.probe is None
+    assert "no probe: the run trains 1,279 images, fewer than 10x the 128 a probe trains" in choice.line()
+    probed = choose_layout("auto", dataclasses.replace(target, run_images=1280))
+    assert probed.probe is not None and not probed.probe.cached

@@ -181,3 +181,45 @@ def test_a_resumed_run_trains_in_the_precision_its_checkpoint_records(bf16_cpu, 
     resumed = fit(tiny(**{"train.epochs": 1}), out, resume=True)
     assert resumed.summary["precision"]["precision"] == "32-true" and calls == [1]
     assert "its checkpoint" in resumed.summary["precision"]["reason"]
+
+
+def _counted_steps(monkeypatch) -> list[int]:
+    """Record the batch of every probe training step built (steps still run for real)."""
+    built: list[int] = []
+    real = prec._training_step
+
+    def counting(*args):
+        built.append(args[-1])
+        return real(*args)
+
+    monkeypatch.setattr(prec, "_training_step", counting)
+    return built
+
+
+def test_a_run_too_short_to_repay_a_probe_keeps_fp32_unless_one_is_cached(bf16_cpu, monkeypatch, tmp_path):
+    built = _counted_steps(monkeypatch)
+    short = dataclasses.replace(lenet_target({}), batch_size=64, run_images=600)
+    choice = choose_precision("auto", short, channels_last=True)
+    assert choice.precision == "32-true" and choice.probe is None and built == [], "not a single step"
+    assert "no probe: the run trains 600 images, fewer than 10x the 64 a probe trains" in choice.line()
+    assert not (tmp_path / "cache" / prec.CACHE_FILE).exists(), "a skipped probe is not a decision to keep"
+    long = dataclasses.replace(short, run_images=64 * 8 * 10)
+    measured = choose_precision("auto", long, channels_last=True)
+    assert measured.probe is not None and not measured.probe.cached and built
+    again = choose_precision("auto", short, channels_last=True)
+    assert again.probe is not None and again.probe.cached, "a cached probe is used whatever the run's length"
+
+
+def test_a_slow_first_step_cuts_the_probe_batch_to_what_its_time_says_fits(monkeypatch):
+    built: list[int] = []
+
+    def step_taking_batch_over_100_s(model, optimizer, channels_last, shape, classes, batch):
+        built.append(batch)
+        return lambda bf16: batch / 100  # 1.28 s at 128, 0.5 s at 50 (no real step runs)
+
+    monkeypatch.setattr(prec, "_training_step", step_taking_batch_over_100_s)
+    model = create_model("lenet5", num_classes=10, in_chans=1)
+    result = prec.probe_step_rates(model, (1, 28, 28), 10, 256, channels_last=False)
+    assert built == [128, 128, 50, 50] and result.batch == 50, "one cut, straight to the batch that fits"
+    with pytest.raises(prec.ProbeNotWorthIt, match="fewer than 10x the 400 a probe trains"):
+        prec.probe_step_rates(model, (1, 28, 28), 10, 256, channels_last=False, run_images=3999)

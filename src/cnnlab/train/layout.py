@@ -24,7 +24,7 @@ from typing import Any
 
 from torch import nn
 
-from cnnlab.train.precision import ProbeTarget, cached_probe, time_training_ways
+from cnnlab.train.precision import ProbeNotWorthIt, ProbeTarget, cached_probe, time_training_ways
 
 NCHW_MARGIN = 1.10  # NCHW must train this much faster than channels_last to be chosen
 
@@ -84,11 +84,20 @@ def choose_layout(
     if target.processes > 1:
         reason = f"channels_last: {target.processes} CPU processes (the probe runs alone)"
         return LayoutChoice(True, requested, reason)
-    probe = cached_probe(
-        f"layout|{target.shape_key}",
-        lambda: probe_layout_rates(target.model, target.input_shape, target.num_classes, target.batch_size),
-        LayoutProbe,
-    )
+    try:
+        probe = cached_probe(
+            f"layout|{target.shape_key}",
+            lambda: probe_layout_rates(
+                target.model,
+                target.input_shape,
+                target.num_classes,
+                target.batch_size,
+                run_images=target.run_images,
+            ),
+            LayoutProbe,
+        )
+    except ProbeNotWorthIt as short:
+        return LayoutChoice(True, requested, f"channels_last, {short}")
     nchw = probe.nchw_speedup >= NCHW_MARGIN
     source = "cached probe" if probe.cached else "probe"
     reason = (

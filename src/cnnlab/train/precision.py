@@ -44,6 +44,7 @@ PROBE_PAIRS = 3  # timed (fp32, bf16) step pairs, after one warm-up step each wa
 PROBE_SECONDS = 6.0  # start no timed pair after this long (warm-up included)
 PROBE_STEP_S = 0.5  # halve the probe batch while one fp32 step takes longer than this
 PROBE_MIN_BATCH = 8
+PROBE_WORTH = 10  # probe only a run that trains at least this many times the images the probe trains
 CACHE_FILE = "precision.json"
 PROBE_LOCK_WAIT_S = (
     60.0  # longest wait for another process's probe (a few seconds each) before probing anyway
@@ -130,6 +131,7 @@ class ProbeTarget:
     input_shape: tuple[int, int, int]
     num_classes: int
     batch_size: int
+    run_images: int | None = None  # images the run will train on (epochs × training images); None: unknown
 
     @property
     def shape_key(self) -> str:
@@ -155,17 +157,21 @@ def choose_precision(
     if target.processes > 1:
         reason = f"fp32: {target.processes} CPU processes (the probe runs alone)"
         return PrecisionChoice(FP32, requested, reason)
-    probe = cached_probe(
-        f"{target.shape_key}|channels_last {channels_last}",
-        lambda: probe_step_rates(
-            target.model,
-            target.input_shape,
-            target.num_classes,
-            target.batch_size,
-            channels_last=channels_last,
-        ),
-        ProbeResult,
-    )
+    try:
+        probe = cached_probe(
+            f"{target.shape_key}|channels_last {channels_last}",
+            lambda: probe_step_rates(
+                target.model,
+                target.input_shape,
+                target.num_classes,
+                target.batch_size,
+                channels_last=channels_last,
+                run_images=target.run_images,
+            ),
+            ProbeResult,
+        )
+    except ProbeNotWorthIt as short:
+        return PrecisionChoice(FP32, requested, f"fp32, {short}")
     precision = decide(probe.fp32_images_per_s, probe.bf16_images_per_s)
     source = "cached probe" if probe.cached else "probe"
     reason = (
@@ -185,6 +191,7 @@ def probe_step_rates(
     channels_last: bool,
     pairs: int = PROBE_PAIRS,
     budget_s: float = PROBE_SECONDS,
+    run_images: int | None = None,
 ) -> ProbeResult:
     """Time training steps of a copy of `model` in fp32 and bf16 autocast, interleaved; best step each way."""
     timed = time_training_ways(
@@ -195,6 +202,7 @@ def probe_step_rates(
         ways=((channels_last, False), (channels_last, True)),
         pairs=pairs,
         budget_s=budget_s,
+        run_images=run_images,
     )
     fp32, bf16 = timed.images_per_s
     return ProbeResult(
@@ -225,15 +233,20 @@ def time_training_ways(
     ways: tuple[tuple[bool, bool], ...],  # (channels_last, bf16 autocast) of each way
     pairs: int = PROBE_PAIRS,
     budget_s: float = PROBE_SECONDS,
+    run_images: int | None = None,
 ) -> WayTimes:
     """Time forward/backward/SGD steps of one copy of `model` per way on random inputs, interleaved.
 
-    The batch is halved (down to PROBE_MIN_BATCH) while the first way's step takes longer than PROBE_STEP_S,
-    so a large model costs seconds too. When the warm-up alone used the budget, the warm-up steps are the
-    figures (a way's first step includes its kernel set-up: a bias towards the first way, the default). The
-    model, its BatchNorm statistics and the global random state are left as they were.
+    While the first way's step takes longer than PROBE_STEP_S the batch is cut to what that step's time
+    says fits (down to PROBE_MIN_BATCH), so a large model costs seconds too. When the warm-up alone used the
+    budget, the warm-up steps are the figures (a way's first step includes its kernel set-up: a bias towards
+    the first way, the default). The model, its BatchNorm statistics and the global random state are left as
+    they were. With `run_images`, a probe that would train more than 1/PROBE_WORTH of the run's images
+    raises ProbeNotWorthIt instead: before any step when even the smallest batch would, else once the batch
+    is sized.
     """
     started = time.perf_counter()
+    _check_worth(run_images, min(batch_size, PROBE_MIN_BATCH), len(ways), pairs)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         copies = [_probe_copy(model, channels_last) for channels_last, _ in ways]
@@ -243,7 +256,8 @@ def time_training_ways(
             first = steps[0](ways[0][1])
             if first <= PROBE_STEP_S or batch <= PROBE_MIN_BATCH:
                 break
-            batch = max(PROBE_MIN_BATCH, batch // 2)
+            batch = max(PROBE_MIN_BATCH, min(batch // 2, int(batch * PROBE_STEP_S / first)))
+        _check_worth(run_images, batch, len(ways), pairs)
         warm = [first] + [step(bf16) for step, (_, bf16) in zip(steps[1:], ways[1:])]
         times: list[list[float]] = [[] for _ in ways]
         for _ in range(pairs):
@@ -258,6 +272,24 @@ def time_training_ways(
         images_per_s=tuple(round(batch / seconds, 1) for seconds in best),
         seconds=round(time.perf_counter() - started, 2),
     )
+
+
+class ProbeNotWorthIt(Exception):
+    """The run trains too few images to repay a probe; the message says how many each would train."""
+
+    def __init__(self, run_images: int, probe_images: int) -> None:
+        super().__init__(
+            f"no probe: the run trains {run_images:,} images, fewer than {PROBE_WORTH}x the "
+            f"{probe_images:,} a probe trains"
+        )
+
+
+def _check_worth(run_images: int | None, batch: int, ways: int, pairs: int) -> None:
+    """Raise ProbeNotWorthIt when a probe at `batch` (a warm-up and `pairs` steps per way) would train more
+    than 1/PROBE_WORTH of the run's images."""
+    probe_images = batch * ways * (1 + pairs)
+    if run_images is not None and run_images < PROBE_WORTH * probe_images:
+        raise ProbeNotWorthIt(run_images, probe_images)
 
 
 def _probe_copy(model: nn.Module, channels_last: bool) -> tuple[nn.Module, torch.optim.Optimizer, bool]:

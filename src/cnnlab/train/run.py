@@ -566,6 +566,7 @@ def speed_choices(prepared: PreparedRun, checkpoint: Path | None) -> tuple[Layou
         input_shape=(prepared.model_hparams["in_chans"], side, side),
         num_classes=len(prepared.train_set.class_names),
         batch_size=config.data.batch_size,
+        run_images=config.train.epochs * len(prepared.splits.indices(config.data.split_index)[0]),
     )
     resumed_layout = meta.get("channels_last")
     layout = choose_layout(
