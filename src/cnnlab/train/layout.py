@@ -12,6 +12,7 @@ channels_last against 6,400 in the default NCHW layout (1.5x), while resnet20_ci
   and trains NCHW only when that was at least `NCHW_MARGIN` times faster (channels_last is the default it must
   beat). The figures are cached beside the precision probe's (`<cache>/precision.json`), so only the first
   run of a model shape on a machine pays the probe.
+- A run too short to repay the probe (`cnnlab.train.precision.PROBE_WORTH`) trains channels_last unprobed.
 - `true` / `false` are used as given; a resumed run trains in the layout its checkpoint records.
 
 The layout changes the speed, not the arithmetic a user asked for; the run id hashes `auto`, not the outcome.

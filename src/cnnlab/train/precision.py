@@ -10,6 +10,8 @@
   per machine and model shape in `<cache>/precision.json` (`$CNNLAB_CACHE`, else `~/.cache/cnnlab`), so
   only the first run of a model on a machine pays the probe's seconds; delete the file to measure again.
 - Several processes (DDP) on CPU: fp32 (every process would have to agree on one measurement).
+- A run that trains fewer than `PROBE_WORTH` times the images the probe would train is not probed (fp32,
+  and channels_last for the layout), unless a probe of its model shape is cached already.
 - An explicit `train.precision` (e.g. `--set train.precision=32-true`) is used as given, with no probe.
 
 The run's id is the hash of its config, which holds `auto`, not the outcome: the same config is the same
@@ -42,7 +44,7 @@ BF16_MARGIN = 1.10  # bf16 must be this much faster than fp32 (probe noise; fp32
 PROBE_BATCH = 128  # images per probe step at most (the run's batch size when smaller)
 PROBE_PAIRS = 3  # timed (fp32, bf16) step pairs, after one warm-up step each way
 PROBE_SECONDS = 6.0  # start no timed pair after this long (warm-up included)
-PROBE_STEP_S = 0.5  # halve the probe batch while one fp32 step takes longer than this
+PROBE_STEP_S = 0.5  # cut the probe batch while one fp32 step takes longer than this
 PROBE_MIN_BATCH = 8
 PROBE_WORTH = 10  # probe only a run that trains at least this many times the images the probe trains
 CACHE_FILE = "precision.json"
