@@ -35,6 +35,7 @@ measured in this process (2048x2048 torch.mm).
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import shutil
 import statistics
@@ -42,7 +43,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import nullcontext, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -214,7 +215,8 @@ def fit_epoch_seconds(setting: Setting, precision: str = FP32) -> float:
 
     out_dir = Path(tempfile.mkdtemp(prefix="cnnlab-bench-fit-"))
     try:
-        result = fit(fit_config(setting, 2, precision), out_dir)
+        with redirect_stdout(io.StringIO()):  # the run's own lines, once per repetition: noise here
+            result = fit(fit_config(setting, 2, precision), out_dir)
         if result.status != "completed":
             raise RuntimeError(f"fit {result.status}: {result.summary.get('reason')}")
         with open(out_dir / "metrics.csv") as handle:

@@ -405,7 +405,8 @@ def test_the_program_exits_with_mains_code_and_skips_the_final_collection(monkey
     with pytest.raises(SystemExit) as done:
         cli.run_program()
     assert done.value.code == 3 and frozen == [True]
-    scripts = tomllib.loads(Path("pyproject.toml").read_text())["project"]["scripts"]
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    scripts = tomllib.loads(pyproject.read_text())["project"]["scripts"]
     assert scripts == {"cnnlab": "cnnlab.cli:run_program"}
     shown = subprocess.run(
         [sys.executable, "-m", "cnnlab", "train", "--epochs", "x"], capture_output=True, text=True
