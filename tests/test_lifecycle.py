@@ -152,14 +152,15 @@ def test_a_paused_worker_loses_its_claim_and_every_run_executes_once(tmp_path):
     results = [finish(sleeper), finish(other)]
     for code, out, err in results:
         assert code == 0 and "Traceback" not in out + err, out + err
-    lines = [match.string for _, out, _ in results for match in progress_lines(out)]
+    matches = [match for _, out, _ in results for match in progress_lines(out)]
+    lines = [match.string for match in matches]
     completed = [run_id for _, out, _ in results for run_id in run_lines(out, "completed")]
     run_ids = sorted(path.name for path in (study / "runs").iterdir())
     assert sorted(completed) == run_ids, f"each run completed exactly once:\n{chr(10).join(lines)}"
     # the woken worker notices either mid-run (its heartbeat finds the trial reaped: a "lost" line, the run
     # resumes later from its checkpoint) or, when the queue's database was busy until the run ended, as it
     # records the result (the run was still its own: the folder lock kept the other worker out)
-    noticed = [line for line in lines if " lost " in line or "its claim had expired" in line]
+    noticed = [m.string for m in matches if m["state"] == "lost" or "its claim had expired" in m.string]
     assert noticed, f"the woken worker noticed its lost claim:\n{chr(10).join(lines)}"
     for run_id in run_ids:
         result = runfolder.read_result(study / "runs" / run_id)

@@ -243,7 +243,7 @@ def load_study(root: str | Path) -> Study:
     spec_name, spec_text = _read_spec(root)
     plan = _read_plan(root / runfolder.PLAN_FILE)
     configurations, varying = _group(runs, _plan_positions(plan), _plan_stages(plan))
-    ensembles = tuple(_read_ensemble(path.parent) for path in sorted(root.glob("ensembles/*/result.json")))
+    ensembles = tuple(_read_ensemble(path.parent) for path in _ensemble_result_files(root))
     selection = _read_json(root / SELECT_FILE) if (root / SELECT_FILE).is_file() else None
     return Study(root, tuple(configurations), ensembles, tuple(varying), spec_text, spec_name, selection)
 
@@ -266,11 +266,16 @@ def input_files(root: Path) -> list[Path]:
     depends on (`cnnlab.report.figure_cache` keys the figures by their content)."""
     files = [root / name for name in (*SPEC_FILES, SELECT_FILE)]
     run_dirs = [path.parent for path in _run_result_files(root)]
-    for run_dir in run_dirs + [path.parent for path in sorted(root.glob("ensembles/*/result.json"))]:
+    for run_dir in run_dirs + [path.parent for path in _ensemble_result_files(root)]:
         files += [run_dir / runfolder.RESULT_FILE, run_dir / runfolder.METRICS_FILE]
         files += [runfolder.predictions_path(run_dir, split) for split in runfolder.PREDICTION_SPLITS]
         files += [runfolder.image_samples_path(run_dir, kind) for kind in runfolder.IMAGE_KINDS]
     return [path for path in files if path.is_file()]
+
+
+def _ensemble_result_files(root: Path) -> list[Path]:
+    """Every ensemble's result.json (ensembles/<name>/), sorted."""
+    return sorted(root.glob(f"ensembles/*/{runfolder.RESULT_FILE}"))
 
 
 def _run_result_files(root: Path) -> list[Path]:

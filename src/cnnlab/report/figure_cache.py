@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import json
 from collections.abc import Callable
@@ -46,13 +47,20 @@ def cached_plots(root: Path, draw: Callable[[], list[Plot]]) -> list[Plot]:
 
 def inputs_key(root: Path) -> str:
     """What the figures depend on, as one hash: the report's input files, its code, the plotting versions."""
-    digest = hashlib.sha256(f"{FORMAT} matplotlib {matplotlib.__version__} numpy {np.__version__}".encode())
-    for path in _CODE:
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    digest = hashlib.sha256(_code_digest())
     for path in input_files(root):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0")
         digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()
+
+
+@functools.cache
+def _code_digest() -> bytes:
+    """The report package's source and the plotting versions, hashed once per process."""
+    digest = hashlib.sha256(f"{FORMAT} matplotlib {matplotlib.__version__} numpy {np.__version__}".encode())
+    for path in _CODE:
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.digest()
 
 
 def _read(path: Path, key: str) -> list[Plot] | None:
