@@ -1,5 +1,5 @@
 """Shared helpers of the benchmark scripts: the data they run on, the usual PIL pipeline they compare with,
-the machine, repetition statistics, the matmul peak and writing a section of RESULTS.md (or a JSON summary
+the machine, repetition statistics, the GEMM peak and writing a section of RESULTS.md (or a JSON summary
 for `run_all.py`).
 
 Not a test module and not part of the package: the scripts import it as `common` from this folder.
@@ -130,32 +130,52 @@ def sync(device: torch.device | str) -> None:
 
 
 def matmul_gflops(
-    device: str, *, size: int = 2048, repeats: int = 10, dtype: torch.dtype = torch.float32
+    device: str,
+    *,
+    size: int = 2048,
+    repeats: int = 10,
+    dtype: torch.dtype = torch.float32,
+    kernel: str = "mm",
 ) -> list[float]:
     """Measured GEMM throughput (size x size @ size x size), one figure per repetition, in GFLOP/s.
 
-    fp32 means true fp32: TF32 is switched off for the measurement (and restored after it).
+    `kernel` "mm" times torch.mm (MKL's GEMM for fp32 on a CPU); "conv1x1" the same GEMM as a 1x1
+    convolution of `size` channels over `size` pixels in channels_last, so through the library that runs
+    the models' convolutions (oneDNN on a CPU, cuDNN on a GPU). On AMD CPUs MKL's fp32 GEMM takes an AVX2
+    path while oneDNN uses AVX-512: then the convolution is the machine's real fp32 peak. fp32 means true
+    fp32: TF32 is switched off for the measurement (and restored after it).
     """
     generator = torch.Generator().manual_seed(0)
     left = torch.randn(size, size, generator=generator).to(device, dtype)
     right = torch.randn(size, size, generator=generator).to(device, dtype)
+    if kernel == "conv1x1":  # pixels x in-channels times in-channels x out-channels
+        pixels = left.reshape(1, size // 64, 64, size).permute(0, 3, 1, 2)  # channels_last (1, size, _, 64)
+        weights = right.t().reshape(size, size, 1, 1).contiguous(memory_format=torch.channels_last)
+
+        def gemm() -> object:
+            return torch.nn.functional.conv2d(pixels, weights)
+    else:
+
+        def gemm() -> object:
+            return torch.mm(left, right)
+
     on_gpu = torch.device(device).type == "cuda"
     inner = 20 if on_gpu else 1  # a GPU GEMM is too short to time alone
-    allow_tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
+    allow_tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
         for _ in range(3):
-            torch.mm(left, right)
+            gemm()
         rates = []
         for _ in range(repeats):
             sync(device)
             start = time.perf_counter()
             for _ in range(inner):
-                torch.mm(left, right)
+                gemm()
             sync(device)
             rates.append(2 * size**3 * inner / (time.perf_counter() - start) / 1e9)
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = allow_tf32
     return rates
 
 

@@ -70,7 +70,7 @@ def throughput_rows(figures: dict[str, Any]) -> list[str]:
             rows.append(
                 f"| {model}, {precision} | {values['fit_images_per_s']:,.0f} img/s | c/a "
                 f"{figure(values['c_over_a'])} | c/b {figure(values['c_over_b'])} | "
-                f"{figure(values['of_peak'], '{:.0%}')} of the {precision} matmul peak |"
+                f"{figure(values['of_peak'], '{:.0%}')} of the {precision} GEMM peak |"
             )
         if "bf16_over_fp32" in by_precision:
             speedup = by_precision["bf16_over_fp32"]
