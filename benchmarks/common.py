@@ -141,9 +141,9 @@ def matmul_gflops(
 
     `kernel` "mm" times torch.mm (MKL's GEMM for fp32 on a CPU); "conv1x1" the same GEMM as a 1x1
     convolution of `size` channels over `size` pixels in channels_last, so through the library that runs
-    the models' convolutions (oneDNN on a CPU, cuDNN on a GPU). On AMD CPUs MKL's fp32 GEMM takes an AVX2
-    path while oneDNN uses AVX-512: then the convolution is the machine's real fp32 peak. fp32 means true
-    fp32: TF32 is switched off for the measurement (and restored after it).
+    the models' convolutions (oneDNN on a CPU, cuDNN on a GPU). On the 2-core AMD EPYC of 2026-12-02 MKL's
+    fp32 torch.mm ran at half the convolution's rate, so the convolution is the better fp32 peak there. fp32
+    means true fp32: TF32 is switched off for the measurement (and restored after it).
     """
     generator = torch.Generator().manual_seed(0)
     left = torch.randn(size, size, generator=generator).to(device, dtype)

@@ -13,7 +13,7 @@
 with avx512_bf16 or amx_bf16, where `precision: auto` may choose it); c/a compares each with the one fp32
 usual pipeline, c/b with the hand loop of the same precision, and "of GEMM peak" divides by the GEMM rate
 of that precision: the faster (by median) of a 2048x2048 torch.mm and the same GEMM as a 1x1 convolution
-(oneDNN, as the models' convolutions; on AMD CPUs MKL's fp32 torch.mm runs at half of it).
+(oneDNN, as the models' convolutions; on the AMD EPYC of 2026-12-02 MKL's fp32 torch.mm ran at half of it).
 
 All three train the same model (built by `cnnlab.train.run.prepare_run`, so identical to fit's) on the same
 images (fit's stratified subset of Fashion-MNIST's training split, `--steps` x `--batch-size` images; the
