@@ -249,7 +249,10 @@ def test_study_interrupted_by_a_signal_shows_interrupted_and_resumes(tmp_path, s
 
 def test_sigterm_to_a_study_with_workers_stops_every_worker_and_resumes(tmp_path):
     """Only the main process gets SIGTERM: it stops its helper worker, both runs are interrupted, exit 143."""
-    raw = {"base": {**LONG_RUN, "train.epochs": 30}, "seeds": [0, 1]}
+    # 100 epochs: the helper worker starts its run a process start-up (5-10 s) after the main process starts
+    # its own, and 30 epochs (6.9 s on a fast 2-core machine) could end before both runs were under way
+    epochs = 100
+    raw = {"base": {**LONG_RUN, "train.epochs": epochs}, "seeds": [0, 1]}
     spec = write_spec(tmp_path / "workers.yaml", raw)
     study = tmp_path / "study"
     args = ("study", "run", str(spec), "--out", str(study), "--heartbeat", "1", "--workers", "2")
@@ -271,7 +274,7 @@ def test_sigterm_to_a_study_with_workers_stops_every_worker_and_resumes(tmp_path
     returncode, out, err = finish(start(*args))
     assert returncode == 0, out + err
     for run_dir, before in rows.items():
-        assert_resumed(before, metric_rows(run_dir), 30)
+        assert_resumed(before, metric_rows(run_dir), epochs)
 
 
 # 5. train --out never touches what it does not own -------------------------------------------------------
