@@ -404,17 +404,23 @@ def gemm_rates(device: str, precisions: tuple[str, ...], repeats: int) -> dict[s
     }
 
 
+def gemm_peak(by_kernel: dict[str, list[float]]) -> tuple[str, float]:
+    """The kernel with the highest median rate, and that median: one precision's GEMM peak."""
+    medians = {kernel: statistics.median(rates) for kernel, rates in by_kernel.items()}
+    best = max(medians, key=medians.__getitem__)
+    return best, medians[best]
+
+
 def peak_line(precision: str, by_kernel: dict[str, list[float]]) -> str:
     """One precision's GEMM figures, and which kernel is its peak."""
-    best = max(by_kernel, key=lambda kernel: statistics.median(by_kernel[kernel]))
     figures = "; ".join(
         f"{GEMM_KERNELS[kernel]} {common.format_spread(rates)}" for kernel, rates in by_kernel.items()
     )
     repeats = len(next(iter(by_kernel.values())))
+    best, _ = gemm_peak(by_kernel)
     return (
-        f"{SHORT.get(precision, precision)} GEMM 2048x2048 ({repeats} repetitions, GFLOP/s min / median / "
-        "max): "
-        f"{figures}; the peak is the median of the {GEMM_KERNELS[best]}."
+        f"{SHORT.get(precision, precision)} GEMM 2048x2048 ({repeats} repetitions, GFLOP/s "
+        f"min / median / max): {figures}; the peak is the median of the {GEMM_KERNELS[best]}."
     )
 
 
@@ -482,10 +488,7 @@ def main(argv: list[str] | None = None) -> list[Setting]:
             "in fp32 here without a probe (`--precisions 32-true bf16-mixed` measures it anyway).",
             "",
         ]
-    peaks = {
-        precision: max(statistics.median(rates) for rates in by_kernel.values())
-        for precision, by_kernel in peak_rates.items()
-    }
+    peaks = {precision: gemm_peak(by_kernel)[1] for precision, by_kernel in peak_rates.items()}
     on_gpu = torch.device(args.device).type == "cuda"
     figures = {}
     for setting in settings:
