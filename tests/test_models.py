@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 import copy
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -533,3 +535,22 @@ def test_resnext_switches_shape_the_grouped_convolution() -> None:
     grouped = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
     assert [(m.groups, m.in_channels) for m in grouped] == [(4, 32), (4, 64), (4, 128)]
     assert len([m for m in model.modules() if type(m).__name__ == "Bottleneck"]) == 3
+
+
+def test_the_spec_api_is_reachable_from_the_package_without_an_import_cost() -> None:
+    """`cnnlab.list_models`, `cnnlab.create_model` and `cnnlab.fit` (docs/architecture.md) work from a bare
+    `import cnnlab`, which itself still imports neither torch nor Lightning."""
+    code = (
+        "import sys, cnnlab\n"
+        "assert 'torch' not in sys.modules and 'lightning' not in sys.modules\n"
+        "assert 'lenet5' in cnnlab.list_models()\n"
+        "model = cnnlab.create_model('lenet5', num_classes=3, in_chans=1)\n"
+        "assert model.get_classifier().out_features == 3\n"
+        "assert callable(cnnlab.fit)\n"
+        "try:\n"
+        "    cnnlab.no_such_name\n"
+        "except AttributeError as error:\n"
+        "    print(error)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "no attribute 'no_such_name'" in done.stdout
