@@ -31,6 +31,8 @@ this process.
     python benchmarks/throughput.py --quick              # seconds: tiny sizes, one model
     python benchmarks/throughput.py --record             # also write the section of RESULTS.md
     python benchmarks/throughput.py --profile resnet20_cifar   # torch.profiler table of fit's steps
+    python benchmarks/throughput.py --by-operator resnet20_cifar --precisions 32-true bf16-mixed
+                                  # (b)'s ms per step by operator group in each precision: what bf16 speeds up
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("CNNLAB_QUIET", "1")
 
 import common  # noqa: E402
+
+from cnnlab.train.speed import keep_freed_memory  # noqa: E402
 
 SECTION = "Training throughput"
 MODELS = ("resnet20_cifar", "densenet_cifar", "lenet5", "resnet18")
@@ -336,6 +340,58 @@ def profile_fit(setting: Setting, precision: str = FP32) -> None:
     print(profiler.key_averages().table(sort_by=sort, row_limit=25))
 
 
+OPERATOR_GROUPS = {  # torch.profiler operator -> the group `--by-operator` reports it in
+    "aten::mkldnn_convolution": "convolution forward",
+    "aten::convolution_backward": "convolution backward (input and weight gradients)",
+    "aten::native_batch_norm": "BatchNorm forward",
+    "aten::native_batch_norm_backward": "BatchNorm backward",
+    "aten::relu_": "ReLU forward + backward",
+    "aten::clamp_min_": "ReLU forward + backward",
+    "aten::threshold_backward": "ReLU forward + backward",
+    "aten::add": "adds (residuals, gradient sums)",
+}
+OTHER_OPERATORS = "everything else (augmentation, casts, loss, optimizer)"
+
+
+def operator_milliseconds(setting: Setting, rounds: int = 3) -> dict[str, dict[str, float]]:
+    """Milliseconds per step of the hand loop (b) by operator group, for each precision of the setting;
+    the precisions are profiled in alternation (`rounds` epochs each, after one warm-up epoch)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    epochs = {precision: hand_loop(setting, precision) for precision in setting.precisions}
+    for epoch in epochs.values():
+        epoch()
+    totals: dict[str, dict[str, float]] = {precision: {} for precision in epochs}
+    for _ in range(rounds):
+        for precision, epoch in epochs.items():
+            with profile(activities=[ProfilerActivity.CPU]) as profiler:
+                epoch()
+            for event in profiler.key_averages():
+                group = OPERATOR_GROUPS.get(event.key, OTHER_OPERATORS)
+                share = event.self_cpu_time_total / 1e3 / (rounds * setting.steps)
+                totals[precision][group] = totals[precision].get(group, 0.0) + share
+    return totals
+
+
+def operator_table(totals: dict[str, dict[str, float]]) -> list[str]:
+    """Markdown table of `operator_milliseconds`: one column per precision, and the first over the last."""
+    precisions = list(totals)
+    first, last = precisions[0], precisions[-1]
+    header = " | ".join(f"{SHORT.get(p, p)} ms/step" for p in precisions)
+    lines = [
+        f"| operator group | {header} | {SHORT.get(first)} / {SHORT.get(last)} |",
+        "|---|" + "---:|" * (len(precisions) + 1),
+    ]
+    groups = [*dict.fromkeys(OPERATOR_GROUPS.values()), OTHER_OPERATORS]
+    for group in [*groups, "step"]:
+        values = [
+            sum(totals[p].values()) if group == "step" else totals[p].get(group, 0.0) for p in precisions
+        ]
+        ratio = f"{values[0] / values[-1]:.2f}x" if values[-1] else "-"
+        lines.append(f"| {group} | " + " | ".join(f"{v:.1f}" for v in values) + f" | {ratio} |")
+    return lines
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -354,6 +410,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of a few seconds")
     parser.add_argument("--generated", action="store_true", help="use generated data even if installed")
     parser.add_argument("--profile", metavar="MODEL", help="print a torch.profiler table of fit and exit")
+    parser.add_argument(
+        "--by-operator",
+        metavar="MODEL",
+        help="print (b)'s milliseconds per step by operator group in each of --precisions, and exit",
+    )
     parser.add_argument("--record", action="store_true", help=f"write the '{SECTION}' section of RESULTS.md")
     parser.add_argument("--json", help="also write the headline figures to this file (run_all.py)")
     return parser.parse_args(argv)
@@ -449,6 +510,10 @@ def main(argv: list[str] | None = None) -> list[Setting]:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if torch.device(args.device).type == "cpu":
+        # fit keeps freed memory on a CPU (cnnlab.train.speed); set for the whole process from the start, so
+        # every pipeline and repetition runs with it, not only those after the first fit
+        keep_freed_memory()
     sizes = {"train": 2000, "t10k": 100} if args.quick and args.generated else None
     data_dir, source = common.fashion_data_dir(sizes) if args.generated else common.fashion_data_dir()
     if args.profile:
@@ -462,6 +527,13 @@ def main(argv: list[str] | None = None) -> list[Setting]:
             ),
             (args.precisions or [FP32])[0],
         )
+        return []
+    if args.by_operator:
+        steps = args.steps or STEPS.get(args.by_operator, 10)
+        setting = Setting(args.by_operator, steps, args.batch_size, args.device, data_dir)
+        setting.precisions = tuple(args.precisions or (FP32, BF16))
+        print(f"machine: {common.machine(args.device)}; {setting.model}, batch {setting.batch_size}")
+        print("\n".join(operator_table(operator_milliseconds(setting, rounds=1 if args.quick else 3))))
         return []
     repeats = 2 if args.quick else args.repeats
     print(f"data: {source}\nmachine: {common.machine(args.device)}", flush=True)

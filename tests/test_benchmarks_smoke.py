@@ -66,6 +66,20 @@ def test_throughput_measures_every_pipeline_in_both_precisions_on_the_same_steps
     assert figures["32-true"]["c_over_a"] > 0 and figures["bf16-mixed"]["of_peak"] > 0
 
 
+def test_by_operator_splits_each_precisions_step_into_the_groups_and_sums_to_the_step(fashion_dir):
+    setting = throughput.Setting("resnet20_cifar", steps=2, batch_size=16, device="cpu", data_dir=fashion_dir)
+    setting.precisions = ("32-true", "bf16-mixed")
+    totals = throughput.operator_milliseconds(setting, rounds=1)
+    assert set(totals) == {"32-true", "bf16-mixed"}
+    for groups in totals.values():
+        assert groups["convolution forward"] > 0 and groups["BatchNorm backward"] > 0
+        assert set(groups) <= {*throughput.OPERATOR_GROUPS.values(), throughput.OTHER_OPERATORS}
+    table = throughput.operator_table(totals)
+    assert table[0] == "| operator group | fp32 ms/step | bf16 ms/step | fp32 / bf16 |"
+    step = table[-1].split(" | ")
+    assert step[0] == "| step" and float(step[1]) == pytest.approx(sum(totals["32-true"].values()), abs=0.051)
+
+
 def test_throughput_measures_bf16_only_where_auto_could_choose_it(monkeypatch):
     monkeypatch.setattr(common, "cpu_bf16_flags", lambda: ())
     assert throughput.default_precisions("cpu") == ("32-true",)
