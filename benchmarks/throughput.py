@@ -15,6 +15,9 @@ usual pipeline, c/b with the hand loop of the same precision, and "of GEMM peak"
 of that precision: the faster (by median) of a 2048x2048 torch.mm and the same GEMM as a 1x1 convolution
 (oneDNN, as the models' convolutions; on the AMD EPYC of 2026-12-02 MKL's fp32 torch.mm ran at half of it).
 
+On a CPU the whole process keeps freed memory in the heap from the start, as fit does
+(`cnnlab.train.speed.keep_freed_memory`), so (a), (b) and (c) all run with it in every repetition.
+
 All three train the same model (built by `cnnlab.train.run.prepare_run`, so identical to fit's) on the same
 images (fit's stratified subset of Fashion-MNIST's training split, `--steps` x `--batch-size` images; the
 generated stand-in when the Debian package is absent) with the same batch size, optimizer (SGD, nesterov
@@ -379,14 +382,13 @@ def operator_table(totals: dict[str, dict[str, float]]) -> list[str]:
     first, last = precisions[0], precisions[-1]
     header = " | ".join(f"{SHORT.get(p, p)} ms/step" for p in precisions)
     lines = [
-        f"| operator group | {header} | {SHORT.get(first)} / {SHORT.get(last)} |",
+        f"| operator group | {header} | {SHORT.get(first, first)} / {SHORT.get(last, last)} |",
         "|---|" + "---:|" * (len(precisions) + 1),
     ]
     groups = [*dict.fromkeys(OPERATOR_GROUPS.values()), OTHER_OPERATORS]
-    for group in [*groups, "step"]:
-        values = [
-            sum(totals[p].values()) if group == "step" else totals[p].get(group, 0.0) for p in precisions
-        ]
+    rows = {group: [totals[p].get(group, 0.0) for p in precisions] for group in groups}
+    rows["step"] = [sum(totals[p].values()) for p in precisions]
+    for group, values in rows.items():
         ratio = f"{values[0] / values[-1]:.2f}x" if values[-1] else "-"
         lines.append(f"| {group} | " + " | ".join(f"{v:.1f}" for v in values) + f" | {ratio} |")
     return lines
@@ -413,7 +415,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--by-operator",
         metavar="MODEL",
-        help="print (b)'s milliseconds per step by operator group in each of --precisions, and exit",
+        help="print (b)'s milliseconds per step by operator group in each of --precisions (default: "
+        "32-true and bf16-mixed, on any CPU) and exit",
     )
     parser.add_argument("--record", action="store_true", help=f"write the '{SECTION}' section of RESULTS.md")
     parser.add_argument("--json", help="also write the headline figures to this file (run_all.py)")
@@ -442,6 +445,11 @@ def settings_from(args: argparse.Namespace, data_dir: str | None) -> list[Settin
         Setting(model, count, args.batch_size, args.device, data_dir, args.compile, precisions)
         for model, count in steps.items()
     ]
+
+
+def one_model_setting(model: str, args: argparse.Namespace, data_dir: str | None) -> Setting:
+    """The Setting of `--profile MODEL` and `--by-operator MODEL`: --steps, else the model's default."""
+    return Setting(model, args.steps or STEPS.get(model, 10), args.batch_size, args.device, data_dir)
 
 
 def command_line(argv: list[str]) -> str:
@@ -517,20 +525,10 @@ def main(argv: list[str] | None = None) -> list[Setting]:
     sizes = {"train": 2000, "t10k": 100} if args.quick and args.generated else None
     data_dir, source = common.fashion_data_dir(sizes) if args.generated else common.fashion_data_dir()
     if args.profile:
-        profile_fit(
-            Setting(
-                args.profile,
-                args.steps or STEPS.get(args.profile, 10),
-                args.batch_size,
-                args.device,
-                data_dir,
-            ),
-            (args.precisions or [FP32])[0],
-        )
+        profile_fit(one_model_setting(args.profile, args, data_dir), (args.precisions or [FP32])[0])
         return []
     if args.by_operator:
-        steps = args.steps or STEPS.get(args.by_operator, 10)
-        setting = Setting(args.by_operator, steps, args.batch_size, args.device, data_dir)
+        setting = one_model_setting(args.by_operator, args, data_dir)
         setting.precisions = tuple(args.precisions or (FP32, BF16))
         print(f"machine: {common.machine(args.device)}; {setting.model}, batch {setting.batch_size}")
         print("\n".join(operator_table(operator_milliseconds(setting, rounds=1 if args.quick else 3))))

@@ -2,9 +2,9 @@
 
 The library lives in its subpackages: `cnnlab.models` (`create_model`, `list_models`), `cnnlab.data`,
 `cnnlab.train` (`fit`), `cnnlab.study` and `cnnlab.report`. The spec's top-level names (`cnnlab.create_model`,
-`cnnlab.list_models`, `cnnlab.fit`) load on first use (PEP 562): every `cnnlab` command, `--help` included,
-imports this package first, and the training stack an eager re-export would pull in costs seconds
-(docs/architecture.md, "Imports").
+`cnnlab.list_models`, `cnnlab.model_info`, `cnnlab.fit`) load on first use (PEP 562): every `cnnlab` command,
+`--help` included, imports this package first, and the training stack an eager re-export would pull in costs
+seconds (docs/architecture.md, "Imports").
 """
 
 from __future__ import annotations
