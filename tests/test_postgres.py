@@ -28,6 +28,10 @@ from tests.test_study_run import TINY
 from tests.worker_output import queue_trials, run_lines
 
 SHORT = {**TINY, "data.subset": 600}  # ~0.1 s per epoch on an idle core
+# Runs that a test stops (SIGKILL, SIGSTOP) once two epochs are recorded: the stop must land before the run
+# ends. Eight epochs left ~0.6 s for it, which a loaded CI host (pytest -n 2 beside two workers) missed once;
+# thirty leave ~3 s.
+STOPPED_EPOCHS = 30
 
 
 def _unshare_prefix() -> list[str] | None:
@@ -160,14 +164,27 @@ def epochs(run_dir: Path) -> list[int]:
         return [int(row["epoch"]) for row in csv.DictReader(handle)]
 
 
-def wait_for(condition, timeout: float, what: str):
+def wait_for(condition, timeout: float, what: str, workers: tuple[Worker, ...] = ()):
+    """Poll `condition` until it is truthy; a timeout names what was awaited and shows the workers' output."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
         time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    shown = "".join(f"\n--- worker {w.pid}:\n{''.join(w.lines)}" for w in workers)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}{shown}")
+
+
+def stop_mid_run(worker: Worker, signum: int, run_dir: Path) -> list[int]:
+    """Send `signum` to the worker training `run_dir` once two epochs are recorded; returns the epochs
+    recorded at that moment, which must be fewer than the run's (else the test would wait on a finished
+    run)."""
+    wait_for(lambda: len(epochs(run_dir)) >= 2, 120, "two epochs on the claiming machine", (worker,))
+    worker.signal(signum)
+    before = epochs(run_dir)
+    assert len(before) < STOPPED_EPOCHS, f"the run ended before {signal.Signals(signum).name}: {before}"
+    return before
 
 
 def assert_clean(code: int, output: str) -> None:
@@ -280,30 +297,28 @@ def start_both_machines(a: Machine, b: Machine, raw: dict, shared: Path, databas
 @pytest.mark.slow
 @pytest.mark.skipif(UNSHARE is None, reason="needs a PID namespace (unshare) to stand for a second machine")
 def test_a_killed_machines_run_is_taken_over_after_its_heartbeats_stop(tmp_path, database):
-    raw = {"name": "takeover", "base": {**SHORT, "train.epochs": 8}, "seeds": [0]}
+    raw = {"name": "takeover", "base": {**SHORT, "train.epochs": STOPPED_EPOCHS}, "seeds": [0]}
     shared = tmp_path / "shared" / "study"
     # a in a PID namespace of its own: neither sees the other's pids, as on two hosts
     a, b = Machine(tmp_path, "machine-a"), Machine(tmp_path, "machine-b", namespaced=False)
     victim, survivor = start_both_machines(a, b, raw, shared, database)  # grace: 3 beats
     run_dir = wait_for(lambda: next(iter(sorted((shared / "runs").glob("*"))), None), 120, "a run folder")
-    wait_for(lambda: len(epochs(run_dir)) >= 2, 120, "two epochs on the machine that claimed the run")
-    victim.signal(signal.SIGKILL)
+    before_kill = stop_mid_run(victim, signal.SIGKILL, run_dir)
     killed_at = time.monotonic()
-    before_kill = epochs(run_dir)
     assert victim.finish(timeout=30)[0] != 0
 
     def reaped() -> bool:
         return queue_trials(database, shared)[0][0].state.name != "RUNNING"
 
-    wait_for(reaped, 60, "the other machine to take the killed claim back")
+    wait_for(reaped, 60, "the other machine to take the killed claim back", (survivor,))
     waited = time.monotonic() - killed_at
     assert waited >= 1.5, f"taken back after {waited:.1f} s: by heartbeat timeout, not by a pid check"
     code, output = survivor.finish()
     assert_clean(code, output)
     assert run_lines(output, "completed") == [run_dir.name]
-    assert epochs(run_dir) == list(range(8)), "each epoch recorded once"
-    assert 2 <= len(before_kill) < 8 and sessions(run_dir) == 2, "killed once, resumed once on the other"
-    assert runfolder.read_result(run_dir)["epochs_run"] == 8
+    assert epochs(run_dir) == list(range(STOPPED_EPOCHS)), "each epoch recorded once"
+    assert len(before_kill) >= 2 and sessions(run_dir) == 2, "killed once, resumed once on the other"
+    assert runfolder.read_result(run_dir)["epochs_run"] == STOPPED_EPOCHS
     run_trials = queue_trials(database, shared)[0]
     assert [t.state.name for t in run_trials] == ["FAIL", "COMPLETE"]
     assert run_trials[1].user_attrs[work_queue.ATTEMPT] == 1, "an attempt that made progress costs nothing"
@@ -312,19 +327,18 @@ def test_a_killed_machines_run_is_taken_over_after_its_heartbeats_stop(tmp_path,
 
 @pytest.mark.slow
 def test_a_stopped_machine_loses_its_claim_on_postgresql_and_each_run_completes_once(tmp_path, database):
-    raw = {"name": "pause", "base": {**SHORT, "train.epochs": 8}, "seeds": [0]}
+    raw = {"name": "pause", "base": {**SHORT, "train.epochs": STOPPED_EPOCHS}, "seeds": [0]}
     shared = tmp_path / "shared" / "study"
     a, b = Machine(tmp_path, "machine-a"), Machine(tmp_path, "machine-b")
     sleeper, other = start_both_machines(a, b, raw, shared, database)
     paused_dir = wait_for(lambda: next(iter(sorted((shared / "runs").glob("*"))), None), 120, "a run folder")
-    wait_for(lambda: len(epochs(paused_dir)) >= 2, 120, "two epochs on the machine that claimed the run")
-    sleeper.signal(signal.SIGSTOP)
+    stop_mid_run(sleeper, signal.SIGSTOP, paused_dir)
 
     def reaped() -> bool:
         trials = queue_trials(database, shared)
         return any(t.state.name == "FAIL" for run_trials in trials.values() for t in run_trials)
 
-    wait_for(reaped, 90, "the other machine to reap the paused claim")
+    wait_for(reaped, 90, "the other machine to reap the paused claim", (other,))
     time.sleep(2)  # b claims the run again and finds its folder held by the paused worker
     sleeper.signal(signal.SIGCONT)
     results = [sleeper.finish(), other.finish()]
@@ -334,7 +348,8 @@ def test_a_stopped_machine_loses_its_claim_on_postgresql_and_each_run_completes_
     completed = [run_id for _, output in results for run_id in run_lines(output, "completed")]
     assert sorted(completed) == run_ids, f"each run completed exactly once: {results}"
     assert run_lines(results[0][1], "lost") == [paused_dir.name], "the woken worker saw its claim was lost"
-    assert epochs(paused_dir) == list(range(8)) and runfolder.read_result(paused_dir)["epochs_run"] == 8
+    assert epochs(paused_dir) == list(range(STOPPED_EPOCHS))
+    assert runfolder.read_result(paused_dir)["epochs_run"] == STOPPED_EPOCHS
     states = [t.state.name for t in queue_trials(database, shared)[0]]
     assert states.count("COMPLETE") == 1 and states[0] == "FAIL", states
 

@@ -429,7 +429,8 @@ def _add_study(commands: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--worker-only",
         action="store_true",
-        help="only work through the queue another `study run` filled; no ensembles or report",
+        help="only work through the queue another `study run` fills (waits up to 10 min for it); "
+        "no ensembles or report",
     )
     run.add_argument(
         "--heartbeat",

@@ -219,8 +219,12 @@ class RunQueue:
         grace_s: int | None = None,
         max_attempts: int = WorkerOptions.max_attempts,
         create: bool = True,
+        wait_s: float = 0.0,
         progressed: Callable[[FrozenTrial], bool] | None = None,
     ) -> None:
+        """`create`: make the queue when it does not exist (a planner); otherwise wait up to `wait_s` for a
+        planner to make it (a worker that plans nothing must not create it: the planner would then find it
+        made by another and wait for that process to fill it)."""
         self.url = url
         self.name = name
         self.heartbeat_s = heartbeat_s
@@ -230,7 +234,7 @@ class RunQueue:
         self.storage = open_storage(
             url, heartbeat_s=heartbeat_s, grace_s=self.grace_s, on_stale=self._requeue
         )
-        self.study, self.created = _create_or_load(self.storage, name, create=create)
+        self.study, self.created = _create_or_load(self.storage, name, create=create, wait_s=wait_s)
         self.study_id = self.storage.get_study_id_from_name(name)
 
     def enqueue(self, n_runs: int, *, wait_s: float = 60.0) -> None:
@@ -409,17 +413,30 @@ class RunQueue:
         return self.storage.get_all_trials(self.study_id, deepcopy=False)
 
 
-def _create_or_load(storage: RDBStorage, name: str, *, create: bool) -> tuple[optuna.Study, bool]:
-    """Create the Optuna study, or load it when another process already did; says which happened."""
+def _create_or_load(
+    storage: RDBStorage, name: str, *, create: bool, wait_s: float = 0.0
+) -> tuple[optuna.Study, bool]:
+    """Create the Optuna study, or load it when another process already did (waiting up to `wait_s` for
+    one to); says which happened."""
     if create:
         try:
             return optuna.create_study(study_name=name, storage=storage, direction="maximize"), True
         except optuna.exceptions.DuplicatedStudyError:
             pass
-    try:
-        return optuna.load_study(study_name=name, storage=storage), False
-    except KeyError:
-        raise CnnlabError(f"no study queue {name!r} in {storage.url}") from None
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return optuna.load_study(study_name=name, storage=storage), False
+        except KeyError:
+            if time.monotonic() >= deadline:
+                break
+        time.sleep(0.2)
+    if wait_s:
+        raise ConfigError(
+            f"study queue {name!r} in {storage.url} was not created within {wait_s:.0f} s; "
+            "start one `cnnlab study run` without --worker-only first"
+        )
+    raise CnnlabError(f"no study queue {name!r} in {storage.url}")
 
 
 def _waiting(index: int, *, attempt: int) -> FrozenTrial:

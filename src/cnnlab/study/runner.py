@@ -95,7 +95,7 @@ def run_study(
         if options.storage:
             open_storage_first(url)
         prepare_study_dir(plan, Path(spec_path), url, options, overrides)
-    queue = open_queue(plan, url, options)
+    queue = open_queue(plan, url, options, planner=not worker_only)
     if worker_only:
         queue.wait_until_enqueued(QUEUE_WAIT_S)
     else:
@@ -215,14 +215,19 @@ def queue_name(plan: StudyPlan) -> str:
     return f"cnnlab:{plan.spec.name}:{plan.plan_hash}"
 
 
-def open_queue(plan: StudyPlan, url: str, options: WorkerOptions) -> work_queue.RunQueue:
-    """Connect to (or create) the plan's queue in the storage."""
+def open_queue(
+    plan: StudyPlan, url: str, options: WorkerOptions, *, planner: bool = True
+) -> work_queue.RunQueue:
+    """Connect to (or, for a planner, create) the plan's queue in the storage; a worker that plans nothing
+    waits for a planner to create it."""
     return work_queue.RunQueue(
         url,
         queue_name(plan),
         heartbeat_s=options.heartbeat_s,
         grace_s=options.grace_s,
         max_attempts=options.max_attempts,
+        create=planner,
+        wait_s=0.0 if planner else QUEUE_WAIT_S,
         progressed=functools.partial(_progressed, plan),
     )
 
