@@ -229,6 +229,17 @@ def test_a_postgresql_url_without_its_driver_says_which_extra_to_install(tmp_pat
     assert not out.exists(), "a storage that cannot be opened changes no file"
 
 
+def test_a_storage_that_cannot_be_reached_is_one_line_without_its_password(tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"base": {**TINY, "train.epochs": 1}, "seeds": [0]}))
+    url = "postgresql://u:s3cr3t@127.0.0.1:1/db"  # nothing listens on port 1
+    code = cli.main(["study", "run", str(spec), "--out", str(tmp_path / "study"), "--storage", url])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("cnnlab: error: --storage 'postgresql://u:***@127.0.0.1:1/db' cannot be opened")
+    assert "s3cr3t" not in err
+
+
 def test_the_server_is_real_and_listens_on_loopback_only(postgres, database):
     import psycopg
 

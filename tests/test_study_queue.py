@@ -5,20 +5,18 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 
 import pytest
 
-from cnnlab.errors import ConfigError
 from cnnlab.runfolder import COMPLETED, DIVERGED, PENDING, RUNNING
-from cnnlab.study.queue import RunQueue
+from cnnlab.study.queue import QueueMissing, RunQueue
 
 WORKER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from cnnlab.study.queue import RunQueue
+    from cnnlab.study.queue import QueueMissing, RunQueue
     url, name, n_runs, out, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
     queue = RunQueue(url, name, heartbeat_s=1, grace_s=2)
     queue.enqueue(n_runs)
@@ -122,25 +120,13 @@ def test_enqueue_is_done_once_per_plan(tmp_path):
     assert not again.created and len(again.study.trials) == 5
 
 
-def test_a_worker_started_before_its_planner_waits_for_the_queue_and_leaves_the_planner_to_make_it(tmp_path):
+def test_a_queue_nobody_planned_is_missing_not_created(tmp_path):
     url = f"sqlite:///{tmp_path / 'queue.db'}"
-    opened = []
-    worker = threading.Thread(target=lambda: opened.append(RunQueue(url, "q", create=False, wait_s=60)))
-    worker.start()
-    time.sleep(0.5)  # the worker is polling for a queue that no planner has made yet
-    assert worker.is_alive() and not opened
+    RunQueue(url, "other").enqueue(1)
+    with pytest.raises(QueueMissing, match="no study queue 'q'"):
+        RunQueue(url, "q", create=False)
     planner = RunQueue(url, "q")
-    assert planner.created, "the planner makes the queue, so it enqueues at once (not after a 60 s wait)"
-    planner.enqueue(3)
-    worker.join(timeout=30)
-    (queue,) = opened
-    queue.wait_until_enqueued(5)
-    assert not queue.created and len(queue.study.trials) == 3
-
-
-def test_a_worker_without_a_planner_gives_up_with_a_message(tmp_path):
-    with pytest.raises(ConfigError, match="was not created within 1 s; start one `cnnlab study run` without"):
-        RunQueue(f"sqlite:///{tmp_path / 'queue.db'}", "q", create=False, wait_s=1)
+    assert planner.created, "the planner makes the queue, so it fills it at once (no wait for another)"
 
 
 def _claim_all(queue, n_runs, timeout=60):

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 import yaml
 
 from cnnlab import cli
-from cnnlab.study.runner import WorkerOptions, run_study
+from cnnlab.study.runner import WorkerOptions, default_storage, join_as_worker, plan_study, run_study
 from cnnlab.study.status import study_status
 from tests.worker_output import run_lines
 
@@ -326,6 +327,39 @@ def test_workers_option_runs_every_run_once_across_local_processes(tmp_path):
     completed = run_lines(output, "completed")
     assert len(completed) == 4 and len(set(completed)) == 4, output
     assert ": 4 completed (" in output and (tmp_path / "w" / "report.html").is_file()
+
+
+def test_a_worker_started_before_its_planner_waits_for_it_and_creates_nothing(tmp_path):
+    spec = write_spec(tmp_path / "s.yaml", {"base": TINY, "seeds": [0, 1]})
+    study = tmp_path / "study"
+    plan = plan_study(spec, study)
+    lines: list[str] = []
+    joined: list = []
+    worker = threading.Thread(
+        target=lambda: joined.append(join_as_worker(plan, default_storage(study), FAST, log=lines.append))
+    )
+    worker.start()
+    time.sleep(1.0)
+    assert worker.is_alive() and not joined and not study.exists(), "the worker waits and writes nothing"
+    assert len(lines) == 1 and lines[0].startswith("waiting up to 10 min for a `cnnlab study run` without")
+    planned = time.monotonic()
+    outcome = run_study(spec, study, options=FAST, log=lambda line: None)
+    assert time.monotonic() - planned < 50, "the planner did not wait for a marker (60 s) from the worker"
+    worker.join(timeout=30)
+    (queue,) = joined
+    assert not queue.created and outcome.counts["completed"] == 2 and queue.drained(2)
+    assert len(lines) == 1, "said once"
+
+
+def test_a_worker_whose_planner_never_comes_stops_with_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("cnnlab.study.runner.QUEUE_WAIT_S", 1.0)
+    spec = write_spec(tmp_path / "s.yaml", {"base": TINY, "seeds": [0]})
+    study = tmp_path / "study"
+    assert cli.main(["study", "run", str(spec), "--out", str(study), "--worker-only"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cnnlab: error: no `cnnlab study run` without --worker-only came to plan study")
+    assert "within 1 s; start one (the same spec, --out and --storage) first" in err and "\n" not in err
+    assert not study.exists()
 
 
 def test_worker_flags_left_out_take_the_worker_options_defaults(tmp_path, capsys, monkeypatch):

@@ -133,12 +133,27 @@ def open_storage(
         storage = _first_connection(storage_engine_url(url), engine_kwargs, options)
     except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.OperationalError, ImportError, ValueError) as error:
         raise ConfigError(
-            f"--storage {url!r} cannot be opened: {str(error).splitlines()[0]}; expected an "
+            f"--storage {shown_url(url)!r} cannot be opened: {str(error).splitlines()[0]}; expected an "
             "SQLAlchemy URL such as sqlite:///DIR/study.db or postgresql://user@host/db"
         ) from None
     if sqlite:
         _serialize_sqlite_transactions(storage.engine)
     return storage
+
+
+def shown_url(url: str) -> str:
+    """A storage URL as messages print it: its password masked."""
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        return url
+
+
+def storage_exists(url: str) -> bool:
+    """False for a SQLite URL whose file does not exist (opening it would create an empty one)."""
+    if not url.startswith("sqlite:///"):
+        return True
+    return Path(url[len("sqlite:///") :]).is_file()
 
 
 POSTGRES_SCHEMES = ("postgresql", "postgres")
@@ -178,9 +193,8 @@ def _check_driver(url: str) -> None:
         return
     driver = parsed.get_driver_name()
     if not _installed(driver):
-        shown = parsed.render_as_string(hide_password=True)
         raise ConfigError(
-            f"--storage {shown!r} needs the PostgreSQL driver {driver!r}, which is not installed; "
+            f"--storage {shown_url(url)!r} needs the PostgreSQL driver {driver!r}, which is not installed; "
             f"install it with: {POSTGRES_EXTRA}"
         )
 
@@ -219,12 +233,11 @@ class RunQueue:
         grace_s: int | None = None,
         max_attempts: int = WorkerOptions.max_attempts,
         create: bool = True,
-        wait_s: float = 0.0,
         progressed: Callable[[FrozenTrial], bool] | None = None,
     ) -> None:
-        """`create`: make the queue when it does not exist (a planner); otherwise wait up to `wait_s` for a
-        planner to make it (a worker that plans nothing must not create it: the planner would then find it
-        made by another and wait for that process to fill it)."""
+        """`create`: make the queue when it does not exist (a planner); otherwise QueueMissing (a worker that
+        plans nothing must not make it: the planner would find it made by another and wait for that process
+        to fill it)."""
         self.url = url
         self.name = name
         self.heartbeat_s = heartbeat_s
@@ -234,7 +247,11 @@ class RunQueue:
         self.storage = open_storage(
             url, heartbeat_s=heartbeat_s, grace_s=self.grace_s, on_stale=self._requeue
         )
-        self.study, self.created = _create_or_load(self.storage, name, create=create, wait_s=wait_s)
+        try:
+            self.study, self.created = _create_or_load(self.storage, name, create=create)
+        except QueueMissing:
+            self.storage.engine.dispose()
+            raise
         self.study_id = self.storage.get_study_id_from_name(name)
 
     def enqueue(self, n_runs: int, *, wait_s: float = 60.0) -> None:
@@ -254,19 +271,10 @@ class RunQueue:
             time.sleep(0.2)
             self.study = optuna.load_study(study_name=self.name, storage=self.storage)
 
-    def wait_until_enqueued(self, timeout_s: float) -> None:
-        """For workers that do not plan: block until the planner has filled the queue."""
-        deadline = time.monotonic() + timeout_s
-        while (
-            optuna.load_study(study_name=self.name, storage=self.storage).user_attrs.get(ENQUEUED_ATTR)
-            is None
-        ):
-            if time.monotonic() > deadline:
-                raise ConfigError(
-                    f"study queue {self.name!r} in {self.url} was not filled within {timeout_s:.0f} s; "
-                    "start one `cnnlab study run` without --worker-only first"
-                )
-            time.sleep(0.2)
+    def enqueued(self) -> bool:
+        """Has the planner filled the queue (every run enqueued)?"""
+        self.study = optuna.load_study(study_name=self.name, storage=self.storage)
+        return self.study.user_attrs.get(ENQUEUED_ATTR) is not None
 
     def _enqueue_missing(self, n_runs: int) -> None:
         known = {trial.user_attrs.get(RUN_INDEX) for trial in self._trials()}
@@ -413,30 +421,21 @@ class RunQueue:
         return self.storage.get_all_trials(self.study_id, deepcopy=False)
 
 
-def _create_or_load(
-    storage: RDBStorage, name: str, *, create: bool, wait_s: float = 0.0
-) -> tuple[optuna.Study, bool]:
-    """Create the Optuna study, or load it when another process already did (waiting up to `wait_s` for
-    one to); says which happened."""
+class QueueMissing(CnnlabError):
+    """The storage holds no queue of that name (yet)."""
+
+
+def _create_or_load(storage: RDBStorage, name: str, *, create: bool) -> tuple[optuna.Study, bool]:
+    """Create the Optuna study, or load it when another process already did; says which happened."""
     if create:
         try:
             return optuna.create_study(study_name=name, storage=storage, direction="maximize"), True
         except optuna.exceptions.DuplicatedStudyError:
             pass
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            return optuna.load_study(study_name=name, storage=storage), False
-        except KeyError:
-            if time.monotonic() >= deadline:
-                break
-        time.sleep(0.2)
-    if wait_s:
-        raise ConfigError(
-            f"study queue {name!r} in {storage.url} was not created within {wait_s:.0f} s; "
-            "start one `cnnlab study run` without --worker-only first"
-        )
-    raise CnnlabError(f"no study queue {name!r} in {storage.url}")
+    try:
+        return optuna.load_study(study_name=name, storage=storage), False
+    except KeyError:
+        raise QueueMissing(f"no study queue {name!r} in {storage.url}") from None
 
 
 def _waiting(index: int, *, attempt: int) -> FrozenTrial:

@@ -34,7 +34,7 @@ import yaml
 from cnnlab import config as cfg
 from cnnlab import runfolder, safeio
 from cnnlab.data import Splits, load_split, make_splits
-from cnnlab.errors import CnnlabError, DiskFull, Interrupted, one_line
+from cnnlab.errors import CnnlabError, ConfigError, DiskFull, Interrupted, one_line
 from cnnlab.interrupts import signals_raise
 from cnnlab.study import queue as work_queue
 from cnnlab.study.checks import check_plan
@@ -95,10 +95,10 @@ def run_study(
         if options.storage:
             open_storage_first(url)
         prepare_study_dir(plan, Path(spec_path), url, options, overrides)
-    queue = open_queue(plan, url, options, planner=not worker_only)
     if worker_only:
-        queue.wait_until_enqueued(QUEUE_WAIT_S)
+        queue = join_as_worker(plan, url, options, log=log)
     else:
+        queue = open_queue(plan, url, options)
         queue.enqueue(len(plan.runs))
     helpers = _helpers(plan, url, workers, options)
     try:
@@ -218,8 +218,8 @@ def queue_name(plan: StudyPlan) -> str:
 def open_queue(
     plan: StudyPlan, url: str, options: WorkerOptions, *, planner: bool = True
 ) -> work_queue.RunQueue:
-    """Connect to (or, for a planner, create) the plan's queue in the storage; a worker that plans nothing
-    waits for a planner to create it."""
+    """Connect to (or, for a planner, create) the plan's queue in the storage; QueueMissing for a worker
+    that plans nothing when no planner has created it yet."""
     return work_queue.RunQueue(
         url,
         queue_name(plan),
@@ -227,9 +227,36 @@ def open_queue(
         grace_s=options.grace_s,
         max_attempts=options.max_attempts,
         create=planner,
-        wait_s=0.0 if planner else QUEUE_WAIT_S,
         progressed=functools.partial(_progressed, plan),
     )
+
+
+def join_as_worker(
+    plan: StudyPlan, url: str, options: WorkerOptions, *, log: Log = print
+) -> work_queue.RunQueue:
+    """`--worker-only`: the plan's queue once a planner (a `study run` without --worker-only) has created
+    and filled it. Waits up to QUEUE_WAIT_S, saying so once; creates nothing (neither the queue nor a SQLite
+    file), so a worker started first never delays the planner."""
+    deadline = time.monotonic() + QUEUE_WAIT_S
+    up_to = f"{QUEUE_WAIT_S / 60:.0f} min" if QUEUE_WAIT_S >= 60 else f"{QUEUE_WAIT_S:.0f} s"
+    where = f"study {plan.spec.name!r} and fill its queue in {work_queue.shown_url(url)}"
+    queue: work_queue.RunQueue | None = None
+    said = False
+    while True:
+        if queue is None and work_queue.storage_exists(url):
+            with contextlib.suppress(work_queue.QueueMissing):
+                queue = open_queue(plan, url, options, planner=False)
+        if queue is not None and queue.enqueued():
+            return queue
+        if time.monotonic() > deadline:
+            raise ConfigError(
+                f"no `cnnlab study run` without --worker-only came to plan {where} within {up_to}; "
+                "start one (the same spec, --out and --storage) first"
+            )
+        if not said:
+            log(f"waiting up to {up_to} for a `cnnlab study run` without --worker-only to plan {where}")
+            said = True
+        time.sleep(0.5)
 
 
 def _progressed(plan: StudyPlan, trial: Any) -> bool:

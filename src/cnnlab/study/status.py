@@ -76,7 +76,7 @@ def study_status(study_dir: str | Path, *, storage: str | None = None) -> StudyS
 
 def _queue_states(plan: dict[str, Any], url: str | None) -> dict[int, work_queue.RunState] | None:
     """The queue's view of every run, or None when the storage is missing or unreadable."""
-    if not url or not plan.get("queue") or not _storage_exists(url):
+    if not url or not plan.get("queue") or not work_queue.storage_exists(url):
         return None
     try:
         queue = work_queue.RunQueue(
@@ -88,13 +88,6 @@ def _queue_states(plan: dict[str, Any], url: str | None) -> dict[int, work_queue
         return queue.states()
     except Exception:  # a status report must not fail because the storage is gone, locked or unreachable
         return None
-
-
-def _storage_exists(url: str) -> bool:
-    """A SQLite URL must point at an existing file (opening it would create an empty one)."""
-    if not url.startswith("sqlite:///"):
-        return True
-    return Path(url[len("sqlite:///") :]).is_file()
 
 
 def _run_status(
