@@ -365,6 +365,51 @@ def test_a_stopped_machine_loses_its_claim_on_postgresql_and_each_run_completes_
     assert states.count("COMPLETE") == 1 and states[0] == "FAIL", states
 
 
+HOLD_A_ROW_LOCK_AND_STOP = """
+import os, signal, sys, sqlalchemy
+from cnnlab.study.queue import RunQueue
+queue = RunQueue(sys.argv[1], "q", heartbeat_s=1)
+claim = queue.claim(lambda index: True)
+connection = queue.storage.engine.connect()
+transaction = connection.begin()  # as in the middle of recording an outcome: the trial's row locked
+lock = sqlalchemy.text("SELECT * FROM trials WHERE trial_id = :t FOR UPDATE")
+connection.execute(lock, {"t": claim.trial_id})
+print("locked", flush=True)
+os.kill(os.getpid(), signal.SIGSTOP)
+try:
+    connection.execute(sqlalchemy.text("SELECT 1"))
+    transaction.commit()
+    print("woken: the transaction went on", flush=True)
+except sqlalchemy.exc.DBAPIError as error:
+    print("woken:", type(error.orig).__name__, flush=True)
+print("still mine:", queue.still_mine(claim), flush=True)
+"""
+
+
+def test_a_worker_paused_inside_a_transaction_stalls_the_others_for_one_grace_period_only(database):
+    """SIGSTOP can land while a worker holds a row lock; PostgreSQL then ends its idle transaction after the
+    grace period (IDLE_TRANSACTION_MIN_S at least), so the others reap its claim instead of waiting for it
+    to wake; woken, it finds its connection ended and its claim gone."""
+    queue = work_queue.RunQueue(database, "q", heartbeat_s=1)  # grace 3 s: the timeout is its 10 s floor
+    queue.enqueue(1)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_A_ROW_LOCK_AND_STOP, database], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        time.sleep(queue.grace_s + 1)  # its heartbeats stopped: stale, so the reaper needs the locked row
+        reaper = threading.Thread(target=queue.reap, daemon=True)
+        reaper.start()
+        reaper.join(timeout=60)  # blocked on the row lock until the server ends the holder's session
+        assert not reaper.is_alive(), "the paused worker's row lock stalled the other worker past 60 s"
+    finally:
+        os.kill(holder.pid, signal.SIGCONT)
+    output = holder.communicate(timeout=60)[0]
+    assert "woken: IdleInTransactionSessionTimeout" in output and "still mine: False" in output, output
+    assert [t.state.name for t in queue.study.trials] == ["FAIL", "WAITING"], "reaped and queued again"
+    queue.storage.engine.dispose()
+
+
 @pytest.mark.slow
 def test_two_tune_processes_on_postgresql_reach_the_trial_budget_exactly(tmp_path, database):
     raw = {

@@ -11,10 +11,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 import yaml
 
 from cnnlab import cli
+from cnnlab.study.queue import RunQueue
 from cnnlab.study.runner import WorkerOptions, default_storage, join_as_worker, plan_study, run_study
 from cnnlab.study.status import study_status
 from tests.worker_output import run_lines
@@ -360,6 +362,42 @@ def test_a_worker_whose_planner_never_comes_stops_with_one_line(tmp_path, monkey
     assert err.startswith("cnnlab: error: no `cnnlab study run` without --worker-only came to plan study")
     assert "within 1 s; start one (the same spec, --out and --storage) first" in err and "\n" not in err
     assert not study.exists()
+
+
+def flaky_claims(monkeypatch, failures: int | None) -> None:
+    """RunQueue.claim fails as a dropped database connection does, `failures` times (None: always)."""
+    real_claim = RunQueue.claim
+    count = {"failed": 0}
+
+    def claim(self, claimable):
+        if failures is None or count["failed"] < failures:
+            count["failed"] += 1
+            raise optuna.exceptions.StorageInternalError("server closed the connection unexpectedly")
+        return real_claim(self, claimable)
+
+    monkeypatch.setattr(RunQueue, "claim", claim)
+
+
+def test_a_worker_whose_queue_database_fails_a_while_says_so_and_goes_on(tmp_path, monkeypatch):
+    flaky_claims(monkeypatch, failures=2)
+    spec = write_spec(tmp_path / "s.yaml", {"base": TINY, "seeds": [0, 1]})
+    lines: list[str] = []
+    outcome = run_study(spec, tmp_path / "study", options=FAST, log=lines.append)
+    assert outcome.counts["completed"] == 2 and outcome.trained == 2
+    failed = [line for line in lines if line.startswith("the queue's database sqlite:///")]
+    assert len(failed) == 2, lines  # said once as it failed, once as it came back
+    assert failed[0].endswith("failed (server closed the connection unexpectedly); trying again")
+    assert failed[1].endswith("answers again")
+
+
+def test_a_worker_whose_queue_database_stays_down_stops_with_one_line(tmp_path, monkeypatch, capsys):
+    flaky_claims(monkeypatch, failures=None)
+    monkeypatch.setattr("cnnlab.study.runner.STORAGE_OUTAGE_S", 0.0)
+    spec = write_spec(tmp_path / "s.yaml", {"base": TINY, "seeds": [0]})
+    assert cli.main(["study", "run", str(spec), "--out", str(tmp_path / "study")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cnnlab: error: the queue's database sqlite:///") and "\n" not in err, err
+    assert "every run keeps its checkpoints: run the same command again once the database is back" in err
 
 
 def test_worker_flags_left_out_take_the_worker_options_defaults(tmp_path, capsys, monkeypatch):

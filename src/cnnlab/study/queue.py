@@ -118,7 +118,7 @@ def open_storage(
     quiet_optuna()
     sqlite = url.startswith("sqlite")
     _check_driver(url)
-    engine_kwargs = {"connect_args": {"timeout": 120, "isolation_level": None}} if sqlite else {}
+    engine_kwargs = _engine_kwargs(url, grace_s or 3 * heartbeat_s)
     callback_arg = (
         "heartbeat_stale_trial_callback"
         if "heartbeat_stale_trial_callback" in inspect.signature(RDBStorage).parameters
@@ -139,6 +139,28 @@ def open_storage(
     if sqlite:
         _serialize_sqlite_transactions(storage.engine)
     return storage
+
+
+IDLE_TRANSACTION_MIN_S = 10  # PostgreSQL ends a session idle inside a transaction this long (or one grace)
+STORAGE_ERRORS = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError)
+
+
+def _engine_kwargs(url: str, grace_s: float) -> dict[str, Any]:
+    """SQLite: wait up to 120 s for another process's write lock, every transaction opened by our BEGIN.
+    PostgreSQL: the server ends a session left idle inside a transaction for a grace period (at least
+    IDLE_TRANSACTION_MIN_S), so a worker paused (SIGSTOP, a suspended machine) while it held a row lock
+    cannot stall the other workers' claims and reaping for as long as it sleeps; woken, it finds its
+    connection gone (a storage error its work loop survives) and its claim reaped."""
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 120, "isolation_level": None}}
+    try:
+        backend = sqlalchemy.engine.make_url(url).get_backend_name()
+    except sqlalchemy.exc.ArgumentError:
+        return {}
+    if backend != "postgresql":
+        return {}
+    timeout_ms = int(1000 * max(grace_s, IDLE_TRANSACTION_MIN_S))
+    return {"connect_args": {"options": f"-c idle_in_transaction_session_timeout={timeout_ms}"}}
 
 
 def shown_url(url: str) -> str:

@@ -49,6 +49,7 @@ from cnnlab.train.resolve import resolve_config
 Log = Callable[[str], None]
 STORAGE_FILE = "study.db"
 QUEUE_WAIT_S = 600.0  # a --worker-only process waits this long for the planner to fill the queue
+STORAGE_OUTAGE_S = 600.0  # a worker gives up after its queue's database failed this long without a success
 
 
 @dataclasses.dataclass(frozen=True)
@@ -274,16 +275,52 @@ def work(
     """Claim and execute runs until every run is done or failed; returns (trained, skipped) here."""
     trained = skipped = 0
     n_runs = len(plan.runs)
+    outage = StorageOutage(queue.url, log)
     while True:
-        claim = queue.claim(functools.partial(_claimable, plan, queue.states(), time.monotonic()))
-        if claim is None:
-            if queue.drained(n_runs):
-                return trained, skipped
-            time.sleep(options.poll_s)
+        try:
+            claim = queue.claim(functools.partial(_claimable, plan, queue.states(), time.monotonic()))
+            outage.over()
+            if claim is None:
+                if queue.drained(n_runs):
+                    return trained, skipped
+                time.sleep(options.poll_s)
+                continue
+            outcome = execute(plan, queue, claim, log=log)
+        except work_queue.STORAGE_ERRORS as error:
+            outage.failed(error)
+            time.sleep(max(options.poll_s, 1.0))
             continue
-        outcome = execute(plan, queue, claim, log=log)
         trained += outcome == "trained"
         skipped += outcome == "skipped"
+
+
+class StorageOutage:
+    """A worker's view of its queue's database failing (a dropped connection, a paused process's SQLite
+    lock past its wait, a server restart): the work loop tries again, says so once per outage, and gives up
+    with one line after STORAGE_OUTAGE_S without a success. A run whose outcome could not be recorded is
+    reaped like a dead worker's and, completed in its folder, recorded as such by the next worker."""
+
+    def __init__(self, url: str, log: Log) -> None:
+        self.url = url
+        self.log = log
+        self.since: float | None = None
+
+    def failed(self, error: BaseException) -> None:
+        shown = work_queue.shown_url(self.url)
+        reason = one_line(str(error).splitlines()[0] if str(error) else type(error).__name__, 300)
+        if self.since is None:
+            self.since = time.monotonic()
+            self.log(f"the queue's database {shown} failed ({reason}); trying again")
+        elif time.monotonic() - self.since > STORAGE_OUTAGE_S:
+            raise CnnlabError(
+                f"the queue's database {shown} has failed for {STORAGE_OUTAGE_S / 60:.0f} min ({reason}); "
+                "every run keeps its checkpoints: run the same command again once the database is back"
+            )
+
+    def over(self) -> None:
+        if self.since is not None:
+            self.log(f"the queue's database {work_queue.shown_url(self.url)} answers again")
+        self.since = None
 
 
 _BUSY_UNTIL: dict[int, float] = {}  # run index → when this process may look at it again (folder was held)
@@ -326,9 +363,10 @@ def execute(plan: StudyPlan, queue: work_queue.RunQueue, claim: work_queue.Claim
         with queue.heartbeat(claim) as lost:
             status, summary = _fit(plan, run, run_dir, lost)
     except Interrupted as stop:
-        queue.finish(
-            claim, runfolder.INTERRUPTED, run_id=run.run_id, reason=f"interrupted by {stop.signal_name}"
-        )
+        with contextlib.suppress(*work_queue.STORAGE_ERRORS):  # the interrupt ends the process regardless
+            queue.finish(
+                claim, runfolder.INTERRUPTED, run_id=run.run_id, reason=f"interrupted by {stop.signal_name}"
+            )
         log(f"{where} interrupted {run.run_id} {_describe(run)} (resumes from its last checkpoint)")
         raise
     except RunLost:
