@@ -229,6 +229,26 @@ def test_a_postgresql_url_without_its_driver_says_which_extra_to_install(tmp_pat
     assert not out.exists(), "a storage that cannot be opened changes no file"
 
 
+def test_a_worker_joins_the_database_its_planner_recorded_and_another_one_is_refused(
+    tmp_path, database, capsys
+):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"base": {**TINY, "train.epochs": 1}, "seeds": [0]}))
+    out = tmp_path / "study"
+    assert cli.main(["study", "run", str(spec), "--out", str(out), "--storage", database]) == 0
+    capsys.readouterr()
+    assert cli.main(["study", "run", str(spec), "--out", str(out), "--worker-only"]) == 0
+    assert "1 completed (this process trained 0" in capsys.readouterr().out, "it joined the PostgreSQL queue"
+    assert not (out / "study.db").exists(), "no SQLite queue of its own"
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    for extra in ([], ["--worker-only"]):
+        code = cli.main(["study", "run", str(spec), "--out", str(out), "--storage", other, *extra])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1, err
+        assert f"keeps its queue in {database}, not in {other}; pass --storage {database} or leave" in err
+    assert not (tmp_path / "other.db").exists()
+
+
 def test_a_storage_that_cannot_be_reached_is_one_line_without_its_password(tmp_path, capsys):
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump({"base": {**TINY, "train.epochs": 1}, "seeds": [0]}))

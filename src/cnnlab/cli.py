@@ -423,8 +423,8 @@ def _add_study(commands: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--storage",
         metavar="URL",
-        help="SQLAlchemy URL of the shared queue (default sqlite:///DIR/study.db; "
-        "postgresql://... across machines)",
+        help="SQLAlchemy URL of the shared queue (default: the database server DIR/study.json records, "
+        "else sqlite:///DIR/study.db; postgresql://... across machines)",
     )
     run.add_argument(
         "--worker-only",

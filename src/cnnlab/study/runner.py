@@ -90,8 +90,8 @@ def run_study(
 
     A folder holding another spec's study is refused (StudyFolderError) unless `restart`."""
     plan = plan_study(spec_path, out_dir, overrides)
-    url = options.storage or default_storage(plan.study_dir)
     check_study_folder(plan, Path(spec_path), restart=restart and not worker_only)
+    url = study_storage(plan, options.storage, restart=restart and not worker_only)
     if not worker_only:
         if options.storage:
             open_storage_first(url)
@@ -144,6 +144,27 @@ def check_study_folder(plan: StudyPlan, spec_path: Path, *, restart: bool) -> No
         f"refusing {plan.spec.name!r} from {spec_path} (plan {plan.plan_hash}): a folder holds one spec; "
         "use another --out, or --restart to discard that study and start over"
     )
+
+
+def study_storage(plan: StudyPlan, given: str | None, *, restart: bool = False) -> str:
+    """The queue storage of a process on this study: --storage as given, else the database server a
+    planner recorded in study.json (so workers on other machines need not repeat the URL), else the folder's
+    own SQLite file. A --storage other than the recorded server is refused (its queue would be another one)
+    unless `restart`."""
+    recorded = (_existing_plan(plan.study_dir) or {}).get("storage")
+    server = recorded if isinstance(recorded, str) and not recorded.startswith("sqlite") else None
+    if given and server and not restart and not _same_storage(given, server):
+        shown = work_queue.shown_url(server)
+        raise StudyFolderError(
+            f"study folder {str(plan.study_dir)!r} keeps its queue in {shown}, not in "
+            f"{work_queue.shown_url(given)}; pass --storage {shown} or leave --storage out "
+            "(or --restart to discard that study and start over)"
+        )
+    return given or server or default_storage(plan.study_dir)
+
+
+def _same_storage(first: str, second: str) -> bool:
+    return work_queue.storage_engine_url(first) == work_queue.storage_engine_url(second)
 
 
 def _existing_plan(study_dir: Path) -> dict[str, Any] | None:
