@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from cnnlab import cli
+from cnnlab.study import runner
 from cnnlab.study.queue import RunQueue
 from cnnlab.study.runner import WorkerOptions, default_storage, join_as_worker, plan_study, run_study
 from cnnlab.study.status import study_status
@@ -398,6 +399,28 @@ def test_a_worker_whose_queue_database_stays_down_stops_with_one_line(tmp_path, 
     err = capsys.readouterr().err.strip()
     assert err.startswith("cnnlab: error: the queue's database sqlite:///") and "\n" not in err, err
     assert "every run keeps its checkpoints: run the same command again once the database is back" in err
+
+
+def test_a_queue_database_failing_outside_the_work_loop_is_one_line(tmp_path, monkeypatch, capsys):
+    """After its runs, a planner reads the queue for its report: a database lost then is one line, exit 2."""
+    spec = write_spec(tmp_path / "s.yaml", {"base": TINY, "seeds": [0]})
+    real_work = runner.work
+
+    def states(self):
+        raise optuna.exceptions.StorageInternalError("server closed the connection unexpectedly\nmore")
+
+    def work_then_lose_the_database(*args, **kwargs):
+        done = real_work(*args, **kwargs)
+        monkeypatch.setattr(RunQueue, "states", states)
+        return done
+
+    monkeypatch.setattr(runner, "work", work_then_lose_the_database)
+    assert cli.main(["study", "run", str(spec), "--out", str(tmp_path / "study")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "cnnlab: error: the queue's database failed (server closed the connection unexpectedly); every run "
+        "keeps its checkpoints: run the same command again once the database answers"
+    )
 
 
 def test_worker_flags_left_out_take_the_worker_options_defaults(tmp_path, capsys, monkeypatch):

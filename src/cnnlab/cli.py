@@ -77,6 +77,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as error:  # a full disk, a read-only or foreign folder: the user's to fix
         print(f"cnnlab: error: {describe_os_error(error)}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception as error:
+        if not _queue_database_failed(error):
+            raise
+        print(
+            f"cnnlab: error: the queue's database failed ({one_line(str(error).splitlines()[0], 300)}); "
+            "every run keeps its checkpoints: run the same command again once the database answers",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     except (Interrupted, KeyboardInterrupt) as stop:
         signum = stop.signum if isinstance(stop, Interrupted) else 2
         hint = getattr(args, "resume_hint", None)
@@ -85,6 +94,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not getattr(stop, "quiet", False):  # quiet: another DDP rank (rank zero says it)
             print(f"cnnlab: interrupted by {name}{resume}", file=sys.stderr)
         return 128 + signum
+
+
+def _queue_database_failed(error: Exception) -> bool:
+    """Is this a study or tune storage's failure (a dropped connection, a stopped server, a lock)? Only a
+    command that opened one (and so imported optuna) can raise it."""
+    if "optuna" not in sys.modules:
+        return False
+    from cnnlab.study.queue import STORAGE_ERRORS
+
+    return isinstance(error, STORAGE_ERRORS)
 
 
 class OneLineParser(argparse.ArgumentParser):
