@@ -339,7 +339,9 @@ def test_a_worker_started_before_its_planner_waits_for_it_and_creates_nothing(tm
     lines: list[str] = []
     joined: list = []
     worker = threading.Thread(
-        target=lambda: joined.append(join_as_worker(plan, default_storage(study), FAST, log=lines.append))
+        target=lambda: joined.append(
+            join_as_worker(plan, spec, default_storage(study), FAST, log=lines.append)
+        )
     )
     worker.start()
     time.sleep(1.0)
@@ -352,6 +354,25 @@ def test_a_worker_started_before_its_planner_waits_for_it_and_creates_nothing(tm
     (queue,) = joined
     assert not queue.created and outcome.counts["completed"] == 2 and queue.drained(2)
     assert len(lines) == 1, "said once"
+
+
+def test_a_waiting_worker_stops_when_a_planner_of_another_spec_takes_the_folder(tmp_path, capsys):
+    mine = write_spec(tmp_path / "mine.yaml", {"base": TINY, "seeds": [0]})
+    theirs = write_spec(tmp_path / "theirs.yaml", {"base": TINY, "seeds": [1]})
+    study = tmp_path / "study"
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "cnnlab", "study", "run", str(mine), "--out", str(study), "--worker-only"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "CNNLAB_QUIET": "1"},
+    )
+    assert worker.stdout.readline().startswith("waiting up to 10 min for a `cnnlab study run` without")
+    assert cli.main(["study", "run", str(theirs), "--out", str(study)]) == 0
+    out, err = worker.communicate(timeout=120)
+    assert worker.returncode == 2, out + err
+    assert err.strip().startswith(f"cnnlab: error: study folder {str(study)!r} holds study"), err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_a_worker_whose_planner_never_comes_stops_with_one_line(tmp_path, monkeypatch, capsys):

@@ -57,9 +57,11 @@ def run_program() -> NoReturn:
 def main(argv: Sequence[str] | None = None) -> int:
     """The whole command line; returns the process exit code (`run_program` exits with it)."""
     parser = build_parser()
-    for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 print escaped, never crash
+    # File names that are not UTF-8 print escaped, never crash; each line goes out as it is printed, so a
+    # study's progress piped to `tee` or a log file is there as it happens, not when a buffer fills.
+    for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors="backslashreplace")
+            stream.reconfigure(errors="backslashreplace", line_buffering=True)
     try:
         args = parser.parse_args(argv)
     except SystemExit as done:  # --help, or a usage error argparse already printed on one line

@@ -97,7 +97,7 @@ def run_study(
             open_storage_first(url)
         prepare_study_dir(plan, Path(spec_path), url, options, overrides)
     if worker_only:
-        queue = join_as_worker(plan, url, options, log=log)
+        queue = join_as_worker(plan, Path(spec_path), url, options, log=log)
     else:
         queue = open_queue(plan, url, options)
         queue.enqueue(len(plan.runs))
@@ -254,17 +254,19 @@ def open_queue(
 
 
 def join_as_worker(
-    plan: StudyPlan, url: str, options: WorkerOptions, *, log: Log = print
+    plan: StudyPlan, spec_path: Path, url: str, options: WorkerOptions, *, log: Log = print
 ) -> work_queue.RunQueue:
     """`--worker-only`: the plan's queue once a planner (a `study run` without --worker-only) has created
     and filled it. Waits up to QUEUE_WAIT_S, saying so once; creates nothing (neither the queue nor a SQLite
-    file), so a worker started first never delays the planner."""
+    file), so a worker started first never delays the planner. A planner of another spec taking the folder
+    meanwhile ends the wait (StudyFolderError)."""
     deadline = time.monotonic() + QUEUE_WAIT_S
     up_to = f"{QUEUE_WAIT_S / 60:.0f} min" if QUEUE_WAIT_S >= 60 else f"{QUEUE_WAIT_S:.0f} s"
     where = f"study {plan.spec.name!r} and fill its queue in {work_queue.shown_url(url)}"
     queue: work_queue.RunQueue | None = None
     said = False
     while True:
+        check_study_folder(plan, spec_path, restart=False)
         if queue is None and work_queue.storage_exists(url):
             with contextlib.suppress(work_queue.QueueMissing):
                 queue = open_queue(plan, url, options, planner=False)
