@@ -217,10 +217,16 @@ def test_bare_postgresql_urls_open_with_psycopg3_when_psycopg2_is_absent(monkeyp
     assert work_queue.storage_engine_url(url) == url
 
 
-def test_a_postgresql_url_without_its_driver_says_which_extra_to_install(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(work_queue, "_installed", lambda module: False)
+def one_run_spec(tmp_path: Path) -> Path:
+    """A study spec of one tiny run (one epoch), written into tmp_path."""
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump({"base": {**TINY, "train.epochs": 1}, "seeds": [0]}))
+    return spec
+
+
+def test_a_postgresql_url_without_its_driver_says_which_extra_to_install(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(work_queue, "_installed", lambda module: False)
+    spec = one_run_spec(tmp_path)
     out = tmp_path / "study"
     code = cli.main(["study", "run", str(spec), "--out", str(out), "--storage", "postgresql://u:pw@h/db"])
     err = capsys.readouterr().err.strip()
@@ -232,8 +238,7 @@ def test_a_postgresql_url_without_its_driver_says_which_extra_to_install(tmp_pat
 def test_a_worker_joins_the_database_its_planner_recorded_and_another_one_is_refused(
     tmp_path, database, capsys
 ):
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump({"base": {**TINY, "train.epochs": 1}, "seeds": [0]}))
+    spec = one_run_spec(tmp_path)
     out = tmp_path / "study"
     assert cli.main(["study", "run", str(spec), "--out", str(out), "--storage", database]) == 0
     capsys.readouterr()
@@ -250,8 +255,7 @@ def test_a_worker_joins_the_database_its_planner_recorded_and_another_one_is_ref
 
 
 def test_a_storage_that_cannot_be_reached_is_one_line_without_its_password(tmp_path, capsys):
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump({"base": {**TINY, "train.epochs": 1}, "seeds": [0]}))
+    spec = one_run_spec(tmp_path)
     url = "postgresql://u:s3cr3t@127.0.0.1:1/db"  # nothing listens on port 1
     code = cli.main(["study", "run", str(spec), "--out", str(tmp_path / "study"), "--storage", url])
     err = capsys.readouterr().err.strip()

@@ -16,7 +16,7 @@ WORKER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from cnnlab.study.queue import QueueMissing, RunQueue
+    from cnnlab.study.queue import RunQueue
     url, name, n_runs, out, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
     queue = RunQueue(url, name, heartbeat_s=1, grace_s=2)
     queue.enqueue(n_runs)

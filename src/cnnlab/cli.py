@@ -80,10 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cnnlab: error: {describe_os_error(error)}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as error:
-        if not _queue_database_failed(error):
+        failure = _queue_database_failure(error)
+        if failure is None:
             raise
         print(
-            f"cnnlab: error: the queue's database failed ({one_line(str(error).splitlines()[0], 300)}); "
+            f"cnnlab: error: the queue's database failed ({failure}); "
             "every run keeps its checkpoints: run the same command again once the database answers",
             file=sys.stderr,
         )
@@ -98,14 +99,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + signum
 
 
-def _queue_database_failed(error: Exception) -> bool:
-    """Is this a study or tune storage's failure (a dropped connection, a stopped server, a lock)? Only a
-    command that opened one (and so imported optuna) can raise it."""
+def _queue_database_failure(error: Exception) -> str | None:
+    """A study or tune storage's failure (a dropped connection, a stopped server, a lock) as a message
+    quotes it; None for any other error. Only a command that opened a storage (and so imported optuna) can
+    raise one."""
     if "optuna" not in sys.modules:
-        return False
-    from cnnlab.study.queue import STORAGE_ERRORS
+        return None
+    from cnnlab.study.queue import STORAGE_ERRORS, describe_storage_error
 
-    return isinstance(error, STORAGE_ERRORS)
+    return describe_storage_error(error) if isinstance(error, STORAGE_ERRORS) else None
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -44,7 +44,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from cnnlab import runfolder
-from cnnlab.errors import CnnlabError, ConfigError
+from cnnlab.errors import CnnlabError, ConfigError, one_line
 
 ENQUEUED_ATTR = "cnnlab_enqueued"  # study user attr: number of runs, set once every run is enqueued
 RUN_INDEX = "run_index"
@@ -118,7 +118,8 @@ def open_storage(
     quiet_optuna()
     sqlite = url.startswith("sqlite")
     _check_driver(url)
-    engine_kwargs = _engine_kwargs(url, grace_s or 3 * heartbeat_s)
+    engine_url = storage_engine_url(url)
+    engine_kwargs = _engine_kwargs(engine_url, grace_s or 3 * heartbeat_s)
     callback_arg = (
         "heartbeat_stale_trial_callback"
         if "heartbeat_stale_trial_callback" in inspect.signature(RDBStorage).parameters
@@ -130,7 +131,7 @@ def open_storage(
         callback_arg: on_stale,
     }
     try:
-        storage = _first_connection(storage_engine_url(url), engine_kwargs, options)
+        storage = _first_connection(engine_url, engine_kwargs, options)
     except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.OperationalError, ImportError, ValueError) as error:
         raise ConfigError(
             f"--storage {shown_url(url)!r} cannot be opened: {str(error).splitlines()[0]}; expected an "
@@ -145,8 +146,15 @@ IDLE_TRANSACTION_MIN_S = 10  # PostgreSQL ends a session idle inside a transacti
 STORAGE_ERRORS = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError)
 
 
+def describe_storage_error(error: BaseException) -> str:
+    """A STORAGE_ERRORS exception as messages quote it: its first line, shortened."""
+    text = str(error).strip()
+    return one_line(text.splitlines()[0] if text else type(error).__name__, 300)
+
+
 def _engine_kwargs(url: str, grace_s: float) -> dict[str, Any]:
-    """SQLite: wait up to 120 s for another process's write lock, every transaction opened by our BEGIN.
+    """Engine options for the URL the engine opens (`storage_engine_url`, so `postgres://` is PostgreSQL).
+    SQLite: wait up to 120 s for another process's write lock, every transaction opened by our BEGIN.
     PostgreSQL: the server ends a session left idle inside a transaction for a grace period (at least
     IDLE_TRANSACTION_MIN_S), so a worker paused (SIGSTOP, a suspended machine) while it held a row lock
     cannot stall the other workers' claims and reaping for as long as it sleeps; woken, it finds its

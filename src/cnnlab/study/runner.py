@@ -330,7 +330,7 @@ class StorageOutage:
 
     def failed(self, error: BaseException) -> None:
         shown = work_queue.shown_url(self.url)
-        reason = one_line(str(error).splitlines()[0] if str(error) else type(error).__name__, 300)
+        reason = work_queue.describe_storage_error(error)
         if self.since is None:
             self.since = time.monotonic()
             self.log(f"the queue's database {shown} failed ({reason}); trying again")
