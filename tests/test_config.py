@@ -60,6 +60,26 @@ def test_missing_and_invalid_yaml_files(tmp_path):
         config.load_yaml(bad)
 
 
+def test_hostile_yaml_is_refused_before_it_fills_the_memory(tmp_path):
+    rows = ["    - &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    rows += [f"    - &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("data:\n  classes:\n" + "\n".join(rows) + "\n")  # 9**9 values once expanded
+    with pytest.raises(ConfigError, match="aliases expand to more than 100,000 values"):
+        config.load_yaml(bomb)
+    looped = tmp_path / "looped.yaml"
+    looped.write_text("base: &x {model.name: lenet5, sub: *x}\n")
+    with pytest.raises(ConfigError, match="alias at line 1 refers to a value that holds it"):
+        config.load_yaml(looped)
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("a: " + "[" * 50_000 + "]" * 50_000 + "\n")
+    with pytest.raises(ConfigError, match="nested too deep"):
+        config.load_yaml(deep)
+    shared = tmp_path / "shared.yaml"  # an anchor used a few times is fine
+    shared.write_text("a: &lr {optim.lr: 0.1}\nb: *lr\n")
+    assert config.load_yaml(shared) == {"a": {"optim.lr": 0.1}, "b": {"optim.lr": 0.1}}
+
+
 def test_replace_checks_each_value_and_keeps_the_rest():
     base = config.from_dict({"model.name": "lenet5", "optim.lr": 0.05})
     changed = config.replace(base, **{"train.epochs": "3", "data.classes": [1, 2]})

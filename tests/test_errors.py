@@ -158,7 +158,8 @@ def test_disk_full_stops_the_run_keeps_its_checkpoint_and_a_rerun_resumes(tmp_pa
     monkeypatch.setattr(runfolder, "write_metrics", fills_up)
     out = tmp_path / "run"
     args = ["train", *TINY_TRAIN[:-4], "--epochs", "3", "--set", "data.subset=100", "--out", str(out)]
-    user_error(capsys, args, contains="no space left")
+    message = user_error(capsys, args, contains="no space left")
+    assert message.endswith(f"resume with: cnnlab {' '.join(args)} --resume")  # a plain rerun starts afresh
     assert runfolder.checkpoint_path(out).is_file() and not (out / "result.json").exists()
     monkeypatch.setattr(runfolder, "write_metrics", real_write)
     assert cli.main([*args, "--resume"]) == 0

@@ -311,6 +311,58 @@ def test_train_out_refuses_foreign_files_another_run_and_a_second_process(tmp_pa
     assert code == 2 and f"in use by process {first.pid}" in one_line(err)
 
 
+def test_train_out_refuses_a_users_config_and_result_even_with_overwrite(tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("my: x\n")
+    (mine / "result.json").write_text('{"status": "failed"}')
+    (mine / "metrics.csv").write_text("a,b\n")
+    before = snapshot(mine)
+    base = ["train", "--model", "lenet5", "--data", "digits", "--epochs", "1", "--out", str(mine)]
+    for extra in ([], ["--overwrite"]):
+        assert cli.main([*base, *extra]) == 2
+        assert "files that cnnlab did not write" in one_line(capsys.readouterr().err)
+        assert snapshot(mine) == before
+
+
+def test_resume_refuses_a_last_checkpoint_of_another_run(tmp_path, capsys):
+    base = ["train", "--model", "lenet5", "--data", "digits", "--epochs", "1", "--set", "data.subset=100"]
+    other, run = tmp_path / "other", tmp_path / "run"
+    assert cli.main([*base, "--out", str(other)]) == 0
+    (run / "checkpoints").mkdir(parents=True)
+    (run / runfolder.MARKER_FILE).write_text("")
+    shutil.copy(other / "checkpoints" / "last.ckpt", run / "checkpoints" / "last.ckpt")
+    capsys.readouterr()
+    assert cli.main([*base, "--lr", "0.05", "--out", str(run), "--resume"]) == 2
+    message = one_line(capsys.readouterr().err)
+    assert "saved by another run" in message and "without --resume" in message
+    assert runfolder.read_result(run) is None
+
+
+def test_a_signal_landing_in_a_finalizer_still_stops_the_command(tmp_path):
+    """Python drops an exception raised inside __del__ or a weakref callback; the signal must not be lost."""
+    script = tmp_path / "finalizer.py"
+    script.write_text(
+        "import os, signal, sys, time\n"
+        "from cnnlab.errors import Interrupted\n"
+        "from cnnlab.interrupts import signals_raise\n"
+        "class Collected:\n"
+        "    def __del__(self):\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        sum(range(10000))  # the handler runs here, inside the finalizer\n"
+        "try:\n"
+        "    with signals_raise():\n"
+        "        Collected()\n"
+        "        time.sleep(5)\n"
+        "except Interrupted as stop:\n"
+        "    sys.exit(stop.exit_code)\n"
+        "sys.exit(0)\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 143, done.stderr
+    assert "Exception ignored" not in done.stderr
+
+
 # 6. One identity: location-free run ids, absolute paths ---------------------------------------------------
 
 

@@ -29,6 +29,7 @@ from cnnlab.errors import (
     EXIT_USAGE,
     CnnlabError,
     ConfigError,
+    DiskFull,
     Interrupted,
     describe_os_error,
     one_line,
@@ -74,7 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         with signals_raise():
             return int(args.run(args) or 0)
     except CnnlabError as error:
-        print(f"cnnlab: error: {one_line(str(error))}", file=sys.stderr)
+        hint = getattr(args, "resume_hint", None) if isinstance(error, DiskFull) else None
+        resume = f"; resume with: {hint}" if hint else ""
+        print(f"cnnlab: error: {one_line(str(error))}{resume}", file=sys.stderr)
         return error.exit_code
     except OSError as error:  # a full disk, a read-only or foreign folder: the user's to fix
         print(f"cnnlab: error: {describe_os_error(error)}", file=sys.stderr)

@@ -157,8 +157,17 @@ def all_keys() -> list[str]:
     return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
 
 
+MAX_YAML_VALUES = 100_000  # a config or spec is a few hundred values; aliases of aliases can make billions
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last silently)."""
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last silently),
+    an alias inside the node it names (a structure that never ends) and a document whose aliases expand to
+    more than MAX_YAML_VALUES values (a "billion laughs" file that would fill the memory when read)."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _expanded_values(node, {}, set())
+        return super().construct_document(node)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
@@ -170,12 +179,39 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def _expanded_values(node: yaml.Node, counted: dict[int, int], open_nodes: set[int]) -> int:
+    """How many values `node` holds with every alias written out; ConfigError past MAX_YAML_VALUES or on a
+    node that holds itself. Each node is counted once (`counted`), so the check is linear in the file."""
+    if id(node) in counted:
+        return counted[id(node)]
+    if id(node) in open_nodes:
+        line = node.start_mark.line + 1
+        raise ConfigError(f"the alias at line {line} refers to a value that holds it; write the value out")
+    open_nodes.add(id(node))
+    children: list[yaml.Node] = []
+    if isinstance(node, yaml.SequenceNode):
+        children = list(node.value)
+    elif isinstance(node, yaml.MappingNode):
+        children = [part for pair in node.value for part in pair]
+    total = 1 + sum(_expanded_values(child, counted, open_nodes) for child in children)
+    open_nodes.discard(id(node))
+    if total > MAX_YAML_VALUES:
+        raise ConfigError(
+            f"its aliases expand to more than {MAX_YAML_VALUES:,} values (line {node.start_mark.line + 1}); "
+            "write the values out instead of aliases of aliases"
+        )
+    counted[id(node)] = total
+    return total
+
+
 def parse_yaml(text: str, where: str) -> Any:
     """Parse YAML text strictly (duplicate keys refused); errors name `where` and the line."""
     try:
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except ConfigError as error:
         raise ConfigError(f"{where}: {error}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: values nested too deep to read; flatten the file") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark else ""
@@ -211,7 +247,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         raise ConfigError(f"--set expects key=value, got {short(text)}")
     try:
         value = yaml.load(raw, Loader=_StrictLoader) if raw.strip() else None  # noqa: S506
-    except (yaml.YAMLError, ConfigError):
+    except (yaml.YAMLError, ConfigError, RecursionError):
         value = raw
     return key.strip(), value
 
@@ -466,7 +502,11 @@ def check_ranges(config: RunConfig) -> None:
         ),
         ("optim.momentum", optim.momentum is None or 0 <= optim.momentum < 1, "in [0, 1)"),
         ("optim.weight_decay", optim.weight_decay is None or optim.weight_decay >= 0, "0 or more"),
-        ("optim.warmup_epochs", optim.warmup_epochs is None or optim.warmup_epochs >= 0, "0 or more"),
+        (
+            "optim.warmup_epochs",
+            optim.warmup_epochs is None or 0 <= optim.warmup_epochs <= train.epochs,
+            "in [0, train.epochs]",
+        ),
         (
             "optim.milestones",
             all(m >= 1 for m in optim.milestones) and list(optim.milestones) == sorted(set(optim.milestones)),

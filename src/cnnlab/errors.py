@@ -34,8 +34,7 @@ class WeightsError(CnnlabError):
 
 
 OS_ERROR_HINTS = {
-    errno.ENOSPC: "no space left on the device; free some space and run the command again (finished work "
-    "is kept, an interrupted run resumes from its last checkpoint)",
+    errno.ENOSPC: "no space left on the device; free some space and run again (finished work is kept)",
     errno.EDQUOT: "disk quota exceeded; free some space and run the command again",
     errno.EROFS: "the file system is read-only; give an output folder on a writable disk",
     errno.EACCES: "permission denied; give a folder you can write to",

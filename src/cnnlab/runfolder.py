@@ -390,11 +390,12 @@ def _check_samples(path: Path, samples: ImageSamples) -> None:
 
 
 def is_run_folder(folder: str | Path) -> bool:
-    """A folder cnnlab made for a run: its marker, or (older runs) a config.yaml beside a result.json."""
+    """A folder cnnlab made for a run: its marker, or (older runs) a config.yaml beside a result.json that
+    records a run id. A user's config.yaml and result.json of another tool are not a run."""
     folder = Path(folder)
-    return (folder / MARKER_FILE).is_file() or (
-        (folder / CONFIG_FILE).is_file() and (folder / RESULT_FILE).is_file()
-    )
+    if (folder / MARKER_FILE).is_file():
+        return True
+    return (folder / CONFIG_FILE).is_file() and folder_run_id(folder) is not None
 
 
 def folder_run_id(folder: str | Path) -> str | None:

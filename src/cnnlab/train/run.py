@@ -36,7 +36,7 @@ from torch import nn
 from cnnlab import config as cfg
 from cnnlab import runfolder, safeio
 from cnnlab.data import ImageSet, Splits, load_split, make_splits, normalization, take, write_bad_files
-from cnnlab.errors import ConfigError, DataError, DiskFull, Interrupted, describe_os_error
+from cnnlab.errors import CnnlabError, ConfigError, DataError, DiskFull, Interrupted, describe_os_error
 from cnnlab.models import (
     count_flops,
     count_params,
@@ -136,9 +136,7 @@ def fit(
         checkpoint = runfolder.checkpoint_path(out_dir) if resume else None
         checkpoint = checkpoint if checkpoint is not None and checkpoint.is_file() else None
         if checkpoint is not None:
-            safeio.load_checkpoint(
-                checkpoint
-            )  # a crafted or truncated last.ckpt is refused before anything runs
+            _check_resumable(checkpoint, prepared.config)
         _write_run_header(out_dir, prepared, fresh=checkpoint is None)
         return _train_and_record(prepared, out_dir, checkpoint, tags, abandon)
 
@@ -254,6 +252,8 @@ def prepare_run(config: cfg.RunConfig) -> PreparedRun:
     )
     train_set = load_split(resolved.data, "train")
     _check_classes(train_set, resolved.data.name)
+    if resolved.train.test:  # memoised: read now, so a bad data.test_subset fails before training, not after
+        load_split(resolved.data, "test")
     splits = _splits_for(resolved, train_set)
     train_idx, _ = splits.indices(resolved.data.split_index)
     mean, std = normalization(train_set.images[torch.as_tensor(train_idx)], resolved.data.normalize)
@@ -347,6 +347,22 @@ def _shapes(state: dict[str, Any], model: nn.Module) -> list[str]:
     if head is not None and head.shape[0] != classes:
         changes.append(f"head replaced: {head.shape[0]} → {classes} classes")
     return changes or ["loaded as is"]
+
+
+def _check_resumable(checkpoint: Path, config: cfg.RunConfig) -> None:
+    """Refuse, before anything runs, a last.ckpt that is crafted, truncated, or another config's."""
+    meta = safeio.load_checkpoint(checkpoint).get("cnnlab")
+    recorded = meta.get("config") if isinstance(meta, dict) else None
+    try:
+        recorded_id = cfg.from_dict(recorded).run_id if isinstance(recorded, dict) else None
+    except CnnlabError:
+        recorded_id = None
+    if recorded_id != config.run_id:
+        saved_by = recorded_id or "no cnnlab config"
+        raise runfolder.RunFolderError(
+            f"cannot resume from {checkpoint}: it was saved by another run ({saved_by}), not this config "
+            f"({config.run_id}); run without --resume to start this run afresh"
+        )
 
 
 def _write_run_header(out_dir: Path, prepared: PreparedRun, *, fresh: bool) -> None:
