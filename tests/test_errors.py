@@ -91,6 +91,30 @@ def test_missing_study_spec_is_named_as_such(tmp_path, capsys):
     )
 
 
+def test_more_study_workers_than_cores_is_refused_before_any_starts(tmp_path, capsys):
+    spec = write_spec(tmp_path / "s.yaml", {"base": TINY})
+    workers = str((os.cpu_count() or 1) + 1)
+    args = ["study", "run", str(spec), "--out", str(tmp_path / "s"), "--workers", workers]
+    user_error(capsys, args, contains=f"--workers {workers} is more than this machine's")
+    assert not (tmp_path / "s").exists()
+
+
+def test_an_interrupted_tune_says_how_to_go_on(tmp_path, capsys, monkeypatch):
+    from cnnlab.errors import Interrupted
+    from cnnlab.study import tune
+
+    def interrupted(*args, **kwargs):
+        raise Interrupted(2)
+
+    monkeypatch.setattr(tune, "run_tune", interrupted)
+    args = ["tune", str(tmp_path / "t.yaml"), "--out", str(tmp_path / "t"), "--trials", "3"]
+    assert cli.main(args) == 130
+    assert (
+        capsys.readouterr().err.strip()
+        == f"cnnlab: interrupted by SIGINT; resume with: cnnlab {' '.join(args)}"
+    )
+
+
 @pytest.mark.parametrize(
     ("assignment", "message"),
     [

@@ -108,11 +108,23 @@ def test_holdout_fraction_is_applied(tmp_path):
             {"base": BASE, "stages": [{"name": "b", "base": {"train.init": "stage:a"}}]},
             r"train\.init='stage:a' must name an earlier stage",
         ),
+        (  # the run would be labelled optim.lr=0.01 while it trained with 0.02
+            {"base": BASE, "grid": {"optim.lr": [0.01], "a": {"x": {"optim.lr": 0.02}}}},
+            r"optim\.lr is set by two axes \(optim\.lr and a\)",
+        ),
     ],
 )
 def test_invalid_specs_name_the_key(raw, message):
     with pytest.raises(ConfigError, match=message):
         parse_study_spec(raw)
+
+
+def test_an_empty_spec_file_is_refused_not_run_with_the_defaults(tmp_path):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing yet\n")
+    for load in (load_study_spec, load_tune_spec):
+        with pytest.raises(ConfigError, match="'.*empty.yaml' is empty; write at least base:"):
+            load(empty)
 
 
 def test_ensemble_member_that_matches_nothing_names_the_configurations(tmp_path):

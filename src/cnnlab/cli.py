@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -439,7 +440,13 @@ def _add_study(commands: argparse._SubParsersAction) -> None:
         "override a spec key, e.g. --set base.data.name=cifar10 or --set seeds=[0]; in a suite, "
         "--set studies.<name>.<key>=VALUE or studies.*.<key>=VALUE (repeatable; see docs/studies.md)",
     )
-    run.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes on this machine")
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes on this machine (at most one per core)",
+    )
     run.add_argument(
         "--restart",
         action="store_true",
@@ -494,6 +501,13 @@ def _run_study(args: argparse.Namespace) -> int:
 
     if any(value is not None and value < 1 for value in (args.workers, args.heartbeat, args.max_attempts)):
         raise ConfigError("--workers, --heartbeat and --max-attempts must be at least 1")
+    cores = os.cpu_count() or 1
+    if args.workers > cores:
+        raise ConfigError(
+            f"--workers {args.workers} is more than this machine's {cores} CPU cores (a worker trains one "
+            f"run at a time on its share of them); use at most {cores}, and `study run --worker-only` on "
+            "other machines for more"
+        )
     given = {"storage": args.storage, "heartbeat_s": args.heartbeat, "max_attempts": args.max_attempts}
     options = WorkerOptions(**{key: value for key, value in given.items() if value is not None})
     args.resume_hint = _with_flag([word for word in args.argv if word != "--restart"], "")
@@ -626,6 +640,7 @@ def _run_tune(args: argparse.Namespace) -> int:
 
     if any(value is not None and value < 1 for value in (args.trials, args.heartbeat)):
         raise ConfigError("--trials and --heartbeat must be at least 1")
+    args.resume_hint = _with_flag(args.argv, "")  # the same command goes on with the trials left
     outcome = run_tune(
         args.spec,
         args.out,

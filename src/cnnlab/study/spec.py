@@ -155,15 +155,25 @@ class TuneSpec:
 def load_study_spec(path: str | Path, overrides: Sequence[str] = ()) -> StudySpec:
     """Read and validate a study spec file (with `--set` overrides); the default name is the file stem."""
     path = Path(path)
-    raw = apply_overrides(cfg.load_yaml(path, "study spec"), overrides)
+    raw = apply_overrides(_non_empty(cfg.load_yaml(path, "study spec"), path, "study"), overrides)
     return parse_study_spec(raw, default_name=path.stem, base_dir=path.parent)
 
 
 def load_tune_spec(path: str | Path, overrides: Sequence[str] = ()) -> TuneSpec:
     """Read and validate a tune spec file (with `--set` overrides); the default name is the file stem."""
     path = Path(path)
-    raw = apply_overrides(cfg.load_yaml(path, "tune spec"), overrides)
+    raw = apply_overrides(_non_empty(cfg.load_yaml(path, "tune spec"), path, "tune"), overrides)
     return parse_tune_spec(raw, default_name=path.stem, base_dir=path.parent)
+
+
+def _non_empty(raw: dict[str, Any], path: Path, kind: str) -> dict[str, Any]:
+    """An empty spec file is a mistake (a wrong path, an unsaved editor), not a request for the defaults."""
+    if not raw:
+        raise ConfigError(
+            f"{kind} spec {cfg.quoted(path)} is empty; write at least "
+            "base: {model.name: ..., data.name: ...} (docs/studies.md)"
+        )
+    return raw
 
 
 def apply_overrides(raw: Mapping[str, Any], assignments: Sequence[str]) -> dict[str, Any]:
@@ -470,7 +480,22 @@ def _parse_grid(value: Any, where: str) -> tuple[GridAxis, ...]:
     """Dotted key → list of values, or axis name → {choice label: {dotted overrides}}."""
     if not isinstance(value, Mapping):
         raise ConfigError(f"study spec key {where!r} must be a mapping of dotted config key → list of values")
-    return tuple(_parse_axis(str(key), choices, f"{where}.{key}") for key, choices in value.items())
+    axes = tuple(_parse_axis(str(key), choices, f"{where}.{key}") for key, choices in value.items())
+    _check_one_axis_per_key(axes, where)
+    return axes
+
+
+def _check_one_axis_per_key(axes: Sequence[GridAxis], where: str) -> None:
+    """Two axes setting one config key would label a run with a value it did not train with."""
+    setter: dict[str, str] = {}
+    for axis in axes:
+        for key in {key for _, values in axis.choices for key in values}:
+            if key in setter:
+                raise ConfigError(
+                    f"study spec key {where!r}: {key} is set by two axes ({setter[key]} and {axis.key}); "
+                    "a run takes one value, so set it on one axis only"
+                )
+            setter[key] = axis.key
 
 
 def _parse_axis(key: str, value: Any, where: str) -> GridAxis:
