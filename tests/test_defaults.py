@@ -165,7 +165,9 @@ def test_lr_auto_runs_the_finder_and_finds_the_same_rate_for_a_seed(tmp_path, ca
     assert float(read_rows(tmp_path / "a")[0]["lr"]) == pytest.approx(found["lr"])
     text = (tmp_path / "a" / runfolder.CONFIG_FILE).read_text()
     assert yaml.safe_load(text)["optim"]["lr"] == "auto" and "lr finder chose" in text.splitlines()[-1]
-    assert f"optim.lr auto: Lightning's lr finder chose {found['lr']:.3g}" in capsys.readouterr().out
+    shown = capsys.readouterr()
+    assert f"optim.lr auto: Lightning's lr finder chose {found['lr']:.3g}" in shown.out
+    assert "Finding best initial lr" not in shown.err  # no progress bar where output is not a terminal
     assert first.summary["run_id"] == second.summary["run_id"]
 
 

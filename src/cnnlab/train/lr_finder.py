@@ -12,8 +12,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import math
-import os
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.tuner import Tuner
+from lightning.pytorch.tuner import lr_finder as lr_finder_module
 
 from cnnlab.config import OptimConfig
 from cnnlab.errors import ConfigError
@@ -32,18 +33,18 @@ PROBE_LR = 1e-3  # placeholder the optimizer is built with; the finder sets ever
 
 
 @contextlib.contextmanager
-def _tqdm_disabled(disabled: bool) -> Iterator[None]:
-    """tqdm reads TQDM_DISABLE (tqdm >= 4.66); the finder's bar has no switch of its own."""
-    before = os.environ.get("TQDM_DISABLE")
-    if disabled:
-        os.environ["TQDM_DISABLE"] = "1"
+def _finder_bar(shown: bool) -> Iterator[None]:
+    """Lightning's finder makes its own tqdm bar with no switch, and tqdm reads TQDM_DISABLE only when it is
+    imported: hide the bar by handing the finder a tqdm that is disabled."""
+    if shown:
+        yield
+        return
+    original = lr_finder_module.tqdm
+    lr_finder_module.tqdm = functools.partial(original, disable=True)
     try:
         yield
     finally:
-        if before is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = before
+        lr_finder_module.tqdm = original
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def find_lr(
     system = system_factory(copy.deepcopy(model), optim=probe_optim, **system_kwargs)
     epochs = math.ceil(FINDER_STEPS / max(1, steps_per_epoch)) + 1
     torch.manual_seed(seed)  # dropout; the loader seeds its own order from (seed, epoch)
-    with tempfile.TemporaryDirectory(prefix="cnnlab-lr-find-") as scratch, _tqdm_disabled(not show_progress):
+    with tempfile.TemporaryDirectory(prefix="cnnlab-lr-find-") as scratch, _finder_bar(show_progress):
         trainer = pl.Trainer(
             max_epochs=epochs,
             accelerator=accelerator,
