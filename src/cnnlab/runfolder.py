@@ -39,7 +39,7 @@ from typing import Any, TypedDict
 import numpy as np
 
 from cnnlab import safeio
-from cnnlab.errors import CnnlabError, ConfigError
+from cnnlab.errors import CnnlabError, ConfigError, describe_os_error
 
 MARKER_FILE = ".cnnlab-run"
 CONFIG_FILE = "config.yaml"
@@ -446,7 +446,9 @@ def hold(folder: str | Path, run_id: str) -> Iterator[Path]:
         folder.mkdir(parents=True, exist_ok=True)
         handle = open(folder / MARKER_FILE, "a+")  # noqa: SIM115 - held open as the lock
     except OSError as error:
-        raise RunFolderError(f"cannot write the run folder {_quote(folder)}: {error.strerror}") from None
+        raise RunFolderError(
+            f"cannot write the run folder {_quote(folder)}: {describe_os_error(error)}"
+        ) from None
     try:
         _lock(handle, folder)
         handle.seek(0)

@@ -36,7 +36,15 @@ from torch import nn
 from cnnlab import config as cfg
 from cnnlab import runfolder, safeio
 from cnnlab.data import ImageSet, Splits, load_split, make_splits, normalization, take, write_bad_files
-from cnnlab.errors import CnnlabError, ConfigError, DataError, DiskFull, Interrupted, describe_os_error
+from cnnlab.errors import (
+    CnnlabError,
+    ConfigError,
+    DataError,
+    DiskFull,
+    Interrupted,
+    WeightsError,
+    describe_os_error,
+)
 from cnnlab.models import (
     count_flops,
     count_params,
@@ -351,7 +359,10 @@ def _shapes(state: dict[str, Any], model: nn.Module) -> list[str]:
 
 def _check_resumable(checkpoint: Path, config: cfg.RunConfig) -> None:
     """Refuse, before anything runs, a last.ckpt that is crafted, truncated, or another config's."""
-    meta = safeio.load_checkpoint(checkpoint).get("cnnlab")
+    try:
+        meta = safeio.load_checkpoint(checkpoint).get("cnnlab")
+    except WeightsError as error:
+        raise WeightsError(f"{error}; or run without --resume to start this run afresh") from None
     recorded = meta.get("config") if isinstance(meta, dict) else None
     try:
         recorded_id = cfg.from_dict(recorded).run_id if isinstance(recorded, dict) else None
