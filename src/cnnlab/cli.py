@@ -260,7 +260,13 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     _load_plugin(args.plugin)
     metrics = evaluate_checkpoint(args.checkpoint, data=args.data, split=args.split, data_dir=args.data_dir)
-    print(json.dumps(metrics, indent=2))
+    print(json.dumps(metrics, indent=2, allow_nan=False))
+    if metrics["loss"] is None:
+        print(
+            "cnnlab: warning: the loss is not a finite number (printed as null): the model outputs NaN or "
+            "infinity, so its accuracy means nothing; evaluate an earlier checkpoint of the run",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -282,13 +288,12 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from cnnlab.train import load_model, predict_images
+    from cnnlab.train import predict_images
 
     _load_plugin(args.plugin)
-    path = predict_images(args.checkpoint, args.images, args.out, fmt=args.format, data_dir=args.data_dir)
-    classes = load_model(args.checkpoint).class_names
-    print(f"wrote {path}")
-    print("labels: " + ", ".join(f"{index} = {name}" for index, name in enumerate(classes)))
+    written = predict_images(args.checkpoint, args.images, args.out, fmt=args.format, data_dir=args.data_dir)
+    print(f"wrote {written.path} ({written.rows} rows)")
+    print("labels: " + ", ".join(f"{index} = {name}" for index, name in enumerate(written.class_names)))
     return 0
 
 

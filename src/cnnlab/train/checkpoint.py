@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import nn
 
@@ -85,6 +87,7 @@ META_TYPES = {  # what evaluate, predict and export read from a checkpoint's (or
     "std": list,
     "config": dict,
 }
+MAX_IMAGE_SIZE = 4096  # as data.image_size allows
 
 
 def build_trained_model(meta: dict[str, Any], state: dict[str, Any], *, source: Path) -> TrainedModel:
@@ -93,11 +96,12 @@ def build_trained_model(meta: dict[str, Any], state: dict[str, Any], *, source: 
     _check_registered(meta, source)
     try:
         cfg.from_dict(meta["config"])
-        model = create_model(meta["model"], **meta["model_hparams"])
     except CnnlabError as error:
         raise WeightsError(
             f"{source}: its metadata does not describe a model cnnlab can build ({error})"
         ) from None
+    _check_shapes(meta, state, source)
+    model = _build_model(meta, source)
     try:
         model.load_state_dict(state, strict=True)
     except (RuntimeError, KeyError, TypeError) as error:
@@ -106,6 +110,52 @@ def build_trained_model(meta: dict[str, Any], state: dict[str, Any], *, source: 
             f"{source}: the weights do not fit its {meta['model']!r} model ({first})"
         ) from None
     return TrainedModel(model=model.eval(), meta=meta)
+
+
+def _build_model(meta: dict[str, Any], source: Path) -> nn.Module:
+    """The model its metadata names, with fresh weights; a model too big to allocate is the checkpoint's
+    fault (its model_hparams were edited), not a crash."""
+    try:
+        return create_model(meta["model"], **meta["model_hparams"])
+    except CnnlabError as error:
+        raise WeightsError(
+            f"{source}: its metadata does not describe a model cnnlab can build ({error})"
+        ) from None
+    except (RuntimeError, MemoryError, ValueError, TypeError, OverflowError) as error:
+        raise WeightsError(
+            f"{source}: cannot build its {meta['model']!r} model from model_hparams "
+            f"{_shown(meta['model_hparams'])} ({type(error).__name__}: {_first_line(error)}); the metadata "
+            "was edited or the model needs more memory than this machine has"
+        ) from None
+
+
+def _check_shapes(meta: dict[str, Any], state: dict[str, Any], source: Path) -> None:
+    """Compare the parameter shapes model_hparams describe with the stored weights on the meta device,
+    which allocates nothing: edited hparams (widths=[100000, 100000]) are refused before a terabyte is
+    asked for. A model that cannot be built there is left to `_build_model` to report."""
+    try:
+        with torch.device("meta"):
+            expected = create_model(meta["model"], **meta["model_hparams"]).state_dict()
+    except Exception:  # noqa: BLE001 (any failure here is reported by the real build)
+        return
+    for key, tensor in expected.items():
+        stored = state.get(key)
+        if isinstance(stored, torch.Tensor) and stored.shape != tensor.shape:
+            raise WeightsError(
+                f"{source}: the weights do not fit the {meta['model']!r} model its model_hparams "
+                f"{_shown(meta['model_hparams'])} describe ({key}: stored {list(stored.shape)}, the model "
+                f"has {list(tensor.shape)}); the metadata was edited or belongs to another checkpoint"
+            )
+
+
+def _shown(value: Any, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 4] + " ..."
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines() or [type(error).__name__]
+    return lines[0][:200]
 
 
 def _check_registered(meta: dict[str, Any], source: Path) -> None:
@@ -119,22 +169,58 @@ def _check_registered(meta: dict[str, Any], source: Path) -> None:
 
 
 def check_meta(meta: dict[str, Any], source: Path) -> None:
-    """Every key present with its type, classes matching the model's outputs, normalisation per channel."""
+    """Every key present with its type and range, classes matching the model's outputs, normalisation per
+    channel: a finite mean and a positive, finite std for each."""
     for key, kind in META_TYPES.items():
         if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
             raise WeightsError(
                 f"{source}: metadata key {key!r} is missing or not a {kind.__name__}; "
                 "the file was edited or not written by cnnlab"
             )
-    classes = meta["model_hparams"].get("num_classes")
-    if classes != len(meta["class_names"]) or not all(isinstance(n, str) for n in meta["class_names"]):
+    _check_classes(meta, source)
+    _check_input_shape(meta, source)
+    _check_statistics(meta, source)
+
+
+def _check_classes(meta: dict[str, Any], source: Path) -> None:
+    names = meta["class_names"]
+    if not all(isinstance(name, str) for name in names):
+        wrong = next(name for name in names if not isinstance(name, str))
         raise WeightsError(
-            f"{source}: {len(meta['class_names'])} class names for a model with {classes} outputs"
+            f"{source}: metadata class_names must be strings, got {_shown(wrong, 40)} "
+            f"({type(wrong).__name__}); the file was edited or not written by cnnlab"
         )
-    channels = meta["in_chans"]
-    if (
-        meta["model_hparams"].get("in_chans") != channels
-        or len(meta["mean"]) != channels
-        or len(meta["std"]) != channels
-    ):
+    classes = meta["model_hparams"].get("num_classes")
+    if classes != len(names):
+        raise WeightsError(
+            f"{source}: {len(names)} class names for a model with {_shown(classes, 40)} outputs"
+        )
+
+
+def _check_input_shape(meta: dict[str, Any], source: Path) -> None:
+    channels, side = meta["in_chans"], meta["image_size"]
+    if channels < 1 or not 1 <= side <= MAX_IMAGE_SIZE:
+        raise WeightsError(
+            f"{source}: metadata in_chans={channels}, image_size={side} out of range (in_chans at least 1, "
+            f"image_size in [1, {MAX_IMAGE_SIZE}]); the file was edited or not written by cnnlab"
+        )
+    if meta["model_hparams"].get("in_chans") != channels:
         raise WeightsError(f"{source}: input channels, mean and std disagree ({channels} channels)")
+
+
+def _check_statistics(meta: dict[str, Any], source: Path) -> None:
+    channels = meta["in_chans"]
+    if len(meta["mean"]) != channels or len(meta["std"]) != channels:
+        raise WeightsError(f"{source}: input channels, mean and std disagree ({channels} channels)")
+    for key, low_ok in (("mean", True), ("std", False)):
+        values = meta[key]
+        if not all(_is_finite_number(v) and (low_ok or v > 0) for v in values):
+            allowed = "finite numbers" if low_ok else "finite numbers above 0"
+            raise WeightsError(
+                f"{source}: metadata {key}={_shown(values, 80)} must hold {allowed}, one per channel; "
+                "the file was edited or not written by cnnlab"
+            )
+
+
+def _is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

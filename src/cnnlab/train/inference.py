@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io as text_io
+import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +18,17 @@ from torch import nn
 from cnnlab import config as cfg
 from cnnlab import runfolder, safeio
 from cnnlab.data import InMemoryLoader, Splits, load_split
+from cnnlab.data import folder as folder_data
+from cnnlab.data.catalog import FOLDER_PREFIX
 from cnnlab.data.folder import IMAGE_SUFFIXES, BadImage, decode_image
+from cnnlab.data.imageset import ImageSet
 from cnnlab.errors import ConfigError, DataError, WeightsError
+from cnnlab.runfolder import RunFolderError
 from cnnlab.train.checkpoint import TrainedModel, build_trained_model, load_trained_model
 
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
+ONNX = "model.onnx"
 
 
 @torch.inference_mode()
@@ -82,9 +89,10 @@ def score_predictions(
 
 
 def load_model(path: str | Path) -> TrainedModel:
-    """A trained model from a run directory, a checkpoint file or an `export` directory."""
+    """A trained model from a run directory (always its own checkpoint), a checkpoint file or an `export`
+    directory."""
     path = Path(path)
-    if (path / MANIFEST).is_file():
+    if (path / MANIFEST).is_file() and not runfolder.is_run_folder(path):
         return load_exported(path)
     return load_trained_model(path)
 
@@ -104,30 +112,157 @@ def evaluate_checkpoint(
     _check_input(trained, images, data_config.name)
     probs = _predict(trained, images, batch_size=data_config.eval_batch_size)
     scores = score_predictions(probs, labels.numpy(), trained.class_names)
-    return {"split": split, "dataset": data_config.name, "images": len(labels), **scores}
+    return _finite_or_none({"split": split, "dataset": data_config.name, "images": len(labels), **scores})
+
+
+def _finite_or_none(value: Any) -> Any:
+    """NaN and infinities (weights that hold them give a NaN loss) as None: printed JSON stays strict."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite_or_none(item) for key, item in value.items()}
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class WrittenPredictions:
+    """What `predict_images` wrote: the CSV, its row count and the model's classes (label index order)."""
+
+    path: Path
+    rows: int
+    class_names: list[str]
 
 
 def predict_images(
     path: str | Path, images: str, out: str | Path, *, fmt: str = "kaggle", data_dir: str | None = None
-) -> Path:
-    """Write predictions for an image folder or a dataset's test split as CSV (kaggle: id,label; probs)."""
-    if Path(out).is_dir():
-        raise ConfigError(f"--out {cfg.quoted(out)} is a folder; give the CSV file to write, e.g. preds.csv")
+) -> WrittenPredictions:
+    """Write predictions for an image folder (searched recursively) or a dataset's test split as CSV
+    (kaggle: id,label; probs: id and one probability per class). Ids are file stems when those are unique,
+    else paths relative to the folder (see `prediction_ids`)."""
+    check_predictions_out(out, checkpoint=path)
     trained = load_model(path)
     if Path(images).is_dir():
-        ids, pixels = read_image_folder(
-            images, size=trained.meta["image_size"], channels=trained.meta["in_chans"]
+        files, pixels = read_image_files(
+            images, size=trained.meta["image_size"], channels=trained.meta["in_chans"], recursive=True
         )
+        ids = prediction_ids(files)
     else:
         data_config = _data_config(trained, images, data_dir)
         test = load_split(data_config, "test")
         pixels = test.images
-        ids = list(test.ids) if test.ids else [str(i) for i in range(len(test.labels))]
+        ids = _dataset_ids(data_config, test)
     _check_input(trained, pixels, images)
     probs = _predict(trained, pixels, batch_size=256)
     rows = sorted(zip(ids, probs), key=lambda item: _id_sort_key(item[0]))
     safeio.atomic_write_text(out, _predictions_csv(rows, trained.class_names, fmt))
-    return Path(out)
+    return WrittenPredictions(Path(out), len(rows), trained.class_names)
+
+
+def check_predictions_out(out: str | Path, *, checkpoint: str | Path) -> None:
+    """`predict --out` may be a new file or a predictions CSV cnnlab wrote (re-running predict replaces it);
+    never a folder, the checkpoint itself, a file in a run's checkpoints/, or any other existing file."""
+    out = Path(out)
+    shown = cfg.quoted(out)
+    if out.is_dir():
+        raise ConfigError(f"--out {shown} is a folder; give the CSV file to write, e.g. preds.csv")
+    _check_parent_is_folder(out)
+    if out.exists() and out.resolve() == Path(checkpoint).resolve():
+        raise ConfigError(
+            f"--out {shown} is the --checkpoint itself; write the predictions to e.g. preds.csv"
+        )
+    if _in_run_checkpoints(out):
+        raise ConfigError(
+            f"--out {shown} is in a run's checkpoints/ folder, which holds only checkpoints; "
+            "write the predictions elsewhere, e.g. preds.csv"
+        )
+    if out.exists() and not _is_predictions_csv(out):
+        raise ConfigError(
+            f"--out {shown} exists and is not a predictions CSV written by cnnlab predict; cnnlab replaces "
+            "only its own predictions: give a new file name, or move that file away first"
+        )
+
+
+def _check_parent_is_folder(out: Path) -> None:
+    """The folders above `out` are folders (missing ones are created), not files."""
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(
+                    f"--out {cfg.quoted(out)}: {cfg.quoted(parent)} is a file, not a folder; give a path "
+                    "in a folder, e.g. preds.csv"
+                )
+            return
+
+
+def _in_run_checkpoints(out: Path) -> bool:
+    folder = out.resolve().parent
+    return folder.name == runfolder.CHECKPOINTS_DIR and runfolder.is_run_folder(folder.parent)
+
+
+def _is_predictions_csv(path: Path) -> bool:
+    """An empty file, or a CSV whose header and first row have the shape `_predictions_csv` writes."""
+    if path.stat().st_size == 0:
+        return True
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            head = [row for _, row in zip(range(2), csv.reader(handle))]
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    header, first = head[0] if head else [], head[1] if len(head) > 1 else None
+    if header == ["id", "label"]:
+        return first is None or (len(first) == 2 and first[1].isdigit())
+    if len(header) < 2 or header[0] != "id":
+        return False
+    return first is None or (len(first) == len(header) and all(_is_probability(v) for v in first[1:]))
+
+
+def _is_probability(text: str) -> bool:
+    try:
+        return 0.0 <= float(text) <= 1.0
+    except ValueError:
+        return False
+
+
+def prediction_ids(files: list[Path]) -> list[str]:
+    """One id per image file (paths relative to the images folder): file stems, as Kaggle wants them
+    (test1/1.jpg -> 1), when they are unique; otherwise every file's relative path (cat/0.png, 1.jpg)."""
+    stems = [file.stem for file in files]
+    if len(set(stems)) == len(stems):
+        return stems
+    return [file.as_posix() for file in files]
+
+
+def _dataset_ids(data_config: cfg.DataConfig, test: ImageSet) -> list[str]:
+    """Ids of a dataset's test split: its file stems when unique, else (folders) paths relative to the
+    class root, else class/stem (numbered where even those repeat); row numbers for datasets without files."""
+    if not test.ids:
+        return [str(i) for i in range(len(test.labels))]
+    ids = list(test.ids)
+    if len(set(ids)) == len(ids):
+        return ids
+    paths = _folder_test_paths(data_config, test)
+    if paths is not None:
+        return paths
+    named = [f"{test.class_names[label]}/{stem}" for label, stem in zip(test.labels.tolist(), ids)]
+    return named if len(set(named)) == len(named) else [f"{n}#{i}" for i, n in enumerate(named)]
+
+
+def _folder_test_paths(data_config: cfg.DataConfig, test: ImageSet) -> list[str] | None:
+    """Relative paths (cat/0.png) of a folder dataset's test images, matched by class and file stem; None
+    where that match is not one to one (or the dataset is not a folder)."""
+    if not data_config.name.startswith(FOLDER_PREFIX):
+        return None
+    roots = folder_data.class_roots(folder_data.resolve_folder(data_config.name[len(FOLDER_PREFIX) :]))
+    scan = folder_data.scan_folder(roots.get("test", roots.get("all")))
+    bad = {rel for rel, _ in test.bad_files}
+    by_class_and_stem: dict[tuple[int, str], list[str]] = {}
+    for rel, label in scan.files:
+        if rel not in bad:
+            by_class_and_stem.setdefault((label, Path(rel).stem), []).append(Path(rel).as_posix())
+    found = [by_class_and_stem.get(key, []) for key in zip(test.labels.tolist(), test.ids)]
+    if any(len(paths) != 1 for paths in found):
+        return None
+    return [paths[0] for paths in found]
 
 
 def _check_input(trained: TrainedModel, images: torch.Tensor, source: str) -> None:
@@ -143,42 +278,70 @@ def _check_input(trained: TrainedModel, images: torch.Tensor, source: str) -> No
 
 def read_image_folder(folder: str | Path, *, size: int, channels: int) -> tuple[list[str], torch.Tensor]:
     """(file stems, uint8 images) of every image file directly in `folder`, decoded like training folders."""
-    folder = Path(folder)
-    files = sorted(
-        p
-        for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
-    )
-    if not files:
-        raise DataError(f"no image files in {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-    decoded, bad = [], []
-    for file in files:
-        try:
-            decoded.append(decode_image(file, size=size))
-        except BadImage as error:
-            bad.append(f"{file.name} ({error})")
-    if bad:
-        raise DataError(f"{len(bad)} unreadable image(s) in {folder}: {'; '.join(bad)}; remove or fix them")
-    pixels = torch.from_numpy(np.stack(decoded))
-    if channels == 1:  # ITU-R 601 luma, as PIL's "L" mode
-        luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-        pixels = (pixels.float() * luma).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
-    elif channels != 3:
-        raise ConfigError(f"cannot feed folder images to a model with {channels} input channels (1 or 3)")
+    files, pixels = read_image_files(folder, size=size, channels=channels, recursive=False)
     return [file.stem for file in files], pixels
 
 
+def read_image_files(
+    folder: str | Path, *, size: int, channels: int, recursive: bool
+) -> tuple[list[Path], torch.Tensor]:
+    """(paths relative to `folder`, uint8 images) of its image files, sorted, decoded like training folders;
+    `recursive`: also those in its subfolders (class folders, say). Hidden files and folders are skipped."""
+    folder = Path(folder)
+    files = _image_files(folder, recursive)
+    if not files:
+        where = f"{folder} or its subfolders" if recursive else str(folder)
+        raise DataError(f"no image files in {where} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    decoded, bad = [], []
+    for file in files:
+        try:
+            decoded.append(decode_image(folder / file, size=size))
+        except BadImage as error:
+            bad.append(f"{file.as_posix()} ({error})")
+    if bad:
+        raise DataError(f"{len(bad)} unreadable image(s) in {folder}: {'; '.join(bad)}; remove or fix them")
+    return files, _to_channels(torch.from_numpy(np.stack(decoded)), channels)
+
+
+def _image_files(folder: Path, recursive: bool) -> list[Path]:
+    """Visible image files in `folder` (and, recursive, below it; linked folders are not followed)."""
+    found = []
+    for current, subfolders, names in os.walk(folder):
+        subfolders[:] = sorted(d for d in subfolders if recursive and not d.startswith("."))
+        here = Path(current)
+        found += [
+            (here / name).relative_to(folder)
+            for name in names
+            if not name.startswith(".")
+            and Path(name).suffix.lower() in IMAGE_SUFFIXES
+            and (here / name).is_file()
+        ]
+    return sorted(found)
+
+
+def _to_channels(pixels: torch.Tensor, channels: int) -> torch.Tensor:
+    """RGB uint8 images with the model's channel count: 3 as they are, 1 as ITU-R 601 luma (PIL's "L")."""
+    if channels == 1:
+        luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        return (pixels.float() * luma).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+    if channels != 3:
+        raise ConfigError(f"cannot feed folder images to a model with {channels} input channels (1 or 3)")
+    return pixels
+
+
 def export_checkpoint(path: str | Path, out_dir: str | Path, *, onnx: bool = False) -> Path:
-    """Write model.safetensors and manifest.json (SHA-256, architecture, classes, input size, stats)."""
-    trained = load_model(path)
+    """Write model.safetensors and manifest.json (SHA-256, architecture, classes, input size, stats) into a
+    new or empty folder, or over a previous export (`check_export_out`)."""
     out_dir = Path(out_dir)
+    previous = check_export_out(out_dir)
+    trained = load_model(path)
     state = {key: value.contiguous() for key, value in trained.model.state_dict().items()}
     with safeio.atomic_path(out_dir / WEIGHTS) as tmp:
         save_file(state, str(tmp))
     files = {WEIGHTS: safeio.sha256_file(out_dir / WEIGHTS)}
     input_size = [trained.meta["in_chans"], trained.meta["image_size"], trained.meta["image_size"]]
     if onnx:
-        files["model.onnx"] = _export_onnx(trained.model, input_size, out_dir / "model.onnx")
+        files[ONNX] = _export_onnx(trained.model, input_size, out_dir / ONNX)
     manifest = {
         "architecture": trained.meta["model"],
         "model_hparams": trained.meta["model_hparams"],
@@ -189,7 +352,46 @@ def export_checkpoint(path: str | Path, out_dir: str | Path, *, onnx: bool = Fal
         "config": trained.meta["config"],
     }
     safeio.atomic_write_json(out_dir / MANIFEST, manifest)
+    if ONNX in previous and ONNX not in files:
+        (out_dir / ONNX).unlink(missing_ok=True)  # the previous export's, of another model maybe
     return out_dir
+
+
+def check_export_out(out_dir: Path) -> set[str]:
+    """`export --out` must be a new or empty folder, or a previous export (its manifest recognised), which
+    is replaced; never a file, a run folder, or a folder of other files. Returns the files the previous
+    export's manifest lists (empty for a new folder)."""
+    shown = cfg.quoted(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RunFolderError(
+            f"--out {shown} is a file; give a folder for model.safetensors and manifest.json, e.g. export/"
+        )
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return set()
+    if runfolder.is_run_folder(out_dir):
+        raise RunFolderError(
+            f"--out {shown} is a run folder; export into a new folder beside it, "
+            f"e.g. {out_dir.resolve().name}-export"
+        )
+    listed = _export_files(out_dir / MANIFEST)
+    if listed is None:
+        raise RunFolderError(
+            f"--out {shown} holds files that are not a cnnlab export; give a new or empty folder "
+            "(cnnlab replaces only a previous export there)"
+        )
+    return listed
+
+
+def _export_files(manifest_path: Path) -> set[str] | None:
+    """The files a cnnlab export manifest lists (its sha256 keys), or None when the file is not one."""
+    try:
+        manifest = safeio.read_json(manifest_path)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or any(key not in manifest for key in MANIFEST_KEYS):
+        return None
+    hashes = manifest["sha256"]
+    return set(hashes) if isinstance(hashes, dict) else None
 
 
 def load_exported(export_dir: str | Path) -> TrainedModel:
@@ -237,10 +439,10 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     try:
         manifest = safeio.read_json(path)
     except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise WeightsError(f"cannot read {path}: {error}; re-run `cnnlab export`") from None
+        raise WeightsError(f"cannot read {path}: {error}; re-run `cnnlab export` into a new folder") from None
     missing = [key for key in MANIFEST_KEYS if not isinstance(manifest, dict) or key not in manifest]
     if missing:
-        raise WeightsError(f"{path} lacks {', '.join(missing)}; re-run `cnnlab export`")
+        raise WeightsError(f"{path} lacks {', '.join(missing)}; re-run `cnnlab export` into a new folder")
     return manifest
 
 

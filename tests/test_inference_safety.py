@@ -1,0 +1,309 @@
+"""evaluate, predict and export against a careless or hostile user: nothing they point --out at is lost,
+damaged checkpoints and edited metadata are one line and exit 2, ids are unique, output is strict JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from cnnlab import cli, runfolder, safeio
+from cnnlab.config import from_dict
+from cnnlab.errors import WeightsError
+from cnnlab.train import fit
+from tests.test_data_support import isolate
+
+TINY = {"model.name": "lenet5", "data.name": "digits", "data.subset": 100, "train.epochs": 1}
+
+
+def user_error(capsys, argv: list[str], *, contains: str = "") -> str:
+    """Run the CLI; assert exit 2 and exactly one stderr line, without a traceback, holding `contains`."""
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cnnlab: error: ") and "Traceback" not in err, err
+    assert contains in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("trained") / "run"
+    fit(from_dict(TINY), out)
+    return out
+
+
+@pytest.fixture
+def run_copy(trained, tmp_path) -> Path:
+    return Path(shutil.copytree(trained, tmp_path / "run"))
+
+
+def best_checkpoint(run: Path) -> Path:
+    return runfolder.checkpoint_path(run, runfolder.BEST_CHECKPOINT)
+
+
+def write_images(folder: Path, names: list[str]) -> Path:
+    for index, name in enumerate(names):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (40 * index % 255, 90, 160)).save(folder / name)
+    return folder
+
+
+def read_ids(csv_file: Path) -> list[str]:
+    return [line.split(",")[0] for line in csv_file.read_text().splitlines()[1:]]
+
+
+# --- 1. predict --out never destroys what it did not write ---------------------------------------------
+
+
+def test_predict_refuses_to_overwrite_the_checkpoint(run_copy, tmp_path, capsys):
+    images = write_images(tmp_path / "images", ["0.png", "1.png"])
+    best = best_checkpoint(run_copy)
+    before = best.read_bytes()
+    args = ["predict", "--checkpoint", str(best), "--images", str(images), "--out", str(best)]
+    user_error(capsys, args, contains="--checkpoint itself")
+    assert best.read_bytes() == before
+    assert cli.main(["evaluate", "--checkpoint", str(run_copy)]) == 0
+
+
+def test_predict_refuses_any_file_in_a_runs_checkpoints_folder(run_copy, tmp_path, capsys):
+    images = write_images(tmp_path / "images", ["0.png"])
+    last = runfolder.checkpoint_path(run_copy, runfolder.LAST_CHECKPOINT)
+    before = last.read_bytes()
+    for out in (last, last.parent / "preds.csv"):
+        args = ["predict", "--checkpoint", str(run_copy), "--images", str(images), "--out", str(out)]
+        user_error(capsys, args, contains="checkpoints/")
+    assert last.read_bytes() == before and not (last.parent / "preds.csv").exists()
+
+
+def test_predict_replaces_its_own_csv_but_no_other_file(trained, tmp_path, capsys):
+    images = write_images(tmp_path / "images", ["0.png", "1.png"])
+    preds = tmp_path / "preds.csv"
+    for fmt in ("kaggle", "probs", "kaggle"):  # re-running predict over its own output is normal
+        args = ["predict", "--checkpoint", str(trained), "--images", str(images), "--out", str(preds)]
+        assert cli.main([*args, "--format", fmt]) == 0
+    mine = tmp_path / "notes.csv"
+    mine.write_text("id,name,age\n1,ann,31\n")
+    args = ["predict", "--checkpoint", str(trained), "--images", str(images), "--out", str(mine)]
+    user_error(capsys, args, contains="not a predictions CSV")
+    assert mine.read_text() == "id,name,age\n1,ann,31\n"
+
+
+def test_predict_loads_the_model_once(trained, tmp_path, monkeypatch):
+    from cnnlab.train import inference
+
+    images = write_images(tmp_path / "images", ["0.png"])
+    loads = []
+    real = inference.load_model
+    monkeypatch.setattr(inference, "load_model", lambda path: loads.append(path) or real(path))
+    args = ["predict", "--checkpoint", str(trained), "--images", str(images)]
+    assert cli.main([*args, "--out", str(tmp_path / "p.csv")]) == 0
+    assert len(loads) == 1
+
+
+# --- 2. export --out: new, empty or a previous export; a run folder serves its own checkpoint -----------
+
+
+def test_export_refuses_a_folder_of_user_files(trained, tmp_path, capsys):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    (folder / "manifest.json").write_text('{"mine":1}')
+    user_error(
+        capsys, ["export", "--checkpoint", str(trained), "--out", str(folder)], contains="not a cnnlab"
+    )
+    assert (folder / "manifest.json").read_text() == '{"mine":1}'
+    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json"]
+
+
+def test_export_replaces_a_previous_export(trained, tmp_path):
+    out = tmp_path / "export"
+    assert cli.main(["export", "--checkpoint", str(trained), "--out", str(out)]) == 0
+    assert cli.main(["export", "--checkpoint", str(trained), "--out", str(out)]) == 0
+    assert cli.main(["evaluate", "--checkpoint", str(out)]) == 0
+
+
+def test_export_into_a_run_folder_is_refused_and_a_run_folder_serves_its_own_checkpoint(
+    run_copy, trained, tmp_path, capsys
+):
+    user_error(
+        capsys, ["export", "--checkpoint", str(trained), "--out", str(run_copy)], contains="run folder"
+    )
+    stale = tmp_path / "stale"  # what an older cnnlab let export write into a run folder
+    assert cli.main(["export", "--checkpoint", str(trained), "--out", str(stale)]) == 0
+    manifest = json.loads((stale / "manifest.json").read_text())
+    manifest["classes"] = [f"stale{i}" for i in range(10)]
+    (stale / "manifest.json").write_text(json.dumps(manifest))
+    for name in ("manifest.json", "model.safetensors"):
+        shutil.copy(stale / name, run_copy / name)
+    from cnnlab.train import load_model
+
+    assert load_model(run_copy).class_names == [str(i) for i in range(10)]
+
+
+# --- 3. damaged checkpoints are told apart -------------------------------------------------------------
+
+
+def test_a_corrupted_checkpoint_is_refused(run_copy, capsys):
+    best = best_checkpoint(run_copy)
+    data = bytearray(best.read_bytes())
+    data[50000:50400] = bytes(b ^ 0xFF for b in data[50000:50400])
+    corrupt = run_copy / "corrupt.ckpt"
+    corrupt.write_bytes(bytes(data))
+    line = user_error(capsys, ["evaluate", "--checkpoint", str(corrupt)], contains="corrupt")
+    assert "weights-only" not in line
+
+
+@pytest.mark.parametrize("content", [os.urandom(4096), b"id,label\n1,0\n"], ids=["random", "csv"])
+def test_a_file_that_is_no_checkpoint_is_named_so(tmp_path, capsys, content):
+    path = tmp_path / "x.ckpt"
+    path.write_bytes(content)
+    line = user_error(capsys, ["evaluate", "--checkpoint", str(path)], contains="not a PyTorch checkpoint")
+    assert "weights-only" not in line
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (exec, ("open(__import__('os').environ['CNNLAB_MARKER'], 'w').write('ran')",))
+
+
+def test_the_four_kinds_of_unloadable_files_are_told_apart(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNLAB_MARKER", str(tmp_path / "marker"))
+    good = tmp_path / "good.pt"
+    torch.save({"w": torch.arange(1000.0)}, good)
+    files = {
+        "not a PyTorch checkpoint": b"\x00\x01garbage",
+        "truncated": good.read_bytes()[:500],
+        "corrupt": good.read_bytes().replace(torch.arange(1000.0).numpy().tobytes()[:64], bytes(64)),
+        "refused to load": pickle.dumps({"state_dict": _RunsCode()}, protocol=2),
+    }
+    for expected, content in files.items():
+        path = tmp_path / "x.pt"
+        path.write_bytes(content)
+        with pytest.raises(WeightsError, match=expected):
+            safeio.load_checkpoint(path)
+    assert not (tmp_path / "marker").exists()
+
+
+# --- 4. checkpoint metadata: types and ranges ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "contains"),
+    [
+        ("mean", ["x"], "mean"),
+        ("std", [0.0], "std"),
+        ("std", [float("nan")], "std"),
+        ("image_size", -5, "image_size"),
+        ("class_names", list(range(10)), "class_names"),
+        ("model_hparams.widths", [100000, 100000], "widths"),
+    ],
+)
+def test_edited_metadata_is_one_line(run_copy, capsys, key, value, contains):
+    best = best_checkpoint(run_copy)
+    checkpoint = torch.load(best, weights_only=True)
+    node = checkpoint["cnnlab"]
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+    torch.save(checkpoint, best)
+    user_error(capsys, ["evaluate", "--checkpoint", str(best)], contains=contains)
+
+
+def test_a_model_that_cannot_be_allocated_is_one_line_naming_its_hparams(trained, capsys, monkeypatch):
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 10^12 bytes")
+
+    monkeypatch.setattr("cnnlab.train.checkpoint.create_model", out_of_memory)
+    line = user_error(capsys, ["evaluate", "--checkpoint", str(trained)], contains="model_hparams")
+    assert "num_classes" in line and "allocate" in line
+
+
+# --- 5. evaluate prints strict JSON ------------------------------------------------------------------------
+
+
+def test_evaluate_of_nan_weights_prints_strict_json(run_copy, capsys):
+    best = best_checkpoint(run_copy)
+    checkpoint = torch.load(best, weights_only=True)
+    for tensor in checkpoint["state_dict"].values():
+        if tensor.is_floating_point():
+            tensor.fill_(float("nan"))
+    torch.save(checkpoint, best)
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--checkpoint", str(best)]) == 0
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    metrics = json.loads(capsys.readouterr().out, parse_constant=refuse)
+    assert metrics["loss"] is None
+
+
+# --- 6. and 9. predict ids are unique; a folder of class subfolders is read -------------------------------
+
+
+def test_predict_ids_are_stems_when_unique_else_relative_paths(trained, tmp_path):
+    kaggle = write_images(tmp_path / "test1", ["1.jpg", "2.jpg", "10.jpg"])
+    clash = write_images(tmp_path / "clash", ["1.jpg", "1.png", "2.png"])
+    for folder, expected in ((kaggle, ["1", "2", "10"]), (clash, ["1.jpg", "1.png", "2.png"])):
+        out = tmp_path / f"{folder.name}.csv"
+        args = ["predict", "--checkpoint", str(trained), "--images", str(folder), "--out", str(out)]
+        assert cli.main(args) == 0
+        assert read_ids(out) == expected
+
+
+def test_predict_reads_a_folder_of_class_subfolders(trained, tmp_path):
+    photos = write_images(tmp_path / "photos", ["cat/0.png", "cat/1.png", "dog/0.png", "dog/.hidden.png"])
+    out = tmp_path / "preds.csv"
+    args = ["predict", "--checkpoint", str(trained), "--images", str(photos), "--out", str(out)]
+    assert cli.main([*args, "--format", "kaggle"]) == 0
+    assert read_ids(out) == ["cat/0.png", "cat/1.png", "dog/0.png"]
+
+
+def test_predict_ids_of_a_folder_datasets_test_split_are_unique(tmp_path, monkeypatch):
+    isolate(monkeypatch, tmp_path)
+    names = [
+        f"{split}/{cls}/{i}.png" for split in ("train", "test") for cls in ("cat", "dog") for i in range(10)
+    ]
+    root = write_images(tmp_path / "tt", names)
+    run = tmp_path / "run"
+    config = {"model.name": "lenet5", "data.name": f"folder:{root}", "data.image_size": 16, "train.epochs": 1}
+    fit(from_dict(config), run)
+    out = tmp_path / "preds.csv"
+    args = ["predict", "--checkpoint", str(run), "--images", f"folder:{root}", "--out", str(out)]
+    assert cli.main(args) == 0
+    assert read_ids(out) == [f"{cls}/{i}.png" for cls in ("cat", "dog") for i in range(10)]
+
+
+# --- 7. and 8. file modes and messages ---------------------------------------------------------------------
+
+
+def test_exported_files_have_the_normal_mode(trained, tmp_path):
+    umask = os.umask(0o022)
+    try:
+        assert cli.main(["export", "--checkpoint", str(trained), "--out", str(tmp_path / "e")]) == 0
+    finally:
+        os.umask(umask)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "e").iterdir()}
+    assert modes == {"manifest.json": 0o644, "model.safetensors": 0o644}
+
+
+def test_out_paths_through_a_file_say_what_to_do(trained, tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    line = user_error(
+        capsys, ["export", "--checkpoint", str(trained), "--out", str(afile)], contains="a file"
+    )
+    assert "give a folder" in line
+    images = write_images(tmp_path / "images", ["0.png"])
+    args = ["predict", "--checkpoint", str(trained), "--images", str(images), "--out", str(afile / "x.csv")]
+    line = user_error(capsys, args, contains="is a file, not a folder")
+    assert "give a path" in line and afile.read_text() == "mine"
