@@ -143,12 +143,14 @@ def test_explain_writes_one_overlay_png_per_image(tiny_checkpoint: Path, tmp_pat
     Image.new("L", (28, 28), 90).save(pictures / "grey.jpg")
     Image.new("L", (20, 20), 10).save(pictures / "grey.png")  # the same stem as grey.jpg
     (pictures / "notes.txt").write_text("not an image")
+    (pictures / "cats").mkdir()  # class subfolders are read too (a README example passes photos/)
+    Image.new("RGB", (28, 28), (20, 90, 30)).save(pictures / "cats" / "0.png")
     out = tmp_path / "explained"
     assert (
         main(["explain", "--checkpoint", str(tiny_checkpoint), "--images", str(pictures), "--out", str(out)])
         == 0
     )
-    assert sorted(path.name for path in out.iterdir()) == ["grey-2.png", "grey.png", "red.png"]
+    assert sorted(path.name for path in out.iterdir()) == ["cats_0.png", "grey-2.png", "grey.png", "red.png"]
     for path in out.iterdir():
         with Image.open(path) as image:
             assert image.mode == "RGB" and image.width > 2 * image.height * 0.8
@@ -156,7 +158,7 @@ def test_explain_writes_one_overlay_png_per_image(tiny_checkpoint: Path, tmp_pat
         right = pixels[:200, image.width // 2 + 10 :]
         assert right.std() > 0  # the overlay panel is not blank
     printed = capsys.readouterr().out
-    assert printed.count("predicted") == 3 and str(out / "red.png") in printed
+    assert printed.count("predicted") == 4 and str(out / "red.png") in printed
 
 
 @pytest.mark.parametrize("missing", ["checkpoint", "images"])

@@ -275,7 +275,12 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
         commands, "predict", "Predict an image folder (or a dataset's test split) to CSV.", _run_predict
     )
     sub.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
-    sub.add_argument("--images", required=True, help="folder of images, or a dataset name")
+    sub.add_argument(
+        "--images",
+        required=True,
+        help="folder of images (subfolders included), or a dataset name; each row's id is the file's stem "
+        "(test1/1.jpg -> 1), or its path relative to the folder where stems repeat",
+    )
     sub.add_argument("--plugin", help=PLUGIN_HELP)
     sub.add_argument("--out", required=True, help="CSV file to write")
     sub.add_argument(
@@ -674,7 +679,9 @@ def _add_explain(commands: argparse._SubParsersAction) -> None:
         _run_explain,
     )
     sub.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
-    sub.add_argument("--images", required=True, help="folder of image files (decoded as in training)")
+    sub.add_argument(
+        "--images", required=True, help="folder of image files, subfolders included (decoded as in training)"
+    )
     sub.add_argument("--out", required=True, help="folder to write one <image name>.png overlay per image")
 
 

@@ -27,7 +27,7 @@ from cnnlab import safeio
 from cnnlab.data import InMemoryLoader
 from cnnlab.data.imageset import resize_images
 from cnnlab.errors import ConfigError, DataError
-from cnnlab.train.inference import load_model, read_image_folder
+from cnnlab.train.inference import load_model, read_image_files
 
 ADAPTIVE_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 EXPLAIN_BATCH = 32  # images per forward/backward pass in `explain_images`
@@ -140,7 +140,8 @@ def overlay(image: np.ndarray, cam: np.ndarray, *, alpha: float = OVERLAY_ALPHA)
 
 
 def explain_images(checkpoint: str | Path, images: str | Path, out_dir: str | Path) -> list[Explanation]:
-    """`cnnlab explain`: for each image file in `images`, `<out_dir>/<stem>.png` with the image beside its
+    """`cnnlab explain`: for each image file in `images` (subfolders included), `<out_dir>/<stem>.png`
+    (`<subfolder>_<stem>.png` below the top) with the image beside its
     Grad-CAM overlay of the predicted class and the prediction written below."""
     checkpoint, images, out_dir = Path(checkpoint), Path(images), Path(out_dir)
     if not checkpoint.exists():
@@ -155,9 +156,12 @@ def explain_images(checkpoint: str | Path, images: str | Path, out_dir: str | Pa
         raise ConfigError(f"--out {out_dir} is a file; give a folder for the overlay PNGs")
     trained = load_model(checkpoint)
     meta = trained.meta
-    ids, pixels = read_image_folder(images, size=meta["image_size"], channels=meta["in_chans"])
+    files, pixels = read_image_files(
+        images, size=meta["image_size"], channels=meta["in_chans"], recursive=True
+    )
+    ids = [file.as_posix() for file in files]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    names = _unique_names(ids)
+    names = _unique_names([file.with_suffix("").as_posix() for file in files])  # cat/0.png -> cat_0
     written = []
     for start in range(0, len(ids), EXPLAIN_BATCH):
         batch = pixels[start : start + EXPLAIN_BATCH]

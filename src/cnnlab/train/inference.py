@@ -276,12 +276,6 @@ def _check_input(trained: TrainedModel, images: torch.Tensor, source: str) -> No
         )
 
 
-def read_image_folder(folder: str | Path, *, size: int, channels: int) -> tuple[list[str], torch.Tensor]:
-    """(file stems, uint8 images) of every image file directly in `folder`, decoded like training folders."""
-    files, pixels = read_image_files(folder, size=size, channels=channels, recursive=False)
-    return [file.stem for file in files], pixels
-
-
 def read_image_files(
     folder: str | Path, *, size: int, channels: int, recursive: bool
 ) -> tuple[list[Path], torch.Tensor]:
