@@ -1,4 +1,5 @@
-"""Checks a plan can pass before any run starts: model names and switches, dataset names and presets.
+"""Checks a plan can pass before any run starts: model names and switches, dataset names and presets; and
+the checks of the --out folder a study, tune or suite writes into (its kind, foreign files, its lock).
 
 `config.from_dict` checks keys, types and ranges; these checks need the zoo and the dataset catalog, so a
 typo in a grid value (`model.name: lenet` or `model.norm: group` on a net without it) stops the study at
@@ -7,14 +8,24 @@ once with the configuration named, instead of failing its runs one by one.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import fcntl
+import fnmatch
+import re
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from cnnlab import config as cfg
-from cnnlab import safeio
+from cnnlab import runfolder, safeio
 from cnnlab.data import check_data_config
 from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.models import check_switches
-from cnnlab.study.plan import StudyPlan
+from cnnlab.runfolder import SUITE_FILE
+from cnnlab.study.ensemble import ENSEMBLES_DIR
+from cnnlab.study.plan import PLAN_FILE, RUNS_DIR, SPEC_FILE, SPLITS_DIR, StudyPlan
+from cnnlab.study.selection import SELECT_FILE
+from cnnlab.study.suite import INLINE_DIR, SUITE_SPEC_FILE
 from cnnlab.train.distributed import check_single_process
 from cnnlab.train.resolve import model_switches
 
@@ -60,3 +71,206 @@ def check_config(config: cfg.RunConfig) -> None:
         raise ConfigError(message if message.startswith("model.") else f"model.name: {message}") from None
     check_data_config(config.data)
     check_single_process(config)  # a study's run trains in its worker: no DDP (Lightning would re-run it)
+
+
+# --- the --out folder of a study, a tune or a suite ---------------------------------------------------------
+#
+# A folder holds one kind of thing (one study, one tune or one suite) of one spec, and only what cnnlab wrote
+# there. Each command checks that before it writes anything, then checks again and claims the folder under
+# the folder's lock, so two processes started at once cannot both take it for different specs.
+
+FOLDER_LOCK = ".cnnlab-folder"  # flock'd by the process checking and claiming the folder
+STUDY_STORAGE_FILE = "study.db"
+TUNE_SPEC_FILE = "tune.yaml"
+TUNE_SUMMARY_FILE = "tune.json"
+TUNE_BEST_FILE = "best.yaml"
+TUNE_STORAGE_FILE = "tune.db"
+REPORT_FILES = ("report.html", "report.md", "results.csv")  # written by `cnnlab report` (and `study run`)
+REPORT_DIR = "report_files"  # the report's figures (cnnlab.report.document.PLOT_DIR)
+SQLITE_SIDE_FILES = ("-journal", "-wal", "-shm")  # SQLite's files beside a database
+_TEMP_FILE = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{8}\.tmp")  # safeio.atomic_path's temporary files
+SPLITS_FILES = f"{SPLITS_DIR}/{'[0-9a-f]' * 12}.json"  # plan.splits_plan names them by a 12-digit digest
+ENSEMBLE_FILES = (
+    f"{ENSEMBLES_DIR}/*/{runfolder.RESULT_FILE}",
+    *(f"{ENSEMBLES_DIR}/*/{runfolder.PREDICTIONS_DIR}/{split}.npz" for split in runfolder.PREDICTION_SPLITS),
+)
+FIGURE_FILES = (f"{REPORT_DIR}/*.png", f"{REPORT_DIR}/.figures.json")
+
+
+class StudyFolderError(CnnlabError):
+    """An --out folder a study, tune or suite may not use: another kind, another spec, or foreign files."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderKind:
+    """One kind of --out folder: the files that tell it apart, and every name cnnlab writes at its top."""
+
+    name: str  # study | tune | suite
+    markers: tuple[str, ...]  # any of these present: the folder is of this kind
+    files: tuple[str, ...]
+    dirs: tuple[str, ...]
+    own_in_dirs: tuple[str, ...]  # glob patterns, relative to the folder, of what it writes below its dirs
+    # patterns of files it may hold but never removes: a queue database given by --storage (a retry's)
+    accepted: tuple[str, ...] = ()
+
+
+STUDY_FOLDER = FolderKind(
+    "study",
+    markers=(SPEC_FILE, PLAN_FILE, STUDY_STORAGE_FILE),
+    files=(SPEC_FILE, PLAN_FILE, STUDY_STORAGE_FILE, SELECT_FILE, *REPORT_FILES),
+    dirs=(RUNS_DIR, SPLITS_DIR, ENSEMBLES_DIR, REPORT_DIR),
+    own_in_dirs=(SPLITS_FILES, *ENSEMBLE_FILES, *FIGURE_FILES),
+    accepted=("*.db",),
+)
+TUNE_FOLDER = FolderKind(
+    "tune",
+    markers=(TUNE_SPEC_FILE, TUNE_SUMMARY_FILE, TUNE_STORAGE_FILE, TUNE_BEST_FILE),
+    files=(TUNE_SPEC_FILE, TUNE_SUMMARY_FILE, TUNE_STORAGE_FILE, TUNE_BEST_FILE, *REPORT_FILES),
+    dirs=(RUNS_DIR, SPLITS_DIR, REPORT_DIR),
+    own_in_dirs=(SPLITS_FILES, *FIGURE_FILES),
+    accepted=("*.db",),
+)
+SUITE_FOLDER = FolderKind(
+    "suite",
+    markers=(SUITE_SPEC_FILE, SUITE_FILE),
+    files=(SUITE_SPEC_FILE, SUITE_FILE, *REPORT_FILES),
+    dirs=(INLINE_DIR, REPORT_DIR),  # and one study folder per sub-study (checked as a study folder)
+    own_in_dirs=(f"{INLINE_DIR}/*.yaml", *FIGURE_FILES),
+)
+FOLDER_KINDS = (STUDY_FOLDER, TUNE_FOLDER, SUITE_FOLDER)
+
+
+def check_out_folder(folder: Path, kind: FolderKind, *, also_own: Iterable[str] = ()) -> None:
+    """Refuse, before anything is written, an --out folder that is a file, holds another kind's files (a
+    tune's in a study's folder, say), or holds files cnnlab did not write. `also_own`: more top-level names
+    this folder may hold (a suite's sub-study folders, a SQLite --storage file kept in the folder)."""
+    if folder.exists() and not folder.is_dir():
+        raise StudyFolderError(f"--out {_quote(folder)} is a file, not a folder; give a folder path")
+    entries = _entries(folder)
+    if not entries:
+        return
+    for other in FOLDER_KINDS:
+        found = _marker(folder, other)
+        if other is not kind and found:
+            raise StudyFolderError(
+                f"--out {_quote(folder)} holds a {other.name} ({found}), not a {kind.name}: a folder holds "
+                f"one study, tune or suite; use another --out for this {kind.name}"
+            )
+    foreign = entries[0] if not _marker(folder, kind) else _first_foreign(folder, kind, set(also_own))
+    if foreign is not None:
+        raise StudyFolderError(
+            f"--out {_quote(folder)} holds files that cnnlab did not write ({_quote(foreign)}); give an "
+            "empty or new folder, or move them away (cnnlab never deletes files it did not write)"
+        )
+
+
+def _entries(folder: Path) -> list[Path]:
+    """The folder's entries, sorted, without its lock file; [] for a folder that does not exist."""
+    if not folder.is_dir():
+        return []
+    return sorted(path for path in folder.iterdir() if path.name != FOLDER_LOCK)
+
+
+def _marker(folder: Path, kind: FolderKind) -> str | None:
+    """The first file present that marks the folder as one of this kind, else None."""
+    return next((name for name in kind.markers if (folder / name).exists()), None)
+
+
+def _first_foreign(folder: Path, kind: FolderKind, also_own: set[str]) -> Path | None:
+    """The first entry (at the top, or in runs/ and splits/) that cnnlab did not write, else None."""
+    for path in _entries(folder):
+        if path.name in also_own or (path.is_file() and _own_file_name(path.name, kind.files, kind.accepted)):
+            continue
+        if not (path.is_dir() and path.name in kind.dirs):
+            return path
+        inside = _first_foreign_inside(path)
+        if inside is not None:
+            return inside
+    return None
+
+
+def _first_foreign_inside(folder: Path) -> Path | None:
+    """runs/ holds run folders (or empty folders), splits/ splits files; other folders are not looked in."""
+    if folder.name not in (RUNS_DIR, SPLITS_DIR):
+        return None
+    own = _is_run_entry if folder.name == RUNS_DIR else _is_splits_entry
+    return next((path for path in sorted(folder.iterdir()) if not own(path)), None)
+
+
+def _is_run_entry(path: Path) -> bool:
+    return path.is_dir() and (runfolder.is_run_folder(path) or not any(path.iterdir()))
+
+
+def _is_splits_entry(path: Path) -> bool:
+    own = fnmatch.fnmatch(f"{SPLITS_DIR}/{path.name}", SPLITS_FILES) or _TEMP_FILE.fullmatch(path.name)
+    return path.is_file() and bool(own)
+
+
+def _own_file_name(name: str, own: Iterable[str], patterns: Iterable[str] = ()) -> bool:
+    """A name cnnlab writes: one of `own` (or matching one of `patterns`), a SQLite side file of one, or a
+    temporary file of either."""
+    temp = _TEMP_FILE.fullmatch(name)
+    name = temp["name"] if temp else name
+    bases = {name} | {name[: -len(side)] for side in SQLITE_SIDE_FILES if name.endswith(side)}
+    return bool(bases & set(own)) or any(
+        fnmatch.fnmatch(base, pattern) for base in bases for pattern in patterns
+    )
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, *, log: Callable[[str], None] = print) -> Iterator[None]:
+    """Hold the folder's lock (an exclusive flock on its FOLDER_LOCK file) while the body checks and claims
+    it: a second process waits (saying so once), then finds the folder claimed. Creates the folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / FOLDER_LOCK, "a") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"waiting for another cnnlab process that is setting up {folder}")
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        yield  # closing the file releases the lock
+
+
+def remove_own_files(folder: Path, kind: FolderKind) -> None:
+    """Remove what cnnlab wrote into a folder of this kind (its files, its run folders' files, the files
+    below its folders) and the folders left empty; every other file stays where it is."""
+    for path in _entries(folder):
+        if path.is_file() and _own_file_name(path.name, kind.files):
+            path.unlink(missing_ok=True)
+    for pattern in kind.own_in_dirs:
+        for path in folder.glob(pattern):
+            if path.is_file():
+                path.unlink(missing_ok=True)
+    for run_dir in sorted((folder / RUNS_DIR).glob("*")):
+        if run_dir.is_dir() and runfolder.is_run_folder(run_dir):
+            _remove_run_files(run_dir)
+    for name in kind.dirs:
+        _remove_temp_files_and_empty_dirs(folder / name)
+
+
+def _remove_run_files(run_dir: Path) -> None:
+    """A run folder's own files (runfolder.clear_run_files), then its marker once nothing else is left."""
+    runfolder.clear_run_files(run_dir)
+    _remove_temp_files_and_empty_dirs(run_dir)
+    if run_dir.is_dir() and [path.name for path in run_dir.iterdir()] == [runfolder.MARKER_FILE]:
+        (run_dir / runfolder.MARKER_FILE).unlink()
+        run_dir.rmdir()
+
+
+def _remove_temp_files_and_empty_dirs(root: Path) -> None:
+    """Leftover temporary files of atomic writes, then every folder left empty, deepest first."""
+    if not root.is_dir():
+        return
+    for path in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if path.is_file() and _TEMP_FILE.fullmatch(path.name):
+            path.unlink(missing_ok=True)
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+    if not any(root.iterdir()):
+        root.rmdir()
+
+
+def _quote(path: Path) -> str:
+    """A path for a one-line message: control characters escaped, long paths shortened."""
+    text = repr(str(path))
+    return text if len(text) <= 160 else f"{text[:70]}...{text[-70:]}"

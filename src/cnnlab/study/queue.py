@@ -117,7 +117,7 @@ def open_storage(
     """Optuna RDB storage with heartbeats; SQLite transactions serialized so claims are exactly once."""
     quiet_optuna()
     sqlite = url.startswith("sqlite")
-    _check_driver(url)
+    check_storage_url(url)
     engine_url = storage_engine_url(url)
     engine_kwargs = _engine_kwargs(engine_url, grace_s or 3 * heartbeat_s)
     callback_arg = (
@@ -133,13 +133,55 @@ def open_storage(
     try:
         storage = _first_connection(engine_url, engine_kwargs, options)
     except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.OperationalError, ImportError, ValueError) as error:
-        raise ConfigError(
-            f"--storage {shown_url(url)!r} cannot be opened: {str(error).splitlines()[0]}; expected an "
-            "SQLAlchemy URL such as sqlite:///DIR/study.db or postgresql://user@host/db"
-        ) from None
+        raise _unopenable(url, error) from None
+    except sqlalchemy.exc.DatabaseError as error:
+        if not sqlite:
+            raise
+        raise _not_a_database(url, error) from None
     if sqlite:
         _serialize_sqlite_transactions(storage.engine)
     return storage
+
+
+def _unopenable(url: str, error: BaseException) -> ConfigError:
+    return ConfigError(
+        f"--storage {shown_url(url)!r} cannot be opened: {str(error).splitlines()[0]}; expected an "
+        "SQLAlchemy URL such as sqlite:///DIR/study.db or postgresql://user@host/db"
+    )
+
+
+def _not_a_database(url: str, error: BaseException) -> ConfigError:
+    """A SQLite queue file that SQLite cannot read (overwritten, truncated): waiting will not mend it; a new
+    queue will, and completed runs are found completed in their folders (never trained again)."""
+    reason = describe_storage_error(getattr(error, "orig", None) or error)
+    path = url[len("sqlite:///") :]
+    return ConfigError(
+        f"the queue's database {path!r} is not a readable SQLite database ({reason}); move that file out of "
+        "the folder (or delete it) and run the same command again: a new queue is made, and runs that "
+        "completed are found in their folders and not trained again"
+    )
+
+
+def check_storage_url(url: str) -> None:
+    """Refuse, before anything is written, a storage URL no worker could share: an in-memory SQLite
+    database lives and dies with one process (no helper, no other worker, no later run sees it). A
+    PostgreSQL URL without its driver names the package to install."""
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        parsed = None
+    in_memory = (
+        parsed is not None
+        and parsed.get_backend_name() == "sqlite"
+        and (parsed.database in (None, "", ":memory:") or "memory" in str(parsed.query.get("mode", "")))
+    )
+    if in_memory:
+        raise ConfigError(
+            f"--storage {url!r} is an in-memory SQLite database, which only this process sees "
+            "(no worker, and no later run, can share it); give a file, sqlite:///DIR/queue.db, or leave "
+            "--storage out to use the folder's own"
+        )
+    _check_driver(url)
 
 
 IDLE_TRANSACTION_MIN_S = 10  # PostgreSQL ends a session idle inside a transaction this long (or one grace)
@@ -386,6 +428,10 @@ class RunQueue:
         if status in REQUEUED_AS_IS:
             self.study.add_trial(_waiting(claim.run_index, attempt=claim.attempt))
         return True
+
+    def requeue(self, run_index: int) -> None:
+        """Queue a run again as a fresh first attempt (a completed run whose result is gone)."""
+        self.study.add_trial(_waiting(run_index, attempt=1))
 
     def reap(self) -> None:
         """Fail trials whose worker died (stale heartbeat, or a dead process on this host); requeue them."""

@@ -6,10 +6,15 @@ trains in-process with `cnnlab.train.fit`, so data is loaded once per worker pro
 result.json says completed is skipped, a failed or diverged one is recorded and the study goes on.
 
 A study folder belongs to one spec: study.json records the plan it was made for, and a different plan is
-refused (`restart=True` discards the old study's files first). A run folder is held by one process at a
-time (`runfolder.hold`), so a worker that lost its claim while paused can never train beside the new owner;
-it notices through its heartbeat, stops the run without a result, and goes on. SIGINT/SIGTERM record the
-run in progress as interrupted (its checkpoint kept, no attempt used) and end the process.
+refused (`restart=True` discards the old study's files first); a folder of a tune or a suite, or with files
+cnnlab did not write, is refused too. The folder is checked before anything is written, then checked again
+and set up under its lock, so two planners of different specs started at once never both take it. A run
+the queue records completed whose result is gone from its folder is queued again.
+
+A run folder is held by one process at a time (`runfolder.hold`), so a worker that lost its claim while
+paused can never train beside the new owner; it notices through its heartbeat, stops the run without a
+result, and goes on. SIGINT/SIGTERM record the run in progress as interrupted (its checkpoint kept, no
+attempt used) and end the process.
 """
 
 from __future__ import annotations
@@ -20,7 +25,6 @@ import functools
 import gc
 import multiprocessing
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -37,7 +41,16 @@ from cnnlab.data import Splits, load_split, make_splits
 from cnnlab.errors import CnnlabError, ConfigError, DiskFull, Interrupted, one_line
 from cnnlab.interrupts import signals_raise
 from cnnlab.study import queue as work_queue
-from cnnlab.study.checks import check_plan
+from cnnlab.study.checks import (
+    SQLITE_SIDE_FILES,
+    STUDY_FOLDER,
+    STUDY_STORAGE_FILE,
+    StudyFolderError,
+    check_out_folder,
+    check_plan,
+    folder_lock,
+    remove_own_files,
+)
 from cnnlab.study.ensemble import ENSEMBLES_DIR, build_ensemble
 from cnnlab.study.plan import PLAN_FILE, ROLE_FINAL, SPEC_FILE, PlannedRun, StudyPlan, expand
 from cnnlab.study.queue import WorkerOptions
@@ -47,7 +60,7 @@ from cnnlab.train import RunAbandoned, fit
 from cnnlab.train.resolve import resolve_config
 
 Log = Callable[[str], None]
-STORAGE_FILE = "study.db"
+STORAGE_FILE = STUDY_STORAGE_FILE
 QUEUE_WAIT_S = 600.0  # a --worker-only process waits this long for the planner to fill the queue
 STORAGE_OUTAGE_S = 600.0  # a worker gives up after its queue's database failed this long without a success
 
@@ -88,20 +101,20 @@ def run_study(
 ) -> StudyOutcome:
     """Run (or continue) a study; with `workers` > 1, that many processes on this machine share the queue.
 
-    A folder holding another spec's study is refused (StudyFolderError) unless `restart`."""
+    A folder holding another spec's study is refused (StudyFolderError) unless `restart`; so is one holding a
+    tune, a suite, or files cnnlab did not write."""
     plan = plan_study(spec_path, out_dir, overrides)
-    check_study_folder(plan, Path(spec_path), restart=restart and not worker_only)
-    url = study_storage(plan, options.storage, restart=restart and not worker_only)
-    if not worker_only:
-        if options.storage:
-            open_storage_first(url)
-        prepare_study_dir(plan, Path(spec_path), url, options, overrides)
+    spec_path = Path(spec_path)
+    restart = restart and not worker_only
+    check_study_out(plan, spec_path, options.storage, restart=restart)  # before anything is written
+    if options.storage and not worker_only:
+        open_storage_first(study_storage(plan, options.storage, restart=restart))
     if worker_only:
-        queue = join_as_worker(plan, Path(spec_path), url, options, log=log)
+        url = study_storage(plan, options.storage)
+        queue = join_as_worker(plan, spec_path, url, options, log=log)
     else:
-        queue = open_queue(plan, url, options)
-        queue.enqueue(len(plan.runs))
-    helpers = _helpers(plan, url, workers, options)
+        queue = claim_study(plan, spec_path, options, overrides, restart=restart, log=log)
+    helpers = _helpers(plan, queue.url, workers, options)
     try:
         for helper in helpers:
             helper.start()
@@ -116,28 +129,78 @@ def run_study(
     return StudyOutcome(plan.study_dir, counts, trained, skipped, ensembles)
 
 
-class StudyFolderError(CnnlabError):
-    """The study folder holds a study of another spec."""
+def claim_study(
+    plan: StudyPlan,
+    spec_path: Path,
+    options: WorkerOptions,
+    overrides: Sequence[str] = (),
+    *,
+    restart: bool = False,
+    log: Log = print,
+) -> work_queue.RunQueue:
+    """A planner's set-up, under the folder's lock: check the folder again (another `study run` may have
+    taken it meanwhile), discard another spec's study when `restart`, write study.yaml, the splits and
+    study.json, fill the queue, and put back runs recorded completed whose result is gone. Two planners of
+    different specs started at once: the second waits for the lock, then is refused."""
+    with folder_lock(plan.study_dir, log=log):
+        if check_study_out(plan, spec_path, options.storage, restart=restart):
+            discard_study(plan.study_dir)
+        url = study_storage(plan, options.storage, restart=restart)
+        prepare_study_dir(plan, spec_path, url, options, overrides)
+        queue = open_queue(plan, url, options)
+        queue.enqueue(len(plan.runs))
+        requeue_lost_results(plan, queue, log=log)
+    return queue
+
+
+def check_study_out(plan: StudyPlan, spec_path: Path, storage: str | None, *, restart: bool) -> bool:
+    """Everything a study checks in its folder before writing: no other kind's files, no foreign files, no
+    other spec's study (unless `restart`: then True, the old study is to be discarded), a usable storage."""
+    if storage:
+        work_queue.check_storage_url(storage)
+    check_out_folder(plan.study_dir, STUDY_FOLDER, also_own=_storage_file(plan.study_dir, storage))
+    other_spec = check_study_folder(plan, spec_path, restart=restart)
+    study_storage(plan, storage, restart=restart)
+    return other_spec
+
+
+def _storage_file(study_dir: Path, given: str | None) -> tuple[str, ...]:
+    """The file name of a SQLite queue kept inside the study folder (--storage, or as study.json records it),
+    which the folder may hold beside its own files."""
+    recorded = (_existing_plan_or_none(study_dir) or {}).get("storage")
+    names = []
+    for url in (given, recorded):
+        if isinstance(url, str) and url.startswith("sqlite:///"):
+            path = Path(url[len("sqlite:///") :])
+            if path.parent.resolve() == study_dir.resolve():
+                names += [path.name] + [path.name + side for side in SQLITE_SIDE_FILES]
+    return tuple(names)
+
+
+def _existing_plan_or_none(study_dir: Path) -> dict[str, Any] | None:
+    with contextlib.suppress(StudyFolderError):
+        return _existing_plan(study_dir)
+    return None
 
 
 # What a study writes into its folder; --restart removes these and nothing else.
-STUDY_FILES = (SPEC_FILE, PLAN_FILE, STORAGE_FILE, "select.json", "report.html", "report.md", "results.csv")
-STUDY_DIRS = ("runs", "splits", ENSEMBLES_DIR, "report_files")
+STUDY_FILES = STUDY_FOLDER.files
+STUDY_DIRS = STUDY_FOLDER.dirs
 
 
-def check_study_folder(plan: StudyPlan, spec_path: Path, *, restart: bool) -> None:
-    """Refuse a folder whose study.json was written for another plan; with `restart`, clear it first."""
+def check_study_folder(plan: StudyPlan, spec_path: Path, *, restart: bool) -> bool:
+    """Refuse a folder whose study.json was written for another plan, unless `restart`; True when the folder
+    holds another plan's study that `restart` is to discard (nothing is changed here)."""
     try:
         existing = _existing_plan(plan.study_dir)
     except StudyFolderError:
         if not restart:
             raise
-        existing = {}
+        return True
     if existing is None or existing.get("plan_hash") == plan.plan_hash:
-        return
+        return False
     if restart:
-        discard_study(plan.study_dir)
-        return
+        return True
     theirs = f"{existing.get('name')!r} from {existing.get('spec_path') or 'an unknown spec'}"
     raise StudyFolderError(
         f"study folder {str(plan.study_dir)!r} holds study {theirs} (plan {existing.get('plan_hash')}); "
@@ -181,11 +244,9 @@ def _existing_plan(study_dir: Path) -> dict[str, Any] | None:
 
 
 def discard_study(study_dir: Path) -> None:
-    """Remove what a study wrote into its folder (STUDY_FILES, STUDY_DIRS); other files stay."""
-    for name in STUDY_FILES:
-        (study_dir / name).unlink(missing_ok=True)
-    for name in STUDY_DIRS:
-        shutil.rmtree(study_dir / name, ignore_errors=True)
+    """Remove what a study wrote into its folder (its files, its run folders' files, its splits, ensembles
+    and figures); files cnnlab did not write stay, and so do the folders holding them."""
+    remove_own_files(study_dir, STUDY_FOLDER)
 
 
 def open_storage_first(url: str) -> None:
@@ -266,6 +327,7 @@ def join_as_worker(
     queue: work_queue.RunQueue | None = None
     said = False
     while True:
+        check_out_folder(plan.study_dir, STUDY_FOLDER, also_own=_storage_file(plan.study_dir, url))
         check_study_folder(plan, spec_path, restart=False)
         if queue is None and work_queue.storage_exists(url):
             with contextlib.suppress(work_queue.QueueMissing):
@@ -281,6 +343,40 @@ def join_as_worker(
             log(f"waiting up to {up_to} for a `cnnlab study run` without --worker-only to plan {where}")
             said = True
         time.sleep(0.5)
+
+
+def requeue_lost_results(plan: StudyPlan, queue: work_queue.RunQueue, *, log: Log = print) -> None:
+    """Put back in the queue, saying so, every run the queue records as completed whose folder holds no
+    readable completed result.json (deleted, truncated, edited): it trains again, so that the report never
+    silently lacks a configuration."""
+    for index, state in sorted(queue.states().items()):
+        if state.state != runfolder.COMPLETED or index >= len(plan.runs):
+            continue
+        run = plan.runs[index]
+        run_id = run.run_id or state.trial.user_attrs.get("run_id")
+        problem = missing_result(plan.run_dir(str(run_id))) if run_id else None
+        if problem is not None:
+            queue.requeue(index)
+            log(
+                f"[{index + 1}/{len(plan.runs)}] requeued {run_id} {_describe(run)}: recorded completed, "
+                f"but {problem}; it trains again"
+            )
+
+
+def missing_result(run_dir: Path) -> str | None:
+    """Why a run folder does not hold a completed run (no folder, no result.json, a damaged or unfinished
+    one), or None when it does."""
+    if not run_dir.is_dir():
+        return f"its folder {run_dir} is gone"
+    try:
+        result = runfolder.read_result(run_dir)
+    except runfolder.RunFolderError:
+        return "its result.json is damaged"
+    if result is None:
+        return "its folder holds no result.json"
+    if result.get("status") != runfolder.COMPLETED:
+        return f"its result.json says {result.get('status')!r}"
+    return None
 
 
 def _progressed(plan: StudyPlan, trial: Any) -> bool:
@@ -374,7 +470,7 @@ def execute(plan: StudyPlan, queue: work_queue.RunQueue, claim: work_queue.Claim
         return "failed"
     assert run.config is not None and run.run_id is not None
     run_dir = plan.run_dir(run.run_id)
-    finished = runfolder.completed_result(run_dir)
+    finished = _completed_or_cleared(run_dir, f"{where} cleared  {run.run_id} {_describe(run)}", log)
     if finished is not None:
         queue.finish(claim, work_queue.SKIPPED, value=_score(finished), run_id=run.run_id)
         log(f"{where} skipped  {run.run_id} {_describe(run)} (already completed)")
@@ -415,6 +511,18 @@ def execute(plan: StudyPlan, queue: work_queue.RunQueue, claim: work_queue.Claim
     scores = f"{_metrics(summary)} {elapsed:.1f} s{note}{flagged}"
     log(f"{where} {status:<8} {run.run_id} {_describe(run)} {scores}")
     return "trained"
+
+
+def _completed_or_cleared(run_dir: Path, line: str, log: Log) -> dict[str, Any] | None:
+    """The run's completed result, else None; a damaged result.json (unreadable, or edited into one that is
+    not a result) is removed first, saying so on a `line`, so that the run trains again and rewrites it (it
+    resumes from its last checkpoint)."""
+    try:
+        return runfolder.completed_result(run_dir)
+    except runfolder.RunFolderError as error:
+        (run_dir / runfolder.RESULT_FILE).unlink(missing_ok=True)
+        log(f"{line}: removed its damaged result.json ({one_line(str(error), 300)}); it trains again")
+        return None
 
 
 class RunLost(Exception):

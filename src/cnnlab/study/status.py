@@ -61,22 +61,60 @@ def study_status(study_dir: str | Path, *, storage: str | None = None) -> StudyS
         raise CnnlabError(
             f"{study_dir} is not a study folder: {PLAN_FILE} not found (run `cnnlab study run` first)"
         )
-    try:
-        plan = json.loads(plan_path.read_text(encoding="utf-8"))
-        entries = plan["runs"]
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
-        raise CnnlabError(
-            f"{plan_path} is not a readable study plan ({type(error).__name__}: {error})"
-        ) from None
+    plan = _read_plan(plan_path)
     queue_states = _queue_states(plan, storage or plan.get("storage"))
-    runs = tuple(_run_status(study_dir, entry, queue_states) for entry in entries)
+    runs = tuple(_run_status(study_dir, entry, queue_states) for entry in plan["runs"])
     counts = {state: sum(run.state == state for run in runs) for state in STATES}
     return StudyStatus(study_dir, counts, runs, queue_states is not None)
 
 
+# study.json's run entries: key → (allowed types, what the message says it must be)
+ENTRY_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
+    "index": ((int,), "an integer"),
+    "run_id": ((str, type(None)), "a run id or null"),
+    "stage": ((str,), "a stage name"),
+    "configuration": ((str,), "a configuration label"),
+    "seed": ((int,), "an integer"),
+    "fold": ((int, type(None)), "an integer or null"),
+}
+
+
+def _read_plan(plan_path: Path) -> dict[str, Any]:
+    """study.json with every run entry checked; a damaged one is one line naming the file and the fix."""
+    try:
+        plan = json.loads(plan_path.read_text(encoding="utf-8"))
+        problem = _plan_problem(plan)
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        problem = f"{type(error).__name__}: {error}"
+    if problem is not None:
+        raise CnnlabError(
+            f"{plan_path} is not a readable study plan ({problem}); run the study's `cnnlab study run SPEC "
+            f"--out {plan_path.parent}` again to rewrite it"
+        )
+    return plan
+
+
+def _plan_problem(plan: Any) -> str | None:
+    """What is wrong with study.json's shape (a mapping whose `runs` is a list of run entries), or None."""
+    if not isinstance(plan, dict) or not isinstance(plan.get("runs"), list):
+        return "expected a mapping with a list of runs"
+    for number, entry in enumerate(plan["runs"]):
+        if not isinstance(entry, dict):
+            return f"runs[{number}] is not a mapping"
+        for key, (types, wanted) in ENTRY_KEYS.items():
+            value = entry.get(key)
+            if key not in entry or isinstance(value, bool) or not isinstance(value, types):
+                return f"runs[{number}].{key} must be {wanted}, got {value!r}"
+    return None
+
+
 def _queue_states(plan: dict[str, Any], url: str | None) -> dict[int, work_queue.RunState] | None:
     """The queue's view of every run, or None when the storage is missing or unreadable."""
-    if not url or not plan.get("queue") or not work_queue.storage_exists(url):
+    if (
+        not isinstance(url, str)
+        or not isinstance(plan.get("queue"), str)
+        or not work_queue.storage_exists(url)
+    ):
         return None
     try:
         queue = work_queue.RunQueue(
@@ -95,8 +133,8 @@ def _run_status(
 ) -> RunStatus:
     queued = queue_states.get(entry["index"]) if queue_states else None
     run_id = entry.get("run_id") or (queued.trial.user_attrs.get("run_id") if queued else None)
-    result = _result(study_dir, run_id)
-    state, reason = _state(result, queued)
+    result, damage = _result(study_dir, run_id)
+    state, reason = _state(result, damage, queued)
     return RunStatus(
         entry["index"],
         run_id,
@@ -109,29 +147,37 @@ def _run_status(
     )
 
 
-def _state(result: dict[str, Any] | None, queued: work_queue.RunState | None) -> tuple[str, str | None]:
-    """Files first (a completed result is completed whatever the storage says), then the queue."""
+def _state(
+    result: dict[str, Any] | None, damage: str | None, queued: work_queue.RunState | None
+) -> tuple[str, str | None]:
+    """Files first (a completed result is completed whatever the storage says), then the queue. As `study
+    run` sees it: a run the queue records completed without a completed result in its folder trains again
+    (pending), and so does one whose damaged result.json `study run` removes."""
     status = result.get("status") if result is not None else None
     if status == runfolder.COMPLETED:
         return runfolder.COMPLETED, None
     if queued is not None and queued.state in (runfolder.RUNNING, runfolder.INTERRUPTED):
         return queued.state, None if queued.state == runfolder.RUNNING else "its worker is gone"
+    if queued is not None and queued.state == runfolder.COMPLETED:
+        lost = damage or ("its result.json says " + repr(status) if status else "its result.json is gone")
+        return runfolder.PENDING, f"recorded completed, but {lost}; `study run` trains it again"
     if status in (runfolder.INTERRUPTED, runfolder.FAILED, runfolder.DIVERGED):
         return str(status), result.get("reason") if result else None
     if queued is not None and queued.state == runfolder.FAILED:
         return runfolder.FAILED, queued.trial.user_attrs.get("reason") or "its worker died on every attempt"
     if queued is not None:
-        return queued.state, None
-    return runfolder.PENDING, None
+        return queued.state, damage and f"{damage}; `study run` trains it again"
+    return runfolder.PENDING, damage and f"{damage}; `study run` trains it again"
 
 
-def _result(study_dir: Path, run_id: str | None) -> dict[str, Any] | None:
+def _result(study_dir: Path, run_id: str | None) -> tuple[dict[str, Any] | None, str | None]:
+    """The run's result.json (None when absent), and what is wrong with it when it is damaged."""
     if not run_id:
-        return None
+        return None, None
     try:
-        return runfolder.read_result(study_dir / RUNS_DIR / run_id)
+        return runfolder.read_result(study_dir / RUNS_DIR / run_id), None
     except runfolder.RunFolderError:
-        return {"status": runfolder.FAILED, "reason": "its result.json is unreadable"}
+        return None, "its result.json is damaged"
 
 
 def format_status(status: StudyStatus) -> str:
@@ -142,7 +188,7 @@ def format_status(status: StudyStatus) -> str:
     if not status.storage_read:
         lines.append("(storage not readable: running/pending told apart from files only)")
     for run in status.runs:
-        if run.state in SHOWN_STATES:
+        if run.state in SHOWN_STATES or run.reason:
             fold = f" fold={run.fold}" if run.fold is not None else ""
             why = f" — {run.reason}" if run.reason else ""
             lines.append(

@@ -178,11 +178,13 @@ class SuiteOutcome:
         return sum(o.counts["failed"] + o.counts["diverged"] for _, o in self.outcomes)
 
 
-def check_suite(suite: SuiteSpec, out_dir: Path) -> None:
-    """Plan and check every sub-study before any of them trains; errors name the sub-study."""
+def check_suite(suite: SuiteSpec, out_dir: Path) -> list[tuple[SubStudy, Any]]:
+    """Plan and check every sub-study before any of them trains; errors name the sub-study. Returns each
+    sub-study with its plan (a `StudyPlan`)."""
     from cnnlab.study.checks import check_plan  # these two load Lightning; `cnnlab report` imports suite
     from cnnlab.study.plan import expand
 
+    plans = []
     for study in suite.studies:
         source = study.inline if study.inline is not None else cfg.load_yaml(study.spec_path, "study spec")
         base_dir = suite.path.parent if study.inline is not None else study.spec_path.parent
@@ -190,9 +192,12 @@ def check_suite(suite: SuiteSpec, out_dir: Path) -> None:
             spec = parse_study_spec(
                 apply_overrides(source, study.overrides), default_name=study.name, base_dir=base_dir
             )
-            check_plan(expand(spec, out_dir / study.name))
+            plan = expand(spec, out_dir / study.name)
+            check_plan(plan)
         except ConfigError as error:
             raise ConfigError(f"suite {suite.name!r}, study {study.name!r}: {error}") from None
+        plans.append((study, plan))
+    return plans
 
 
 def run_suite(
@@ -205,17 +210,22 @@ def run_suite(
 ) -> SuiteOutcome:
     """Run (or continue) every sub-study of a suite, in order, each into `<out_dir>/<name>/`.
 
-    Every sub-study is planned and checked first, so a bad spec or a missing weights file stops the suite
-    before any run trains. `study_options` are `run_study`'s (workers, options, restart, log)."""
+    Every sub-study is planned and checked first, and so is the folder (a suite of this spec, or a new or
+    empty one) and each sub-study's folder, so a bad spec, a missing weights file or a refused folder stops
+    the suite before anything is written or trains. `study_options` are `run_study`'s (workers, options,
+    restart, log)."""
     from cnnlab.study.runner import run_study  # Lightning: see check_suite
 
     out = Path(out_dir).absolute()
     suite = load_suite(spec_path, out, overrides)
-    check_suite(suite, out)
+    plans = check_suite(suite, out)
+    restart = bool(study_options.get("restart")) and not worker_only
+    storage = getattr(study_options.get("options"), "storage", None)
+    check_suite_folder(suite, out, plans, storage, restart=restart)
     if not worker_only:
-        out.mkdir(parents=True, exist_ok=True)
-        write_inline_specs(suite)
-        write_suite_file(suite, out, overrides)
+        claim_suite_folder(
+            suite, out, plans, storage, overrides, restart=restart, log=study_options.get("log", print)
+        )
     outcomes = []
     for study in suite.studies:
         outcome = run_study(
@@ -227,3 +237,106 @@ def run_suite(
         )
         outcomes.append((study.name, outcome))
     return SuiteOutcome(out, tuple(outcomes))
+
+
+def check_suite_folder(
+    suite: SuiteSpec, out: Path, plans: Sequence[tuple[SubStudy, Any]], storage: str | None, *, restart: bool
+) -> bool:
+    """Everything a suite checks before writing: its folder holds no other kind's files and no foreign
+    files, records no other suite (unless `restart`: then True, that suite is to be discarded), and each
+    sub-study's folder would be accepted by `study run` (nothing is changed here)."""
+    from cnnlab.study.checks import SUITE_FOLDER, check_out_folder
+    from cnnlab.study.runner import check_study_out
+
+    names = [study.name for study in suite.studies]
+    check_out_folder(out, SUITE_FOLDER, also_own={*names, *_recorded_studies(out)})
+    other_suite = _check_same_suite(suite, out, restart=restart)
+    for study, plan in plans:
+        check_study_out(plan, study.spec_path, storage, restart=restart)
+    return other_suite
+
+
+def claim_suite_folder(
+    suite: SuiteSpec,
+    out: Path,
+    plans: Sequence[tuple[SubStudy, Any]],
+    storage: str | None,
+    overrides: Sequence[str],
+    *,
+    restart: bool,
+    log: Any = print,
+) -> None:
+    """Under the folder's lock: check again (another suite may have taken the folder meanwhile), discard
+    another suite when `restart`, then write suite.yaml, suite.json and the inline sub-study specs."""
+    from cnnlab.study.checks import folder_lock
+
+    with folder_lock(out, log=log):
+        if check_suite_folder(suite, out, plans, storage, restart=restart):
+            discard_suite(out, keep={study.name for study in suite.studies})
+        write_suite_file(suite, out, overrides)
+        write_inline_specs(suite)
+
+
+def _recorded_studies(out: Path) -> list[str]:
+    """The sub-study names the folder's suite.json records ([] without one, or when it is unreadable)."""
+    recorded = _recorded_suite(out)
+    studies = recorded.get("studies") if recorded else None
+    if not isinstance(studies, list):
+        return []
+    return [str(item["name"]) for item in studies if isinstance(item, Mapping) and "name" in item]
+
+
+def _recorded_suite(out: Path) -> dict[str, Any] | None:
+    path = out / SUITE_FILE
+    if not path.is_file():
+        return None
+    try:
+        recorded = safeio.read_json(path)
+    except (OSError, ValueError):
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
+
+
+def _check_same_suite(suite: SuiteSpec, out: Path, *, restart: bool) -> bool:
+    """Refuse a folder whose suite.json records another suite (another name or other sub-studies), unless
+    `restart` (then True)."""
+    from cnnlab.study.checks import StudyFolderError
+
+    recorded = _recorded_suite(out)
+    if recorded is None:
+        return False
+    theirs = (recorded.get("name"), _recorded_studies(out))
+    mine = (suite.name, [study.name for study in suite.studies])
+    if theirs == mine:
+        return False
+    if restart:
+        return True
+    source = recorded.get("spec_path") or "an unknown spec"
+    raise StudyFolderError(
+        f"suite folder {str(out)!r} holds suite {theirs[0]!r} from {source} "
+        f"(studies {', '.join(theirs[1]) or 'unknown'}); refusing suite {suite.name!r} from {suite.path} "
+        f"(studies {', '.join(mine[1])}): a folder holds one spec; use another --out, or --restart to "
+        "discard that suite's studies that this one does not have and start over"
+    )
+
+
+def discard_suite(out: Path, *, keep: set[str]) -> None:
+    """Remove what a suite wrote into its folder: its own files, and the sub-studies the new suite does not
+    have (as `study run --restart` would); files cnnlab did not write stay."""
+    from cnnlab.study.checks import SUITE_FOLDER, remove_own_files
+    from cnnlab.study.runner import discard_study
+
+    for name in _recorded_studies(out):
+        folder = out / name
+        if name not in keep and SAFE_NAME.fullmatch(name) and folder.is_dir():
+            discard_study(folder)
+            _remove_if_empty(folder)
+    remove_own_files(out, SUITE_FOLDER)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    from cnnlab.study.checks import FOLDER_LOCK
+
+    (folder / FOLDER_LOCK).unlink(missing_ok=True)
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()

@@ -30,19 +30,32 @@ from optuna.trial import TrialState
 from cnnlab import config as cfg
 from cnnlab import safeio
 from cnnlab.data import load_split, make_splits
-from cnnlab.errors import CnnlabError
-from cnnlab.study.checks import check_config
+from cnnlab.errors import CnnlabError, ConfigError, one_line
+from cnnlab.study.checks import (
+    SQLITE_SIDE_FILES,
+    TUNE_BEST_FILE,
+    TUNE_FOLDER,
+    TUNE_SPEC_FILE,
+    TUNE_STORAGE_FILE,
+    TUNE_SUMMARY_FILE,
+    StudyFolderError,
+    check_config,
+    check_init_file,
+    check_out_folder,
+    folder_lock,
+    remove_own_files,
+)
 from cnnlab.study.plan import RUNS_DIR, splits_plan
-from cnnlab.study.queue import WorkerOptions, open_storage, quiet_optuna
+from cnnlab.study.queue import WorkerOptions, check_storage_url, open_storage, quiet_optuna
 from cnnlab.study.runner import spec_text
 from cnnlab.study.selection import metric_value
 from cnnlab.study.spec import SearchParam, TuneSpec, load_tune_spec
 from cnnlab.train import fit
 
-SPEC_FILE = "tune.yaml"
-BEST_FILE = "best.yaml"
-SUMMARY_FILE = "tune.json"
-STORAGE_FILE = "tune.db"
+SPEC_FILE = TUNE_SPEC_FILE
+BEST_FILE = TUNE_BEST_FILE
+SUMMARY_FILE = TUNE_SUMMARY_FILE
+STORAGE_FILE = TUNE_STORAGE_FILE
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 SURPLUS = "surplus"  # trial user attr: started once the budget was already met elsewhere; trained nothing
 BUDGET_POLL_S = 0.5
@@ -76,28 +89,122 @@ def run_tune(
     storage: str | None = None,
     heartbeat_s: int | None = None,  # default WorkerOptions.heartbeat_s
     overrides: Sequence[str] = (),
+    restart: bool = False,
     log: Any = print,
 ) -> TuneOutcome:
-    """Run trials until `trials` (default: the spec's) have finished across all processes, then report."""
+    """Run trials until `trials` (default: the spec's) have finished across all processes, then report.
+
+    A folder holding another tune spec's search is refused (StudyFolderError) unless `restart`, which first
+    removes that search's files; so is one holding a study, a suite, or files cnnlab did not write."""
     spec = load_tune_spec(spec_path, overrides)
-    check_config(cfg.from_dict(spec.base))
+    check_space(spec)
     out_dir = Path(out_dir).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    safeio.atomic_write_text(out_dir / SPEC_FILE, spec_text(spec_path, spec.raw, overrides))
-    budget = trials or spec.trials
     url = storage or f"sqlite:///{out_dir / STORAGE_FILE}"
+    check_storage_url(url)
+    claim_tune_folder(spec, Path(spec_path), out_dir, url, overrides, restart=restart, log=log)
+    budget = trials or spec.trials
     study, created = _open_study(spec, url, heartbeat_s or WorkerOptions.heartbeat_s)
     remaining = budget - _count_finished(study)
     if remaining > 0:
         callback = optuna.study.MaxTrialsCallback(budget, states=FINISHED)
-        with _quiet_surplus_trials():
+        with _quiet_failed_trials():
             study.optimize(
                 lambda trial: _objective(trial, spec, out_dir, log, budget),
                 n_trials=remaining,
                 callbacks=[callback],
                 catch=(RunFailed, CnnlabError, BudgetMet),
             )
-    return _report(study, spec, out_dir)
+    return _report(study, spec, out_dir, spec_path, url)
+
+
+def check_space(spec: TuneSpec) -> None:
+    """The base config, and the base with each categorical choice, name a known model with switches it
+    supports, a known dataset and an existing weights file: a typo stops the search before any trial
+    trains (ranges were checked when the spec was read)."""
+    checked: set[str] = set()
+    base = cfg.from_dict(spec.base)
+    check_config(base)
+    check_init_file(base.train.init, checked)
+    for param in spec.space:
+        for number, choice in enumerate(param.choices or ()):
+            try:
+                config = cfg.from_dict(cfg.merge(cfg.merge({}, spec.base), {param.key: choice}))
+                check_config(config)
+                check_init_file(config.train.init, checked)
+            except CnnlabError as error:
+                raise ConfigError(f"tune spec space.{param.key}[{number}]={choice!r}: {error}") from None
+
+
+def claim_tune_folder(
+    spec: TuneSpec,
+    spec_path: Path,
+    out_dir: Path,
+    url: str,
+    overrides: Sequence[str],
+    *,
+    restart: bool = False,
+    log: Any = print,
+) -> None:
+    """Check the folder before writing (a tune folder of this spec, or a new or empty one), then again under
+    its lock, where tune.yaml and the spec's identity in tune.json are written: two tunes of different specs
+    started at once cannot both take the folder. `restart` removes another spec's search first."""
+    also_own = _storage_file(out_dir, url)
+    check_out_folder(out_dir, TUNE_FOLDER, also_own=also_own)
+    _check_same_tune(out_dir, spec, spec_path, restart=restart)
+    with folder_lock(out_dir, log=log):
+        check_out_folder(out_dir, TUNE_FOLDER, also_own=also_own)
+        if _check_same_tune(out_dir, spec, spec_path, restart=restart):
+            remove_own_files(out_dir, TUNE_FOLDER)
+        if not (out_dir / SUMMARY_FILE).is_file():
+            safeio.atomic_write_json(out_dir / SUMMARY_FILE, _identity(spec, spec_path, url))
+        safeio.atomic_write_text(out_dir / SPEC_FILE, spec_text(spec_path, spec.raw, overrides))
+
+
+def _check_same_tune(out_dir: Path, spec: TuneSpec, spec_path: Path, *, restart: bool) -> bool:
+    """Refuse a folder whose tune.json records another spec's search, unless `restart` (then True: that
+    search is to be removed). A folder from before tune.json recorded its spec is taken as it is."""
+    path = out_dir / SUMMARY_FILE
+    if not path.is_file():
+        return False
+    try:
+        recorded = safeio.read_json(path)
+    except (OSError, ValueError) as error:
+        if restart:
+            return True
+        raise StudyFolderError(
+            f"{path} is unreadable ({error}); move it away, or use --restart to start the search over"
+        ) from None
+    theirs = recorded.get("spec_hash") if isinstance(recorded, dict) else None
+    if theirs is None or theirs == _spec_hash(spec):
+        return False
+    if restart:
+        return True
+    raise StudyFolderError(
+        f"tune folder {str(out_dir)!r} holds the search {recorded.get('name')!r} from "
+        f"{recorded.get('spec_path') or 'an unknown spec'} (spec {theirs}); refusing {spec.name!r} from "
+        f"{spec_path} (spec {_spec_hash(spec)}): a folder holds one spec; use another --out"
+    )
+
+
+def _identity(spec: TuneSpec, spec_path: str | Path, url: str) -> dict[str, Any]:
+    """What tune.json records from the start: which spec's search the folder holds, and where its trials
+    are stored."""
+    return {
+        "name": spec.name,
+        "spec_hash": _spec_hash(spec),
+        "spec_path": str(Path(spec_path).absolute()),
+        "storage": url,
+    }
+
+
+def _storage_file(out_dir: Path, url: str) -> tuple[str, ...]:
+    """A --storage SQLite file kept in the tune folder (beside its own files)."""
+    if not url.startswith("sqlite:///"):
+        return ()
+    path = Path(url[len("sqlite:///") :])
+    if path.parent.resolve() != out_dir:
+        return ()
+    return (path.name, *(path.name + side for side in SQLITE_SIDE_FILES))
 
 
 def _needed(trial: optuna.Trial, budget: int) -> bool:
@@ -117,33 +224,23 @@ def _needed(trial: optuna.Trial, budget: int) -> bool:
         optuna.storages.fail_stale_trials(trial.study)
 
 
-class _quiet_surplus_trials:
-    """Optuna logs every caught failure with its traceback; a surplus trial is not a failure."""
+class _quiet_failed_trials:
+    """Optuna logs every caught failure with its traceback; a failed or diverged trial gets one cnnlab line
+    from `_objective` instead, and a surplus trial is not a failure at all."""
 
     def __enter__(self) -> None:
         self.logger = logging.getLogger("optuna.study._optimize")
-        self.filter = _DropSurplus()
+        self.filter = _DropFailedTrials()
         self.logger.addFilter(self.filter)
 
     def __exit__(self, *exc: object) -> None:
         self.logger.removeFilter(self.filter)
 
 
-class _DropSurplus(logging.Filter):
-    def __init__(self) -> None:
-        super().__init__()
-        self.numbers: set[int] = set()
-
+class _DropFailedTrials(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if BudgetMet.__name__ in message:
-            self.numbers.add(int(message.split()[1]))
-            return False
-        return not (
-            message.startswith("Trial ")
-            and message.split()[1].isdigit()
-            and int(message.split()[1]) in self.numbers
-        )
+        return not (message.startswith("Trial ") and " failed with " in message)
 
 
 def _open_study(spec: TuneSpec, url: str, heartbeat_s: int) -> tuple[optuna.Study, bool]:
@@ -195,6 +292,17 @@ def _objective(trial: optuna.Trial, spec: TuneSpec, out_dir: Path, log: Any, bud
         raise BudgetMet(f"{budget} trials are finished")
     params = {param.key: _suggest(trial, param) for param in spec.space}
     label = " ".join(f"{key}={value}" for key, value in params.items())
+    try:
+        return _cross_validate(trial, spec, params, label, out_dir, log)
+    except (RunFailed, CnnlabError) as error:
+        log(f"trial {trial.number} failed: {label}: {one_line(str(error), 500)}")
+        raise
+
+
+def _cross_validate(
+    trial: optuna.Trial, spec: TuneSpec, params: dict[str, Any], label: str, out_dir: Path, log: Any
+) -> float:
+    """Train the trial's folds in turn, reporting the running mean after each so a worse trial is pruned."""
     scores: list[float] = []
     for fold in range(spec.folds):
         config = _fold_config(spec, params, fold, out_dir)
@@ -258,8 +366,11 @@ def _fit_fold(
     return score
 
 
-def _report(study: optuna.Study, spec: TuneSpec, out_dir: Path) -> TuneOutcome:
-    """Write best.yaml (a run config: base ⊕ best params) and tune.json (every trial)."""
+def _report(
+    study: optuna.Study, spec: TuneSpec, out_dir: Path, spec_path: str | Path, url: str
+) -> TuneOutcome:
+    """Write best.yaml (a run config: base ⊕ best params) and tune.json (the spec's identity, every trial)."""
+    identity = _identity(spec, spec_path, url)
     finished = _count_finished(study)
     completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     trials = [
@@ -275,7 +386,7 @@ def _report(study: optuna.Study, spec: TuneSpec, out_dir: Path) -> TuneOutcome:
         if not t.user_attrs.get(SURPLUS)
     ]
     if not completed:
-        safeio.atomic_write_json(out_dir / SUMMARY_FILE, {"name": spec.name, "best": None, "trials": trials})
+        safeio.atomic_write_json(out_dir / SUMMARY_FILE, {**identity, "best": None, "trials": trials})
         return TuneOutcome(out_dir, None, {}, None, finished, None)
     best = study.best_trial
     best_config = cfg.merge(cfg.merge({}, spec.base), best.params)
@@ -290,7 +401,7 @@ def _report(study: optuna.Study, spec: TuneSpec, out_dir: Path) -> TuneOutcome:
     safeio.atomic_write_json(
         out_dir / SUMMARY_FILE,
         {
-            "name": spec.name,
+            **identity,
             "folds": spec.folds,
             "finished": finished,
             "best": {"trial": best.number, "value": best.value, "params": best.params},

@@ -1,0 +1,339 @@
+"""The --out folder of a study, a tune and a suite: one kind and one spec per folder, checked before anything
+is written and claimed under the folder's lock; files cnnlab did not write are refused and never removed;
+a run recorded completed whose result is gone trains again; a damaged study.json, study.db or tune space
+is one line (exit 2)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import threading
+from pathlib import Path
+
+from cnnlab import cli, runfolder
+from cnnlab.study import runner, suite, tune
+from cnnlab.study.queue import WorkerOptions
+from cnnlab.study.runner import StudyFolderError, claim_study, plan_study, run_study
+from cnnlab.study.status import study_status
+from cnnlab.train import RunResult
+from tests.test_study_run import TINY, write_spec
+from tests.worker_output import run_lines
+
+ONE_EPOCH = {**TINY, "train.epochs": 1}
+FAST = WorkerOptions(heartbeat_s=1, poll_s=0.1)
+
+
+def quiet(line: str) -> None:
+    pass
+
+
+def two_run_spec(path: Path, name: str, second_lr: float) -> Path:
+    return write_spec(path, {"name": name, "base": ONE_EPOCH, "grid": {"optim.lr": [0.01, second_lr]}})
+
+
+def claimed(spec: Path, out: Path, **options) -> None:
+    """A study folder set up as `study run` sets it up (study.yaml, splits, study.json, a filled queue),
+    without training."""
+    queue = claim_study(plan_study(spec, out), spec, WorkerOptions(**options), log=quiet)
+    queue.storage.engine.dispose()
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file under a folder (hidden ones included) → sha256 of its bytes."""
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def refused(capsys, *args: str) -> str:
+    """Run the CLI, expect exit 2 with one line on stderr and no traceback; returns the line."""
+    capsys.readouterr()
+    code = cli.main(list(args))
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def tune_spec(path: Path, name: str, space: dict) -> Path:
+    return write_spec(
+        path, {"name": name, "base": {**ONE_EPOCH, "data.subset": 100}, "space": space, "cv": {"folds": 2}}
+    )
+
+
+# 1. Two specs started at once: the second is refused; the same spec twice shares the folder ---------------
+
+
+def start_second_while_first_holds_the_lock(monkeypatch, second) -> tuple[dict, threading.Thread]:
+    """Arrange that the next claim of a study folder in this thread, while it holds the folder's lock
+    (before it writes), starts `second(log)` in another thread and waits until that one waits for the lock.
+    Returns what the second thread will have seen, and the thread."""
+    seen: dict = {}
+    waiting = threading.Event()
+    original = runner.prepare_study_dir
+
+    def log(line: str) -> None:
+        if line.startswith("waiting for another cnnlab process"):
+            waiting.set()
+
+    def in_thread() -> None:
+        try:
+            seen["result"] = second(log)
+        except Exception as error:  # noqa: BLE001 - handed to the test
+            seen["error"] = error
+
+    def prepare_after_the_second_waits(*args, **kwargs):
+        if threading.current_thread() is not thread:
+            thread.start()
+            assert waiting.wait(60), "the second process did not wait for the folder's lock"
+        return original(*args, **kwargs)
+
+    thread = threading.Thread(target=in_thread)
+    monkeypatch.setattr(runner, "prepare_study_dir", prepare_after_the_second_waits)
+    return seen, thread
+
+
+def test_a_second_spec_started_at_once_on_a_new_folder_is_refused(tmp_path, monkeypatch):
+    first = two_run_spec(tmp_path / "s1.yaml", "s1", 0.002)
+    second = two_run_spec(tmp_path / "s2.yaml", "s2", 0.003)
+    out = tmp_path / "R"
+    seen, thread = start_second_while_first_holds_the_lock(
+        monkeypatch, lambda log: run_study(second, out, options=FAST, log=log)
+    )
+    claimed(first, out)
+    thread.join(120)
+    assert isinstance(seen.get("error"), StudyFolderError), seen
+    assert "s1.yaml" in str(seen["error"]) and "--restart" in str(seen["error"])
+    assert json.loads((out / "study.json").read_text())["name"] == "s1"
+    assert not (out / "runs").exists(), "the refused process trained nothing"
+
+
+def test_the_same_spec_started_twice_at_once_shares_the_folder_and_its_queue(tmp_path, monkeypatch):
+    spec = two_run_spec(tmp_path / "s1.yaml", "s1", 0.002)
+    out = tmp_path / "R"
+
+    def second(log):
+        queue = claim_study(plan_study(spec, out), spec, WorkerOptions(), log=log)
+        trials = len(queue.storage.get_all_trials(queue.study_id))
+        queue.storage.engine.dispose()
+        return trials
+
+    seen, thread = start_second_while_first_holds_the_lock(monkeypatch, second)
+    claimed(spec, out)
+    thread.join(120)
+    assert seen.get("result") == 2, seen  # both joined one queue, filled once
+
+
+# 2. Study, tune and suite folders are told apart; a refused suite writes nothing ---------------------------
+
+
+def test_a_study_tune_or_suite_is_refused_in_a_folder_of_another_kind(tmp_path, capsys):
+    study_spec = two_run_spec(tmp_path / "s1.yaml", "s1", 0.002)
+    search = tune_spec(tmp_path / "t.yaml", "t", {"optim.lr": [0.01, 0.002]})
+    suite_spec = write_spec(
+        tmp_path / "suite.yaml", {"name": "su", "studies": [{"name": "a", "base": ONE_EPOCH}]}
+    )
+    study_dir, tune_dir, suite_dir = tmp_path / "study", tmp_path / "tune", tmp_path / "suite"
+    claimed(study_spec, study_dir)
+    tune.claim_tune_folder(tune.load_tune_spec(search), search, tune_dir, "sqlite:///x.db", (), log=quiet)
+    loaded = suite.load_suite(suite_spec, suite_dir)
+    suite.claim_suite_folder(loaded, suite_dir, suite.check_suite(loaded, suite_dir), None, (), restart=False)
+    before = {folder: snapshot(folder) for folder in (study_dir, tune_dir, suite_dir)}
+    cases = [
+        (("tune", str(search), "--out", str(study_dir)), "holds a study"),
+        (("study", "run", str(study_spec), "--out", str(tune_dir)), "holds a tune"),
+        (("study", "run", str(suite_spec), "--out", str(study_dir)), "holds a study"),
+        (("study", "run", str(study_spec), "--out", str(suite_dir)), "holds a suite"),
+        (("study", "run", str(study_spec), "--out", str(suite_dir), "--restart"), "holds a suite"),
+        (("tune", str(search), "--out", str(suite_dir)), "holds a suite"),
+    ]
+    for args, wanted in cases:
+        assert wanted in refused(capsys, *args)
+    assert before == {folder: snapshot(folder) for folder in before}, "nothing was written or removed"
+
+
+def test_a_second_suite_is_refused_before_it_rewrites_the_suite_files(tmp_path, capsys):
+    def suite_with(lr: float) -> Path:
+        studies = [{"name": "b", "base": ONE_EPOCH, "grid": {"optim.lr": [lr]}}]
+        return write_spec(tmp_path / f"suite-{lr}.yaml", {"name": "su", "studies": studies})
+
+    out = tmp_path / "suite"
+    first = suite.load_suite(suite_with(0.01), out)
+    plans = suite.check_suite(first, out)
+    suite.claim_suite_folder(first, out, plans, None, (), restart=False)
+    for study, plan in plans:
+        claimed(study.spec_path, plan.study_dir)
+    before = snapshot(out)
+    line = refused(capsys, "study", "run", str(suite_with(0.05)), "--out", str(out))
+    assert "holds study 'b'" in line
+    assert snapshot(out) == before, "suite.yaml, suite.json and suite-specs/b.yaml are untouched"
+    other = write_spec(
+        tmp_path / "other.yaml", {"name": "other", "studies": [{"name": "c", "base": ONE_EPOCH}]}
+    )
+    assert "holds suite 'su'" in refused(capsys, "study", "run", str(other), "--out", str(out))
+    assert snapshot(out) == before
+
+
+# 3. A tune folder holds one spec ---------------------------------------------------------------------------
+
+
+def test_a_tune_of_another_spec_is_refused_and_changes_nothing(tmp_path, capsys):
+    first = tune_spec(tmp_path / "t1.yaml", "t1", {"optim.lr": [0.01, 0.002]})
+    second = tune_spec(tmp_path / "t2.yaml", "t2", {"optim.lr": [0.01, 0.003]})
+    out = tmp_path / "tune"
+    url = f"sqlite:///{out / 'tune.db'}"
+    tune.claim_tune_folder(tune.load_tune_spec(first), first, out, url, (), log=quiet)
+    before = snapshot(out)
+    line = refused(capsys, "tune", str(second), "--out", str(out), "--trials", "1")
+    assert "t1.yaml" in line and "t2.yaml" in line
+    assert snapshot(out) == before
+    tune.claim_tune_folder(tune.load_tune_spec(second), second, out, url, (), restart=True, log=quiet)
+    assert json.loads((out / "tune.json").read_text())["name"] == "t2"
+
+
+# 4. Files cnnlab did not write ------------------------------------------------------------------------------
+
+
+def test_a_folder_with_foreign_files_is_refused_even_with_restart(tmp_path, capsys):
+    spec = two_run_spec(tmp_path / "s1.yaml", "s1", 0.002)
+    out = tmp_path / "U"
+    (out / "runs").mkdir(parents=True)
+    (out / "runs" / "mydata.txt").write_text("x\n")
+    (out / "results.csv").write_text("a,b\n")
+    before = snapshot(out)
+    for extra in ((), ("--restart",)):
+        line = refused(capsys, "study", "run", str(spec), "--out", str(out), *extra)
+        assert "did not write" in line
+    assert snapshot(out) == before
+
+
+def test_restart_removes_only_what_the_study_wrote(tmp_path):
+    first = two_run_spec(tmp_path / "s1.yaml", "s1", 0.002)
+    second = two_run_spec(tmp_path / "s2.yaml", "s2", 0.003)
+    out = tmp_path / "R"
+    claimed(first, out)
+    run_dir = out / "runs" / "0123456789ab"
+    with runfolder.hold(run_dir, "0123456789ab"):
+        (run_dir / runfolder.CONFIG_FILE).write_text("model: {}\n")
+        runfolder.checkpoint_path(run_dir).parent.mkdir()
+        runfolder.checkpoint_path(run_dir).write_bytes(b"weights")
+    (run_dir / "notes.txt").write_text("mine\n")
+    gone = out / "runs" / "ba9876543210"
+    with runfolder.hold(gone, "ba9876543210"):
+        (gone / runfolder.CONFIG_FILE).write_text("model: {}\n")
+    claim_study(
+        plan_study(second, out), second, WorkerOptions(), restart=True, log=quiet
+    ).storage.engine.dispose()
+    assert (run_dir / "notes.txt").read_text() == "mine\n", "a file cnnlab did not write stays"
+    assert not (run_dir / runfolder.CONFIG_FILE).exists() and not runfolder.checkpoint_path(run_dir).exists()
+    assert not gone.exists()
+    assert json.loads((out / "study.json").read_text())["name"] == "s2"
+
+
+def test_a_retry_queue_kept_in_the_study_folder_is_not_a_foreign_file(tmp_path):
+    spec = two_run_spec(tmp_path / "s1.yaml", "s1", 0.002)
+    out = tmp_path / "R"
+    claimed(spec, out)
+    claimed(spec, out, storage=f"sqlite:///{out / 'retry.db'}")  # docs: retry failed runs on a fresh queue
+    claimed(spec, out)  # and back: the folder still holds only what cnnlab wrote
+    assert (out / "retry.db").is_file()
+
+
+# 5. A run recorded completed whose result is gone trains again ----------------------------------------------
+
+
+def test_a_deleted_or_damaged_run_is_trained_again_and_status_agrees(tmp_path):
+    spec = two_run_spec(tmp_path / "s1.yaml", "s1", 0.002)
+    out = tmp_path / "R"
+    assert run_study(spec, out, options=FAST, log=quiet).counts["completed"] == 2
+    deleted, damaged = sorted(path.name for path in (out / "runs").iterdir())
+    shutil.rmtree(out / "runs" / deleted)
+    result = out / "runs" / damaged / "result.json"
+    result.write_text(result.read_text()[:100])  # truncated
+    status = study_status(out)
+    assert status.counts["completed"] == 0 and status.counts["pending"] == 2
+    lines: list[str] = []
+    outcome = run_study(spec, out, options=FAST, log=lines.append)
+    output = "\n".join(lines)
+    assert outcome.counts["completed"] == 2 and outcome.trained == 2, output
+    assert sorted(run_lines(output, "requeued")) == sorted([deleted, damaged]), output
+    for run_id in (deleted, damaged):
+        assert runfolder.completed_result(out / "runs" / run_id) is not None
+    assert study_status(out).counts["completed"] == 2
+    bogus = json.loads(result.read_text())
+    result.write_text(json.dumps({**bogus, "status": "bogus"}))
+    assert study_status(out).counts["pending"] == 1
+    lines.clear()
+    assert run_study(spec, out, options=FAST, log=lines.append).trained == 1
+    assert runfolder.completed_result(out / "runs" / damaged) is not None
+
+
+# 6. A damaged study.json ------------------------------------------------------------------------------------
+
+
+def test_status_of_a_malformed_study_json_is_one_line(tmp_path, capsys):
+    spec = two_run_spec(tmp_path / "s1.yaml", "s1", 0.002)
+    out = tmp_path / "R"
+    claimed(spec, out)
+    plan = json.loads((out / "study.json").read_text())
+    for runs in ([{"index": "a"}], [{"index": 0}], "x", [7]):
+        (out / "study.json").write_text(json.dumps({**plan, "runs": runs}))
+        line = refused(capsys, "study", "status", str(out))
+        assert "study.json" in line and "study run" in line
+
+
+# 8. The queue's database ------------------------------------------------------------------------------------
+
+
+def test_a_queue_file_that_is_not_a_database_says_how_to_fix_it(tmp_path, capsys):
+    spec = two_run_spec(tmp_path / "s1.yaml", "s1", 0.002)
+    out = tmp_path / "R"
+    claimed(spec, out)
+    (out / "study.db").write_text("garbage\n")
+    line = refused(capsys, "study", "run", str(spec), "--out", str(out))
+    assert "study.db" in line and "not a readable SQLite database" in line and "move" in line
+    (out / "study.db").rename(tmp_path / "study.db.damaged")  # what the message says to do
+    claimed(spec, out)  # a new queue
+    assert study_status(out).counts["pending"] == 2
+
+
+def test_an_in_memory_storage_is_refused_before_anything_is_written(tmp_path, capsys):
+    spec = two_run_spec(tmp_path / "s1.yaml", "s1", 0.002)
+    search = tune_spec(tmp_path / "t.yaml", "t", {"optim.lr": [0.01, 0.002]})
+    for url in ("sqlite://", "sqlite:///:memory:"):
+        assert "in-memory" in refused(
+            capsys, "study", "run", str(spec), "--out", str(tmp_path / "R"), "--storage", url
+        )
+        assert "in-memory" in refused(
+            capsys, "tune", str(search), "--out", str(tmp_path / "T"), "--storage", url
+        )
+    assert not (tmp_path / "R").exists() and not (tmp_path / "T").exists()
+
+
+# 7. Tune: categorical choices checked up front, failed trials without tracebacks ----------------------------
+
+
+def test_an_unknown_categorical_choice_is_refused_before_the_tune_starts(tmp_path, capsys):
+    search = tune_spec(tmp_path / "t.yaml", "t", {"model.name": ["lenet5", "nosuchmodel"]})
+    line = refused(capsys, "tune", str(search), "--out", str(tmp_path / "T"))
+    assert "space.model.name" in line and "nosuchmodel" in line
+    assert not (tmp_path / "T").exists()
+
+
+def test_failed_trials_print_one_line_each_and_no_traceback(tmp_path, monkeypatch, capfd):
+    search = tune_spec(tmp_path / "t.yaml", "t", {"optim.lr": [0.01, 0.002]})
+
+    def diverging_fit(config, out_dir, **kwargs):
+        return RunResult("diverged", Path(out_dir), {"reason": "non-finite loss at epoch 0"})
+
+    monkeypatch.setattr(tune, "fit", diverging_fit)
+    lines: list[str] = []
+    outcome = tune.run_tune(search, tmp_path / "T", trials=2, log=lines.append)
+    captured = capfd.readouterr()
+    assert outcome.best_trial is None
+    assert "Traceback" not in captured.err + captured.out and "failed with" not in captured.err, captured.err
+    failed = [line for line in lines if line.startswith("trial ") and " failed: " in line]
+    assert len(failed) >= 2 and all("diverged" in line for line in failed), lines
