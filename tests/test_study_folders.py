@@ -188,9 +188,9 @@ def test_a_tune_of_another_spec_is_refused_and_changes_nothing(tmp_path, capsys)
     tune.claim_tune_folder(tune.load_tune_spec(first), first, out, url, (), log=quiet)
     before = snapshot(out)
     line = refused(capsys, "tune", str(second), "--out", str(out), "--trials", "1")
-    assert "t1.yaml" in line and "t2.yaml" in line
+    assert "t1.yaml" in line and "t2.yaml" in line and "--restart" in line
     assert snapshot(out) == before
-    tune.claim_tune_folder(tune.load_tune_spec(second), second, out, url, (), restart=True, log=quiet)
+    assert cli.main(["tune", str(second), "--out", str(out), "--trials", "1", "--restart"]) == 0
     assert json.loads((out / "tune.json").read_text())["name"] == "t2"
 
 

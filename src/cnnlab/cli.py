@@ -643,6 +643,12 @@ def _add_tune(commands: argparse._SubParsersAction) -> None:
         metavar="S",
         help="seconds between heartbeats (default 10); a trial silent for 3 beats is retried",
     )
+    sub.add_argument(
+        "--restart",
+        action="store_true",
+        help="DIR holds the search of another tune spec: discard that search's files (runs, queue, "
+        "best.yaml, tune.json) and start this one; without it such a folder is refused",
+    )
 
 
 def _run_tune(args: argparse.Namespace) -> int:
@@ -650,7 +656,8 @@ def _run_tune(args: argparse.Namespace) -> int:
 
     if any(value is not None and value < 1 for value in (args.trials, args.heartbeat)):
         raise ConfigError("--trials and --heartbeat must be at least 1")
-    args.resume_hint = _with_flag(args.argv, "")  # the same command goes on with the trials left
+    # the same command, without --restart, goes on with the trials left
+    args.resume_hint = _with_flag([word for word in args.argv if word != "--restart"], "")
     outcome = run_tune(
         args.spec,
         args.out,
@@ -658,6 +665,7 @@ def _run_tune(args: argparse.Namespace) -> int:
         storage=args.storage,
         heartbeat_s=args.heartbeat,
         overrides=args.set,
+        restart=args.restart,
     )
     if outcome.best_trial is None:
         print(f"tune {outcome.out_dir}: {outcome.finished} finished trials, none completed")

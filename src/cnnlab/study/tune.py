@@ -182,7 +182,8 @@ def _check_same_tune(out_dir: Path, spec: TuneSpec, spec_path: Path, *, restart:
     raise StudyFolderError(
         f"tune folder {str(out_dir)!r} holds the search {recorded.get('name')!r} from "
         f"{recorded.get('spec_path') or 'an unknown spec'} (spec {theirs}); refusing {spec.name!r} from "
-        f"{spec_path} (spec {_spec_hash(spec)}): a folder holds one spec; use another --out"
+        f"{spec_path} (spec {_spec_hash(spec)}): a folder holds one spec; use another --out, or --restart "
+        "to discard that search"
     )
 
 
