@@ -88,7 +88,10 @@ class Splits:
                 tuple(np.asarray(v, dtype=np.int64) for v in raw["val_indices"]),
             )
         except (ValueError, KeyError, TypeError) as error:
-            raise DataError(f"{path} is not a cnnlab splits file ({type(error).__name__}: {error})") from None
+            raise DataError(
+                f"{path} is not a cnnlab splits file ({type(error).__name__}: {error}); restore it, or "
+                "delete it if a study wrote it (it is made again from the study's split seed)"
+            ) from None
         if labels is not None:
             splits.check_labels(labels, source=str(path))
         return splits
