@@ -9,6 +9,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -458,6 +459,39 @@ def test_an_interrupted_run_is_listed_as_incomplete_with_its_reason_and_not_aver
     assert "6 run(s): 5 completed, 0 failed, 0 diverged, 1 interrupted." in markdown
     assert "1 interrupted" in paths.table
     assert REASONS["interrupted"] in paths.html.read_text()
+
+
+def test_a_partly_run_study_says_how_many_planned_runs_are_pending(paired, tmp_path: Path, capsys) -> None:
+    """study.json plans every run: one never started (no folder), one stopped before it wrote its result, and
+    the select stage's final run (no id until chosen) count as pending, in the printed line and both files."""
+    assert "Study incomplete" not in paired[1].table + paired[1].markdown.read_text()  # a finished study
+    root = make_study(tmp_path, failures=False, ensemble=False)
+    plan = json.loads((root / "study.json").read_text())
+    shutil.rmtree(root / "runs" / plan["runs"][-1]["run_id"])
+    (root / "runs" / plan["runs"][-2]["run_id"] / "result.json").unlink()
+    final = {"run_id": None, "stage": "main", "configuration": "selected", "seed": 0, "fold": None}
+    plan["runs"].append({**final, "role": runfolder.ROLE_FINAL})
+    (root / "study.json").write_text(json.dumps(plan))
+    assert main(["report", str(root)]) == 0
+    line = "Study incomplete: 3 of 19 planned runs pending (no result yet); run `cnnlab study run` again"
+    assert line in capsys.readouterr().out
+    markdown = (root / "report.md").read_text()
+    assert line in markdown.split("\n## ")[0]  # under the title, with the summary
+    assert (
+        line.replace("`cnnlab study run`", "<code>cnnlab study run</code>")
+        in (root / "report.html").read_text()
+    )
+    listed = _md_sections(markdown)["Runs that did not complete (excluded from the means)"]
+    pending = [item for item in listed.splitlines() if item.endswith("(pending: no result yet)")]
+    assert (
+        len(pending) == 3
+        and pending[-1] == "- selected (retrained on all training data) — seed 0 (pending: no result yet)"
+    )
+    retrained = write_run(
+        root / "runs", {"model.name": "lenet5", "data.val_fraction": 0.0}, tags={"role": "final"}
+    )
+    (root / "select.json").write_text(json.dumps({"chosen": "x", "final_runs": {"0": retrained.name}}))
+    assert len(load_study(root).pending) == 2  # select.json names the final run once it is chosen
 
 
 def _md_sections(markdown: str) -> dict[str, str]:

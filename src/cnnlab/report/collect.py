@@ -12,6 +12,9 @@ the fine-tune runs of every seed (each initialised from its own pretraining run)
 
 Configurations are ordered stage by stage: the stages in study.json's order, else a stage before the stages
 its runs initialise. The last stage is the final one, the stage the study exists for.
+
+A study folder's study.json is also its plan: a planned run without a result.json (not started, or stopped
+before it wrote one) is pending, and the report says the study is incomplete rather than look finished.
 """
 
 from __future__ import annotations
@@ -175,6 +178,18 @@ class EnsembleRecord:
         return _number(_dig(self.result, "test", "acc"))
 
 
+@dataclasses.dataclass(frozen=True)
+class PendingRun:
+    """A run of the study's plan (study.json) with no result.json yet: not started, or stopped before it
+    wrote one."""
+
+    stage: str | None
+    configuration: str  # the plan's label of its grid point (`selected` for a select stage's final run)
+    seed: int | None
+    fold: int | None
+    role: str | None  # member, or final for a run retrained on all training data after selection
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Study:
     """Everything a report is drawn from."""
@@ -186,6 +201,18 @@ class Study:
     spec_text: str | None  # study.yaml as given (or study.json), None for a plain folder of runs
     spec_name: str | None
     selection: dict[str, Any] | None  # select.json when the study selected a configuration
+    planned: int = 0  # runs in study.json's plan (0 for a folder of runs without one)
+    pending: tuple[PendingRun, ...] = ()  # planned runs without a result.json, in plan order
+
+    @property
+    def interrupted(self) -> int:
+        """Runs stopped by a signal: they resume from their checkpoint when the study runs again."""
+        return sum(run.status == runfolder.INTERRUPTED for run in self.runs)
+
+    @property
+    def incomplete(self) -> bool:
+        """Whether `cnnlab study run` has runs left to train: planned runs pending or interrupted."""
+        return self.planned > 0 and bool(self.pending or self.interrupted)
 
     @property
     def runs(self) -> tuple[RunRecord, ...]:
@@ -245,7 +272,19 @@ def load_study(root: str | Path) -> Study:
     configurations, varying = _group(runs, _plan_positions(plan), _plan_stages(plan))
     ensembles = tuple(_read_ensemble(path.parent) for path in _ensemble_result_files(root))
     selection = _read_json(root / SELECT_FILE) if (root / SELECT_FILE).is_file() else None
-    return Study(root, tuple(configurations), ensembles, tuple(varying), spec_text, spec_name, selection)
+    entries = _plan_entries(plan)
+    pending = _pending_runs(entries, runs, selection)
+    return Study(
+        root,
+        tuple(configurations),
+        ensembles,
+        tuple(varying),
+        spec_text,
+        spec_name,
+        selection,
+        len(entries),
+        pending,
+    )
 
 
 def format_value(value: Any) -> str:
@@ -349,13 +388,43 @@ def _read_plan(path: Path) -> dict[str, Any] | None:
     return plan if isinstance(plan, dict) else None
 
 
+def _plan_entries(plan: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """study.json's run entries (mappings), in plan order; [] without a plan."""
+    entries = (plan or {}).get("runs")
+    return [entry for entry in entries if isinstance(entry, dict)] if isinstance(entries, list) else []
+
+
 def _plan_positions(plan: dict[str, Any] | None) -> dict[str, int]:
     """run id → its place in the study's plan (study.json), so the table follows the spec's order."""
-    entries = (plan or {}).get("runs")
-    if not isinstance(entries, list):
-        return {}
-    ids = [entry.get("run_id") for entry in entries if isinstance(entry, dict)]
+    ids = [entry.get("run_id") for entry in _plan_entries(plan)]
     return {str(run_id): position for position, run_id in enumerate(ids) if run_id}
+
+
+def _pending_runs(
+    entries: Sequence[dict[str, Any]], runs: Sequence[RunRecord], selection: Any
+) -> tuple[PendingRun, ...]:
+    """The planned runs with no result.json among `runs`. A select stage's final run has no id in study.json
+    (its config is chosen later); select.json's `final_runs` (seed → run id) names it once chosen."""
+    have = {run.run_id for run in runs} | {run.run_dir.name for run in runs}
+    final_ids = selection.get("final_runs") if isinstance(selection, dict) else None
+    final_ids = final_ids if isinstance(final_ids, dict) else {}
+    pending = []
+    for entry in entries:
+        run_id = entry.get("run_id") or final_ids.get(str(entry.get("seed")))
+        if run_id is None or str(run_id) not in have:
+            pending.append(_pending_run(entry))
+    return tuple(pending)
+
+
+def _pending_run(entry: dict[str, Any]) -> PendingRun:
+    stage, role = entry.get("stage"), entry.get("role")
+    return PendingRun(
+        stage=None if stage is None else str(stage),
+        configuration=str(entry.get("configuration") or entry.get("run_id") or "unnamed"),
+        seed=_integer_or_none(entry.get("seed")),
+        fold=_integer_or_none(entry.get("fold")),
+        role=None if role is None else str(role),
+    )
 
 
 def _plan_stages(plan: dict[str, Any] | None) -> list[str]:
@@ -516,6 +585,10 @@ def _dig(tree: Any, *keys: str) -> Any:
             return None
         tree = tree.get(key)
     return tree
+
+
+def _integer_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _number(value: Any) -> float | None:

@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 
 from cnnlab import runfolder
-from cnnlab.report.collect import Configuration, RunRecord, Study, format_value, load_study
+from cnnlab.report.collect import Configuration, PendingRun, RunRecord, Study, format_value, load_study
 from cnnlab.report.document import (
     PLOT_DIR,
     Block,
@@ -75,6 +75,7 @@ __all__ = [
     "build_document",
     "build_report",
     "format_results_table",
+    "incomplete_line",
     "write_report",
 ]
 
@@ -121,8 +122,9 @@ RUNS_OPEN_UP_TO = 30  # the per-run table starts folded for bigger studies
 
 @dataclasses.dataclass(frozen=True)
 class ReportPaths:
-    """What `write_report` wrote, and the results table as terminal text (`csv` None and `table` empty for
-    a document that is not one study's, such as a combined one)."""
+    """What `write_report` wrote, and the results table as terminal text, followed by the study-incomplete
+    line when planned runs are left (`csv` None and `table` empty for a document that is not one study's,
+    such as a combined one)."""
 
     html: Path
     markdown: Path
@@ -185,9 +187,10 @@ def build_document(source: str | Path | Study | Report) -> Document:
         _provenance_section(report),
         _appendix_section(report.study),
     ]
+    incomplete = incomplete_line(report.study)
     return Document(
         f"Study report: {report.study.root.name}",
-        (Paragraph(_summary_line(report), "summary"),),
+        (Paragraph(_summary_line(report), "summary"), *([Paragraph(incomplete)] if incomplete else [])),
         tuple(section for section in sections if section is not None),
     )
 
@@ -214,6 +217,8 @@ def write_report(folder: str | Path, document: Document | None = None) -> Report
     markdown_path = atomic_write_text(root / "report.md", render_markdown(document))
     html_path = atomic_write_text(root / "report.html", render_html(document))
     table = format_results_table(report.headline_rows, flagged=report.flagged)
+    incomplete = incomplete_line(report.study)
+    table += f"\n{incomplete}" if incomplete else ""
     return ReportPaths(html_path, markdown_path, csv_path, tuple(plot_paths), table)
 
 
@@ -278,6 +283,23 @@ def table_cells(
         ]
         body.append(cells + ([_incomplete_cell(row)] if incomplete else []))
     return header, body
+
+
+def incomplete_line(study: Study) -> str | None:
+    """`Study incomplete: 2 of 3 planned runs pending (no result yet), 1 interrupted; ...` for a study whose
+    plan still has runs to train, None for a finished study (or a folder of runs without a plan)."""
+    if not study.incomplete:
+        return None
+    left = []
+    if study.pending:
+        left.append(f"{len(study.pending)} of {study.planned} planned runs pending (no result yet)")
+    if study.interrupted:
+        of_planned = "" if left else f" of {study.planned} planned runs"
+        left.append(f"{study.interrupted}{of_planned} interrupted")
+    return (
+        f"Study incomplete: {', '.join(left)}; run `cnnlab study run` again (same spec, same --out) to "
+        "finish it."
+    )
 
 
 def flagged_configurations(study: Study) -> frozenset[str]:
@@ -447,11 +469,13 @@ def _flag_caution(comparison: PairedComparison, flagged: frozenset[str]) -> str:
 
 
 def _incomplete_section(study: Study) -> Section | None:
+    """Each run that did not complete, with its reason, then each planned run with no result yet."""
     runs = [run for run in study.runs if not run.completed]
-    if not runs:
+    if not runs and not study.pending:
         return None
-    items = tuple(f"{_run_title(study, run)}: {run.reason or 'no reason recorded'}" for run in runs)
-    return Section("Runs that did not complete (excluded from the means)", (Bullets(items),))
+    items = [f"{_run_title(study, run)}: {run.reason or 'no reason recorded'}" for run in runs]
+    items += [_pending_title(study, pending) for pending in study.pending]
+    return Section("Runs that did not complete (excluded from the means)", (Bullets(tuple(items)),))
 
 
 def _not_learning_section(study: Study) -> Section | None:
@@ -659,6 +683,16 @@ def _run_title(study: Study, run: RunRecord) -> str:
     configuration = study.configuration_of(run)
     where = [f"seed {run.seed}"] + ([f"fold {run.fold}"] if run.fold is not None else [])
     return f"{configuration.title} — {', '.join(where)} ({run.status}, {run.run_dir.relative_to(study.root)})"
+
+
+def _pending_title(study: Study, pending: PendingRun) -> str:
+    """`stage finetune: recipe=full — seed 1 (pending: no result yet)`, the stage named only in a staged
+    study."""
+    label = f"stage {pending.stage}: {pending.configuration}" if study.staged else pending.configuration
+    if pending.role == runfolder.ROLE_FINAL:
+        label += " (retrained on all training data)"
+    where = [f"seed {_maybe(pending.seed)}"] + ([f"fold {pending.fold}"] if pending.fold is not None else [])
+    return f"{label} — {', '.join(where)} (pending: no result yet)"
 
 
 def _provenance(report: Report) -> list[tuple[str, str]]:
