@@ -19,19 +19,9 @@ from cnnlab.config import from_dict
 from cnnlab.errors import WeightsError
 from cnnlab.train import fit
 from tests.test_data_support import isolate
+from tests.test_errors import user_error
 
 TINY = {"model.name": "lenet5", "data.name": "digits", "data.subset": 100, "train.epochs": 1}
-
-
-def user_error(capsys, argv: list[str], *, contains: str = "") -> str:
-    """Run the CLI; assert exit 2 and exactly one stderr line, without a traceback, holding `contains`."""
-    capsys.readouterr()
-    assert cli.main(argv) == 2
-    err = capsys.readouterr().err
-    lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("cnnlab: error: ") and "Traceback" not in err, err
-    assert contains in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
