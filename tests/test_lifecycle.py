@@ -198,8 +198,10 @@ def test_three_sigkills_in_a_row_do_not_use_up_the_run(tmp_path):
         before_kill = rows
     code, out, err = finish(start(*args))
     assert code == 0, out + err
-    assert ": 1 completed (this process trained 1" in out
+    assert ": 1 completed (this process trained 1, found 0 already completed)" in out
     assert_resumed(before_kill, metric_rows(only_run_dir(study)), 20)
+    code, out, err = finish(start(*args))
+    assert code == 0 and ": 1 completed (this process trained 0, found 1 already completed)" in out, out + err
 
 
 # 4. SIGTERM and SIGINT: one line, 143 / 130, recorded as interrupted, resumed -------------------------------

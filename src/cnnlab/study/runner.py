@@ -72,7 +72,7 @@ class StudyOutcome:
     study_dir: Path
     counts: dict[str, int]  # runs per state (runfolder.STATES) over the whole study
     trained: int  # runs this process trained
-    skipped: int  # runs this process found already completed
+    skipped: int  # runs found already completed: in the queue when this process started, or by their files
     ensembles: tuple[Path, ...]
 
 
@@ -114,6 +114,7 @@ def run_study(
         queue = join_as_worker(plan, spec_path, url, options, log=log)
     else:
         queue = claim_study(plan, spec_path, options, overrides, restart=restart, log=log)
+    completed_before = _count(queue.states(), len(plan.runs))["completed"]
     helpers = _helpers(plan, queue.url, workers, options)
     try:
         for helper in helpers:
@@ -126,7 +127,7 @@ def run_study(
             _stop(helper)
     ensembles = () if worker_only else build_ensembles(plan, log=log)
     counts = _count(queue.states(), len(plan.runs))
-    return StudyOutcome(plan.study_dir, counts, trained, skipped, ensembles)
+    return StudyOutcome(plan.study_dir, counts, trained, completed_before + skipped, ensembles)
 
 
 def claim_study(
