@@ -228,6 +228,27 @@ def test_train_interrupted_by_a_signal_is_recorded_and_resumes(tmp_path, signum,
     assert runfolder.read_result(out_dir)["status"] == "completed"
 
 
+def test_a_signal_during_the_final_scoring_leaves_no_predictions(tmp_path, capsys, monkeypatch):
+    import cnnlab.train.run as run_module
+    from cnnlab.errors import Interrupted
+
+    real = run_module._predict_and_save
+
+    def scores_val_then_interrupted(*args, **kwargs):
+        real(*args, **kwargs)  # the validation predictions are written, then SIGTERM arrives
+        raise Interrupted(signal.SIGTERM)
+
+    monkeypatch.setattr(run_module, "_predict_and_save", scores_val_then_interrupted)
+    out_dir = tmp_path / "run"
+    args = ["train", "--model", "lenet5", "--data", "digits", "--epochs", "1", "--out", str(out_dir)]
+    assert cli.main(args) == 143
+    assert runfolder.read_result(out_dir)["status"] == "interrupted"
+    assert not any((out_dir / "predictions").glob("*.npz")) and not any((out_dir / "images").glob("*.npz"))
+    monkeypatch.setattr(run_module, "_predict_and_save", real)
+    assert cli.main([*args, "--resume"]) == 0
+    assert runfolder.read_predictions(out_dir, "test") is not None
+
+
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_study_interrupted_by_a_signal_shows_interrupted_and_resumes(tmp_path, signum, code):
     spec = write_spec(tmp_path / "stop.yaml", {"base": {**LONG_RUN, "train.epochs": 30}, "seeds": [0]})

@@ -516,6 +516,15 @@ OWN_FILES = (
 )
 
 
+def remove_scoring_files(folder: str | Path) -> None:
+    """The predictions and image samples of a run's final scoring: an interrupted run records none, even when
+    the signal came while they were being written."""
+    folder = Path(folder)
+    for name in OWN_FILES:
+        if name.startswith((f"{PREDICTIONS_DIR}/", f"{IMAGES_DIR}/")):
+            (folder / name).unlink(missing_ok=True)
+
+
 def clear_run_files(folder: str | Path) -> None:
     """Remove what cnnlab wrote into a run folder (not the marker); other files stay untouched."""
     folder = Path(folder)

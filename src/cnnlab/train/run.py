@@ -186,6 +186,7 @@ def _train_and_record(
             (layout, precision),
             evaluate=False,
         )
+        runfolder.remove_scoring_files(out_dir)
         runfolder.write_result(out_dir, summary)
         raise
     _log_to_tensorboard(out_dir, summary)
