@@ -345,3 +345,20 @@ def test_ema_and_tta_values_are_checked(dotted, message):
     with pytest.raises(ConfigError) as error:
         cfg.from_dict(dotted)
     assert str(error.value) == message
+
+
+def test_fit_checks_its_python_arguments_before_training(tmp_path):
+    config = cfg.from_dict({"model.name": "lenet5", "data.name": "digits", "train.epochs": 1})
+    out = tmp_path / "run"
+    for args, kwargs, message in [
+        ((config, out), {"tags": "abc"}, "tags are a mapping"),
+        ((config, out), {"tags": {"x": object()}}, "tags must be JSON values"),
+        (({"model.name": "lenet5"}, out), {}, "fit takes a RunConfig"),
+        ((config, None), {}, "out_dir is a folder path"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            fit(*args, **kwargs)
+    assert not out.exists()  # nothing trained, nothing written
+    for tree in (None, [1], "x"):
+        with pytest.raises(ConfigError, match="a run config is a mapping of config keys"):
+            cfg.from_dict(tree)

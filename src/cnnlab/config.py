@@ -313,6 +313,8 @@ def _check_unique_leaves(tree: Mapping[str, Any], prefix: str = "") -> set[str]:
 
 def from_dict(tree: Mapping[str, Any]) -> RunConfig:
     """Validate a nested (or dotted) mapping into a RunConfig; unknown keys and bad values name the key."""
+    if not isinstance(tree, Mapping):
+        raise ConfigError(f"a run config is a mapping of config keys, got {type(tree).__name__}")
     tree = merge({}, tree)
     sections = {}
     for section, values in tree.items():

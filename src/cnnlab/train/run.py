@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import json
 import logging
 import math
 import os
@@ -125,6 +126,7 @@ def fit(
     claim) training stops and RunAbandoned is raised without writing a result. Under DDP every rank calls
     `fit`; rank zero does all of the above, the other ranks train and write nothing (`RunResult.rank` > 0).
     """
+    _check_fit_arguments(config, out_dir, tags)
     out_dir = Path(out_dir).absolute()
     config = resolve_config(config)
     check_trainer_options(config)
@@ -356,6 +358,25 @@ def _shapes(state: dict[str, Any], model: nn.Module) -> list[str]:
     if head is not None and head.shape[0] != classes:
         changes.append(f"head replaced: {head.shape[0]} → {classes} classes")
     return changes or ["loaded as is"]
+
+
+def _check_fit_arguments(config: Any, out_dir: Any, tags: Any) -> None:
+    """The Python API's arguments, checked before anything runs (a bad tag found after training would lose
+    the run's result)."""
+    if not isinstance(config, cfg.RunConfig):
+        raise ConfigError(
+            f"fit takes a RunConfig (cnnlab.config.from_dict({{...}})), got {type(config).__name__}"
+        )
+    if not isinstance(out_dir, (str, os.PathLike)):
+        raise ConfigError(f"fit's out_dir is a folder path, got {type(out_dir).__name__}")
+    if tags is None:
+        return
+    if not isinstance(tags, dict) or not all(isinstance(key, str) for key in tags):
+        raise ConfigError(f"fit's tags are a mapping of names to values, got {cfg.short(tags)}")
+    try:
+        json.dumps(tags, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"fit's tags must be JSON values (result.json holds them): {error}") from None
 
 
 def _check_resumable(checkpoint: Path, config: cfg.RunConfig) -> None:
