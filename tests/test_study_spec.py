@@ -119,6 +119,14 @@ def test_invalid_specs_name_the_key(raw, message):
         parse_study_spec(raw)
 
 
+@pytest.mark.parametrize("name", ["<script>x</script>", "two\nlines", "a|b", "a/b", "   "])
+def test_a_spec_name_is_one_line_of_text_safe_in_a_report(name):
+    with pytest.raises(ConfigError, match="study spec key 'name' must be a non-empty line of text"):
+        parse_study_spec({"name": name, "base": BASE})
+    with pytest.raises(ConfigError, match="tune spec key 'name'"):
+        parse_tune_spec({"name": name, "base": BASE, "space": {"optim.lr": [0.1]}, "cv": {"folds": 2}})
+
+
 def test_an_empty_spec_file_is_refused_not_run_with_the_defaults(tmp_path):
     empty = tmp_path / "empty.yaml"
     empty.write_text("# nothing yet\n")

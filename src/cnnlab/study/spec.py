@@ -308,7 +308,7 @@ def parse_tune_spec(
     if pruner not in PRUNERS:
         raise ConfigError(f"tune spec pruner={pruner!r} is not allowed; allowed: {', '.join(PRUNERS)}")
     spec = TuneSpec(
-        name=_name(raw, default_name),
+        name=_name(raw, default_name, "tune"),
         base=base,
         space=space,
         folds=folds,
@@ -326,10 +326,21 @@ def parse_tune_spec(
     return spec
 
 
-def _name(raw: Mapping[str, Any], default: str) -> str:
+NAME_FORBIDDEN = "/<>|`"  # a name titles reports (Markdown, HTML) and names the queue
+
+
+def _name(raw: Mapping[str, Any], default: str, kind: str = "study") -> str:
     name = raw.get("name", default)
-    if not isinstance(name, str) or not name.strip() or "/" in name:
-        raise ConfigError(f"study spec key 'name' must be a non-empty string without '/', got {name!r}")
+    if (
+        not isinstance(name, str)
+        or not name.strip()
+        or not name.isprintable()
+        or any(char in name for char in NAME_FORBIDDEN)
+    ):
+        raise ConfigError(
+            f"{kind} spec key 'name' must be a non-empty line of text without any of {NAME_FORBIDDEN!r}, "
+            f"got {cfg.short(name)}"
+        )
     return name.strip()
 
 
