@@ -61,6 +61,18 @@ def test_torchvision_layout_with_raw_files_is_found(tmp_path: Path) -> None:
     )
 
 
+def test_a_folder_named_for_another_dataset_is_not_found_as_this_one(isolated: Path, tmp_path: Path) -> None:
+    """MNIST, Fashion-MNIST and KMNIST share their file names: Fashion-MNIST's folder is not MNIST."""
+    write_mnist_like(tmp_path / "fashion-mnist", train=10, test=10, compress=True)
+    given = str(tmp_path / "fashion-mnist")
+    assert locate(get_spec("fashion-mnist"), given) == catalog.Location(
+        tmp_path / "fashion-mnist", "--data-dir"
+    )
+    assert locate(get_spec("mnist"), given) is None and locate(get_spec("kmnist"), given) is None
+    write_mnist_like(tmp_path / "files", train=10, test=10, compress=True)  # a neutral name: taken as given
+    assert locate(get_spec("mnist"), str(tmp_path / "files")).directory == tmp_path / "files"
+
+
 def test_lookup_order_is_data_dir_then_env_then_system(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

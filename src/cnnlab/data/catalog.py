@@ -185,10 +185,24 @@ def locate(spec: DatasetSpec, data_dir: str | None) -> Location | None:
 
 
 def _candidate_dirs(spec: DatasetSpec, root: Path) -> list[Path]:
-    """Layouts accepted under one search root: our name, torchvision's layout, or the root itself."""
+    """Layouts accepted under one search root: our name, torchvision's layout, or the root itself (unless
+    the root is named for another dataset: MNIST, Fashion-MNIST and KMNIST share their file names, so a
+    `fashion-mnist` folder holding its files directly must not be found as `mnist`)."""
     if spec.kind == "idx":
-        return [root / spec.name, root / spec.folder_name / "raw", root / spec.folder_name, root]
-    return [root / spec.folder_name, root / spec.name / spec.folder_name, root / spec.name, root]
+        named = [root / spec.name, root / spec.folder_name / "raw", root / spec.folder_name]
+    else:
+        named = [root / spec.folder_name, root / spec.name / spec.folder_name, root / spec.name]
+    return named if _named_for_another(spec, root) else [*named, root]
+
+
+def _named_for_another(spec: DatasetSpec, folder: Path) -> bool:
+    """Is `folder` named like another dataset of the catalog (its name or torchvision's folder name)?"""
+    name = folder.name.lower()
+    return any(
+        name in (other.name.lower(), (other.folder_name or "").lower())
+        for other in SPECS.values()
+        if other.name != spec.name and other.kind == spec.kind
+    )
 
 
 def _has_all_files(spec: DatasetSpec, directory: Path) -> bool:
