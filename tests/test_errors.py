@@ -91,6 +91,13 @@ def test_missing_study_spec_is_named_as_such(tmp_path, capsys):
     )
 
 
+def test_a_bad_augmentation_preset_fails_before_the_run_starts(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", *TINY_TRAIN, "--set", "data.augment=flip+flip", "--out", str(out)]
+    user_error(capsys, args, contains="data.augment='flip+flip' repeats an operation")
+    assert not out.exists()
+
+
 def test_more_study_workers_than_cores_is_refused_before_any_starts(tmp_path, capsys):
     spec = write_spec(tmp_path / "s.yaml", {"base": TINY})
     workers = str((os.cpu_count() or 1) + 1)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 
 import pytest
@@ -111,3 +113,13 @@ def test_user_errors_are_one_line_exit_2(
     assert captured.err.startswith("cnnlab: error: ") and captured.err.count("\n") == 1
     assert "Traceback" not in captured.err
     assert all(word in captured.err for word in words), captured.err
+
+
+def test_a_reader_that_stops_early_is_no_error():
+    """`cnnlab models | head -1`: the pipe closes before cnnlab writes; that is the reader's choice."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cnnlab", "models"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    process.stdout.close()  # closed before cnnlab has started writing: every write meets a broken pipe
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 0 and err == b"", err

@@ -80,6 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         resume = f"; resume with: {hint}" if hint else ""
         print(f"cnnlab: error: {one_line(str(error))}{resume}", file=sys.stderr)
         return error.exit_code
+    except BrokenPipeError:  # `cnnlab models | head -1`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 0
     except OSError as error:  # a full disk, a read-only or foreign folder: the user's to fix
         print(f"cnnlab: error: {describe_os_error(error)}", file=sys.stderr)
         return EXIT_USAGE

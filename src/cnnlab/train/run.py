@@ -36,7 +36,16 @@ from torch import nn
 
 from cnnlab import config as cfg
 from cnnlab import runfolder, safeio
-from cnnlab.data import ImageSet, Splits, load_split, make_splits, normalization, take, write_bad_files
+from cnnlab.data import (
+    ImageSet,
+    Splits,
+    check_data_config,
+    load_split,
+    make_splits,
+    normalization,
+    take,
+    write_bad_files,
+)
 from cnnlab.errors import (
     CnnlabError,
     ConfigError,
@@ -261,6 +270,7 @@ def prepare_run(config: cfg.RunConfig) -> PreparedRun:
     stem, _ = resolve_stem(
         info.name, resolved.model.stem, resolved.data.image_size, pretrained=_pretrained(resolved)
     )
+    check_data_config(resolved.data)  # the augmentation preset too, before anything is written
     train_set = load_split(resolved.data, "train")
     _check_classes(train_set, resolved.data.name)
     if resolved.train.test:  # memoised: read now, so a bad data.test_subset fails before training, not after
