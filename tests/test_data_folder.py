@@ -231,3 +231,104 @@ def test_train_and_test_subfolders_are_used_as_the_splits(tmp_path: Path) -> Non
 def test_missing_folder_is_a_data_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="folder .*nowhere not found"):
         load_split(DataConfig(name=f"folder:{tmp_path / 'nowhere'}"), "train")
+
+
+def _two_class_folder(root: Path, count: int = 3) -> Path:
+    """root/cat and root/dog with `count` small PNGs each (red cats, blue dogs)."""
+    for name, colour in (("cat", (255, 0, 0)), ("dog", (0, 0, 255))):
+        (root / name).mkdir(parents=True)
+        for index in range(count):
+            _solid("RGB", colour, (8, 8)).save(root / name / f"{index}.png")
+    return root
+
+
+def test_kaggle_layout_with_unlabeled_test_images_exits_2_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    root = tmp_path / "k"
+    _two_class_folder(root / "train")
+    (root / "test").mkdir()
+    for index in range(4):
+        _solid("RGB", (0, 0, 0), (8, 8)).save(root / "test" / f"{index}.png")
+    assert cli.main(["data", f"folder:{root}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "test/ holds no class subfolders" in err and f"cnnlab predict --images {root / 'test'}" in err
+    for index in range(4):
+        (root / "test" / f"{index}.png").unlink()
+    (root / "test").rmdir()
+    with pytest.raises(DataError, match=r"train/ with class subfolders but no test/.*data.test_fraction"):
+        load_split(DataConfig(name=f"folder:{root}"), "train")
+
+
+def test_entries_beside_train_and_test_are_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = tmp_path / "split"
+    _two_class_folder(root / "train")
+    _two_class_folder(root / "test", count=2)
+    _two_class_folder(root / "val", count=1)
+    _solid("RGB", (0, 0, 0), (8, 8)).save(root / "stray.png")
+    (root / ".DS_Store").write_bytes(b"")
+    with caplog.at_level("WARNING"):
+        train = load_split(DataConfig(name=f"folder:{root}", image_size=4), "train")
+    assert len(train) == 6
+    assert (
+        "skipped 2 entries beside train/ and test/ (not part of the dataset): stray.png, val" in caplog.text
+    )
+    assert "ignored 1 hidden entries: .DS_Store" in caplog.text
+
+
+def test_fifo_with_an_image_suffix_is_skipped_and_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = _two_class_folder(tmp_path / "f")
+    os.mkfifo(root / "cat" / "pipe.png")
+    scan = scan_folder(root)
+    assert scan.special_files == ("cat/pipe.png",) and "cat/pipe.png" not in dict(scan.files)
+    with caplog.at_level("WARNING"):
+        loaded = load_folder(root, FolderOptions(image_size=4))
+    assert len(loaded.image_set) == 6 and "not regular files" in caplog.text and "cat/pipe.png" in caplog.text
+
+
+def test_files_swapped_with_the_same_size_and_mtime_are_decoded_again(tmp_path: Path) -> None:
+    root = tmp_path / "swap"
+    for name, colour in (("cat", (255, 0, 0)), ("dog", (0, 0, 255))):
+        (root / name).mkdir(parents=True)
+        _solid("RGB", colour, (8, 8)).save(root / name / "0.bmp")
+        _solid("RGB", colour, (8, 8)).save(root / name / "1.bmp")
+    cat, dog = root / "cat" / "0.bmp", root / "dog" / "0.bmp"
+    for path in (cat, dog):
+        os.utime(path, ns=(10**18, 10**18))
+    options = FolderOptions(image_size=4)
+    first = load_folder(root, options)
+    assert first.decoded == 4 and load_folder(root, options).decoded == 0  # unchanged files: cache only
+    cat.rename(root / "tmp.bmp")
+    dog.rename(cat)
+    (root / "tmp.bmp").rename(dog)
+    swapped = load_folder(root, options)
+    assert swapped.decoded == 2
+    cats = swapped.image_set.images[swapped.image_set.labels == 0].float() / 255
+    assert cats[swapped.image_set.ids[:2].index("0"), :, 0, 0].tolist() == [0.0, 0.0, 1.0]  # now blue
+
+
+def test_large_rgba_is_composited_without_float_copies() -> None:
+    import tracemalloc
+
+    image = Image.new("RGBA", (2000, 1500), (255, 0, 0, 0))
+    tracemalloc.start()
+    try:
+        rgb = folder_module.to_rgb(image, (0, 255, 0))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert rgb.shape == (1500, 2000, 3) and rgb[0, 0].tolist() == [0, 255, 0]
+    assert peak < 3 * rgb.nbytes  # float32 compositing needed >= 16 bytes a pixel (5x the result)
+
+
+def test_sixteen_bit_grey_with_a_transparent_colour_shows_the_background(tmp_path: Path) -> None:
+    grey = np.full((6, 6), 1000, np.uint16)
+    grey[0, 0] = 65535
+    Image.fromarray(grey).save(tmp_path / "t16.png", transparency=1000)
+    with Image.open(tmp_path / "t16.png") as image:
+        image.load()
+        rgb = folder_module.to_rgb(image, (0, 255, 0))
+    assert rgb[0, 0].tolist() == [255, 255, 255] and rgb[1, 1].tolist() == [0, 255, 0]

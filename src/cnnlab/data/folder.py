@@ -5,7 +5,8 @@ A folder holds one subfolder per class (class names are the sorted subfolder nam
 and reported; files without an image suffix are counted and skipped; an empty class or a symlink that leaves
 the root stops the load. Every image is decoded once at the requested size and the result is cached as a
 uint8 tensor file under `$CNNLAB_CACHE/folders/`, keyed by the folder, the size and the conversion settings
-and checked against each file's (size, mtime_ns), so later runs decode only files that changed.
+and checked against each file's (size, mtime_ns, inode, ctime_ns), so later runs decode only files that
+changed.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ IGNORED_NAMES = frozenset({"__MACOSX"})  # folders zip tools leave behind, ignor
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "La", "RGBa"})
 FOLDER_TEST_SEED = 0  # the test share of a folder without train/ and test/ is fixed, independent of run seeds
-CACHE_FORMAT = 1  # bump when decoding changes so old cache files are not reused
+CACHE_FORMAT = 2  # bump when decoding changes so old cache files are not reused
 DECODE_WORKERS = min(8, os.cpu_count() or 1)  # threads decoding images (Pillow releases the GIL)
 
 
@@ -87,6 +88,7 @@ class FolderScan:
     empty_classes: tuple[str, ...]  # class folders without a single image file
     outside_links: tuple[str, ...]  # symlinks that resolve outside the root
     skipped_links: tuple[str, ...] = ()  # loops, and links into another class or back up the tree (skipped)
+    special_files: tuple[str, ...] = ()  # FIFOs, sockets, devices (skipped, never opened)
 
     def problems(self) -> list[str]:
         """What stops a load: no classes, empty classes, symlinks leaving the root."""
@@ -128,17 +130,72 @@ def resolve_folder(path: str) -> Path:
 
 
 def class_roots(root: Path) -> dict[str, Path]:
-    """{"all": root} for a plain folder, or {"train": root/train, "test": root/test} when both exist."""
+    """{"all": root} for a plain folder, or {"train": root/train, "test": root/test} (train/test layout).
+
+    A root holding a `train/` or `test/` folder is meant as the train/test layout, so both must hold class
+    subfolders; anything else (e.g. Kaggle's unlabeled test/ images) stops the load instead of becoming
+    classes named "train" and "test".
+    """
     if not root.is_dir():
         raise DataError(f"folder {root} not found (data.name=folder:PATH needs a folder of class subfolders)")
     train, test = root / "train", root / "test"
-    if train.is_dir() and test.is_dir() and _has_subfolder(train) and _has_subfolder(test):
+    if not (train.is_dir() or test.is_dir()):
+        return {"all": root}
+    if _has_subfolder(train) and _has_subfolder(test):
         return {"train": train, "test": test}
-    return {"all": root}
+    raise DataError(_layout_message(root, train, test))
+
+
+def _layout_message(root: Path, train: Path, test: Path) -> str:
+    """What is wrong with a half train/test layout, and what to do about it."""
+    if not _has_subfolder(train):
+        labelled, unlabelled = test, train
+    else:
+        labelled, unlabelled = train, test
+    if not _has_subfolder(labelled):
+        return (
+            f"folder {root} has train/ and/or test/ but neither holds class subfolders: give train/ and "
+            "test/ one subfolder per class, or point folder: at a folder of class subfolders"
+        )
+    if not unlabelled.is_dir():
+        return (
+            f"folder {root} has {labelled.name}/ with class subfolders but no {unlabelled.name}/: give "
+            f"{unlabelled.name}/ the same class subfolders, or point folder: at {labelled} and let cnnlab "
+            "split off a test part (data.test_fraction)"
+        )
+    return (
+        f"folder {root} has {labelled.name}/ with class subfolders but {unlabelled.name}/ holds no class "
+        f"subfolders (Kaggle's unlabeled test images?): give {unlabelled.name}/ one subfolder per class, or "
+        f"point folder: at {labelled} and let cnnlab split off a test part (data.test_fraction); predict "
+        f"unlabeled images with `cnnlab predict --images {unlabelled}`"
+    )
+
+
+def _layout_leftovers(root: Path) -> tuple[list[str], list[str]]:
+    """(hidden, other) entries of a train/test root besides train/ and test/: not part of the dataset."""
+    names = sorted(entry.name for entry in os.scandir(root) if entry.name not in ("train", "test"))
+    hidden = [name for name in names if _ignored(name)]
+    return hidden, [name for name in names if not _ignored(name)]
+
+
+def _report_layout_leftovers(root: Path) -> None:
+    """Log what a train/test root holds besides train/ and test/ (e.g. a val/ folder), as the scan does."""
+    hidden, other = _layout_leftovers(root)
+    if hidden:
+        log.warning("folder %s: ignored %d hidden entries: %s", root, len(hidden), ", ".join(hidden[:10]))
+    if other:
+        log.warning(
+            "folder %s: skipped %d entries beside train/ and test/ (not part of the dataset): %s",
+            root,
+            len(other),
+            ", ".join(other[:10]),
+        )
 
 
 def _has_subfolder(directory: Path) -> bool:
-    """True when `directory` has at least one visible subfolder."""
+    """True when `directory` exists and has at least one visible subfolder."""
+    if not directory.is_dir():
+        return False
     return any(entry.is_dir() and not _ignored(entry.name) for entry in os.scandir(directory))
 
 
@@ -158,7 +215,8 @@ def scan_folder(root: Path) -> FolderScan:
 def _scan(root: Path) -> FolderScan:
     """The scan itself (file-system errors are turned into a DataError by scan_folder)."""
     real_root = root.resolve()
-    found: dict[str, list[str]] = {"hidden": [], "non_images": [], "outside": [], "skipped": []}
+    kinds = ("hidden", "non_images", "outside", "skipped", "special")
+    found: dict[str, list[str]] = {kind: [] for kind in kinds}
     class_names, class_files, class_reals = [], [], set()
     for entry in sorted(os.scandir(root), key=lambda e: e.name):
         real = _link_target(entry, real_root, real_root, found, entry.name)
@@ -188,6 +246,7 @@ def _scan(root: Path) -> FolderScan:
         empty,
         tuple(found["outside"]),
         tuple(found["skipped"]),
+        tuple(found["special"]),
     )
 
 
@@ -213,10 +272,12 @@ def _walk(
                 found["skipped"].append(entry_rel)  # a link back up the tree
             else:
                 _walk(Path(entry.path), entry_rel, roots, files, found, visited | {real})
-        elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
+        elif Path(entry.name).suffix.lower() not in IMAGE_SUFFIXES:
+            found["non_images"].append(entry_rel)
+        elif entry.is_file():  # a regular file (or a link to one): reading a FIFO or a device would hang
             files.append(entry_rel)
         else:
-            found["non_images"].append(entry_rel)
+            found["special"].append(entry_rel)
 
 
 def _link_target(
@@ -292,16 +353,30 @@ def _check_header(image: Any, max_pixels: int) -> None:
 def to_rgb(image: Any, background: tuple[int, ...] = DEFAULT_BACKGROUND) -> np.ndarray:
     """uint8 (H, W, 3) RGB from any Pillow mode: 16-bit scaled by 1/257, alpha over `background`."""
     if image.mode in SIXTEEN_BIT_MODES:
-        wide = np.asarray(image).astype(np.float64)
-        image = Image.fromarray(np.rint(np.clip(wide, 0, 65535) / 257.0).astype(np.uint8))
+        image = _sixteen_bit_to_grey(image)
     elif image.mode in ("F", "1"):
         image = image.convert("L")
     if image.mode in ALPHA_MODES or "transparency" in image.info:
-        rgba = np.asarray(image.convert("RGBA")).astype(np.float32)
-        alpha = rgba[..., 3:] / 255.0
-        backdrop = np.asarray(background, dtype=np.float32)
-        return np.rint(rgba[..., :3] * alpha + backdrop * (1.0 - alpha)).astype(np.uint8)
+        return np.asarray(_over_background(image.convert("RGBA"), background))
     return np.asarray(image.convert("RGB"))
+
+
+def _sixteen_bit_to_grey(image: Any) -> Any:
+    """16-bit greyscale as 8-bit `L` (rounded /257), or `LA` when a tRNS colour marks transparent pixels."""
+    wide = np.clip(np.asarray(image), 0, 65535).astype(np.uint32)
+    grey = Image.fromarray(((wide + 128) // 257).astype(np.uint8))
+    transparent = image.info.get("transparency")
+    if not isinstance(transparent, int):
+        return grey
+    alpha = Image.fromarray(np.where(wide == transparent, 0, 255).astype(np.uint8))
+    return Image.merge("LA", (grey, alpha))
+
+
+def _over_background(rgba: Any, background: tuple[int, ...]) -> Any:
+    """RGBA composited over a solid background by Pillow's integer blend (one RGB copy, no float arrays)."""
+    backdrop = Image.new("RGB", rgba.size, tuple(background))
+    backdrop.paste(rgba, mask=rgba.getchannel("A"))
+    return backdrop
 
 
 def _fit_square(rgb: np.ndarray, size: int) -> np.ndarray:
@@ -374,16 +449,21 @@ def _report_ignored(scan: FolderScan) -> None:
             "(an image is read once, under one label)",
         ),
         (scan.non_images, "skipped %d non-image files"),
+        (scan.special_files, "skipped %d entries that are not regular files (FIFOs, sockets, devices)"),
     )
     for entries, what in ignored:
         if entries:
             log.warning(f"folder %s: {what}: %s", scan.root, len(entries), ", ".join(entries[:10]))
 
 
-def _stamp(path: Path) -> tuple[int, int]:
-    """(size, mtime_ns) of a file: what the cache compares to notice a changed file."""
+def _stamp(path: Path) -> tuple[int, ...]:
+    """(size, mtime_ns, inode, ctime_ns) of a file: what the cache compares to notice a changed file.
+
+    The inode and ctime change when a file is replaced or moved (`mv`), even one that keeps its size and
+    mtime (two files swapped after `touch -d`), so the cache never serves old pixels under a new label.
+    """
     stat = path.stat() if path.exists() else None
-    return (stat.st_size, stat.st_mtime_ns) if stat else (-1, -1)
+    return (stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns) if stat else (-1, -1, -1, -1)
 
 
 def _cache_file(root: Path, size: int, background: tuple[int, ...], max_pixels: int) -> Path:
@@ -394,8 +474,8 @@ def _cache_file(root: Path, size: int, background: tuple[int, ...], max_pixels: 
     return cache_root() / "folders" / f"{hashlib.sha256(settings.encode()).hexdigest()[:24]}.pt"
 
 
-def _read_cache(cache_file: Path) -> dict[str, tuple[tuple[int, int], Any]]:
-    """{relative path: ((size, mtime_ns), uint8 array or bad reason)} from an earlier load, or {}."""
+def _read_cache(cache_file: Path) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """{relative path: (file stamp, uint8 array or bad reason)} from an earlier load, or {}."""
     if not cache_file.is_file():
         return {}
     try:
@@ -412,21 +492,21 @@ def _read_cache(cache_file: Path) -> dict[str, tuple[tuple[int, int], Any]]:
         return {}
 
 
-def _cache_entries(cached: dict[str, Any]) -> dict[str, tuple[tuple[int, int], Any]]:
+def _cache_entries(cached: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], Any]]:
     files, images = cached["files"], cached["images"]
     if len(images) != len(files):
         raise ValueError(f"{len(images)} images for {len(files)} files")
-    entries: dict[str, tuple[tuple[int, int], Any]] = {}
-    for row, (rel, size, mtime) in enumerate(files):
-        entries[str(rel)] = ((int(size), int(mtime)), images[row].numpy())
-    for rel, size, mtime, reason in cached.get("bad", []):
-        entries[str(rel)] = ((int(size), int(mtime)), str(reason))
+    entries: dict[str, tuple[tuple[int, ...], Any]] = {}
+    for row, (rel, *stamp) in enumerate(files):
+        entries[str(rel)] = (tuple(int(value) for value in stamp), images[row].numpy())
+    for rel, *stamp, reason in cached.get("bad", []):
+        entries[str(rel)] = (tuple(int(value) for value in stamp), str(reason))
     return entries
 
 
 def _decode_missing(
     scan: FolderScan,
-    stamps: list[tuple[int, int]],
+    stamps: list[tuple[int, ...]],
     previous: dict[str, Any],
     size: int,
     background: tuple[int, ...],
@@ -462,7 +542,7 @@ def _decode_or_reason(
 def _write_cache(
     cache_file: Path,
     scan: FolderScan,
-    stamps: list[tuple[int, int]],
+    stamps: list[tuple[int, ...]],
     pixels: dict[int, np.ndarray],
     bad: dict[int, str],
 ) -> None:
@@ -509,6 +589,7 @@ def load_folder_splits(root: Path, options: FolderOptions) -> dict[str, ImageSet
         name: _apply_policy(load_folder(path, options), options) for name, path in class_roots(root).items()
     }
     if "all" not in parts:
+        _report_layout_leftovers(root)
         _check_same_classes(root, parts["train"], parts["test"])
         return parts
     return _split_test(root, parts["all"], options.test_fraction)
