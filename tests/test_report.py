@@ -37,7 +37,7 @@ from cnnlab.report import (
     write_report,
 )
 from cnnlab.report.document import Paragraph, Table
-from cnnlab.report.render import epoch_lines, interval
+from cnnlab.report.render import epoch_lines, incomplete_line, interval
 from cnnlab.report.statistics import describe, format_p
 from tests.report_fixtures import (
     CONFIGURATIONS,
@@ -724,7 +724,7 @@ def test_html_escapes_every_text_and_keeps_code_spans(tmp_path: Path) -> None:
     assert "<code>data.augment</code> &lt;script&gt;alert(1)&lt;/script&gt; &amp; more" in page
     assert "<h2>x &lt; y</h2>" in page and "<th>&lt;th&gt;</th>" in page and "<td>&lt;td&gt;</td>" in page
     markdown = render_markdown(document)
-    assert markdown.startswith("# A <b>study</b>\n\n`data.augment` <script>")
+    assert markdown.startswith("# A &lt;b&gt;study&lt;/b&gt;\n\n`data.augment` &lt;script&gt;")
 
 
 def test_a_combined_document_nests_each_study_and_keeps_its_figures(paired, tmp_path: Path) -> None:
@@ -818,7 +818,7 @@ def test_a_two_axis_grid_is_shown_as_rows_by_columns_of_mean_validation_accuracy
     header, _, *body = [
         [cell.strip() for cell in line.strip("|").split(" | ")] for line in table.splitlines()
     ]
-    assert header == ["data.batch_size \\ optim.lr", *(format(lr, "g") for lr in GRID_LRS)]
+    assert header == ["data.batch_size \\\\ optim.lr", *(format(lr, "g") for lr in GRID_LRS)]
     values: dict[tuple[str, str], list[float]] = {}
     for result in read_results(root):
         point = result["tags"]["point"]
@@ -872,3 +872,82 @@ def test_a_report_again_reuses_its_figures_until_an_input_changes(tmp_path: Path
     assert len(drawn) == 3, "a damaged cache is ignored"
     write_report(tmp_path)
     assert len(drawn) == 3
+
+
+def test_copies_of_one_run_are_counted_once_and_named(tmp_path: Path) -> None:
+    good = make_study(tmp_path / "parent" / "good", failures=False, ensemble=False, images=False)
+    shutil.copytree(good, tmp_path / "parent" / "good-backup")
+    study = load_study(tmp_path / "parent")
+    assert len(study.runs) == len(load_study(good).runs) and study.copies
+    line = build_document(study).blocks[1].text
+    assert re.fullmatch(
+        r"run \S+ found in 2 folders \(good/runs/\S+, good-backup/runs/\S+\); counted once", line
+    )
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda r: r.update(config="oops"),
+        lambda r: r.update(tags="oops"),
+        lambda r: r["config"]["train"].update(seed="zz"),
+        lambda r: r.update(train_time_s=-500),
+        lambda r: r.update(params=float("inf")),
+    ],
+)
+def test_a_malformed_result_is_one_line_exit_2(tmp_path: Path, edit, capsys) -> None:
+    run_dir = write_run(tmp_path / "runs", {"model.name": "lenet5"}, images=False)
+    result = json.loads((run_dir / "result.json").read_text())
+    edit(result)
+    (run_dir / "result.json").write_text(json.dumps(result))
+    assert main(["report", str(tmp_path)]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_a_malformed_select_file_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
+    write_run(tmp_path / "runs", {"model.name": "lenet5"}, images=False)
+    (tmp_path / "select.json").write_text(json.dumps({"chosen": "x", "final_runs": ["x"]}))
+    assert main(["report", str(tmp_path)]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_user_strings_are_escaped_in_markdown_and_the_terminal_table(tmp_path: Path) -> None:
+    evil = "<img src=x onerror=alert(1)> | `x`\n# y"
+    write_run(tmp_path / "runs", {"model.name": "lenet5"}, tags={"configuration": evil}, images=False)
+    markdown = write_report(tmp_path).markdown.read_text()
+    assert "<img" not in markdown and "\n# y" not in markdown
+    assert "&lt;img src=x onerror=alert(1)&gt; \\| \\`x\\`\\\\n# y" in markdown
+    table = format_results_table(tmp_path)
+    assert len(table.splitlines()) == 4 and "`x`\\n# y" in table
+
+
+def test_the_best_mark_follows_the_select_stage(tmp_path: Path) -> None:
+    for name, accuracy in (("a", 0.9), ("b", 0.8)):
+        tags = {"configuration": name, "role": "member", "stage": "main"}
+        write_run(
+            tmp_path / "runs", {"model.name": "lenet5", "optim.lr": accuracy}, accuracy=accuracy, tags=tags
+        )
+    (tmp_path / "select.json").write_text(json.dumps({"metric": "last.val_acc", "chosen": "b"}))
+    table = format_results_table(tmp_path)
+    assert [line.split()[2] for line in table.splitlines() if line.startswith("*  ")] == ["b"]
+    assert "select stage chose by last.val_acc" in table
+
+
+def test_a_running_study_reports_running_runs_and_no_results_yet(tmp_path: Path) -> None:
+    plan = {"runs": [{"run_id": "aaa", "seed": 0}, {"run_id": "bbb", "seed": 1}]}
+    (tmp_path / "study.json").write_text(json.dumps(plan))
+    with runfolder.hold(tmp_path / "runs" / "aaa", "aaa"):
+        held = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                f"from cnnlab import runfolder; print(runfolder.is_held({str(tmp_path / 'runs' / 'aaa')!r}))",
+            ],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        assert held == "True"
+        line = incomplete_line(load_study(tmp_path))
+        assert line.startswith("Study incomplete: 1 of 2 planned runs pending (no result yet), 1 running")
+    study = load_study(tmp_path)  # a plan with no results yet is a report, not an error
+    assert len(study.pending) == 2

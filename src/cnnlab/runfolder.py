@@ -185,6 +185,37 @@ def result_problem(result: Mapping[str, Any]) -> str | None:
             problem = _number_problem(value, (0.0, 1.0))
             if problem:
                 return f"per_class_accuracy[{name!r}]={value!r} {problem}"
+    return _shape_problem(result) or _cost_problem(result)
+
+
+_COSTS = ("train_time_s", "wall_time_s", "train_images_per_s", "params", "gflops")
+
+
+def _shape_problem(result: Mapping[str, Any]) -> str | None:
+    """config must be a mapping of mappings, tags a mapping, the seed and fold whole numbers (or absent)."""
+    config = result.get("config")
+    if config is not None and not (
+        isinstance(config, Mapping) and all(isinstance(part, Mapping) for part in config.values())
+    ):
+        return "config must be a mapping of sections (data, model, train, ...)"
+    for name in ("tags", "provenance"):
+        if result.get(name) is not None and not isinstance(result.get(name), Mapping):
+            return f"{name} must be a mapping or null"
+    numbers = [("config.train.seed", (config or {}).get("train", {}).get("seed"))]
+    numbers += [("config.data.fold", (config or {}).get("data", {}).get("fold"))]
+    numbers += [("provenance.seed", (result.get("provenance") or {}).get("seed"))]
+    for name, value in numbers:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            return f"{name}={value!r} is not a whole number"
+    return None
+
+
+def _cost_problem(result: Mapping[str, Any]) -> str | None:
+    """Times, throughput, parameter counts and GFLOPs are finite and 0 or more (or null: not measured)."""
+    for key in _COSTS:
+        problem = _number_problem(result.get(key), (0.0, math.inf))
+        if problem:
+            return f"{key}={result.get(key)!r} {problem}"
     return None
 
 
@@ -198,10 +229,18 @@ def _loss_problem(value: Any) -> str | None:
 def _number_problem(value: Any, bounds: tuple[float, float] | None) -> str | None:
     if bounds is None or value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite_number(value):
         return "is not a finite number"
     low, high = bounds
     return None if low <= value <= high else f"is outside [{low:g}, {high:g}]"
+
+
+def _finite_number(value: float) -> bool:
+    """Whether a JSON number is finite as a float (an integer too big for a float is not)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def completed_result(folder: str | Path) -> dict[str, Any] | None:

@@ -14,7 +14,11 @@ Configurations are ordered stage by stage: the stages in study.json's order, els
 its runs initialise. The last stage is the final one, the stage the study exists for.
 
 A study folder's study.json is also its plan: a planned run without a result.json (not started, or stopped
-before it wrote one) is pending, and the report says the study is incomplete rather than look finished.
+before it wrote one) is pending, or running while a live process holds its folder, and the report says the
+study is incomplete rather than look finished; a plan with no result yet is a report of pending runs.
+
+A run is counted once however many folders hold a copy of it (a backup beside the study, two `fit`s of one
+config): copies share a run_id, and the report names the folders of each run found more than once.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ PER_RUN_KEYS = ("train.seed", "data.fold", "data.splits_file")
 TAG_KEYS = ("stage", "role")
 SPEC_FILES = (runfolder.SPEC_FILE, runfolder.PLAN_FILE)  # the spec as given, else the expanded plan
 SELECT_FILE = "select.json"  # written by a study's select stage: the chosen configuration and every score
+RUNS_DIR = "runs"  # a study's run folders, runs/<run_id>/ (study/plan.py)
 
 
 class ReportError(CnnlabError):
@@ -188,6 +193,7 @@ class PendingRun:
     seed: int | None
     fold: int | None
     role: str | None  # member, or final for a run retrained on all training data after selection
+    running: bool = False  # a live process holds its folder: it is training now
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -203,6 +209,7 @@ class Study:
     selection: dict[str, Any] | None  # select.json when the study selected a configuration
     planned: int = 0  # runs in study.json's plan (0 for a folder of runs without one)
     pending: tuple[PendingRun, ...] = ()  # planned runs without a result.json, in plan order
+    copies: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (run id, its folders) for runs found twice or more
 
     @property
     def interrupted(self) -> int:
@@ -236,10 +243,15 @@ class Study:
         return tuple(dict.fromkeys(configuration.stage for configuration in self.configurations))
 
     @property
+    def running(self) -> int:
+        """Planned runs without a result that a live process is training now."""
+        return sum(run.running for run in self.pending)
+
+    @property
     def final_stage(self) -> str | None:
         """The stage the study exists for (the last of study.json's stages, else the deepest in the `run:`
         init chain): its configurations make the headline table, the best row and the figures."""
-        return self.stages[-1]
+        return self.stages[-1] if self.stages else None
 
     @property
     def staged(self) -> bool:
@@ -262,18 +274,18 @@ def load_study(root: str | Path) -> Study:
     root = Path(root).resolve()
     if not root.is_dir():
         raise ReportError(f"study folder not found: {root} (give the folder a study or run wrote)")
-    runs = [_read_run(path.parent) for path in _run_result_files(root)]
-    if not runs:
+    runs, copies = _counted_once([_read_run(path.parent) for path in _run_result_files(root)], root)
+    plan = _read_plan(root / runfolder.PLAN_FILE)
+    entries = _plan_entries(plan)
+    if not runs and not entries:
         raise ReportError(
             f"no run results in {root}: expected runs/<run_id>/result.json (run `cnnlab study run`)"
         )
     spec_name, spec_text = _read_spec(root)
-    plan = _read_plan(root / runfolder.PLAN_FILE)
-    configurations, varying = _group(runs, _plan_positions(plan), _plan_stages(plan))
+    configurations, varying = _group(runs, _plan_positions(plan), _plan_stages(plan)) if runs else ([], [])
     ensembles = tuple(_read_ensemble(path.parent) for path in _ensemble_result_files(root))
-    selection = _read_json(root / SELECT_FILE) if (root / SELECT_FILE).is_file() else None
-    entries = _plan_entries(plan)
-    pending = _pending_runs(entries, runs, selection)
+    selection = _read_selection(root / SELECT_FILE)
+    pending = _pending_runs(entries, runs, selection, root)
     return Study(
         root,
         tuple(configurations),
@@ -284,6 +296,7 @@ def load_study(root: str | Path) -> Study:
         selection,
         len(entries),
         pending,
+        copies,
     )
 
 
@@ -335,6 +348,55 @@ def _report_errors() -> Iterator[None]:
         yield
     except runfolder.RunFolderError as error:
         raise ReportError(str(error)) from None
+
+
+def _counted_once(
+    runs: Sequence[RunRecord], root: Path
+) -> tuple[list[RunRecord], tuple[tuple[str, tuple[str, ...]], ...]]:
+    """One record per run id (a completed copy first, else the first found) and, for each id found in
+    several folders, those folders relative to `root`."""
+    by_id: dict[str, list[RunRecord]] = {}
+    for run in runs:
+        by_id.setdefault(run.run_id, []).append(run)
+    kept = [max(found, key=lambda run: run.completed) for found in by_id.values()]
+    copies = tuple(
+        (run_id, tuple(_relative(run.run_dir, root) for run in found))
+        for run_id, found in by_id.items()
+        if len(found) > 1
+    )
+    return kept, copies
+
+
+def _relative(path: Path, root: Path) -> str:
+    """A folder as the report names it: relative to the report's folder (`.` for the folder itself)."""
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
+def _read_selection(path: Path) -> dict[str, Any] | None:
+    """select.json (None when absent); one that is not what a select stage writes is a ReportError."""
+    if not path.is_file():
+        return None
+    selection = _read_json(path)
+    problem = _selection_problem(selection)
+    if problem:
+        raise ReportError(f"{path}: {problem}; the file was edited or damaged (run the select stage again)")
+    return selection
+
+
+def _selection_problem(selection: Any) -> str | None:
+    if not isinstance(selection, dict):
+        return "not a mapping"
+    for key in ("chosen", "metric"):
+        if selection.get(key) is not None and not isinstance(selection[key], str):
+            return f"{key} must be text"
+    final_runs = selection.get("final_runs")
+    if final_runs is not None and not (
+        isinstance(final_runs, dict) and all(isinstance(run_id, str) for run_id in final_runs.values())
+    ):
+        return "final_runs must map each seed to a run id"
+    if selection.get("scores") is not None and not isinstance(selection["scores"], list):
+        return "scores must be a list"
+    return None
 
 
 def _read_run(run_dir: Path) -> RunRecord:
@@ -401,10 +463,11 @@ def _plan_positions(plan: dict[str, Any] | None) -> dict[str, int]:
 
 
 def _pending_runs(
-    entries: Sequence[dict[str, Any]], runs: Sequence[RunRecord], selection: Any
+    entries: Sequence[dict[str, Any]], runs: Sequence[RunRecord], selection: Any, root: Path
 ) -> tuple[PendingRun, ...]:
-    """The planned runs with no result.json among `runs`. A select stage's final run has no id in study.json
-    (its config is chosen later); select.json's `final_runs` (seed → run id) names it once chosen."""
+    """The planned runs with no result.json among `runs`, each marked running when a live process holds its
+    folder. A select stage's final run has no id in study.json (its config is chosen later); select.json's
+    `final_runs` (seed → run id) names it once chosen."""
     have = {run.run_id for run in runs} | {run.run_dir.name for run in runs}
     final_ids = selection.get("final_runs") if isinstance(selection, dict) else None
     final_ids = final_ids if isinstance(final_ids, dict) else {}
@@ -412,11 +475,20 @@ def _pending_runs(
     for entry in entries:
         run_id = entry.get("run_id") or final_ids.get(str(entry.get("seed")))
         if run_id is None or str(run_id) not in have:
-            pending.append(_pending_run(entry))
+            running = run_id is not None and _is_running(root / RUNS_DIR / str(run_id))
+            pending.append(_pending_run(entry, running))
     return tuple(pending)
 
 
-def _pending_run(entry: dict[str, Any]) -> PendingRun:
+def _is_running(run_dir: Path) -> bool:
+    """Whether a live process holds the run folder (a folder name that cannot be one is not running)."""
+    try:
+        return runfolder.is_held(run_dir)
+    except (OSError, ValueError):
+        return False
+
+
+def _pending_run(entry: dict[str, Any], running: bool) -> PendingRun:
     stage, role = entry.get("stage"), entry.get("role")
     return PendingRun(
         stage=None if stage is None else str(stage),
@@ -424,6 +496,7 @@ def _pending_run(entry: dict[str, Any]) -> PendingRun:
         seed=_integer_or_none(entry.get("seed")),
         fold=_integer_or_none(entry.get("fold")),
         role=None if role is None else str(role),
+        running=running,
     )
 
 

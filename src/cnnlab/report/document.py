@@ -4,7 +4,8 @@ A report is built once as a `Document` (plain frozen dataclasses: `Section`, `Pa
 `Facts`, `Figure`, `Code`, `Folded`) and rendered to HTML and Markdown by `templates/report.html.j2` and
 `templates/report.md.j2`, so a section is written once and appears in both. The templates only lay blocks
 out; every word and number is in the document. Text may mark code with backticks (`like this`): Markdown
-keeps them, HTML shows `<code>`. HTML escapes every text (autoescape).
+keeps them, HTML shows `<code>`. HTML escapes every text (autoescape); Markdown escapes every text too
+(`markdown_text`: no live HTML, no broken heading, list or table row), keeping code spans where HTML does.
 
 `combine(title, [(name, document), ...])` makes a document whose sections are other documents (one per
 sub-study, say): each becomes a section named `name`, its sections one level deeper, and its figures' file
@@ -15,7 +16,9 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import html
 import re
+import unicodedata
 from collections.abc import Iterator, Sequence
 from typing import ClassVar
 
@@ -27,6 +30,7 @@ _NUMBER_LIKE = re.compile(  # cells right-aligned in HTML tables: numbers, mean 
     r"^(?:[-+]?[\d,.]+(?: ± [\d.]+)?(?: \(\d+×\d+\))?|\[[-\d., ]+\]|—|p [<=] [\d.]+|[\d.]+e[-+]?\d+)$"
 )
 _CODE_SPAN = re.compile(r"`([^`]+)`")
+_MARKDOWN_SPECIAL = re.compile(r"[\\`]")
 _SLUG = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -196,14 +200,48 @@ def _environment(*, markdown: bool) -> jinja2.Environment:
         keep_trailing_newline=True,
         undefined=jinja2.StrictUndefined,
     )
-    environment.filters.update(md_cells=_md_cells, inline=_html_inline, base64=_base64)
+    environment.filters.update(md_cells=_md_cells, inline=_html_inline, base64=_base64, fence=_fence)
+    environment.filters.update(md=markdown_text, md_inline=lambda text: markdown_text(text, code_spans=True))
     environment.tests["number_like"] = lambda cell: bool(_NUMBER_LIKE.match(str(cell)))
     return environment
 
 
 def _md_cells(cells: Sequence[str]) -> str:
-    """A Markdown table row; `|` in a cell is escaped and line breaks become spaces."""
-    return "| " + " | ".join(str(cell).replace("|", "\\|").replace("\n", " ") for cell in cells) + " |"
+    """A Markdown table row, every cell escaped (`markdown_text`) and `|` in a cell too."""
+    return "| " + " | ".join(markdown_text(cell).replace("|", "\\|") for cell in cells) + " |"
+
+
+def visible_controls(text: str) -> str:
+    """Control characters and line breaks as visible escapes (`\\n`, `\\x1b`): one line stays one line."""
+    return "".join(_visible(char) for char in str(text))
+
+
+def _visible(char: str) -> str:
+    if unicodedata.category(char) not in ("Cc", "Zl", "Zp"):
+        return char
+    return repr(char)[1:-1] if char.isascii() else f"\\u{ord(char):04x}"
+
+
+def markdown_text(text: str, code_spans: bool = False) -> str:
+    """Text as literal Markdown: HTML escaped, backslash and backtick escaped, control characters visible, so
+    a user's string can neither become live HTML nor split a heading, list item or table row. With
+    `code_spans`, the document's `code` spans are kept (as HTML shows them in paragraphs, lists, captions)."""
+    pieces = _CODE_SPAN.split(str(text)) if code_spans else [str(text)]
+    return "".join(
+        f"`{visible_controls(piece)}`" if index % 2 else _markdown_literal(piece)
+        for index, piece in enumerate(pieces)
+    )
+
+
+def _markdown_literal(text: str) -> str:
+    escaped = html.escape(visible_controls(text), quote=False)
+    return _MARKDOWN_SPECIAL.sub(lambda match: "\\" + match.group(0), escaped)
+
+
+def _fence(text: str) -> str:
+    """A code fence longer than any run of backticks in `text`, so the text cannot close it."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    return "`" * max(3, longest + 1)
 
 
 def _html_inline(text: str) -> Markup:

@@ -50,6 +50,7 @@ from cnnlab.report.document import (
     Table,
     render_html,
     render_markdown,
+    visible_controls,
 )
 from cnnlab.report.figure_cache import cached_plots
 from cnnlab.report.plots import FIGURES, GRID, IMAGES, TEST_CURVE_NOTE, Plot, make_plots
@@ -63,6 +64,7 @@ from cnnlab.report.statistics import (
     format_effect,
     format_p,
     paired_comparisons,
+    selected_ident,
     stage_rows,
     two_factor_grid,
 )
@@ -187,12 +189,27 @@ def build_document(source: str | Path | Study | Report) -> Document:
         _provenance_section(report),
         _appendix_section(report.study),
     ]
-    incomplete = incomplete_line(report.study)
+    lines = [Paragraph(line) for line in _status_lines(report.study)]
     return Document(
         f"Study report: {report.study.root.name}",
-        (Paragraph(_summary_line(report), "summary"), *([Paragraph(incomplete)] if incomplete else [])),
+        (Paragraph(_summary_line(report), "summary"), *lines),
         tuple(section for section in sections if section is not None),
     )
+
+
+def _status_lines(study: Study) -> list[str]:
+    """The lines under the summary (and the terminal table): the study-incomplete line, then one line per run
+    found in several folders."""
+    incomplete = incomplete_line(study)
+    return ([incomplete] if incomplete else []) + copies_lines(study)
+
+
+def copies_lines(study: Study) -> list[str]:
+    """`run 172871b984a1 found in 2 folders (r_a, r_b); counted once`, one per run found more than once."""
+    return [
+        f"run {run_id} found in {len(folders)} folders ({', '.join(folders)}); counted once"
+        for run_id, folders in study.copies
+    ]
 
 
 def write_report(folder: str | Path, document: Document | None = None) -> ReportPaths:
@@ -216,25 +233,32 @@ def write_report(folder: str | Path, document: Document | None = None) -> Report
     csv_path = atomic_write_text(root / "results.csv", results_csv(report.rows))
     markdown_path = atomic_write_text(root / "report.md", render_markdown(document))
     html_path = atomic_write_text(root / "report.html", render_html(document))
-    table = format_results_table(report.headline_rows, flagged=report.flagged)
-    incomplete = incomplete_line(report.study)
-    table += f"\n{incomplete}" if incomplete else ""
+    table = format_results_table(
+        report.headline_rows, flagged=report.flagged, best_note=best_meaning(report.study)
+    )
+    table += "".join(f"\n{visible_controls(line)}" for line in _status_lines(report.study))
     return ReportPaths(html_path, markdown_path, csv_path, tuple(plot_paths), table)
 
 
 def format_results_table(
-    source: str | Path | Study | Sequence[ConfigurationRow], *, flagged: frozenset[str] = frozenset()
+    source: str | Path | Study | Sequence[ConfigurationRow],
+    *,
+    flagged: frozenset[str] = frozenset(),
+    best_note: str = BEST_NOTE,
 ) -> str:
     """The results table as aligned plain text for a terminal: the final stage's rows of a study folder or
-    Study, or the rows given; configurations in `flagged` (found by itself for a folder or Study) get a †."""
+    Study, or the rows given; configurations in `flagged` (found by itself for a folder or Study) get a †.
+    Control characters in labels are shown escaped, so a row stays one line."""
     if isinstance(source, (str, Path)):
         source = load_study(source)
     if isinstance(source, Study):
         flagged = flagged_configurations(source)
+        best_note = best_meaning(source)
         rows = stage_rows(configuration_rows(source), source.final_stage)
     else:
         rows = list(source)
     header, body = table_cells(rows, marker="*", flagged=flagged)
+    body = [[visible_controls(cell) for cell in cells] for cells in body]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
     lines = [
         "  ".join(_align(cell, width, i) for i, (cell, width) in enumerate(zip(line, widths))).rstrip()
@@ -242,7 +266,17 @@ def format_results_table(
     ]
     lines.insert(1, "  ".join("-" * width for width in widths))
     shown = {row.ident for row in rows} & flagged
-    return "\n".join(lines) + f"\n* {BEST_NOTE}" + (f"\n{FLAG_NOTE}" if shown else "")
+    return "\n".join(lines) + f"\n* {visible_controls(best_note)}" + (f"\n{FLAG_NOTE}" if shown else "")
+
+
+def best_meaning(study: Study) -> str:
+    """What the best mark means: the study's own selection when its select stage chose, else BEST_NOTE."""
+    selection = study.selection or {}
+    if selected_ident(study) is None:
+        return BEST_NOTE
+    return (
+        f"best: the configuration the study's select stage chose by {selection.get('metric', 'its metric')}"
+    )
 
 
 def table_cells(
@@ -291,11 +325,17 @@ def incomplete_line(study: Study) -> str | None:
     if not study.incomplete:
         return None
     left = []
-    if study.pending:
-        left.append(f"{len(study.pending)} of {study.planned} planned runs pending (no result yet)")
+    waiting = len(study.pending) - study.running
+    if waiting:
+        left.append(f"{waiting} of {study.planned} planned runs pending (no result yet)")
+    if study.running:
+        of_planned = "" if left else f" of {study.planned} planned runs"
+        left.append(f"{study.running}{of_planned} running (a live process is training them)")
     if study.interrupted:
         of_planned = "" if left else f" of {study.planned} planned runs"
         left.append(f"{study.interrupted}{of_planned} interrupted")
+    if not waiting and not study.interrupted:
+        return f"Study incomplete: {', '.join(left)}; report again when they finish."
     return (
         f"Study incomplete: {', '.join(left)}; run `cnnlab study run` again (same spec, same --out) to "
         "finish it."
@@ -568,7 +608,8 @@ def _write_plots(folder: Path, figures: Sequence[Figure]) -> list[Path]:
 def _table_notes(report: Report) -> list[str]:
     """What the table's numbers mean, and the study's own selection when it made one."""
     notes = [
-        f"★ {BEST_NOTE}. Accuracies in %: mean ± sample std over completed runs; 95% CI of the mean "
+        f"★ {best_meaning(report.study)}. Accuracies in %: mean ± sample std over completed runs; "
+        "95% CI of the mean "
         "(Student's t, shown clipped to 0–100; results.csv keeps it unclipped). Validation accuracy is each "
         "run's best epoch."
     ]
@@ -585,7 +626,8 @@ def _table_notes(report: Report) -> list[str]:
     if isinstance(selection, dict) and selection.get("chosen"):
         final = ", ".join(str(run) for run in (selection.get("final_runs") or {}).values())
         notes.append(
-            f"The study's select stage chose {selection['chosen']} by {selection.get('metric', 'its metric')}"
+            f"The study's select stage chose {selection['chosen']} by "
+            f"{selection.get('metric', 'its metric')}"
             + (f" and retrained it on all training data (runs {final})." if final else ".")
         )
     return notes
@@ -692,7 +734,8 @@ def _pending_title(study: Study, pending: PendingRun) -> str:
     if pending.role == runfolder.ROLE_FINAL:
         label += " (retrained on all training data)"
     where = [f"seed {_maybe(pending.seed)}"] + ([f"fold {pending.fold}"] if pending.fold is not None else [])
-    return f"{label} — {', '.join(where)} (pending: no result yet)"
+    state = "running: a live process is training it" if pending.running else "pending: no result yet"
+    return f"{label} — {', '.join(where)} ({state})"
 
 
 def _provenance(report: Report) -> list[tuple[str, str]]:
@@ -780,7 +823,10 @@ def _fixed(value: object, digits: int) -> str:
 
 
 def _integer(value: float | int | None) -> str:
-    return "—" if value is None else f"{round(value):,}"
+    """`61,706`; a count too big to read digit by digit (1e15 or more) in scientific notation."""
+    if value is None:
+        return "—"
+    return f"{round(value):,}" if abs(value) < 1e15 else f"{value:.3g}"
 
 
 def _significant(value: float | None) -> str:

@@ -117,8 +117,19 @@ def configuration_rows(study: Study) -> list[ConfigurationRow]:
     """One row per configuration, every stage; the best of the final stage (by mean validation accuracy)
     marked. Earlier stages feed the final one and have no best row of their own."""
     rows = [_row(configuration, study.varying_keys) for configuration in study.configurations]
-    best = best_ident(stage_rows(rows, study.final_stage))
+    best = selected_ident(study) or best_ident(stage_rows(rows, study.final_stage))
     return [dataclasses.replace(row, best=row.ident == best) for row in rows]
+
+
+def selected_ident(study: Study) -> str | None:
+    """The final-stage configuration the study's select stage chose (select.json `chosen`, by its own metric),
+    None without a selection: the study's choice, not the report's, is the best row."""
+    chosen = (study.selection or {}).get("chosen")
+    for configuration in study.stage_configurations(study.final_stage):
+        tags = configuration.runs[0].result.get("tags") or {}
+        if chosen and tags.get("configuration") == chosen and tags.get("role") != runfolder.ROLE_FINAL:
+            return configuration.ident
+    return None
 
 
 def stage_rows(rows: Sequence[ConfigurationRow], stage: str | None) -> list[ConfigurationRow]:
