@@ -73,6 +73,15 @@ def test_a_folder_named_for_another_dataset_is_not_found_as_this_one(isolated: P
     assert locate(get_spec("mnist"), str(tmp_path / "files")).directory == tmp_path / "files"
 
 
+def test_idx_images_of_the_wrong_shape_are_refused(isolated: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "fm"
+    write_mnist_like(folder, train=10, test=10, compress=False)
+    reshaped = np.zeros((10, 14, 56), dtype=np.uint8)  # the same bytes per image, another header
+    write_idx(folder / "train-images-idx3-ubyte", reshaped, compress=False)
+    with pytest.raises(DataError, match="images are 1x14x56, not 1x28x28"):
+        load_split(DataConfig(name="fashion-mnist", data_dir=str(folder)), "train")
+
+
 def test_lookup_order_is_data_dir_then_env_then_system(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

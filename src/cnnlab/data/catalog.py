@@ -284,7 +284,14 @@ def _read_files(spec: DatasetSpec, directory: Path, split: str) -> ImageSet:
 def _check_consistent(
     spec: DatasetSpec, directory: Path, images: torch.Tensor, labels: torch.Tensor, names: tuple[str, ...]
 ) -> None:
-    """Counts match and every label indexes a class; errors name the folder."""
+    """Counts match, images have the dataset's shape and every label indexes a class; errors name the
+    folder."""
+    if tuple(images.shape[1:]) != tuple(spec.shape):
+        stored = "x".join(str(side) for side in images.shape[1:])
+        raise DataError(
+            f"{spec.name} in {directory}: images are {stored}, not {'x'.join(map(str, spec.shape))}; the "
+            "files are damaged or of another dataset: put the original files there"
+        )
     if len(images) != len(labels):
         raise DataError(f"{spec.name} in {directory}: {len(images)} images but {len(labels)} labels")
     if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= len(names)):
