@@ -373,6 +373,7 @@ def test_a_waiting_worker_stops_when_a_planner_of_another_spec_takes_the_folder(
     out, err = worker.communicate(timeout=120)
     assert worker.returncode == 2, out + err
     assert err.strip().startswith(f"cnnlab: error: study folder {str(study)!r} holds study"), err
+    assert err.strip().endswith("a --worker-only process joins with the spec the folder was started with")
     assert len(err.strip().splitlines()) == 1
 
 

@@ -189,9 +189,10 @@ STUDY_FILES = STUDY_FOLDER.files
 STUDY_DIRS = STUDY_FOLDER.dirs
 
 
-def check_study_folder(plan: StudyPlan, spec_path: Path, *, restart: bool) -> bool:
+def check_study_folder(plan: StudyPlan, spec_path: Path, *, restart: bool, worker: bool = False) -> bool:
     """Refuse a folder whose study.json was written for another plan, unless `restart`; True when the folder
-    holds another plan's study that `restart` is to discard (nothing is changed here)."""
+    holds another plan's study that `restart` is to discard (nothing is changed here). A `worker`
+    (--worker-only) is told to give the folder's own spec: --restart is the planner's, not a worker's."""
     try:
         existing = _existing_plan(plan.study_dir)
     except StudyFolderError:
@@ -206,7 +207,11 @@ def check_study_folder(plan: StudyPlan, spec_path: Path, *, restart: bool) -> bo
     raise StudyFolderError(
         f"study folder {str(plan.study_dir)!r} holds study {theirs} (plan {existing.get('plan_hash')}); "
         f"refusing {plan.spec.name!r} from {spec_path} (plan {plan.plan_hash}): a folder holds one spec; "
-        "use another --out, or --restart to discard that study and start over"
+        + (
+            "a --worker-only process joins with the spec the folder was started with"
+            if worker
+            else "use another --out, or --restart to discard that study and start over"
+        )
     )
 
 
@@ -329,7 +334,7 @@ def join_as_worker(
     said = False
     while True:
         check_out_folder(plan.study_dir, STUDY_FOLDER, also_own=_storage_file(plan.study_dir, url))
-        check_study_folder(plan, spec_path, restart=False)
+        check_study_folder(plan, spec_path, restart=False, worker=True)
         if queue is None and work_queue.storage_exists(url):
             with contextlib.suppress(work_queue.QueueMissing):
                 queue = open_queue(plan, url, options, planner=False)
