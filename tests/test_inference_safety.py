@@ -151,7 +151,11 @@ def test_a_corrupted_checkpoint_is_refused(run_copy, capsys):
     assert "weights-only" not in line
 
 
-@pytest.mark.parametrize("content", [os.urandom(4096), b"id,label\n1,0\n"], ids=["random", "csv"])
+@pytest.mark.parametrize(
+    "content",
+    [bytes(range(256)) * 16, b"\x80\x9b" + bytes(range(256)) * 16, b"id,label\n1,0\n"],
+    ids=["binary", "pickle-opcode-then-junk", "csv"],
+)
 def test_a_file_that_is_no_checkpoint_is_named_so(tmp_path, capsys, content):
     path = tmp_path / "x.ckpt"
     path.write_bytes(content)

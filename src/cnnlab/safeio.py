@@ -122,7 +122,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     start = _file_start(path)
     if start.startswith(ZIP_MAGIC):
         _check_torch_zip(path)
-    elif not start.startswith(PICKLE_MAGIC):
+    elif not _is_pickle_start(start):
         raise _not_a_checkpoint(path, start)
     loaded = _torch_load(path, legacy=not start.startswith(ZIP_MAGIC))
     if not isinstance(loaded, dict):
@@ -131,7 +131,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6: a zip archive holding data.pkl
-PICKLE_MAGIC = b"\x80"  # a pickle (protocol >= 2): torch.save's legacy format starts with one
+PICKLE_PROTOCOLS = range(2, 6)  # torch.save's legacy format is a pickle: PROTO opcode 0x80, then 2..5
+
+
+def _is_pickle_start(start: bytes) -> bool:
+    """Does a file start like a pickle (the PROTO opcode and a known protocol), as legacy checkpoints do?"""
+    return len(start) >= 2 and start[0] == 0x80 and start[1] in PICKLE_PROTOCOLS
+
+
 REWRITE_HINT = "write it again (copy it anew, or retrain / re-export the run)"
 
 
