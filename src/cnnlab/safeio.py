@@ -140,6 +140,7 @@ def _is_pickle_start(start: bytes) -> bool:
 
 
 REWRITE_HINT = "write it again (copy it anew, or retrain / re-export the run)"
+CHECKPOINT_HINT = "give a checkpoint written by `cnnlab train`, a run folder or an export"
 
 
 def _file_start(path: Path) -> bytes:
@@ -154,7 +155,7 @@ def _file_start(path: Path) -> bytes:
 def _not_a_checkpoint(path: Path, start: bytes) -> WeightsError:
     return WeightsError(
         f"cannot read {path}: it is not a PyTorch checkpoint or safetensors file (it starts with "
-        f"{start[:8]!r}); give a checkpoint written by `cnnlab train`, a run folder or an export"
+        f"{start[:8]!r}); {CHECKPOINT_HINT}"
     )
 
 
@@ -173,7 +174,7 @@ def _check_torch_zip(path: Path) -> None:
         if not any(info.filename.rsplit("/", 1)[-1] == "data.pkl" for info in members):
             raise WeightsError(
                 f"cannot read {path}: it is a zip archive but not a PyTorch checkpoint (no data.pkl); "
-                "give a checkpoint written by `cnnlab train`, a run folder or an export"
+                f"{CHECKPOINT_HINT}"
             )
         for info in members:
             _check_member(archive, info, path)
@@ -208,18 +209,21 @@ def _torch_load(path: Path, *, legacy: bool) -> Any:
             "checkpoints"
         ) from None
     except EOFError:
-        raise WeightsError(f"cannot read {path}: the file is truncated; {REWRITE_HINT}") from None
+        raise _truncated(path) from None
     except RuntimeError as error:
         if legacy and "magic number" in str(error):
             raise WeightsError(
-                f"cannot read {path}: it is a Python pickle but not a PyTorch checkpoint; give a "
-                "checkpoint written by `cnnlab train`, a run folder or an export"
+                f"cannot read {path}: it is a Python pickle but not a PyTorch checkpoint; {CHECKPOINT_HINT}"
             ) from None
         if "EOF" in str(error):
-            raise WeightsError(f"cannot read {path}: the file is truncated; {REWRITE_HINT}") from None
+            raise _truncated(path) from None
         raise _corrupt(path, error) from None
     except (OSError, AttributeError, TypeError, ValueError, KeyError) as error:
         raise _corrupt(path, error) from None
+
+
+def _truncated(path: Path) -> WeightsError:
+    return WeightsError(f"cannot read {path}: the file is truncated; {REWRITE_HINT}")
 
 
 def _corrupt(path: Path, error: BaseException) -> WeightsError:

@@ -13,6 +13,7 @@ from torch import nn
 
 from cnnlab import config as cfg
 from cnnlab import runfolder, safeio
+from cnnlab.data.readers import first_line
 from cnnlab.errors import CnnlabError, ConfigError, WeightsError
 from cnnlab.models import create_model, list_models
 
@@ -124,7 +125,7 @@ def _build_model(meta: dict[str, Any], source: Path) -> nn.Module:
     except (RuntimeError, MemoryError, ValueError, TypeError, OverflowError) as error:
         raise WeightsError(
             f"{source}: cannot build its {meta['model']!r} model from model_hparams "
-            f"{_shown(meta['model_hparams'])} ({type(error).__name__}: {_first_line(error)}); the metadata "
+            f"{cfg.short(meta['model_hparams'])} ({type(error).__name__}: {first_line(error)}); the metadata "
             "was edited or the model needs more memory than this machine has"
         ) from None
 
@@ -143,19 +144,9 @@ def _check_shapes(meta: dict[str, Any], state: dict[str, Any], source: Path) -> 
         if isinstance(stored, torch.Tensor) and stored.shape != tensor.shape:
             raise WeightsError(
                 f"{source}: the weights do not fit the {meta['model']!r} model its model_hparams "
-                f"{_shown(meta['model_hparams'])} describe ({key}: stored {list(stored.shape)}, the model "
+                f"{cfg.short(meta['model_hparams'])} describe ({key}: stored {list(stored.shape)}, the model "
                 f"has {list(tensor.shape)}); the metadata was edited or belongs to another checkpoint"
             )
-
-
-def _shown(value: Any, limit: int = 200) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 4] + " ..."
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines() or [type(error).__name__]
-    return lines[0][:200]
 
 
 def _check_registered(meta: dict[str, Any], source: Path) -> None:
@@ -187,13 +178,13 @@ def _check_classes(meta: dict[str, Any], source: Path) -> None:
     if not all(isinstance(name, str) for name in names):
         wrong = next(name for name in names if not isinstance(name, str))
         raise WeightsError(
-            f"{source}: metadata class_names must be strings, got {_shown(wrong, 40)} "
+            f"{source}: metadata class_names must be strings, got {cfg.short(wrong, 40)} "
             f"({type(wrong).__name__}); the file was edited or not written by cnnlab"
         )
     classes = meta["model_hparams"].get("num_classes")
     if classes != len(names):
         raise WeightsError(
-            f"{source}: {len(names)} class names for a model with {_shown(classes, 40)} outputs"
+            f"{source}: {len(names)} class names for a model with {cfg.short(classes, 40)} outputs"
         )
 
 
@@ -217,7 +208,7 @@ def _check_statistics(meta: dict[str, Any], source: Path) -> None:
         if not all(_is_finite_number(v) and (low_ok or v > 0) for v in values):
             allowed = "finite numbers" if low_ok else "finite numbers above 0"
             raise WeightsError(
-                f"{source}: metadata {key}={_shown(values, 80)} must hold {allowed}, one per channel; "
+                f"{source}: metadata {key}={cfg.short(values, 80)} must hold {allowed}, one per channel; "
                 "the file was edited or not written by cnnlab"
             )
 

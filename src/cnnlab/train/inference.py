@@ -379,12 +379,9 @@ def check_export_out(out_dir: Path) -> set[str]:
 def _export_files(manifest_path: Path) -> set[str] | None:
     """The files a cnnlab export manifest lists (its sha256 keys), or None when the file is not one."""
     try:
-        manifest = safeio.read_json(manifest_path)
-    except (OSError, UnicodeDecodeError, ValueError):
+        hashes = _read_manifest(manifest_path)["sha256"]
+    except WeightsError:
         return None
-    if not isinstance(manifest, dict) or any(key not in manifest for key in MANIFEST_KEYS):
-        return None
-    hashes = manifest["sha256"]
     return set(hashes) if isinstance(hashes, dict) else None
 
 
