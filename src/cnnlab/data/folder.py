@@ -22,6 +22,7 @@ import re
 import struct
 import warnings
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -171,25 +172,19 @@ def _layout_message(root: Path, train: Path, test: Path) -> str:
     )
 
 
-def _layout_leftovers(root: Path) -> tuple[list[str], list[str]]:
-    """(hidden, other) entries of a train/test root besides train/ and test/: not part of the dataset."""
-    names = sorted(entry.name for entry in os.scandir(root) if entry.name not in ("train", "test"))
-    hidden = [name for name in names if _ignored(name)]
-    return hidden, [name for name in names if not _ignored(name)]
-
-
 def _report_layout_leftovers(root: Path) -> None:
     """Log what a train/test root holds besides train/ and test/ (e.g. a val/ folder), as the scan does."""
-    hidden, other = _layout_leftovers(root)
-    if hidden:
-        log.warning("folder %s: ignored %d hidden entries: %s", root, len(hidden), ", ".join(hidden[:10]))
-    if other:
-        log.warning(
-            "folder %s: skipped %d entries beside train/ and test/ (not part of the dataset): %s",
-            root,
-            len(other),
-            ", ".join(other[:10]),
-        )
+    names = sorted(entry.name for entry in os.scandir(root) if entry.name not in ("train", "test"))
+    _warn_entries(
+        root,
+        (
+            ([name for name in names if _ignored(name)], "ignored %d hidden entries"),
+            (
+                [name for name in names if not _ignored(name)],
+                "skipped %d entries beside train/ and test/ (not part of the dataset)",
+            ),
+        ),
+    )
 
 
 def _has_subfolder(directory: Path) -> bool:
@@ -451,9 +446,14 @@ def _report_ignored(scan: FolderScan) -> None:
         (scan.non_images, "skipped %d non-image files"),
         (scan.special_files, "skipped %d entries that are not regular files (FIFOs, sockets, devices)"),
     )
+    _warn_entries(scan.root, ignored)
+
+
+def _warn_entries(root: Path, ignored: Sequence[tuple[Sequence[str], str]]) -> None:
+    """One warning per kind of entry left out of the dataset: how many (`what` holds a %d), the first ten."""
     for entries, what in ignored:
         if entries:
-            log.warning(f"folder %s: {what}: %s", scan.root, len(entries), ", ".join(entries[:10]))
+            log.warning(f"folder %s: {what}: %s", root, len(entries), ", ".join(entries[:10]))
 
 
 def _stamp(path: Path) -> tuple[int, ...]:
