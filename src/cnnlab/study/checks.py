@@ -145,7 +145,7 @@ def check_out_folder(folder: Path, kind: FolderKind, *, also_own: Iterable[str] 
     tune's in a study's folder, say), or holds files cnnlab did not write. `also_own`: more top-level names
     this folder may hold (a suite's sub-study folders, a SQLite --storage file kept in the folder)."""
     if folder.exists() and not folder.is_dir():
-        raise StudyFolderError(f"--out {_quote(folder)} is a file, not a folder; give a folder path")
+        raise StudyFolderError(f"--out {cfg.quoted(folder)} is a file, not a folder; give a folder path")
     entries = _entries(folder)
     if not entries:
         return
@@ -153,15 +153,27 @@ def check_out_folder(folder: Path, kind: FolderKind, *, also_own: Iterable[str] 
         found = _marker(folder, other)
         if other is not kind and found:
             raise StudyFolderError(
-                f"--out {_quote(folder)} holds a {other.name} ({found}), not a {kind.name}: a folder holds "
-                f"one study, tune or suite; use another --out for this {kind.name}"
+                f"--out {cfg.quoted(folder)} holds a {other.name} ({found}), not a {kind.name}: a folder "
+                f"holds one study, tune or suite; use another --out for this {kind.name}"
             )
     foreign = entries[0] if not _marker(folder, kind) else _first_foreign(folder, kind, set(also_own))
     if foreign is not None:
         raise StudyFolderError(
-            f"--out {_quote(folder)} holds files that cnnlab did not write ({_quote(foreign)}); give an "
-            "empty or new folder, or move them away (cnnlab never deletes files it did not write)"
+            f"--out {cfg.quoted(folder)} holds files that cnnlab did not write ({cfg.quoted(foreign)}); "
+            "give an empty or new folder, or move them away (cnnlab never deletes files it did not write)"
         )
+
+
+def storage_files_in(folder: Path, *urls: str | None) -> tuple[str, ...]:
+    """The names of the SQLite queue databases among `urls` (sqlite:///PATH) that lie in `folder`, with
+    their side files: files a study or tune folder may hold beside its own (a --storage kept there)."""
+    names: list[str] = []
+    for url in urls:
+        if isinstance(url, str) and url.startswith("sqlite:///"):
+            path = Path(url[len("sqlite:///") :])
+            if path.parent.resolve() == folder.resolve():
+                names += [path.name, *(path.name + side for side in SQLITE_SIDE_FILES)]
+    return tuple(names)
 
 
 def _entries(folder: Path) -> list[Path]:
@@ -268,9 +280,3 @@ def _remove_temp_files_and_empty_dirs(root: Path) -> None:
             path.rmdir()
     if not any(root.iterdir()):
         root.rmdir()
-
-
-def _quote(path: Path) -> str:
-    """A path for a one-line message: control characters escaped, long paths shortened."""
-    text = repr(str(path))
-    return text if len(text) <= 160 else f"{text[:70]}...{text[-70:]}"

@@ -42,7 +42,6 @@ from cnnlab.errors import CnnlabError, ConfigError, DiskFull, Interrupted, one_l
 from cnnlab.interrupts import signals_raise
 from cnnlab.study import queue as work_queue
 from cnnlab.study.checks import (
-    SQLITE_SIDE_FILES,
     STUDY_FOLDER,
     STUDY_STORAGE_FILE,
     StudyFolderError,
@@ -50,6 +49,7 @@ from cnnlab.study.checks import (
     check_plan,
     folder_lock,
     remove_own_files,
+    storage_files_in,
 )
 from cnnlab.study.ensemble import ENSEMBLES_DIR, build_ensemble
 from cnnlab.study.plan import PLAN_FILE, ROLE_FINAL, SPEC_FILE, PlannedRun, StudyPlan, expand
@@ -166,16 +166,10 @@ def check_study_out(plan: StudyPlan, spec_path: Path, storage: str | None, *, re
 
 
 def _storage_file(study_dir: Path, given: str | None) -> tuple[str, ...]:
-    """The file name of a SQLite queue kept inside the study folder (--storage, or as study.json records it),
-    which the folder may hold beside its own files."""
+    """The file names of a SQLite queue kept inside the study folder (--storage, or as study.json records
+    it), which the folder may hold beside its own files."""
     recorded = (_existing_plan_or_none(study_dir) or {}).get("storage")
-    names = []
-    for url in (given, recorded):
-        if isinstance(url, str) and url.startswith("sqlite:///"):
-            path = Path(url[len("sqlite:///") :])
-            if path.parent.resolve() == study_dir.resolve():
-                names += [path.name] + [path.name + side for side in SQLITE_SIDE_FILES]
-    return tuple(names)
+    return storage_files_in(study_dir, given, recorded)
 
 
 def _existing_plan_or_none(study_dir: Path) -> dict[str, Any] | None:

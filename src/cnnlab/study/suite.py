@@ -249,8 +249,9 @@ def check_suite_folder(
     from cnnlab.study.runner import check_study_out
 
     names = [study.name for study in suite.studies]
-    check_out_folder(out, SUITE_FOLDER, also_own={*names, *_recorded_studies(out)})
-    other_suite = _check_same_suite(suite, out, restart=restart)
+    recorded = _recorded_suite(out)
+    check_out_folder(out, SUITE_FOLDER, also_own={*names, *_recorded_studies(recorded)})
+    other_suite = _check_same_suite(suite, out, recorded, restart=restart)
     for study, plan in plans:
         check_study_out(plan, study.spec_path, storage, restart=restart)
     return other_suite
@@ -277,9 +278,8 @@ def claim_suite_folder(
         write_inline_specs(suite)
 
 
-def _recorded_studies(out: Path) -> list[str]:
-    """The sub-study names the folder's suite.json records ([] without one, or when it is unreadable)."""
-    recorded = _recorded_suite(out)
+def _recorded_studies(recorded: dict[str, Any] | None) -> list[str]:
+    """The sub-study names a folder's suite.json records ([] without one, or when it is unreadable)."""
     studies = recorded.get("studies") if recorded else None
     if not isinstance(studies, list):
         return []
@@ -287,6 +287,7 @@ def _recorded_studies(out: Path) -> list[str]:
 
 
 def _recorded_suite(out: Path) -> dict[str, Any] | None:
+    """The folder's suite.json: None without one, {} when it is unreadable or not a mapping."""
     path = out / SUITE_FILE
     if not path.is_file():
         return None
@@ -297,15 +298,14 @@ def _recorded_suite(out: Path) -> dict[str, Any] | None:
     return recorded if isinstance(recorded, dict) else {}
 
 
-def _check_same_suite(suite: SuiteSpec, out: Path, *, restart: bool) -> bool:
-    """Refuse a folder whose suite.json records another suite (another name or other sub-studies), unless
-    `restart` (then True)."""
+def _check_same_suite(suite: SuiteSpec, out: Path, recorded: dict[str, Any] | None, *, restart: bool) -> bool:
+    """Refuse a folder whose suite.json (`recorded`) records another suite (another name or other
+    sub-studies), unless `restart` (then True)."""
     from cnnlab.study.checks import StudyFolderError
 
-    recorded = _recorded_suite(out)
     if recorded is None:
         return False
-    theirs = (recorded.get("name"), _recorded_studies(out))
+    theirs = (recorded.get("name"), _recorded_studies(recorded))
     mine = (suite.name, [study.name for study in suite.studies])
     if theirs == mine:
         return False
@@ -326,7 +326,7 @@ def discard_suite(out: Path, *, keep: set[str]) -> None:
     from cnnlab.study.checks import SUITE_FOLDER, remove_own_files
     from cnnlab.study.runner import discard_study
 
-    for name in _recorded_studies(out):
+    for name in _recorded_studies(_recorded_suite(out)):
         folder = out / name
         if name not in keep and SAFE_NAME.fullmatch(name) and folder.is_dir():
             discard_study(folder)

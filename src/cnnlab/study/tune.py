@@ -32,7 +32,6 @@ from cnnlab import safeio
 from cnnlab.data import load_split, make_splits
 from cnnlab.errors import CnnlabError, ConfigError, one_line
 from cnnlab.study.checks import (
-    SQLITE_SIDE_FILES,
     TUNE_BEST_FILE,
     TUNE_FOLDER,
     TUNE_SPEC_FILE,
@@ -44,6 +43,7 @@ from cnnlab.study.checks import (
     check_out_folder,
     folder_lock,
     remove_own_files,
+    storage_files_in,
 )
 from cnnlab.study.plan import RUNS_DIR, splits_plan
 from cnnlab.study.queue import WorkerOptions, check_storage_url, open_storage, quiet_optuna
@@ -148,7 +148,7 @@ def claim_tune_folder(
     """Check the folder before writing (a tune folder of this spec, or a new or empty one), then again under
     its lock, where tune.yaml and the spec's identity in tune.json are written: two tunes of different specs
     started at once cannot both take the folder. `restart` removes another spec's search first."""
-    also_own = _storage_file(out_dir, url)
+    also_own = storage_files_in(out_dir, url)
     check_out_folder(out_dir, TUNE_FOLDER, also_own=also_own)
     _check_same_tune(out_dir, spec, spec_path, restart=restart)
     with folder_lock(out_dir, log=log):
@@ -196,16 +196,6 @@ def _identity(spec: TuneSpec, spec_path: str | Path, url: str) -> dict[str, Any]
         "spec_path": str(Path(spec_path).absolute()),
         "storage": url,
     }
-
-
-def _storage_file(out_dir: Path, url: str) -> tuple[str, ...]:
-    """A --storage SQLite file kept in the tune folder (beside its own files)."""
-    if not url.startswith("sqlite:///"):
-        return ()
-    path = Path(url[len("sqlite:///") :])
-    if path.parent.resolve() != out_dir:
-        return ()
-    return (path.name, *(path.name + side for side in SQLITE_SIDE_FILES))
 
 
 def _needed(trial: optuna.Trial, budget: int) -> bool:
