@@ -76,6 +76,7 @@ FINISHED_STATES = (COMPLETED, FAILED, DIVERGED)  # final: a study does not run t
 # live here, below both, because the report never imports cnnlab.study.
 PLAN_FILE = "study.json"  # a study's expanded plan: its stages and runs in spec order
 SPEC_FILE = "study.yaml"  # the study spec as given (with --set overrides applied)
+RUNS_DIR = "runs"  # a study's (and a tune's) run folders: runs/<run_id>/
 SUITE_FILE = "suite.json"  # a suite folder: its name and sub-studies, in order (study/suite.py writes it)
 ROLE_FINAL = "final"  # tags.role of a run retrained on all training data after selection
 

@@ -42,7 +42,6 @@ PER_RUN_KEYS = ("train.seed", "data.fold", "data.splits_file")
 TAG_KEYS = ("stage", "role")
 SPEC_FILES = (runfolder.SPEC_FILE, runfolder.PLAN_FILE)  # the spec as given, else the expanded plan
 SELECT_FILE = "select.json"  # written by a study's select stage: the chosen configuration and every score
-RUNS_DIR = "runs"  # a study's run folders, runs/<run_id>/ (study/plan.py)
 
 
 class ReportError(CnnlabError):
@@ -475,7 +474,7 @@ def _pending_runs(
     for entry in entries:
         run_id = entry.get("run_id") or final_ids.get(str(entry.get("seed")))
         if run_id is None or str(run_id) not in have:
-            running = run_id is not None and _is_running(root / RUNS_DIR / str(run_id))
+            running = run_id is not None and _is_running(root / runfolder.RUNS_DIR / str(run_id))
             pending.append(_pending_run(entry, running))
     return tuple(pending)
 

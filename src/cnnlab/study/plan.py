@@ -20,11 +20,11 @@ from cnnlab import config as cfg
 from cnnlab.errors import ConfigError
 from cnnlab.runfolder import PLAN_FILE as PLAN_FILE  # study folder names, shared with the report
 from cnnlab.runfolder import ROLE_FINAL
+from cnnlab.runfolder import RUNS_DIR as RUNS_DIR
 from cnnlab.runfolder import SPEC_FILE as SPEC_FILE
 from cnnlab.study.spec import STAGE_INIT_PREFIX, EnsembleSpec, GridAxis, PerModelInit, StageSpec, StudySpec
 from cnnlab.train.resolve import resolve_config
 
-RUNS_DIR = "runs"
 SPLITS_DIR = "splits"
 ROLE_MEMBER = "member"
 # Data keys that decide which training images exist (and in which order): splits are shared by every run
