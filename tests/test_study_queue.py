@@ -10,6 +10,7 @@ import time
 import pytest
 
 from cnnlab.runfolder import COMPLETED, DIVERGED, PENDING, RUNNING
+from cnnlab.study import queue as work_queue
 from cnnlab.study.queue import QueueMissing, RunQueue
 
 WORKER = textwrap.dedent(
@@ -141,3 +142,24 @@ def _claim_all(queue, n_runs, timeout=60):
         claimed.append(claim.run_index)
         queue.finish(claim, "completed", value=1.0)
     return claimed
+
+
+@pytest.mark.parametrize("error", ["IntegrityError", "ProgrammingError"])
+def test_a_process_that_loses_the_race_to_create_the_tables_opens_the_storage(tmp_path, monkeypatch, error):
+    """Two processes opening a new PostgreSQL storage together: the loser's CREATE fails (`relation
+    "alembic_version" already exists` is a ProgrammingError); it tries again and finds the tables."""
+    import sqlalchemy
+
+    real, calls = work_queue.RDBStorage, []
+
+    def loses_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise getattr(sqlalchemy.exc, error)(
+                "CREATE TABLE alembic_version", {}, Exception("already exists")
+            )
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(work_queue, "RDBStorage", loses_once)
+    storage = work_queue.open_storage(f"sqlite:///{tmp_path / 'q.db'}")
+    assert len(calls) == 2 and storage.get_all_studies() == []

@@ -272,11 +272,17 @@ def _check_driver(url: str) -> None:
 
 
 def _first_connection(url: str, engine_kwargs: dict[str, Any], options: dict[str, Any]) -> RDBStorage:
-    """Open the storage; processes starting together race to create its tables, so a loser tries again."""
+    """Open the storage; processes starting together race to create its tables, so a loser tries again
+    (PostgreSQL says so as an IntegrityError, or as a ProgrammingError: `relation "alembic_version" already
+    exists`)."""
     for attempt in range(8):
         try:
             return RDBStorage(url, engine_kwargs=engine_kwargs, **options)
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
+        except (
+            sqlalchemy.exc.IntegrityError,
+            sqlalchemy.exc.OperationalError,
+            sqlalchemy.exc.ProgrammingError,
+        ):
             if attempt == 7:
                 raise
             time.sleep(0.2 * (attempt + 1))
