@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -94,6 +95,23 @@ def test_the_decision_is_cached_per_machine_and_model(bf16_cpu, tmp_path):
     assert len(stored) == 1 and next(iter(stored.values()))["bf16_images_per_s"] == 1353.0
     choose(model_key="resnet20_cifar")  # another model is measured on its own
     assert calls == [1, 1]
+
+
+def test_a_cached_decision_is_not_reused_on_another_cpu_of_the_same_name(bf16_cpu, monkeypatch, tmp_path):
+    # cloud VMs call different EPYC generations "AMD EPYC", and a VM keeps its host name when moved
+    calls = bf16_cpu(734.0, 1353.0)
+    cpuinfo = tmp_path / "cpuinfo"
+    monkeypatch.setattr(prec, "Path", lambda path: cpuinfo if path == "/proc/cpuinfo" else Path(path))
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC\ncpu family\t: 25\nmodel\t\t: 1\n\n")
+    choose()
+    prec._memo.clear()
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC\ncpu family\t: 25\nmodel\t\t: 17\n\n")
+    again = choose()
+    assert calls == [1, 1] and not again.probe.cached
+    monkeypatch.setattr(prec, "cpu_bf16_flags", lambda: ("amx_bf16", "avx512_bf16"))
+    prec._memo.clear()
+    choose()
+    assert calls == [1, 1, 1]
 
 
 def test_explicit_precision_bypasses_the_probe(bf16_cpu):

@@ -379,16 +379,30 @@ def _probe_lock(path: Path, wait_s: float = PROBE_LOCK_WAIT_S) -> Iterator[None]
 
 
 def _machine_key() -> str:
-    """CPU model, host, torch version and thread count: what the probe's outcome depends on."""
-    return f"{_cpu_model()}|{platform.node()}|torch {torch.__version__}|threads {torch.get_num_threads()}"
+    """CPU model and bf16 flags, host, torch version and thread count: what the probe's outcome depends on."""
+    flags = "+".join(cpu_bf16_flags()) or "no bf16 flags"
+    threads = torch.get_num_threads()
+    return f"{_cpu_model()}|{flags}|{platform.node()}|torch {torch.__version__}|threads {threads}"
+
+
+CPU_MODEL_FIELDS = ("model name", "cpu family", "model", "stepping")
 
 
 def _cpu_model() -> str:
+    """The CPU's name with its family, model and stepping: cloud VMs name different generations alike
+    ("AMD EPYC"), and a VM's host name can outlive a move to another CPU."""
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
+        fields: dict[str, str] = {}
         for line in cpuinfo.read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            name, _, value = line.partition(":")
+            name = name.strip()
+            if name in CPU_MODEL_FIELDS and name not in fields:
+                fields[name] = value.strip()
+            if not line.strip() and fields:
+                break  # the first processor's block names them all
+        if fields:
+            return " ".join(f"{name} {fields[name]}" for name in CPU_MODEL_FIELDS if name in fields)
     return platform.processor() or "cpu"
 
 
