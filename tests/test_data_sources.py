@@ -142,6 +142,7 @@ def test_a_cifar_batch_that_would_run_code_is_refused(
 
 
 def test_dataset_missing_offline_names_every_place_searched_and_how_to_get_it(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
     with pytest.raises(DataError) as caught:
         load_split(DataConfig(name="fashion-mnist", data_dir=str(tmp_path / "empty")), "train")
     message = str(caught.value)
@@ -214,3 +215,58 @@ def test_cli_data_for_a_missing_dataset_exits_2_with_one_line(
     assert cli.main(["data", "cifar100", "--data-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("cnnlab: error: dataset 'cifar100' not found locally") and err.count("\n") == 1
+
+
+@pytest.fixture
+def system_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Fashion-MNIST in the system folder: what a mistyped --data-dir used to fall back to."""
+    write_mnist_like(tmp_path / "system" / "fashion-mnist", train=10, test=10, compress=True)
+    monkeypatch.setattr(locations, "SYSTEM_DATA_DIRS", (str(tmp_path / "system"),))
+    return tmp_path / "system"
+
+
+@pytest.mark.parametrize("kind", ["missing", "file"])
+def test_a_data_dir_that_is_no_folder_is_an_error_not_a_fallback(
+    system_copy: Path, tmp_path: Path, kind: str
+) -> None:
+    given = tmp_path / "dtaa"
+    if kind == "file":
+        given.write_text("not a folder")
+    expected = "does not exist; create it" if kind == "missing" else "is a file, not a folder"
+    for name in ("fashion-mnist", "digits"):
+        config = DataConfig(name=name, data_dir=str(given))
+        with pytest.raises(DataError, match=rf"^data.data_dir \(--data-dir\) '{given}' {expected}"):
+            load_split(config, "train")
+        with pytest.raises(DataError, match=expected):
+            catalog.check_data_config(config)
+    assert locate(get_spec("fashion-mnist"), None).origin == "system"  # without --data-dir: found there
+
+
+def test_cnnlab_data_with_a_mistyped_data_dir_exits_2_with_one_line(
+    system_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    for args in (["data"], ["data", "fashion-mnist"]):
+        assert cli.main([*args, "--data-dir", str(tmp_path / "dtaa")]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.count("\n") == 1
+        assert captured.err.startswith(f"cnnlab: error: data.data_dir (--data-dir) '{tmp_path / 'dtaa'}'")
+
+
+def test_train_with_a_mistyped_data_dir_stops_before_writing_anything(
+    system_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "run"
+    args = ["train", "--model", "lenet5", "--data", "fashion-mnist", "--data-dir", str(tmp_path / "dtaa")]
+    assert cli.main([*args, "--out", str(out)]) == 2
+    assert "data.data_dir (--data-dir)" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_cnnlab_data_env_that_is_no_folder_is_an_error_naming_the_variable(
+    system_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(locations.DATA_ENV, str(tmp_path / "nope"))
+    with pytest.raises(DataError, match=r"^\$CNNLAB_DATA '.*nope' does not exist; .*or fix or unset"):
+        load_split(DataConfig(name="fashion-mnist"), "train")
+    assert len(load_split(DataConfig(name="digits"), "train")) == 1437  # needs no files: not searched
+    monkeypatch.setenv(locations.DATA_ENV, "")  # empty is unset
+    assert locate(get_spec("fashion-mnist"), None).origin == "system"

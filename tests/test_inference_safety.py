@@ -301,3 +301,19 @@ def test_out_paths_through_a_file_say_what_to_do(trained, tmp_path, capsys):
     args = ["predict", "--checkpoint", str(trained), "--images", str(images), "--out", str(afile / "x.csv")]
     line = user_error(capsys, args, contains="is a file, not a folder")
     assert "give a path" in line and afile.read_text() == "mine"
+
+
+# --- 10. a mistyped --data-dir is an error, not a silent fallback -----------------------------------------
+
+
+def test_evaluate_and_predict_with_a_mistyped_data_dir_exit_2_naming_it(trained, tmp_path, capsys):
+    missing = str(tmp_path / "dtaa")
+    for args in (
+        ["evaluate", "--checkpoint", str(trained)],
+        ["predict", "--checkpoint", str(trained), "--images", "digits", "--out", str(tmp_path / "p.csv")],
+    ):
+        line = user_error(
+            capsys, [*args, "--data-dir", missing], contains=f"data.data_dir (--data-dir) '{missing}'"
+        )
+        assert "does not exist" in line
+    assert not (tmp_path / "p.csv").exists()

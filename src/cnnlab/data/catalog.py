@@ -352,10 +352,10 @@ def _resolve_key(data: DataConfig, *, download: bool) -> _LoadKey:
         name = FOLDER_PREFIX + str(folder_data.resolve_folder(name[len(FOLDER_PREFIX) :]))
     else:
         get_spec(name)
-    data_dir = str(Path(data.data_dir).expanduser().resolve()) if data.data_dir else None
+    data_dir = locations.data_dir_folder(data.data_dir)
     return _LoadKey(
         name,
-        data_dir,
+        str(data_dir) if data_dir else None,
         os.environ.get(locations.DATA_ENV),
         tuple(locations.SYSTEM_DATA_DIRS),
         data.image_size,
@@ -415,7 +415,9 @@ def native_side(data: DataConfig) -> int:
 
 
 def check_data_config(data: DataConfig) -> None:
-    """Validate the data keys that config.py cannot check alone (dataset name, augmentation preset)."""
+    """Validate the data keys that config.py cannot check alone (dataset name, augmentation preset,
+    data_dir is a folder)."""
+    locations.data_dir_folder(data.data_dir)
     if data.name.startswith(FOLDER_PREFIX):
         folder_data.resolve_folder(data.name[len(FOLDER_PREFIX) :])
         folder_data.check_background(tuple(data.background))
