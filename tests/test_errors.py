@@ -143,6 +143,20 @@ def test_bad_values_are_refused_before_the_run_folder_exists(tmp_path, capsys, a
     assert not out.exists()
 
 
+def test_compile_without_a_cxx_compiler_is_refused_before_the_run_starts(tmp_path, capsys, monkeypatch):
+    # torch.compile would otherwise fail at the first step with inductor's multi-line message (a failed run)
+    from torch._inductor import config as inductor_config
+    from torch._inductor.cpp_builder import cpp_compiler_search
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, str(tmp_path / "no-such-g++")))
+    cpp_compiler_search.cache_clear()
+    out = tmp_path / "run"
+    argv = ["train", *TINY_TRAIN, "--set", "train.compile=true", "--out", str(out)]
+    user_error(capsys, argv, contains="train.compile=true needs a C++ compiler")
+    assert not out.exists()
+    cpp_compiler_search.cache_clear()
+
+
 def test_a_huge_set_value_is_shortened_in_the_message(tmp_path, capsys):
     line = user_error(capsys, ["train", "--set", "model.name=" + "x" * 100_000, "--out", str(tmp_path / "r")])
     assert len(line) < 1000

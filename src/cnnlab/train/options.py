@@ -1,5 +1,6 @@
 """Lightning's trainer options checked before a run writes anything: accelerator, devices, strategy,
-precision. Lightning itself would only reject them inside `Trainer(...)`, after the run folder exists."""
+precision, and a C++ compiler for train.compile. Lightning itself would only reject them inside
+`Trainer(...)`, after the run folder exists, and torch.compile at the first training step."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch
 from lightning.pytorch.strategies import StrategyRegistry
 
 from cnnlab import config as cfg
+from cnnlab.data.readers import first_line
 from cnnlab.errors import ConfigError, unknown_choice
 
 ACCELERATORS = ("auto", "cpu", "cuda", "gpu")
@@ -27,6 +29,22 @@ def check_trainer_options(config: cfg.RunConfig) -> None:
         raise unknown_choice("train.precision", train.precision, PRECISIONS)
     _check_strategy(train.strategy)
     _check_devices(train.devices)
+    if train.compile:
+        _check_compiler()
+
+
+def _check_compiler() -> None:
+    """`torch.compile` (inductor) builds C++ at the first step: without a compiler the run fails there."""
+    from torch._inductor import cpp_builder
+
+    try:
+        cpp_builder.get_cpp_compiler()
+    except Exception as error:  # InvalidCxxCompiler; other failures of the search mean the same to a user
+        fix = "install one (apt-get install g++, or set $CXX) or set train.compile=false"
+        raise ConfigError(
+            f"train.compile=true needs a C++ compiler for torch.compile and none works here "
+            f"({first_line(error)}); {fix}"
+        ) from None
 
 
 def _check_strategy(strategy: str) -> None:
