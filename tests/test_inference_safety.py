@@ -317,3 +317,50 @@ def test_evaluate_and_predict_with_a_mistyped_data_dir_exit_2_naming_it(trained,
         )
         assert "does not exist" in line
     assert not (tmp_path / "p.csv").exists()
+
+
+# --- 11. predict and explain list image files like a training folder's class --------------------------------
+
+
+def test_predict_lists_files_like_a_training_class_folder(tmp_path, caplog):
+    from cnnlab.train.inference import read_image_files
+
+    images = write_images(tmp_path / "images", ["a.png", "more/b.png", "__MACOSX/c.png", ".hide/d.png"])
+    (images / "linked").symlink_to(images / "more", target_is_directory=True)  # followed, as in training
+    (images / "loop").symlink_to(images, target_is_directory=True)  # a loop: never followed
+    (images / "gone.png").symlink_to(tmp_path / "nowhere.png")  # dangling: skipped
+    os.mkfifo(images / "pipe.png")  # a FIFO would block a reader: never opened
+    with caplog.at_level("WARNING"):
+        files, pixels = read_image_files(images, size=8, channels=3)
+    assert [file.as_posix() for file in files] == ["a.png", "linked/b.png", "more/b.png"]
+    assert pixels.shape == (3, 3, 8, 8)
+    for reported in ("__MACOSX", ".hide", "loop", "gone.png", "pipe.png"):
+        assert reported in caplog.text
+
+
+def test_predict_refuses_links_leaving_the_images_folder(trained, tmp_path, capsys):
+    elsewhere = write_images(tmp_path / "elsewhere", ["x.png"])
+    images = write_images(tmp_path / "images", ["a.png"])
+    (images / "x.png").symlink_to(elsewhere / "x.png")
+    out = tmp_path / "p.csv"
+    args = ["predict", "--checkpoint", str(trained), "--images", str(images), "--out", str(out)]
+    line = user_error(capsys, args, contains="symlinks leaving the folder: x.png")
+    assert "copy those images" in line and not out.exists()
+
+
+def test_an_unreadable_subfolder_stops_predict_instead_of_being_skipped(
+    trained, tmp_path, capsys, monkeypatch
+):
+    images = write_images(tmp_path / "images", ["a.png", "locked/b.png"])
+    real_scandir = os.scandir
+
+    def scandir(path):  # what a folder without read permission does (tests may run as root)
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    out = tmp_path / "p.csv"
+    args = ["predict", "--checkpoint", str(trained), "--images", str(images), "--out", str(out)]
+    line = user_error(capsys, args, contains="cannot scan folder")
+    assert "Permission denied" in line and "locked" in line and not out.exists()

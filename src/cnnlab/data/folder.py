@@ -109,6 +109,27 @@ class FolderScan:
 
 
 @dataclasses.dataclass(frozen=True)
+class ImageFiles:
+    """The image files under one folder, found by the rules of a class folder (paths relative to it)."""
+
+    root: Path
+    files: tuple[str, ...]  # sorted
+    hidden: tuple[str, ...]
+    non_images: tuple[str, ...]
+    outside_links: tuple[str, ...]  # symlinks leaving the folder (not followed)
+    skipped_links: tuple[str, ...]  # loops and links back up the tree (not followed)
+    special_files: tuple[str, ...]  # FIFOs, sockets, devices (never opened)
+
+    def check(self) -> None:
+        """Raise a DataError for symlinks leaving the folder: their images would be read from elsewhere."""
+        if self.outside_links:
+            raise DataError(
+                f"folder {self.root}: symlinks leaving the folder: {', '.join(self.outside_links)}; copy "
+                "those images into the folder or remove the links"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
 class FolderLoad:
     """A decoded class root: the good images, the bad files, and how much decoding this load did."""
 
@@ -204,14 +225,45 @@ def scan_folder(root: Path) -> FolderScan:
     try:
         return _scan(root)
     except OSError as error:
-        raise DataError(f"cannot scan folder {root}: {error.strerror or error} ({error.filename})") from None
+        raise _scan_error(root, error) from None
+
+
+def list_image_files(folder: Path) -> ImageFiles:
+    """Every image file under `folder`, subfolders included, found as in a class folder of a dataset:
+    hidden entries and non-images skipped, FIFOs and devices never opened, symlink loops never followed,
+    links leaving `folder` recorded instead of followed (for `cnnlab predict` and `cnnlab explain`)."""
+    files: list[str] = []
+    found = _found_lists()
+    try:
+        real = folder.resolve()
+        _walk(folder, "", (real, real), files, found, {real})
+    except OSError as error:
+        raise _scan_error(folder, error) from None
+    return ImageFiles(
+        folder,
+        tuple(sorted(files)),
+        tuple(found["hidden"]),
+        tuple(found["non_images"]),
+        tuple(found["outside"]),
+        tuple(found["skipped"]),
+        tuple(found["special"]),
+    )
+
+
+def _scan_error(root: Path, error: OSError) -> DataError:
+    """A file-system error met while listing a folder (an unreadable subfolder, say), as one line."""
+    return DataError(f"cannot scan folder {root}: {error.strerror or error} ({error.filename})")
+
+
+def _found_lists() -> dict[str, list[str]]:
+    """Empty lists of the entries a walk leaves out, by kind."""
+    return {kind: [] for kind in ("hidden", "non_images", "outside", "skipped", "special")}
 
 
 def _scan(root: Path) -> FolderScan:
     """The scan itself (file-system errors are turned into a DataError by scan_folder)."""
     real_root = root.resolve()
-    kinds = ("hidden", "non_images", "outside", "skipped", "special")
-    found: dict[str, list[str]] = {kind: [] for kind in kinds}
+    found = _found_lists()
     class_names, class_files, class_reals = [], [], set()
     for entry in sorted(os.scandir(root), key=lambda e: e.name):
         real = _link_target(entry, real_root, real_root, found, entry.name)
@@ -254,9 +306,9 @@ def _walk(
     visited: set[Path],
 ) -> None:
     """Collect image files under one class folder (`roots`: its real path and the dataset's), recording
-    hidden, non-image, escaping and skipped entries."""
+    hidden, non-image, escaping and skipped entries; paths are `rel`/name ("" for the folder itself)."""
     for entry in sorted(os.scandir(directory), key=lambda e: e.name):
-        entry_rel = f"{rel}/{entry.name}"
+        entry_rel = f"{rel}/{entry.name}" if rel else entry.name
         real = _link_target(entry, roots[0], roots[1], found, entry_rel)
         if real is None:
             continue
@@ -411,7 +463,7 @@ def load_folder(root: Path, options: FolderOptions) -> FolderLoad:
     """Scan and decode one class root, reusing the decode cache; bad files are listed, never decoded twice."""
     scan = scan_folder(root)
     scan.check()
-    _report_ignored(scan)
+    report_ignored(scan)
     background = check_background(options.background)
     cache_file = _cache_file(scan.root, options.image_size, background, options.max_pixels)
     stamps = [_stamp(scan.root / rel) for rel, _ in scan.files]
@@ -434,7 +486,7 @@ def load_folder(root: Path, options: FolderOptions) -> FolderLoad:
     return FolderLoad(image_set, scan, bad_files, decoded, cache_file)
 
 
-def _report_ignored(scan: FolderScan) -> None:
+def report_ignored(scan: FolderScan | ImageFiles) -> None:
     """Log what the scan ignored, so a user notices files that are not part of the dataset."""
     ignored = (
         (scan.hidden, "ignored %d hidden entries"),

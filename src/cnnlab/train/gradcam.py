@@ -156,9 +156,7 @@ def explain_images(checkpoint: str | Path, images: str | Path, out_dir: str | Pa
         raise ConfigError(f"--out {out_dir} is a file; give a folder for the overlay PNGs")
     trained = load_model(checkpoint)
     meta = trained.meta
-    files, pixels = read_image_files(
-        images, size=meta["image_size"], channels=meta["in_chans"], recursive=True
-    )
+    files, pixels = read_image_files(images, size=meta["image_size"], channels=meta["in_chans"])
     ids = [file.as_posix() for file in files]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     names = _unique_names([file.with_suffix("").as_posix() for file in files])  # cat/0.png -> cat_0

@@ -6,7 +6,6 @@ import csv
 import dataclasses
 import io as text_io
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +142,7 @@ def predict_images(
     trained = load_model(path)
     if Path(images).is_dir():
         files, pixels = read_image_files(
-            images, size=trained.meta["image_size"], channels=trained.meta["in_chans"], recursive=True
+            images, size=trained.meta["image_size"], channels=trained.meta["in_chans"]
         )
         ids = prediction_ids(files)
     else:
@@ -276,16 +275,18 @@ def _check_input(trained: TrainedModel, images: torch.Tensor, source: str) -> No
         )
 
 
-def read_image_files(
-    folder: str | Path, *, size: int, channels: int, recursive: bool
-) -> tuple[list[Path], torch.Tensor]:
-    """(paths relative to `folder`, uint8 images) of its image files, sorted, decoded like training folders;
-    `recursive`: also those in its subfolders (class folders, say). Hidden files and folders are skipped."""
+def read_image_files(folder: str | Path, *, size: int, channels: int) -> tuple[list[Path], torch.Tensor]:
+    """(paths relative to `folder`, uint8 images) of the image files in it and its subfolders, sorted, found
+    and decoded like a class folder of a training dataset (`folder_data.list_image_files`)."""
     folder = Path(folder)
-    files = _image_files(folder, recursive)
-    if not files:
-        where = f"{folder} or its subfolders" if recursive else str(folder)
-        raise DataError(f"no image files in {where} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    found = folder_data.list_image_files(folder)
+    found.check()
+    folder_data.report_ignored(found)
+    if not found.files:
+        raise DataError(
+            f"no image files in {folder} or its subfolders (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
+        )
+    files = sorted(Path(rel) for rel in found.files)
     decoded, bad = [], []
     for file in files:
         try:
@@ -295,22 +296,6 @@ def read_image_files(
     if bad:
         raise DataError(f"{len(bad)} unreadable image(s) in {folder}: {'; '.join(bad)}; remove or fix them")
     return files, _to_channels(torch.from_numpy(np.stack(decoded)), channels)
-
-
-def _image_files(folder: Path, recursive: bool) -> list[Path]:
-    """Visible image files in `folder` (and, recursive, below it; linked folders are not followed)."""
-    found = []
-    for current, subfolders, names in os.walk(folder):
-        subfolders[:] = sorted(d for d in subfolders if recursive and not d.startswith("."))
-        here = Path(current)
-        found += [
-            (here / name).relative_to(folder)
-            for name in names
-            if not name.startswith(".")
-            and Path(name).suffix.lower() in IMAGE_SUFFIXES
-            and (here / name).is_file()
-        ]
-    return sorted(found)
 
 
 def _to_channels(pixels: torch.Tensor, channels: int) -> torch.Tensor:
