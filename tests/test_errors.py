@@ -63,6 +63,13 @@ def run_copy(trained, tmp_path) -> Path:
 # --- files that are not what they claim ---------------------------------------------------------------
 
 
+def test_version_prints_the_package_version(capsys):
+    from cnnlab.version import __version__
+
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"cnnlab {__version__}"
+
+
 def test_config_and_spec_files_that_are_not_utf8(tmp_path, capsys):
     latin = tmp_path / "latin.yaml"
     latin.write_bytes("model:\n  name: l\xe9net\n".encode("latin-1"))

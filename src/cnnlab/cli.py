@@ -36,6 +36,7 @@ from cnnlab.errors import (
     one_line,
 )
 from cnnlab.interrupts import signals_raise
+from cnnlab.version import __version__
 
 EPILOG = (
     f"Exit codes: 0 success; {EXIT_FAILED} a run failed (study: some runs failed); "
@@ -131,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Comparative experiments with convolutional image classifiers.",
         epilog=EPILOG,
     )
+    parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     for add in COMMANDS:
         add(commands)
