@@ -22,6 +22,7 @@ from scipy import stats
 
 from cnnlab import runfolder
 from cnnlab.cli import main
+from cnnlab.errors import Interrupted
 from cnnlab.report import (
     Document,
     Section,
@@ -951,3 +952,187 @@ def test_a_running_study_reports_running_runs_and_no_results_yet(tmp_path: Path)
         assert line.startswith("Study incomplete: 1 of 2 planned runs pending (no result yet), 1 running")
     study = load_study(tmp_path)  # a plan with no results yet is a report, not an error
     assert len(study.pending) == 2
+
+
+# ---------------------------------------------------------------- writing the report: all or nothing
+
+
+def _two_run_study(root: Path) -> Path:
+    for seed in (0, 1):
+        write_run(root / "runs", {"model.name": "lenet5", "train.seed": seed}, images=False)
+    return root
+
+
+def _snapshot(root: Path) -> dict[str, bytes | str | None]:
+    """Every file, folder and link under `root` (the figure cache aside: keyed by its inputs, it may be new)
+    → its bytes (None for a folder, the target for a link)."""
+    return {
+        str(path.relative_to(root)): _content(path)
+        for path in sorted(root.rglob("*"))
+        if path.name != ".figures.json"
+    }
+
+
+def _content(path: Path) -> bytes | str | None:
+    if path.is_symlink():
+        return os.readlink(path)
+    return None if path.is_dir() else path.read_bytes()
+
+
+def _fail_writing(monkeypatch, name: str, error: BaseException) -> None:
+    """Writing the temporary file of the report file `name` raises `error` (after others were written)."""
+    write_bytes = Path.write_bytes
+
+    def failing(path: Path, data: bytes) -> int:
+        if path.name.startswith(f".{name}."):
+            raise error
+        return write_bytes(path, data)
+
+    monkeypatch.setattr(Path, "write_bytes", failing)
+
+
+@pytest.mark.parametrize(
+    "failure, code",
+    [
+        (OSError(28, "No space left on device"), 2),
+        (Interrupted(15), 143),
+    ],
+    ids=["disk-full", "sigterm"],
+)
+def test_a_report_that_fails_mid_write_leaves_the_previous_report_whole(
+    tmp_path: Path, monkeypatch, capsys, failure, code
+) -> None:
+    root = _two_run_study(tmp_path)
+    write_report(root)
+    before = _snapshot(root)
+    write_run(root / "runs", {"model.name": "lenet5", "train.seed": 2}, images=False)  # a new report differs
+    before = {**before, **{k: v for k, v in _snapshot(root).items() if k.startswith("runs")}}
+    _fail_writing(monkeypatch, "report.md", failure)  # figures and report.html are written by then
+    assert main(["report", str(root)]) == code
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("cnnlab: ") and "Traceback" not in error
+    assert _snapshot(root) == before, "the old report byte for byte, no temporary file left"
+    monkeypatch.undo()
+    assert main(["report", str(root)]) == 0
+    assert "3 run(s)" in (root / "report.md").read_text()
+
+
+def test_a_figure_that_fails_changes_no_report_file(tmp_path: Path, monkeypatch, capsys) -> None:
+    import cnnlab.report.render as render
+
+    root = _two_run_study(tmp_path)
+    write_report(root)
+    (root / "runs" / sorted(os.listdir(root / "runs"))[0] / "result.json").touch()
+    before = _snapshot(root)
+    (root / "report_files" / ".figures.json").unlink()  # draw again
+
+    def broken(study, rows):
+        raise OSError(28, "No space left on device", "/tmp/matplotlib-cache")
+
+    monkeypatch.setattr(render, "make_plots", broken)
+    assert main(["report", str(root)]) == 2
+    assert "no space left" in capsys.readouterr().err
+    assert _snapshot(root) == before
+
+
+def test_a_read_only_report_file_is_replaced_and_an_unwritable_folder_changes_nothing(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    import cnnlab.safeio as safeio
+
+    root = _two_run_study(tmp_path)
+    first = write_report(root)
+    first.html.chmod(0o444)
+    assert main(["report", str(root)]) == 0, "a rename replaces a read-only file, as any atomic write does"
+    assert first.html.stat().st_mode & 0o222, "the new file has the mode of a new file"
+    capsys.readouterr()
+    write_run(root / "runs", {"model.name": "lenet5", "train.seed": 2}, images=False)  # a new report differs
+    before = _snapshot(root)
+    new_temp_file = safeio._new_temp_file
+
+    def unwritable(path: Path) -> Path:
+        if path.name == "report.md":  # after the figures and results.csv
+            raise PermissionError(13, "Permission denied", str(path.parent))
+        return new_temp_file(path)
+
+    monkeypatch.setattr(safeio, "_new_temp_file", unwritable)
+    assert main(["report", str(root)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("cnnlab: error: permission denied") and error.count("\n") == 1
+    assert _snapshot(root) == before
+
+
+def test_leftovers_of_a_killed_report_are_removed_by_the_next_one(tmp_path: Path) -> None:
+    root = _two_run_study(tmp_path)
+    write_report(root)
+    leftovers = [
+        root / ".report.html.0badcafe.tmp",
+        root / ".results.csv.12345678.tmp",
+        root / "report_files" / ".learning_curves.png.deadbeef.tmp",
+        root / "report_files" / "..figures.json.abcdef01.tmp",
+    ]
+    mine = [root / "report_files" / "my_drawing.png", root / ".notes.txt.0badcafe.tmp"]
+    for path in leftovers + mine:
+        path.write_bytes(b"half")
+    write_report(root)
+    assert not any(path.exists() for path in leftovers)
+    assert all(path.read_bytes() == b"half" for path in mine), "files the report did not write stay"
+
+
+@pytest.mark.parametrize(
+    "case", ["html-is-a-folder", "png-is-a-folder", "figures-folder-is-a-file", "dangling"]
+)
+def test_a_report_path_of_the_wrong_kind_is_one_line_and_changes_nothing(
+    tmp_path: Path, case: str, capsys
+) -> None:
+    root = _two_run_study(tmp_path)
+    write_report(root)
+    if case == "html-is-a-folder":
+        (root / "report.html").unlink()
+        (root / "report.html").mkdir()
+    elif case == "png-is-a-folder":
+        (root / "report_files" / "learning_curves.png").unlink()
+        (root / "report_files" / "learning_curves.png").mkdir()
+    else:
+        shutil.rmtree(root / "report_files")
+        if case == "dangling":
+            (root / "report_files").symlink_to(tmp_path / "gone")
+        else:
+            (root / "report_files").write_text("not a folder")
+    before = _snapshot(root)
+    assert main(["report", str(root)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("cnnlab: error: cannot write the report: ") and error.count("\n") == 1
+    assert "report again" in error
+    assert _snapshot(root) == before
+
+
+def test_a_figures_folder_linked_elsewhere_gets_the_figures(tmp_path: Path) -> None:
+    root = _two_run_study(tmp_path / "study")
+    elsewhere = tmp_path / "big-disk" / "figures"
+    elsewhere.mkdir(parents=True)
+    (root / "report_files").symlink_to(elsewhere)
+    paths = write_report(root)
+    assert (root / "report_files").is_symlink()
+    assert {path.name for path in paths.plots} <= set(os.listdir(elsewhere))
+    assert not [name for name in os.listdir(elsewhere) if name.endswith(".tmp")]
+
+
+def test_two_reports_of_one_folder_take_turns(tmp_path: Path) -> None:
+    import fcntl
+    import threading
+
+    root = _two_run_study(tmp_path)
+    write_report(root)
+    before = _snapshot(root)
+    descriptor = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(descriptor, fcntl.LOCK_EX)  # another report is writing
+    writer = threading.Thread(target=write_report, args=(root,))
+    try:
+        writer.start()
+        writer.join(timeout=1.5)
+        assert writer.is_alive() and _snapshot(root) == before, "it waits, having written nothing"
+    finally:
+        os.close(descriptor)
+    writer.join(timeout=60)
+    assert not writer.is_alive() and _snapshot(root) != before

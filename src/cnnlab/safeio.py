@@ -8,15 +8,18 @@ through `load_checkpoint`: safetensors or `torch.load(weights_only=True)`, never
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import pickle
+import re
 import secrets
+import signal
 import warnings
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +77,69 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write text (UTF-8) atomically; undecodable file-name bytes in it are written escaped (\\xNN)."""
     return atomic_write_bytes(path, text.encode("utf-8", errors="backslashreplace"))
+
+
+def atomic_replace_files(contents: Mapping[Path, bytes], remove: Iterable[Path] = ()) -> list[Path]:
+    """Write several files (and remove others) so a reader sees either all the old files or all the new ones.
+
+    Every file is first written to a temporary file beside it (`_new_temp_file`'s name); only when all are
+    written are they renamed into place, in order, and `remove` unlinked, with SIGINT and SIGTERM held back
+    until that is done (a signal then arrives after it). A failure before (a full disk, an unwritable folder,
+    a signal, a path that is a folder) leaves every old file as it was, and no temporary file or folder of
+    this call behind. Returns the written paths.
+    """
+    temps: dict[Path, Path] = {}
+    created: list[Path] = []
+    try:
+        for path, data in contents.items():
+            path = Path(path)
+            if path.is_dir():
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+            created += _make_parents(path.parent)
+            temps[path] = _new_temp_file(path)
+            temps[path].write_bytes(data)
+        with _signals_held():
+            for path, temp in temps.items():
+                os.replace(temp, path)
+            for path in remove:
+                Path(path).unlink(missing_ok=True)
+        created = []
+    finally:
+        for temp in temps.values():
+            temp.unlink(missing_ok=True)
+        for folder in reversed(created):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+    return list(temps)
+
+
+def temp_files(path: str | Path) -> list[Path]:
+    """The temporary files atomic writes to `path` left behind (a writer killed mid-write); the name of `path`
+    may be a glob pattern (`*.png`)."""
+    path = Path(path)
+    found = path.parent.glob(f".{path.name}.*.tmp")
+    return sorted(found_path for found_path in found if _TEMP_NAME.fullmatch(found_path.name))
+
+
+_TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # `_new_temp_file`'s names
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """Create `folder` and its missing parents; returns the folders created, outermost first."""
+    missing = [parent for parent in (folder, *folder.parents) if not parent.exists()][::-1]
+    folder.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait (blocked, not lost) while the body runs; delivered when it ends."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:

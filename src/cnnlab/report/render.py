@@ -4,8 +4,8 @@ The report is built once, as a `cnnlab.report.document.Document` of sections, pa
 and rendered by two thin templates, so every section is written once and reads the same in both files:
 `report.html` is self-contained (inline CSS, figures as base64 PNG data URIs; it opens from a file or an
 e-mail attachment), `report.md` links the same PNGs, written to `report_files/` beside it. `results.csv` is
-not part of the document: it is the table's full-precision numbers, one row per configuration. Every file
-is written atomically.
+not part of the document: it is the table's full-precision numbers, one row per configuration. The files
+are written all or nothing (`cnnlab.report.files`).
 
 In a study with stages the headline table, its best row and the figures are the final stage's (the stage the
 study exists for); each earlier stage gets its own section and table after it, with no best row.
@@ -48,11 +48,10 @@ from cnnlab.report.document import (
     Paragraph,
     Section,
     Table,
-    render_html,
-    render_markdown,
     visible_controls,
 )
 from cnnlab.report.figure_cache import cached_plots
+from cnnlab.report.files import write_report_files
 from cnnlab.report.plots import FIGURES, GRID, IMAGES, TEST_CURVE_NOTE, Plot, make_plots
 from cnnlab.report.statistics import (
     ConfigurationRow,
@@ -68,7 +67,6 @@ from cnnlab.report.statistics import (
     stage_rows,
     two_factor_grid,
 )
-from cnnlab.safeio import atomic_write_bytes, atomic_write_text
 from cnnlab.version import __version__
 
 __all__ = [
@@ -81,20 +79,6 @@ __all__ = [
     "write_report",
 ]
 
-PLOT_NAMES = (
-    "grid_heatmap",
-    "learning_curves",
-    "test_curves",
-    "lr_schedule",
-    "confusion_matrix",
-    "per_class_accuracy",
-    "accuracy_vs_cost",
-    "ensemble_vs_members",
-    "augmented_samples",
-    "highest_loss",
-    "confused_pairs",
-    "gradcam",
-)
 IMAGES_NOTE = (
     "Thumbnails each run saved at its end (images/*.npz in its folder); captions name the images shown, "
     "left to right, by file name (folder datasets) or by index in their split (#index)."
@@ -189,7 +173,7 @@ def build_document(source: str | Path | Study | Report) -> Document:
         _provenance_section(report),
         _appendix_section(report.study),
     ]
-    lines = [Paragraph(line) for line in _status_lines(report.study)]
+    lines = [Paragraph(line) for line in status_lines(report.study)]
     return Document(
         f"Study report: {report.study.root.name}",
         (Paragraph(_summary_line(report), "summary"), *lines),
@@ -197,7 +181,7 @@ def build_document(source: str | Path | Study | Report) -> Document:
     )
 
 
-def _status_lines(study: Study) -> list[str]:
+def status_lines(study: Study) -> list[str]:
     """The lines under the summary (and the terminal table): the study-incomplete line, then one line per run
     found in several folders."""
     incomplete = incomplete_line(study)
@@ -212,32 +196,23 @@ def copies_lines(study: Study) -> list[str]:
     ]
 
 
-def write_report(folder: str | Path, document: Document | None = None) -> ReportPaths:
-    """Write report.html, report.md and report_files/*.png into `folder`: the study's own report (and its
-    results.csv) when `document` is None, else the document given (a combined one, say)."""
+def write_report(source: str | Path | Report, document: Document | None = None) -> ReportPaths:
+    """Write report.html, report.md and report_files/*.png, all or nothing (`cnnlab.report.files`): a study's
+    own report (and its results.csv) when `document` is None, from its folder or its built Report, else the
+    document given (a combined one, say) into the folder given."""
     if document is not None:
-        root = Path(folder)
-        plot_paths = _write_plots(root / PLOT_DIR, document.figures)
-        markdown_path = atomic_write_text(root / "report.md", render_markdown(document))
-        return ReportPaths(
-            atomic_write_text(root / "report.html", render_html(document)),
-            markdown_path,
-            None,
-            tuple(plot_paths),
-            "",
-        )
-    report = build_report(folder)
-    document = build_document(report)
-    root = report.study.root
-    plot_paths = _write_plots(root / PLOT_DIR, document.figures)
-    csv_path = atomic_write_text(root / "results.csv", results_csv(report.rows))
-    markdown_path = atomic_write_text(root / "report.md", render_markdown(document))
-    html_path = atomic_write_text(root / "report.html", render_html(document))
+        folder = source.study.root if isinstance(source, Report) else Path(source)
+        html_path, markdown_path, _, plot_paths = write_report_files(folder, document)
+        return ReportPaths(html_path, markdown_path, None, plot_paths, "")
+    report = source if isinstance(source, Report) else build_report(source)
+    html_path, markdown_path, csv_path, plot_paths = write_report_files(
+        report.study.root, build_document(report), results_csv(report.rows)
+    )
     table = format_results_table(
         report.headline_rows, flagged=report.flagged, best_note=best_meaning(report.study)
     )
-    table += "".join(f"\n{visible_controls(line)}" for line in _status_lines(report.study))
-    return ReportPaths(html_path, markdown_path, csv_path, tuple(plot_paths), table)
+    table += "".join(f"\n{visible_controls(line)}" for line in status_lines(report.study))
+    return ReportPaths(html_path, markdown_path, csv_path, plot_paths, table)
 
 
 def format_results_table(
@@ -591,18 +566,6 @@ def _appendix_section(study: Study) -> Section | None:
     if not blocks:
         return None
     return Section("Appendix: per-epoch lines", (Paragraph(EPOCH_NOTE, "note"), *blocks))
-
-
-def _write_plots(folder: Path, figures: Sequence[Figure]) -> list[Path]:
-    """Write each figure's PNG; remove figures an earlier report wrote that this one no longer has (their
-    own names, or those names prefixed by `combine`)."""
-    written = [atomic_write_bytes(folder / f"{figure.name}.png", figure.png) for figure in figures]
-    keep = {path.name for path in written}
-    for path in folder.glob("*.png") if folder.is_dir() else ():
-        stale = any(path.stem == name or path.stem.endswith(f"-{name}") for name in PLOT_NAMES)
-        if stale and path.name not in keep:
-            path.unlink(missing_ok=True)
-    return written
 
 
 def _table_notes(report: Report) -> list[str]:

@@ -6,9 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from cnnlab.report.document import Paragraph, combine
-from cnnlab.report.render import build_document, build_report, results_csv, write_report
+from cnnlab.report.render import build_document, build_report, write_report
 from cnnlab.runfolder import suite_name, suite_studies
-from cnnlab.safeio import atomic_write_text
 
 SUITE_TITLE = "Suite report: {name}"
 
@@ -23,10 +22,8 @@ def write_suite_report(folder: str | Path) -> tuple[Path, Path]:
         if not (path / "study.json").is_file():
             continue
         report = build_report(path)
-        document = build_document(report)
-        write_report(path, document)  # the sub-study's own report.html, report.md and figures
-        atomic_write_text(path / "results.csv", results_csv(report.rows))
-        parts.append((study, document))
+        write_report(report)  # the sub-study's own report.html, report.md, results.csv and figures
+        parts.append((study, build_document(report)))
     missing = [study for study, path in studies if not (path / "study.json").is_file()]
     note = f"Studies, each a section (and a folder of its own): {', '.join(name for name, _ in parts)}."
     blocks = [Paragraph(note, "summary")]
