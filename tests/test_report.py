@@ -37,7 +37,7 @@ from cnnlab.report import (
     summarize,
     write_report,
 )
-from cnnlab.report.document import Paragraph, Table
+from cnnlab.report.document import Paragraph, Table, markdown_text
 from cnnlab.report.render import epoch_lines, incomplete_line, interval
 from cnnlab.report.statistics import describe, format_p
 from tests.report_fixtures import (
@@ -1136,3 +1136,24 @@ def test_two_reports_of_one_folder_take_turns(tmp_path: Path) -> None:
         os.close(descriptor)
     writer.join(timeout=60)
     assert not writer.is_alive() and _snapshot(root) != before
+
+
+def test_a_suite_report_says_which_studies_are_incomplete_as_a_study_report_does(tmp_path: Path) -> None:
+    from cnnlab.report.suite import write_suite_report
+
+    suite = tmp_path / "suite"
+    studies = [{"name": "done"}, {"name": "half"}, {"name": "later"}]
+    suite.mkdir()
+    (suite / runfolder.SUITE_FILE).write_text(json.dumps({"name": "s", "studies": studies}))
+    for name in ("done", "half"):
+        run = write_run(suite / name / "runs", {"model.name": "lenet5"}, images=False)
+        plan = [{"run_id": run.name, "seed": 0}] + ([{"run_id": "f00d", "seed": 1}] if name == "half" else [])
+        (suite / name / "study.json").write_text(json.dumps({"runs": plan}))
+    paths = write_suite_report(suite)
+    half = write_report(suite / "half").table.splitlines()[-1]
+    assert half.startswith("Study incomplete: 1 of 2 planned runs pending")
+    lines = [f"half: {half}", "Not started yet: later; run `cnnlab study run` again (same spec, same --out) "]
+    assert paths.table.splitlines()[0] == lines[0] and paths.table.splitlines()[1].startswith(lines[1])
+    top = paths.markdown.read_text().split("\n## ")[0]
+    assert all(markdown_text(line, code_spans=True) in top for line in lines), "under the suite's summary"
+    assert "Study incomplete" not in _md_sections(paths.markdown.read_text())["done"]
