@@ -332,3 +332,79 @@ def test_sixteen_bit_grey_with_a_transparent_colour_shows_the_background(tmp_pat
         image.load()
         rgb = folder_module.to_rgb(image, (0, 255, 0))
     assert rgb[0, 0].tolist() == [255, 255, 255] and rgb[1, 1].tolist() == [0, 255, 0]
+
+
+def _peak_decode_megabytes(path: Path, size: int) -> float:
+    """Peak memory (MB) a fresh process adds while decoding one file (ru_maxrss: Pillow's buffers too)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import resource, sys; from pathlib import Path; from cnnlab.data.folder import decode_image; "
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+        f"decode_image(Path(sys.argv[1]), size={size}); "
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(path)], capture_output=True, text=True, check=True
+    )
+    return float(done.stdout)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA"])
+def test_a_huge_png_is_reduced_before_its_copies_are_made(tmp_path: Path, mode: str) -> None:
+    width, height = 5000, 4000  # 20 M pixels: Pillow holds 80 MB, RGB or RGBA
+    pixels = np.zeros((height, width, len(mode)), np.uint8)
+    pixels[..., 0] = np.arange(width, dtype=np.uint8)[None]
+    pixels[..., -1] = 200
+    Image.fromarray(pixels, mode).save(tmp_path / "huge.png", compress_level=1)
+    full = width * height * 4 / 2**20
+    # decoded at full size, then copied by each conversion step, it took 3.3 (RGB) to 4.3 (RGBA) times that
+    assert _peak_decode_megabytes(tmp_path / "huge.png", 32) < (1.5 if mode == "RGB" else 2.5) * full
+
+
+def test_an_early_reduced_image_matches_its_full_size_decode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pixels = np.zeros((600, 900, 3), np.uint8)
+    pixels[:, :450] = (250, 20, 20)
+    pixels[:300, 450:] = (20, 20, 250)
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = 6  # EXIF orientation: rotate 90 degrees clockwise to view
+    image.save(tmp_path / "rotated.png", exif=exif.tobytes())
+    full = folder_module.decode_image(tmp_path / "rotated.png", size=16)
+    monkeypatch.setattr(folder_module, "EARLY_REDUCE_PIXELS", 1000)
+    reduced = folder_module.decode_image(tmp_path / "rotated.png", size=16)  # reduced by 600 // 64 = 9
+    assert np.abs(full.astype(int) - reduced.astype(int)).max() <= 8
+    upright = [full[:, row, col].tolist() for row, col in ((0, 0), (0, 15), (15, 0), (15, 15))]
+    assert upright == [[250, 20, 20], [250, 20, 20], [0, 0, 0], [20, 20, 250]]  # red on top, blue right
+
+
+def test_an_image_near_the_target_size_decodes_exactly_as_pillows_resize(tmp_path: Path) -> None:
+    pixels = np.random.default_rng(3).integers(0, 256, (200, 300, 3), np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "near.png")
+    expected = Image.fromarray(pixels).resize((32, 32), Image.Resampling.BILINEAR, box=(50, 0, 250, 200))
+    decoded = folder_module.decode_image(tmp_path / "near.png", size=32)
+    assert np.array_equal(decoded, np.asarray(expected).transpose(2, 0, 1))
+
+
+@pytest.mark.parametrize("pixels", [(12, 10), (20, 14)])  # over Pillow's warning level; over its error level
+def test_pillows_decompression_bomb_check_makes_a_bad_file_like_any_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pixels: tuple[int, int]
+) -> None:
+    import warnings
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow's limit below cnnlab's cap
+    root = tmp_path / "bombs"
+    for name in ("cat", "dog"):
+        (root / name).mkdir(parents=True)
+        _solid("RGB", (0, 0, 0), (8, 8)).save(root / name / "small.png")
+    _solid("RGB", (0, 0, 0), pixels).save(root / "cat" / "bomb.png")
+    filters = list(warnings.filters)
+    loaded = load_folder(root, FolderOptions(image_size=4, bad_images="skip", max_pixels=10**6))
+    claimed = pixels[0] * pixels[1]
+    assert loaded.bad_files == (("cat/bomb.png", f"header claims {claimed} pixels, over the cap of 100"),)
+    assert len(loaded.image_set) == 2 and warnings.filters == filters
+    with pytest.raises(DataError, match=r"folder .*bombs.*: 1 bad image file\(s\): cat/bomb.png \(header"):
+        load_split(DataConfig(name=f"folder:{root}", image_size=4, bad_images="error"), "train")

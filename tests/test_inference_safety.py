@@ -364,3 +364,16 @@ def test_an_unreadable_subfolder_stops_predict_instead_of_being_skipped(
     args = ["predict", "--checkpoint", str(trained), "--images", str(images), "--out", str(out)]
     line = user_error(capsys, args, contains="cannot scan folder")
     assert "Permission denied" in line and "locked" in line and not out.exists()
+
+
+def test_predict_of_an_image_over_pillows_bomb_limit_names_the_file(tmp_path, monkeypatch):
+    from cnnlab.errors import DataError
+    from cnnlab.train.inference import read_image_files
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 8x8 images pass, 12x10 trips the warning level
+    images = write_images(tmp_path / "images", ["a.png"])
+    Image.new("RGB", (12, 10)).save(images / "bomb.png")
+    with pytest.raises(
+        DataError, match=r"^1 unreadable image\(s\) in .*: bomb.png \(header claims 120 pixels"
+    ):
+        read_image_files(images, size=8, channels=3)

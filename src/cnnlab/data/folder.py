@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 DEFAULT_IMAGE_SIZE = 64  # side of folder images when data.image_size is unset (shorter side + centre crop)
 DEFAULT_BACKGROUND = (255, 255, 255)  # white behind transparent pixels unless data.background says otherwise
 MAX_IMAGE_PIXELS = 89_478_485  # pixel cap read from the header before decoding (Pillow's own warning level)
+EARLY_REDUCE_PIXELS = 4096 * 4096  # images above this many decoded pixels are box-reduced before conversion
+EARLY_REDUCE_MARGIN = 4  # ... by an integer factor that keeps the shorter side >= 4x the target side
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF", "PPM"})
 IMAGE_SUFFIXES = frozenset(
     {
@@ -62,7 +64,7 @@ IGNORED_NAMES = frozenset({"__MACOSX"})  # folders zip tools leave behind, ignor
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "La", "RGBa"})
 FOLDER_TEST_SEED = 0  # the test share of a folder without train/ and test/ is fixed, independent of run seeds
-CACHE_FORMAT = 2  # bump when decoding changes so old cache files are not reused
+CACHE_FORMAT = 3  # bump when decoding changes so old cache files are not reused (3: early reduce)
 DECODE_WORKERS = min(8, os.cpu_count() or 1)  # threads decoding images (Pillow releases the GIL)
 
 
@@ -359,29 +361,51 @@ def decode_image(
     """Decode one file to uint8 (3, size, size) RGB: header checks first, then a full decode and conversion.
 
     Raises BadImage for a file that is not an allowed image, claims more than `max_pixels` in its header
-    (checked before anything is allocated), or fails to decode completely.
+    (checked before anything is allocated), trips Pillow's decompression-bomb check, or fails to decode
+    completely. Pillow's DecompressionBombWarning is a BadImage only where warnings of that category are
+    errors, as `decode_images` makes them (a filter changed on worker threads would race).
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                _check_header(image, max_pixels)
-                image.draft(None, (size, size))  # JPEG: decode at a reduced scale still >= size
-                image.load()
-                upright = ImageOps.exif_transpose(image)
-                rgb = to_rgb(upright, background)
+        with Image.open(path) as image:
+            _check_header(image, max_pixels)
+            image.draft(None, (size, size))  # JPEG: decode at a reduced scale still >= size
+            image.load()
+            ImageOps.exif_transpose(image, in_place=True)
+            rgb = to_rgb(image, background, reduce_for=size)
     except BadImage:
         raise
-    except Image.DecompressionBombError as error:  # Pillow's own check fired first, also from the header
-        claimed = re.search(r"\((\d+) pixels\)", str(error))
-        raise BadImage(
-            f"header claims {claimed[1] if claimed else 'too many'} pixels, over the cap of {max_pixels}"
-        ) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:  # Pillow's own cap
+        raise BadImage(_bomb_reason(error, max_pixels)) from None
     except UnidentifiedImageError:
         raise BadImage("empty file" if _is_empty(path) else "not an image Pillow can identify") from None
     except (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error, MemoryError) as error:
         raise BadImage(_reason(error)) from None
     return np.ascontiguousarray(_fit_square(rgb, size).transpose(2, 0, 1))
+
+
+def decode_images(
+    paths: Sequence[Path],
+    *,
+    size: int,
+    background: tuple[int, ...] = DEFAULT_BACKGROUND,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+) -> list[np.ndarray | str]:
+    """`decode_image` of every file on DECODE_WORKERS threads, in order: pixels, or a bad file's reason.
+
+    Pillow's DecompressionBombWarning is an error meanwhile (set here, on the calling thread, never on the
+    workers), so an image over Pillow's limit is a bad file like any other."""
+    decode = functools.partial(_decode_or_reason, size=size, background=background, max_pixels=max_pixels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=DECODE_WORKERS) as pool:
+            return list(pool.map(decode, paths))
+
+
+def _bomb_reason(error: Exception, max_pixels: int) -> str:
+    """Why Pillow's decompression-bomb check refused an image, with the cap that applied."""
+    claimed = re.search(r"\((\d+) pixels\)", str(error))
+    cap = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
+    return f"header claims {claimed[1] if claimed else 'too many'} pixels, over the cap of {cap}"
 
 
 def _check_header(image: Any, max_pixels: int) -> None:
@@ -397,15 +421,32 @@ def _check_header(image: Any, max_pixels: int) -> None:
         raise BadImage(f"header claims an empty {width}x{height} image")
 
 
-def to_rgb(image: Any, background: tuple[int, ...] = DEFAULT_BACKGROUND) -> np.ndarray:
-    """uint8 (H, W, 3) RGB from any Pillow mode: 16-bit scaled by 1/257, alpha over `background`."""
+def to_rgb(
+    image: Any, background: tuple[int, ...] = DEFAULT_BACKGROUND, *, reduce_for: int | None = None
+) -> np.ndarray:
+    """uint8 (H, W, 3) RGB from any Pillow mode: 16-bit scaled by 1/257, alpha over `background`.
+
+    `reduce_for`: the side the result is resized to next; a much larger image is box-reduced (`early_reduce`)
+    once it is 8-bit L, RGB or RGBA, so the later copies stay small."""
     if image.mode in SIXTEEN_BIT_MODES:
         image = _sixteen_bit_to_grey(image)
     elif image.mode in ("F", "1"):
         image = image.convert("L")
     if image.mode in ALPHA_MODES or "transparency" in image.info:
-        return np.asarray(_over_background(image.convert("RGBA"), background))
-    return np.asarray(image.convert("RGB"))
+        rgba = early_reduce(image if image.mode == "RGBA" else image.convert("RGBA"), reduce_for)
+        return np.asarray(_over_background(rgba, background))
+    if image.mode not in ("L", "RGB"):
+        image = image.convert("RGB")  # palette, CMYK, ...: the same pixels as the conversion below
+    return np.asarray(early_reduce(image, reduce_for).convert("RGB"))
+
+
+def early_reduce(image: Any, side: int | None) -> Any:
+    """An image of more than EARLY_REDUCE_PIXELS box-reduced by the integer factor that keeps its shorter
+    side at least EARLY_REDUCE_MARGIN x `side`; any other image (or `side` None) unchanged."""
+    if side is None or image.width * image.height <= EARLY_REDUCE_PIXELS:
+        return image
+    factor = min(image.size) // (EARLY_REDUCE_MARGIN * side)
+    return image.reduce(factor) if factor >= 2 else image
 
 
 def _sixteen_bit_to_grey(image: Any) -> Any:
@@ -574,10 +615,11 @@ def _decode_missing(
             (bad if isinstance(cached[1], str) else pixels)[i] = cached[1]
         else:
             todo.append(i)
-    decode = functools.partial(_decode_or_reason, size=size, background=background, max_pixels=max_pixels)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=DECODE_WORKERS) as pool:
-        for i, result in zip(todo, pool.map(decode, [scan.root / scan.files[i][0] for i in todo])):
-            (bad if isinstance(result, str) else pixels)[i] = result
+    decoded = decode_images(
+        [scan.root / scan.files[i][0] for i in todo], size=size, background=background, max_pixels=max_pixels
+    )
+    for i, result in zip(todo, decoded):
+        (bad if isinstance(result, str) else pixels)[i] = result
     return pixels, bad, len(todo)
 
 

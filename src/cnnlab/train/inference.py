@@ -19,7 +19,7 @@ from cnnlab import runfolder, safeio
 from cnnlab.data import InMemoryLoader, Splits, load_split
 from cnnlab.data import folder as folder_data
 from cnnlab.data.catalog import FOLDER_PREFIX
-from cnnlab.data.folder import IMAGE_SUFFIXES, BadImage, decode_image
+from cnnlab.data.folder import IMAGE_SUFFIXES
 from cnnlab.data.imageset import ImageSet
 from cnnlab.errors import ConfigError, DataError, WeightsError
 from cnnlab.runfolder import RunFolderError
@@ -287,12 +287,8 @@ def read_image_files(folder: str | Path, *, size: int, channels: int) -> tuple[l
             f"no image files in {folder} or its subfolders (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
         )
     files = sorted(Path(rel) for rel in found.files)
-    decoded, bad = [], []
-    for file in files:
-        try:
-            decoded.append(decode_image(folder / file, size=size))
-        except BadImage as error:
-            bad.append(f"{file.as_posix()} ({error})")
+    decoded = folder_data.decode_images([folder / file for file in files], size=size)
+    bad = [f"{file.as_posix()} ({reason})" for file, reason in zip(files, decoded) if isinstance(reason, str)]
     if bad:
         raise DataError(f"{len(bad)} unreadable image(s) in {folder}: {'; '.join(bad)}; remove or fix them")
     return files, _to_channels(torch.from_numpy(np.stack(decoded)), channels)
