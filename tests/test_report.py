@@ -1124,6 +1124,7 @@ def test_two_reports_of_one_folder_take_turns(tmp_path: Path) -> None:
 
     root = _two_run_study(tmp_path)
     write_report(root)
+    write_run(root / "runs", {"model.name": "lenet5", "train.seed": 2}, images=False)  # a new report differs
     before = _snapshot(root)
     descriptor = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     fcntl.flock(descriptor, fcntl.LOCK_EX)  # another report is writing
@@ -1157,3 +1158,49 @@ def test_a_suite_report_says_which_studies_are_incomplete_as_a_study_report_does
     top = paths.markdown.read_text().split("\n## ")[0]
     assert all(markdown_text(line, code_spans=True) in top for line in lines), "under the suite's summary"
     assert "Study incomplete" not in _md_sections(paths.markdown.read_text())["done"]
+
+
+def test_figures_drawn_while_a_run_writes_its_files_are_not_kept_for_the_new_files(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A live run finishing between the report's reading and its cache key must not leave the figures of the
+    old files filed under the new files' key (every later report would show them)."""
+    import cnnlab.report.render as render
+
+    root = _two_run_study(tmp_path)
+    drawn = []
+    draw, load = render.make_plots, render.load_study
+    monkeypatch.setattr(render, "make_plots", lambda study, rows: drawn.append(1) or draw(study, rows))
+
+    def load_then_a_run_finishes(source):
+        study = load(source)
+        write_run(root / "runs", {"model.name": "lenet5", "train.seed": 2}, images=False)
+        return study
+
+    monkeypatch.setattr(render, "load_study", load_then_a_run_finishes)
+    write_report(root)
+    monkeypatch.setattr(render, "load_study", load)
+    write_report(root)
+    assert len(drawn) == 2, "the third run's figures are drawn, not the two-run figures reused"
+
+
+def test_huge_numbers_stay_short_and_a_table_without_a_best_row_has_no_best_legend(tmp_path: Path) -> None:
+    run_dir = write_run(tmp_path / "runs", {"model.name": "lenet5"}, images=False)
+    result = json.loads((run_dir / "result.json").read_text())
+    result.update(train_time_s=1e300, train_images_per_s=1e300, params=10**30)
+    (run_dir / "result.json").write_text(json.dumps(result))
+    table = write_report(tmp_path).table
+    assert max(len(line) for line in table.splitlines()) < 200 and "1e+300" in table
+    failed = tmp_path / "failed"
+    write_run(failed / "runs", {"model.name": "lenet5"}, status="failed", images=False)
+    assert "* best" not in write_report(failed).table, "no completed run: no row is best"
+
+
+def test_hostile_class_and_folder_names_stay_text(tmp_path: Path) -> None:
+    classes = ["<script>alert(1)</script>", "a|b", "`c`", "d\n# e", *map(str, range(6))]
+    root = tmp_path / "<script>s"
+    write_run(root / "runs", {"model.name": "lenet5"}, classes=classes)
+    paths = write_report(root)
+    markdown = paths.markdown.read_text()
+    assert "<script" not in paths.html.read_text() + markdown and "\n# e" not in markdown
+    assert markdown.startswith("# Study report: &lt;script&gt;s\n")

@@ -33,9 +33,9 @@ FORMAT = 1
 _CODE = tuple(sorted(Path(__file__).parent.glob("*.py")))  # the report package: the figures' code
 
 
-def cached_plots(root: Path, draw: Callable[[], list[Plot]]) -> list[Plot]:
-    """The study's figures: the cached ones when they were drawn for these inputs, else `draw()` (cached)."""
-    key = inputs_key(root)
+def cached_plots(root: Path, key: str, draw: Callable[[], list[Plot]]) -> list[Plot]:
+    """The study's figures: the cached ones when they were drawn for inputs of this key (`inputs_key`, taken
+    before the study was read), else `draw()` (cached under the key)."""
     path = root / PLOT_DIR / CACHE_FILE
     found = _read(path, key)
     if found is not None:
@@ -46,11 +46,18 @@ def cached_plots(root: Path, draw: Callable[[], list[Plot]]) -> list[Plot]:
 
 
 def inputs_key(root: Path) -> str:
-    """What the figures depend on, as one hash: the report's input files, its code, the plotting versions."""
+    """What the figures depend on, as one hash: the report's input files, its code, the plotting versions.
+
+    Take it before reading the study: a file a live run writes in between then makes the key older than the
+    figures (the next report draws again), never the figures older than their key (kept stale for good)."""
     digest = hashlib.sha256(_code_digest())
     for path in input_files(root):
+        try:
+            content = path.read_bytes()
+        except FileNotFoundError:  # removed since the folder was listed (a run folder cleared for a rerun)
+            continue
         digest.update(path.relative_to(root).as_posix().encode() + b"\0")
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
+        digest.update(hashlib.sha256(content).digest())
     return digest.hexdigest()
 
 

@@ -50,7 +50,7 @@ from cnnlab.report.document import (
     Table,
     visible_controls,
 )
-from cnnlab.report.figure_cache import cached_plots
+from cnnlab.report.figure_cache import cached_plots, inputs_key
 from cnnlab.report.files import write_report_files
 from cnnlab.report.plots import FIGURES, GRID, IMAGES, TEST_CURVE_NOTE, Plot, make_plots
 from cnnlab.report.statistics import (
@@ -147,13 +147,15 @@ class Report:
 
 def build_report(source: str | Path | Study) -> Report:
     """Read the study's files and compute the table, the paired comparisons and the figures."""
-    study = source if isinstance(source, Study) else load_study(source)
-    rows = configuration_rows(study)
-    generated = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     if isinstance(source, Study):  # built in memory: its files may not be what it holds
+        study, rows = source, configuration_rows(source)
         plots = make_plots(study, rows)
     else:
-        plots = cached_plots(study.root, lambda: make_plots(study, rows))
+        key = inputs_key(Path(source).resolve())  # before reading: see inputs_key
+        study = load_study(source)
+        rows = configuration_rows(study)
+        plots = cached_plots(study.root, key, lambda: make_plots(study, rows))
+    generated = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     return Report(study, rows, paired_comparisons(study), plots, generated)
 
 
@@ -241,7 +243,8 @@ def format_results_table(
     ]
     lines.insert(1, "  ".join("-" * width for width in widths))
     shown = {row.ident for row in rows} & flagged
-    return "\n".join(lines) + f"\n* {visible_controls(best_note)}" + (f"\n{FLAG_NOTE}" if shown else "")
+    best = f"\n* {visible_controls(best_note)}" if any(row.best for row in rows) else ""
+    return "\n".join(lines) + best + (f"\n{FLAG_NOTE}" if shown else "")
 
 
 def best_meaning(study: Study) -> str:
@@ -780,9 +783,10 @@ def _percent(value: float | None) -> str:
 
 
 def _fixed(value: object, digits: int) -> str:
+    """`8.0`; a number too big to read digit by digit (1e15 or more) in scientific notation."""
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
         return "—"
-    return f"{value:.{digits}f}"
+    return f"{value:.{digits}f}" if abs(value) < 1e15 else f"{value:.3g}"
 
 
 def _integer(value: float | int | None) -> str:
