@@ -408,3 +408,40 @@ def test_pillows_decompression_bomb_check_makes_a_bad_file_like_any_other(
     assert len(loaded.image_set) == 2 and warnings.filters == filters
     with pytest.raises(DataError, match=r"folder .*bombs.*: 1 bad image file\(s\): cat/bomb.png \(header"):
         load_split(DataConfig(name=f"folder:{root}", image_size=4, bad_images="error"), "train")
+
+
+def test_an_unwritable_cache_only_warns_even_when_bad_files_are_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = _two_class_folder(tmp_path / "f")
+    (root / "cat" / "zero.png").write_bytes(b"")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("CNNLAB_CACHE", str(blocker))  # nothing can be written below it
+    with caplog.at_level("WARNING"):
+        train = load_split(DataConfig(name=f"folder:{root}", image_size=4, bad_images="skip"), "train")
+    assert (
+        len(train)
+        + len(load_split(DataConfig(name=f"folder:{root}", image_size=4, bad_images="skip"), "test"))
+        == 6
+    )
+    assert train.bad_files == (("cat/zero.png", "empty file"),)
+    assert "set $CNNLAB_CACHE to a writable folder" in caplog.text
+    assert "excluded 1 bad image file(s): cat/zero.png (list not written" in caplog.text
+
+
+def test_folder_problems_say_how_to_fix_them_and_hostile_names_stay_on_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    root = _two_class_folder(tmp_path / "f", count=5)
+    (root / "empty").mkdir()
+    with pytest.raises(
+        DataError, match=r"empty class folders \(no image files\): empty \(add images to them"
+    ):
+        load_split(DataConfig(name=f"folder:{root}", image_size=4), "train")
+    (root / "empty").rename(root / "new\nline")
+    for index in range(5):
+        _solid("RGB", (0, 0, 0)).save(root / "new\nline" / f"{index}\n.png")
+    assert cli.main(["data", f"folder:{root}", "--image-size", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert "new\\nline (4)" in printed and "\nline" not in printed

@@ -270,3 +270,12 @@ def test_a_cnnlab_data_env_that_is_no_folder_is_an_error_naming_the_variable(
     assert len(load_split(DataConfig(name="digits"), "train")) == 1437  # needs no files: not searched
     monkeypatch.setenv(locations.DATA_ENV, "")  # empty is unset
     assert locate(get_spec("fashion-mnist"), None).origin == "system"
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_an_empty_idx_file_is_called_empty(tmp_path: Path, compress: bool) -> None:
+    write_mnist_like(tmp_path / "fm", train=10, test=10, compress=compress)
+    labels = tmp_path / "fm" / ("t10k-labels-idx1-ubyte" + (".gz" if compress else ""))
+    labels.write_bytes(b"")
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte(.gz)?: the file is empty; replace it"):
+        load_split(DataConfig(name="fashion-mnist", data_dir=str(tmp_path / "fm")), "test")

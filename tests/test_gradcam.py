@@ -207,3 +207,23 @@ def test_explain_refuses_an_out_that_is_a_file_or_the_images_folder(
         )
         assert capsys.readouterr().err.startswith(f"cnnlab: error: --out {out} ")
     assert sorted(path.name for path in pictures.iterdir()) == ["a.png"]
+
+
+def test_hostile_file_names_give_one_line_captions_and_safe_overlay_names(
+    tiny_checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    pictures = tmp_path / "pictures"
+    for name in ("-rf.png", "new\nline.png", "esc\x1b[31m.png", f"{'deep' * 30}/{'deeper' * 30}/x.png"):
+        (pictures / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (28, 28), (90, 90, 90)).save(pictures / name)
+    out = tmp_path / "explained"
+    assert (
+        main(["explain", "--checkpoint", str(tiny_checkpoint), "--images", str(pictures), "--out", str(out)])
+        == 0
+    )
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 4 and not any("\x1b" in line for line in printed)
+    assert any(line.startswith("new\\nline.png: predicted") for line in printed)
+    names = sorted(path.name for path in out.iterdir())
+    assert len(names) == 4 and not any(name.startswith("-") for name in names)
+    assert max(len(name.encode()) for name in names) <= 255 and "_rf.png" in names

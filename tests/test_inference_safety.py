@@ -377,3 +377,39 @@ def test_predict_of_an_image_over_pillows_bomb_limit_names_the_file(tmp_path, mo
         DataError, match=r"^1 unreadable image\(s\) in .*: bomb.png \(header claims 120 pixels"
     ):
         read_image_files(images, size=8, channels=3)
+
+
+# --- 12. hostile --images arguments ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("images", ["", "   ", "file"])
+def test_predict_and_explain_refuse_an_empty_or_file_images_argument(
+    trained, tmp_path, capsys, monkeypatch, images
+):
+    monkeypatch.chdir(write_images(tmp_path / "cwd", ["a.png"]))  # "" must not mean the working directory
+    if images == "file":
+        images = str(Path("a.png").absolute())
+    expected = "is a file; give the folder" if images.strip() else "--images is empty"
+    for command in ("predict", "explain"):
+        out = tmp_path / f"{command}-out"
+        args = [command, "--checkpoint", str(trained), "--images", images, "--out", str(out)]
+        user_error(capsys, args, contains=expected)
+        assert not out.exists()
+
+
+def test_predict_composites_transparency_over_the_runs_background(tmp_path, monkeypatch):
+    isolate(monkeypatch, tmp_path)
+    root = write_images(tmp_path / "f", [f"{cls}/{i}.png" for cls in ("a", "b") for i in range(10)])
+    config = {"model.name": "lenet5", "data.name": f"folder:{root}", "data.image_size": 16, "train.epochs": 1}
+    run = tmp_path / "run"
+    fit(from_dict({**config, "data.background": [0, 0, 0]}), run)
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGBA", (16, 16), (255, 255, 255, 0)).save(images / "clear.png")  # shows the background
+    Image.new("RGB", (16, 16), (0, 0, 0)).save(images / "black.png")
+    Image.new("RGB", (16, 16), (255, 255, 255)).save(images / "white.png")
+    out = tmp_path / "p.csv"
+    args = ["predict", "--checkpoint", str(run), "--images", str(images), "--out", str(out)]
+    assert cli.main([*args, "--format", "probs"]) == 0
+    rows = {line.split(",")[0]: line.split(",")[1:] for line in out.read_text().splitlines()[1:]}
+    assert rows["clear"] == rows["black"] and rows["black"] != rows["white"]

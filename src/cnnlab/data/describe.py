@@ -7,6 +7,7 @@ from cnnlab.data import folder as folder_data
 from cnnlab.data.catalog import FOLDER_PREFIX, SPECS, DatasetSpec, get_spec, load_local_split, locate
 from cnnlab.data.imageset import ImageSet
 from cnnlab.data.locations import OFFLINE_ENV, offline
+from cnnlab.errors import one_line
 
 _SOURCES = {"digits": "bundled with scikit-learn", "synthetic": "generated on the fly"}
 
@@ -64,7 +65,7 @@ def describe_dataset(data: DataConfig) -> str:
 def _split_lines(train: ImageSet, test: ImageSet) -> list[str]:
     """Sizes, shape and per-class counts of a train/test pair."""
     counts = train.class_counts()
-    classes = ", ".join(f"{name} ({count:,})" for name, count in zip(train.class_names, counts))
+    classes = ", ".join(f"{one_line(name)} ({count:,})" for name, count in zip(train.class_names, counts))
     return [
         f"train:   {len(train):,} images",
         f"test:    {len(test):,} images",
@@ -76,7 +77,7 @@ def _split_lines(train: ImageSet, test: ImageSet) -> list[str]:
 def describe_folder(data: DataConfig) -> str:
     """Preflight scan of `folder:PATH`, then a decode (through the cache) under the data config's policy."""
     root = folder_data.resolve_folder(data.name[len(FOLDER_PREFIX) :])
-    lines = [f"dataset: {FOLDER_PREFIX}{root}"]
+    lines = [one_line(f"dataset: {FOLDER_PREFIX}{root}")]
     options = folder_data.FolderOptions(
         image_size=data.image_size or folder_data.DEFAULT_IMAGE_SIZE,
         background=tuple(data.background),
@@ -92,8 +93,10 @@ def describe_folder(data: DataConfig) -> str:
     bad = tuple(dict.fromkeys(splits["train"].bad_files + splits["test"].bad_files))  # both share a folder's
     if bad:
         lines.append(
-            f"excluded {len(bad)} bad image file(s) (data.bad_images=skip): "
-            + "; ".join(f"{rel} ({reason})" for rel, reason in bad)
+            one_line(
+                f"excluded {len(bad)} bad image file(s) (data.bad_images=skip): "
+                + "; ".join(f"{rel} ({reason})" for rel, reason in bad)
+            )
         )
     return "\n".join(lines)
 
@@ -107,4 +110,4 @@ def _scan_lines(part: str, scan: folder_data.FolderScan) -> list[str]:
     if scan.non_images:
         lines.append(f"  skipped {len(scan.non_images)} non-image files: {', '.join(scan.non_images)}")
     lines.extend(f"  problem: {problem}" for problem in scan.problems())
-    return lines
+    return [one_line(line) for line in lines]  # a file name may hold a newline

@@ -32,8 +32,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cnnlab import safeio
 from cnnlab.data.imageset import ImageSet, take
-from cnnlab.data.locations import cache_root
-from cnnlab.errors import ConfigError, DataError, WeightsError
+from cnnlab.data.locations import CACHE_ENV, cache_root
+from cnnlab.errors import ConfigError, DataError, WeightsError, describe_os_error
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +99,15 @@ class FolderScan:
         if not self.class_names:
             found.append("no class subfolders (expected one subfolder of images per class)")
         if self.empty_classes:
-            found.append(f"empty class folders (no image files): {', '.join(self.empty_classes)}")
+            found.append(
+                f"empty class folders (no image files): {', '.join(self.empty_classes)} (add images to them "
+                "or remove them)"
+            )
         if self.outside_links:
-            found.append(f"symlinks leaving the folder: {', '.join(self.outside_links)}")
+            found.append(
+                f"symlinks leaving the folder: {', '.join(self.outside_links)} (copy those images into the "
+                "folder or remove the links)"
+            )
         return found
 
     def check(self) -> None:
@@ -654,7 +660,13 @@ def _write_cache(
     try:
         safeio.atomic_torch_save(payload, cache_file)
     except OSError as error:
-        log.warning("could not write the decode cache %s: %s", cache_file, error)
+        log.warning(
+            "could not write the decode cache %s (%s): images are decoded again next time; set $%s to a "
+            "writable folder to keep them",
+            cache_file,
+            describe_os_error(error),
+            CACHE_ENV,
+        )
 
 
 def bad_files_message(root: Path, bad_files: tuple[tuple[str, str], ...]) -> str:
@@ -700,13 +712,17 @@ def _apply_policy(loaded: FolderLoad, options: FolderOptions) -> ImageSet:
         return loaded.image_set
     if options.bad_images != "skip":
         raise DataError(bad_files_message(loaded.scan.root, loaded.bad_files))
-    listed = write_bad_files(loaded.bad_files, bad_files_path(loaded.cache_file))
-    log.warning(
-        "folder %s: excluded %d bad image file(s), listed in %s",
-        loaded.scan.root,
-        len(loaded.bad_files),
-        listed,
-    )
+    root, count = loaded.scan.root, len(loaded.bad_files)
+    try:
+        listed = write_bad_files(loaded.bad_files, bad_files_path(loaded.cache_file))
+    except OSError as error:  # an unwritable cache: the run still records ImageSet.bad_files
+        names = ", ".join(rel for rel, _ in loaded.bad_files[:10])
+        why = describe_os_error(error)
+        log.warning(
+            "folder %s: excluded %d bad image file(s): %s (list not written: %s)", root, count, names, why
+        )
+    else:
+        log.warning("folder %s: excluded %d bad image file(s), listed in %s", root, count, listed)
     return loaded.image_set
 
 
@@ -739,6 +755,7 @@ def _split_test(root: Path, image_set: ImageSet, test_fraction: float) -> dict[s
         )
     except ValueError as error:
         raise DataError(
-            f"folder {root}: cannot split off data.test_fraction={test_fraction}: {error}"
+            f"folder {root}: cannot split off data.test_fraction={test_fraction}: {error}; add images, "
+            "change data.test_fraction, or give train/ and test/ subfolders"
         ) from None
     return {"train": take(image_set, np.sort(train_idx)), "test": take(image_set, np.sort(test_idx))}

@@ -51,12 +51,12 @@ def _read_idx(path: Path, reader: Any) -> torch.Tensor:
     """Run a torchvision IDX reader on `path` (gzip is decompressed to a temporary file first)."""
     try:
         if path.suffix != ".gz":
-            return reader(str(path))
+            return reader(_non_empty(path))
         with tempfile.TemporaryDirectory(prefix="cnnlab-idx-") as tmp:
             raw = Path(tmp) / path.stem
             with gzip.open(path, "rb") as source, open(raw, "wb") as target:
                 shutil.copyfileobj(source, target, 1 << 20)
-            return reader(str(raw))
+            return reader(_non_empty(raw))
     except (
         AssertionError,
         ValueError,
@@ -75,6 +75,13 @@ def _read_idx(path: Path, reader: Any) -> torch.Tensor:
         raise DataError(
             f"cannot read IDX file {path}: {why}; replace it with the dataset's original file"
         ) from None
+
+
+def _non_empty(path: Path) -> str:
+    """`path` for a reader; ValueError for an empty file (torchvision's reader would fail on int(b''))."""
+    if path.stat().st_size == 0:
+        raise ValueError("the file is empty")
+    return str(path)
 
 
 def read_cifar_batches(paths: Sequence[Path], label_key: str) -> tuple[torch.Tensor, torch.Tensor]:

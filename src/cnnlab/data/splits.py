@@ -125,7 +125,8 @@ def make_splits(
     except ValueError as error:
         what = f"data.folds={folds}" if folds is not None else f"data.val_fraction={val_fraction}"
         raise DataError(
-            f"cannot make a stratified split with {what} over {len(labels_np)} images: {error}"
+            f"cannot make a stratified split with {what} over {len(labels_np)} images: {error}; add images "
+            f"or change {what.split('=')[0]}"
         ) from None
     kind = "kfold" if folds is not None else "holdout"
     fraction = None if folds is not None else val_fraction

@@ -26,14 +26,15 @@ from torch import nn
 from cnnlab import safeio
 from cnnlab.data import InMemoryLoader
 from cnnlab.data.imageset import resize_images
-from cnnlab.errors import ConfigError, DataError
-from cnnlab.train.inference import load_model, read_image_files
+from cnnlab.errors import ConfigError
+from cnnlab.train.inference import check_images_folder, load_model, read_model_images
 
 ADAPTIVE_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 EXPLAIN_BATCH = 32  # images per forward/backward pass in `explain_images`
 OVERLAY_SIDE = 224  # side of each panel of an explain PNG
 OVERLAY_ALPHA = 0.45  # weight of the heat map over the image
 COLORMAP = "jet"
+MAX_NAME_BYTES = 200  # an overlay's file stem, in UTF-8 bytes (file systems allow 255 with the suffix)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,20 +144,19 @@ def explain_images(checkpoint: str | Path, images: str | Path, out_dir: str | Pa
     """`cnnlab explain`: for each image file in `images` (subfolders included), `<out_dir>/<stem>.png`
     (`<subfolder>_<stem>.png` below the top) with the image beside its
     Grad-CAM overlay of the predicted class and the prediction written below."""
+    check_images_folder(images, dataset_allowed=False)  # before Path(""), which is the working directory
     checkpoint, images, out_dir = Path(checkpoint), Path(images), Path(out_dir)
     if not checkpoint.exists():
         raise ConfigError(
             f"--checkpoint {checkpoint}: not found; give a run directory, a checkpoint file or an export"
         )
-    if not images.is_dir():
-        raise DataError(f"--images {images}: no such folder; give a folder of image files")
     if out_dir.resolve() == images.resolve():
         raise ConfigError(f"--out {out_dir} is the --images folder; write the overlays to another folder")
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out {out_dir} is a file; give a folder for the overlay PNGs")
     trained = load_model(checkpoint)
     meta = trained.meta
-    files, pixels = read_image_files(images, size=meta["image_size"], channels=meta["in_chans"])
+    files, pixels = read_model_images(trained, images)
     ids = [file.as_posix() for file in files]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     names = _unique_names([file.with_suffix("").as_posix() for file in files])  # cat/0.png -> cat_0
@@ -170,7 +170,7 @@ def explain_images(checkpoint: str | Path, images: str | Path, out_dir: str | Pa
             raise ConfigError(f"model {meta['model']} has no convolutional feature map; Grad-CAM needs one")
         for row in range(len(batch)):
             index = start + row
-            predicted = trained.class_names[int(cams.classes[row])]
+            predicted = printable(trained.class_names[int(cams.classes[row])])
             probability = float(cams.probs[row, cams.classes[row]])
             name = printable(ids[index])
             caption = f"{name}: predicted {predicted} ({probability:.1%}); Grad-CAM of {predicted}"
@@ -196,8 +196,10 @@ def _overlay_png(image: torch.Tensor, cam: np.ndarray, caption: str) -> bytes:
 
 
 def printable(name: str) -> str:
-    """A file stem as text that can be written and drawn: undecodable bytes (surrogate escapes) as `\\xNN`."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    """A name as one line of text that can be written and drawn: undecodable bytes (surrogate escapes) as
+    `\\xNN`, newlines and other control characters escaped (`\\n`, `\\x1b`)."""
+    text = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
 def _unique_names(stems: list[str]) -> list[str]:
@@ -205,6 +207,8 @@ def _unique_names(stems: list[str]) -> list[str]:
     names, used = [], set()
     for stem in stems:
         base = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in stem) or "image"
+        base = f"_{base[1:]}" if base.startswith("-") else base  # `-x.png` would read as an option in a shell
+        base = base.encode()[:MAX_NAME_BYTES].decode(errors="ignore")  # deep folders: a name fits the disk
         name, count = base, 1
         while name in used:
             count += 1

@@ -139,11 +139,10 @@ def predict_images(
     (kaggle: id,label; probs: id and one probability per class). Ids are file stems when those are unique,
     else paths relative to the folder (see `prediction_ids`)."""
     check_predictions_out(out, checkpoint=path)
+    check_images_folder(images, dataset_allowed=True)
     trained = load_model(path)
     if Path(images).is_dir():
-        files, pixels = read_image_files(
-            images, size=trained.meta["image_size"], channels=trained.meta["in_chans"]
-        )
+        files, pixels = read_model_images(trained, images)
         ids = prediction_ids(files)
     else:
         data_config = _data_config(trained, images, data_dir)
@@ -275,7 +274,35 @@ def _check_input(trained: TrainedModel, images: torch.Tensor, source: str) -> No
         )
 
 
-def read_image_files(folder: str | Path, *, size: int, channels: int) -> tuple[list[Path], torch.Tensor]:
+def check_images_folder(images: str | Path, *, dataset_allowed: bool) -> None:
+    """`--images` names a folder (or, `dataset_allowed`, a dataset): never empty (the working directory) nor
+    a file."""
+    if not str(images).strip():
+        raise ConfigError("--images is empty; give a folder of image files, e.g. --images photos/")
+    if Path(images).exists() and not Path(images).is_dir():
+        raise ConfigError(
+            f"--images {cfg.quoted(images)} is a file; give the folder that holds the images "
+            "(every image in it and its subfolders is read)"
+        )
+    if not dataset_allowed and not Path(images).is_dir():
+        raise DataError(f"--images {cfg.quoted(images)}: no such folder; give a folder of image files")
+
+
+def read_model_images(trained: TrainedModel, folder: str | Path) -> tuple[list[Path], torch.Tensor]:
+    """`read_image_files` as the model takes them: its side and channels, transparency over the
+    data.background it was trained with."""
+    background = cfg.from_dict(trained.meta["config"]).data.background
+    meta = trained.meta
+    return read_image_files(folder, size=meta["image_size"], channels=meta["in_chans"], background=background)
+
+
+def read_image_files(
+    folder: str | Path,
+    *,
+    size: int,
+    channels: int,
+    background: tuple[int, ...] = folder_data.DEFAULT_BACKGROUND,
+) -> tuple[list[Path], torch.Tensor]:
     """(paths relative to `folder`, uint8 images) of the image files in it and its subfolders, sorted, found
     and decoded like a class folder of a training dataset (`folder_data.list_image_files`)."""
     folder = Path(folder)
@@ -287,7 +314,7 @@ def read_image_files(folder: str | Path, *, size: int, channels: int) -> tuple[l
             f"no image files in {folder} or its subfolders (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
         )
     files = sorted(Path(rel) for rel in found.files)
-    decoded = folder_data.decode_images([folder / file for file in files], size=size)
+    decoded = folder_data.decode_images([folder / file for file in files], size=size, background=background)
     bad = [f"{file.as_posix()} ({reason})" for file, reason in zip(files, decoded) if isinstance(reason, str)]
     if bad:
         raise DataError(f"{len(bad)} unreadable image(s) in {folder}: {'; '.join(bad)}; remove or fix them")
