@@ -1204,3 +1204,33 @@ def test_hostile_class_and_folder_names_stay_text(tmp_path: Path) -> None:
     markdown = paths.markdown.read_text()
     assert "<script" not in paths.html.read_text() + markdown and "\n# e" not in markdown
     assert markdown.startswith("# Study report: &lt;script&gt;s\n")
+
+
+def test_cli_report_of_a_suite_prints_what_is_left_as_for_a_study(tmp_path: Path, capsys) -> None:
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    studies = [{"name": "half"}, {"name": "later"}]
+    (suite / runfolder.SUITE_FILE).write_text(json.dumps({"name": "s", "studies": studies}))
+    run = write_run(suite / "half" / "runs", {"model.name": "lenet5"}, images=False)
+    plan = [{"run_id": run.name, "seed": 0}, {"run_id": "f00d", "seed": 1}]
+    (suite / "half" / "study.json").write_text(json.dumps({"runs": plan}))
+    assert main(["report", str(suite)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("half: Study incomplete: 1 of 2 planned runs pending (no result yet)")
+    assert out[1].startswith("Not started yet: later; run `cnnlab study run` again")
+    assert out[-1] == f"report: {suite.resolve() / 'report.html'}"
+
+
+@pytest.mark.parametrize("name", ["../other", "..", "/tmp/elsewhere", ""])
+def test_a_suite_file_naming_a_study_outside_the_suite_is_refused(tmp_path: Path, capsys, name) -> None:
+    other = tmp_path / "other"
+    write_run(other / "runs", {"model.name": "lenet5"}, images=False)
+    (other / "study.json").write_text(json.dumps({"runs": []}))
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / runfolder.SUITE_FILE).write_text(json.dumps({"name": "s", "studies": [{"name": name}]}))
+    capsys.readouterr()
+    assert main(["report", str(suite)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "is not a folder name" in err[0], err
+    assert not (other / "report.html").exists() and not (suite / "report.html").exists()

@@ -344,14 +344,10 @@ def _run_report(args: argparse.Namespace) -> int:
     from cnnlab.report import write_report
     from cnnlab.runfolder import is_suite_folder
 
-    if is_suite_folder(args.dir):
-        html, markdown = _write_suite_report(args.dir)
-        print(f"wrote {markdown}")
-        print(f"report: {html}")
-        return 0
-    paths = write_report(args.dir)
-    print(paths.table)
-    print(f"wrote {paths.csv} and {paths.markdown}")
+    paths = _write_suite_report(args.dir) if is_suite_folder(args.dir) else write_report(args.dir)
+    if paths.table:
+        print(paths.table)
+    print(f"wrote {paths.markdown}" if paths.csv is None else f"wrote {paths.csv} and {paths.markdown}")
     print(f"report: {paths.html}")
     return 0
 
@@ -583,11 +579,13 @@ def _run_suite(args: argparse.Namespace, options: Any) -> int:
         )
     if not args.worker_only:
         paths = _write_suite_report(suite.out_dir)
-        print(f"report: {paths[0]}")
+        if paths.table:
+            print(paths.table)
+        print(f"report: {paths.html}")
     return _exit_for_unfinished(suite.unfinished, suite.out_dir)
 
 
-def _write_suite_report(folder: Any) -> tuple[Any, Any]:
+def _write_suite_report(folder: Any) -> Any:
     """Each sub-study's own report, then the suite's report.html / report.md with a section per sub-study."""
     from cnnlab.report.suite import write_suite_report
 

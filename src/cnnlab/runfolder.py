@@ -629,9 +629,15 @@ def suite_studies(folder: str | Path) -> list[tuple[str, Path]]:
     folder = Path(folder)
     try:
         record = safeio.read_json(folder / SUITE_FILE)
-        return [(item["name"], folder / item["name"]) for item in record["studies"]]
+        names = [item["name"] for item in record["studies"]]
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ConfigError(f"{folder / SUITE_FILE} is not a cnnlab suite file ({error})") from None
+    for name in names:  # each sub-study is a folder inside the suite's, never a path leading out of it
+        if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\0" in name:
+            raise ConfigError(
+                f"{folder / SUITE_FILE} is not a cnnlab suite file (study name {name!r} is not a folder name)"
+            )
+    return [(name, folder / name) for name in names]
 
 
 def suite_name(folder: str | Path) -> str:
