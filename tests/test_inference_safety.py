@@ -413,3 +413,17 @@ def test_predict_composites_transparency_over_the_runs_background(tmp_path, monk
     assert cli.main([*args, "--format", "probs"]) == 0
     rows = {line.split(",")[0]: line.split(",")[1:] for line in out.read_text().splitlines()[1:]}
     assert rows["clear"] == rows["black"] and rows["black"] != rows["white"]
+
+
+def test_predict_prints_class_names_with_control_characters_on_one_line(tmp_path, monkeypatch, capsys):
+    isolate(monkeypatch, tmp_path)
+    names = ["new\nline", "bell\x1b[31m"]
+    root = write_images(tmp_path / "f", [f"{cls}/{i}.png" for cls in names for i in range(10)])
+    run = tmp_path / "run"
+    fit(from_dict({"model.name": "lenet5", "data.name": f"folder:{root}", "train.epochs": 1}), run)
+    images = write_images(tmp_path / "images", ["one.png"])
+    capsys.readouterr()
+    argv = ["predict", "--checkpoint", str(run), "--images", str(images), "--out", str(tmp_path / "p.csv")]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1] == "labels: 0 = bell\\x1b[31m, 1 = new\\nline" and "\x1b" not in out

@@ -34,6 +34,7 @@ from cnnlab.errors import (
     Interrupted,
     describe_os_error,
     one_line,
+    printable,
 )
 from cnnlab.interrupts import signals_raise
 from cnnlab.version import __version__
@@ -303,7 +304,8 @@ def _run_predict(args: argparse.Namespace) -> int:
     _load_plugin(args.plugin)
     written = predict_images(args.checkpoint, args.images, args.out, fmt=args.format, data_dir=args.data_dir)
     print(f"wrote {written.path} ({written.rows} rows)")
-    print("labels: " + ", ".join(f"{index} = {name}" for index, name in enumerate(written.class_names)))
+    labels = ", ".join(f"{index} = {name}" for index, name in enumerate(written.class_names))
+    print(printable(f"labels: {labels}"))
     return 0
 
 

@@ -60,9 +60,16 @@ def _escaped(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else f"{text[:70]}...{text[-70:]}"
 
 
+def printable(text: str) -> str:
+    """Text as one line that can be printed, written and drawn: undecodable bytes (surrogate escapes) as
+    `\\xNN`, newlines, tabs and other control characters (terminal escape codes) escaped (`\\n`, `\\x1b`)."""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
 def one_line(message: str, limit: int = 2000) -> str:
-    """A message on one line: embedded newlines and tabs shown escaped, very long text shortened."""
-    text = message.replace("\r", "\\r").replace("\n", "\\n").replace("\t", "\\t")
+    """A message on one line (`printable`), very long text shortened."""
+    text = printable(message)
     return text if len(text) <= limit else text[: limit - 40] + f" ... ({len(text)} characters)"
 
 

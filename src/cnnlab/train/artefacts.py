@@ -23,8 +23,9 @@ from torch import nn
 from cnnlab import runfolder
 from cnnlab.data import ImageSet, InMemoryLoader, load_split, parse_augment
 from cnnlab.data.imageset import resize_images
+from cnnlab.errors import printable
 from cnnlab.runfolder import ImageSamples, Predictions
-from cnnlab.train.gradcam import explain_uint8, printable
+from cnnlab.train.gradcam import explain_uint8
 
 if TYPE_CHECKING:
     from cnnlab.train.run import PreparedRun

@@ -26,7 +26,7 @@ from torch import nn
 from cnnlab import safeio
 from cnnlab.data import InMemoryLoader
 from cnnlab.data.imageset import resize_images
-from cnnlab.errors import ConfigError
+from cnnlab.errors import ConfigError, printable
 from cnnlab.train.inference import check_images_folder, load_model, read_model_images
 
 ADAPTIVE_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
@@ -193,13 +193,6 @@ def _overlay_png(image: torch.Tensor, cam: np.ndarray, caption: str) -> bytes:
     buffer = bytes_io.BytesIO()
     canvas.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def printable(name: str) -> str:
-    """A name as one line of text that can be written and drawn: undecodable bytes (surrogate escapes) as
-    `\\xNN`, newlines and other control characters escaped (`\\n`, `\\x1b`)."""
-    text = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
 def _unique_names(stems: list[str]) -> list[str]:
