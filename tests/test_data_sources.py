@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import pickle
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,7 @@ import torch
 
 from cnnlab import cli
 from cnnlab.config import DataConfig
-from cnnlab.data import catalog, get_spec, load_split, locate, locations
+from cnnlab.data import catalog, get_spec, load_split, locate, locations, readers
 from cnnlab.data.readers import read_cifar_pickle, read_idx_images, read_idx_labels
 from cnnlab.errors import ConfigError, DataError
 from tests.test_data_support import isolate, write_cifar10, write_cifar100, write_idx, write_mnist_like
@@ -279,3 +281,39 @@ def test_an_empty_idx_file_is_called_empty(tmp_path: Path, compress: bool) -> No
     labels.write_bytes(b"")
     with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte(.gz)?: the file is empty; replace it"):
         load_split(DataConfig(name="fashion-mnist", data_dir=str(tmp_path / "fm")), "test")
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_a_truncated_idx_file_is_called_truncated(tmp_path: Path, compress: bool) -> None:
+    images = np.zeros((10, 28, 28), dtype=np.uint8)
+    path = write_idx(tmp_path / "t10k-images-idx3-ubyte", images, compress=False)
+    payload = path.read_bytes()[:-100]
+    path.write_bytes(gzip.compress(payload) if compress else payload)
+    if compress:
+        path = path.rename(path.with_name(path.name + ".gz"))
+    with pytest.raises(DataError, match="file is truncated: its header promises 7,856 bytes, it has 7,756"):
+        read_idx_images(path)
+
+
+def test_a_gzip_idx_file_that_inflates_past_its_header_is_refused_without_filling_the_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    header = struct.pack(">HBB", 0, 0x08, 1) + struct.pack(">I", 10)  # ten labels promised
+    bomb = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    with gzip.open(bomb, "wb") as handle:
+        handle.write(header + bytes(10))
+        for _ in range(64):  # 64 MiB of zeros after them; a few kB on disk
+            handle.write(bytes(1 << 20))
+    written: list[int] = []
+    real_copy = readers._copy_idx
+
+    def counting_copy(source, target):
+        try:
+            real_copy(source, target)
+        finally:
+            written.append(target.tell())
+
+    monkeypatch.setattr(readers, "_copy_idx", counting_copy)
+    with pytest.raises(DataError, match="holds more than the 18 bytes its header promises"):
+        read_idx_labels(bomb)
+    assert written == [19]

@@ -9,14 +9,15 @@ code (torchvision's CIFAR classes use plain `pickle.load`).
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import pickle
-import shutil
+import struct
 import tempfile
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -47,16 +48,23 @@ def read_idx_labels(path: Path) -> torch.Tensor:
     return _read_idx(path, read_label_file)
 
 
+IDX_ITEM_BYTES = {0x08: 1, 0x09: 1, 0x0B: 2, 0x0C: 4, 0x0D: 4, 0x0E: 8}  # the IDX format's type codes
+COPY_CHUNK = 1 << 20
+
+
 def _read_idx(path: Path, reader: Any) -> torch.Tensor:
-    """Run a torchvision IDX reader on `path` (gzip is decompressed to a temporary file first)."""
+    """Run a torchvision IDX reader on `path` after checking its size against its header (gzip is
+    decompressed to a temporary file first, never past the size the header promises)."""
     try:
         if path.suffix != ".gz":
-            return reader(_non_empty(path))
+            with open(path, "rb") as source:
+                _check_idx_size(_idx_size(source), path.stat().st_size)
+            return reader(str(path))
         with tempfile.TemporaryDirectory(prefix="cnnlab-idx-") as tmp:
             raw = Path(tmp) / path.stem
             with gzip.open(path, "rb") as source, open(raw, "wb") as target:
-                shutil.copyfileobj(source, target, 1 << 20)
-            return reader(_non_empty(raw))
+                _copy_idx(source, target)
+            return reader(str(raw))
     except (
         AssertionError,
         ValueError,
@@ -77,11 +85,38 @@ def _read_idx(path: Path, reader: Any) -> torch.Tensor:
         ) from None
 
 
-def _non_empty(path: Path) -> str:
-    """`path` for a reader; ValueError for an empty file (torchvision's reader would fail on int(b''))."""
-    if path.stat().st_size == 0:
+def _idx_size(source: BinaryIO) -> int:
+    """The size in bytes an IDX file's header promises (header included), read from `source`'s start
+    (left just past the header); ValueError for an empty file or one that is not IDX."""
+    magic = source.read(4)
+    if not magic:
         raise ValueError("the file is empty")
-    return str(path)
+    if len(magic) < 4 or magic[0] or magic[1] or magic[2] not in IDX_ITEM_BYTES:
+        raise ValueError("not an IDX file (bad magic number)")
+    dims_bytes = source.read(4 * magic[3])
+    if len(dims_bytes) < 4 * magic[3]:
+        raise ValueError("the file is truncated inside its header")
+    dims = struct.unpack(f">{magic[3]}I", dims_bytes)
+    return 4 + len(dims_bytes) + math.prod(dims) * IDX_ITEM_BYTES[magic[2]]
+
+
+def _check_idx_size(expected: int, actual: int) -> None:
+    if actual < expected:
+        raise ValueError(f"the file is truncated: its header promises {expected:,} bytes, it has {actual:,}")
+    if actual > expected:
+        raise ValueError(f"the file holds more than the {expected:,} bytes its header promises")
+
+
+def _copy_idx(source: BinaryIO, target: BinaryIO) -> None:
+    """Copy a decompressing IDX stream, stopping one byte past the size its header promises (a gzip bomb
+    never fills the disk)."""
+    expected = _idx_size(source)
+    source.seek(0)
+    copied, limit = 0, expected + 1
+    while copied < limit and (chunk := source.read(min(COPY_CHUNK, limit - copied))):
+        target.write(chunk)
+        copied += len(chunk)
+    _check_idx_size(expected, copied)
 
 
 def read_cifar_batches(paths: Sequence[Path], label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
