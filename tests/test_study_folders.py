@@ -337,3 +337,26 @@ def test_failed_trials_print_one_line_each_and_no_traceback(tmp_path, monkeypatc
     assert "Traceback" not in captured.err + captured.out and "failed with" not in captured.err, captured.err
     failed = [line for line in lines if line.startswith("trial ") and " failed: " in line]
     assert len(failed) >= 2 and all("diverged" in line for line in failed), lines
+
+
+# 9. Missing training data: refused before anything is written or trains ------------------------------------
+
+
+def test_a_missing_data_folder_is_refused_before_a_study_suite_or_tune_writes_anything(tmp_path, capsys):
+    missing = {**ONE_EPOCH, "data.name": f"folder:{tmp_path / 'no-photos'}"}
+    study_spec = write_spec(tmp_path / "s.yaml", {"name": "s", "base": missing})
+    suite_spec = write_spec(
+        tmp_path / "suite.yaml",
+        {"name": "su", "studies": [{"name": "a", "base": ONE_EPOCH}, {"name": "b", "base": missing}]},
+    )
+    search = write_spec(
+        tmp_path / "t.yaml", {"name": "t", "base": missing, "space": {"optim.lr": [0.01]}, "cv": {"folds": 2}}
+    )
+    cases = [
+        ("S", ("study", "run", str(study_spec)), "no-photos"),
+        ("SU", ("study", "run", str(suite_spec)), "study 'b'"),
+        ("T", ("tune", str(search), "--trials", "1"), "no-photos"),
+    ]
+    for out, args, wanted in cases:
+        assert wanted in refused(capsys, *args, "--out", str(tmp_path / out))
+        assert not (tmp_path / out).exists(), f"{out}: nothing written (nor the suite's study 'a' trained)"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from cnnlab import config as cfg
 from cnnlab import runfolder, safeio
-from cnnlab.data import check_data_config
+from cnnlab.data import check_data_config, load_split
 from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.models import check_switches
 from cnnlab.runfolder import SUITE_FILE
@@ -49,6 +49,18 @@ def check_plan(plan: StudyPlan) -> None:
             check_init_file(run.config.train.init, checked)
         except CnnlabError as error:
             raise ConfigError(f"stage {run.stage!r}, configuration {run.configuration!r}: {error}") from None
+
+
+def check_data(plan: StudyPlan) -> None:
+    """Every training-data selection of the plan is there: a missing dataset or photo folder stops the study
+    (or the suite) before anything is written or trains."""
+    for split in plan.splits:
+        check_training_data(split.data)
+
+
+def check_training_data(data: cfg.DataConfig) -> None:
+    """Load the training split (memoised per process: the splits and the runs that follow reuse it)."""
+    load_split(data, "train")
 
 
 def check_init_file(init: str, checked: set[str]) -> None:

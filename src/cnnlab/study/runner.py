@@ -45,6 +45,7 @@ from cnnlab.study.checks import (
     STUDY_FOLDER,
     STUDY_STORAGE_FILE,
     StudyFolderError,
+    check_data,
     check_out_folder,
     check_plan,
     folder_lock,
@@ -82,9 +83,11 @@ def default_storage(study_dir: Path) -> str:
 
 
 def plan_study(spec_path: str | Path, out_dir: str | Path, overrides: Sequence[str] = ()) -> StudyPlan:
-    """Load, validate and expand a spec (with `--set` overrides) for a study folder; nothing is written."""
+    """Load, validate and expand a spec (with `--set` overrides) for a study folder, and check its training
+    data is there; nothing is written."""
     plan = expand(load_study_spec(spec_path, overrides), out_dir)
     check_plan(plan)
+    check_data(plan)
     return plan
 
 

@@ -16,7 +16,7 @@ import yaml
 
 from cnnlab import config as cfg
 from cnnlab import safeio
-from cnnlab.errors import ConfigError, close_matches
+from cnnlab.errors import CnnlabError, ConfigError, close_matches
 from cnnlab.runfolder import SUITE_FILE
 from cnnlab.study.spec import SAFE_NAME, apply_overrides, parse_study_spec
 
@@ -181,7 +181,8 @@ class SuiteOutcome:
 def check_suite(suite: SuiteSpec, out_dir: Path) -> list[tuple[SubStudy, Any]]:
     """Plan and check every sub-study before any of them trains; errors name the sub-study. Returns each
     sub-study with its plan (a `StudyPlan`)."""
-    from cnnlab.study.checks import check_plan  # these two load Lightning; `cnnlab report` imports suite
+    # these load Lightning; `cnnlab report` imports suite
+    from cnnlab.study.checks import check_data, check_plan
     from cnnlab.study.plan import expand
 
     plans = []
@@ -194,7 +195,8 @@ def check_suite(suite: SuiteSpec, out_dir: Path) -> list[tuple[SubStudy, Any]]:
             )
             plan = expand(spec, out_dir / study.name)
             check_plan(plan)
-        except ConfigError as error:
+            check_data(plan)
+        except CnnlabError as error:
             raise ConfigError(f"suite {suite.name!r}, study {study.name!r}: {error}") from None
         plans.append((study, plan))
     return plans

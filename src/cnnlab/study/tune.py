@@ -41,6 +41,7 @@ from cnnlab.study.checks import (
     check_config,
     check_init_file,
     check_out_folder,
+    check_training_data,
     folder_lock,
     remove_own_files,
     storage_files_in,
@@ -119,18 +120,20 @@ def run_tune(
 
 def check_space(spec: TuneSpec) -> None:
     """The base config, and the base with each categorical choice, name a known model with switches it
-    supports, a known dataset and an existing weights file: a typo stops the search before any trial
-    trains (ranges were checked when the spec was read)."""
+    supports, a known dataset whose training data is there and an existing weights file: a typo or a
+    missing folder stops the search before anything is written (ranges were checked with the spec)."""
     checked: set[str] = set()
     base = cfg.from_dict(spec.base)
     check_config(base)
     check_init_file(base.train.init, checked)
+    check_training_data(base.data)
     for param in spec.space:
         for number, choice in enumerate(param.choices or ()):
             try:
                 config = cfg.from_dict(cfg.merge(cfg.merge({}, spec.base), {param.key: choice}))
                 check_config(config)
                 check_init_file(config.train.init, checked)
+                check_training_data(config.data)
             except CnnlabError as error:
                 raise ConfigError(f"tune spec space.{param.key}[{number}]={choice!r}: {error}") from None
 
