@@ -89,7 +89,7 @@ def test_input_too_small_is_a_note_not_a_crash(capsys: pytest.CaptureFixture) ->
     assert main(["models", "--input-size", "3x8x8", "vgg11", "lenet5", "resnet20_cifar"]) == 0
     out = capsys.readouterr().out
     assert "vgg11: cannot take a 3x8x8 input" in out
-    assert "lenet5: cannot take a 3x8x8 input: lenet5 needs inputs of at least 12x12 pixels" in out
+    assert "lenet5: lenet5 cannot take a 8x8 input: it needs at least 12x12 pixels" in out
     cells = {line.split()[0]: re.split(r"\s{2,}", line) for line in out.splitlines()[1:4]}
     assert cells["vgg11"][4] == "-" and cells["lenet5"][3:5] == ["-", "-"]  # no GFLOPs; no parameters either
     assert cells["resnet20_cifar"][3] == "272,378"

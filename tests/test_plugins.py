@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+from cnnlab.cli import main
+from cnnlab.models import plugins, registry
 
 PLUGIN = """
 from torch import nn
@@ -83,6 +84,7 @@ def cnnlab(site: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "cnnlab", *args], capture_output=True, text=True, env=env)
 
 
+@pytest.mark.slow
 def test_a_registered_plugin_network_trains_from_the_cli(site, tmp_path):
     listed = cnnlab(site, "models", "--plugin", "tinynet", "tinynet")
     assert listed.returncode == 0 and "tinynet" in listed.stdout, listed.stderr
@@ -104,7 +106,106 @@ def test_a_registered_plugin_network_trains_from_the_cli(site, tmp_path):
     assert json.loads(evaluated.stdout)["acc"] == pytest.approx(result["test"]["acc"])
 
 
+@pytest.mark.slow
 def test_an_unknown_plugin_is_one_line(site, tmp_path):
     failed = cnnlab(site, "train", "--plugin", "no_such_plugin", "--out", str(tmp_path / "r"))
     assert failed.returncode == 2 and "could not be imported" in failed.stderr
     assert not (tmp_path / "r").exists()
+
+
+BROKEN_BUILDERS = """
+from torch import nn
+
+from cnnlab.models import ModelInfo, register_model
+
+
+def no_image_size(*, num_classes, in_chans):
+    return nn.Linear(in_chans, num_classes)
+
+
+def not_a_head(*, num_classes, in_chans, image_size=None):
+    return nn.Linear(in_chans, num_classes)
+
+
+for name, builder in (("no_image_size_net", no_image_size), ("not_a_head_net", not_a_head)):
+    register_model(
+        ModelInfo(
+            name=name, family="x", source="plugin", default_input_size=(1, 28, 28), native_classes=10,
+            switches={}, first_conv="conv", classifier="fc", builder=builder,
+        )
+    )
+"""
+
+
+@pytest.fixture
+def plugin_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder on sys.path for plugin modules; the registry and the loaded-plugin set are restored after."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(plugins, "_LOADED", set())
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("code", "words"),
+    [
+        ("import sys\nsys.exit(0)\n", "called sys.exit(0) while it was imported"),
+        ("raise SystemExit('bye')\n", "called sys.exit('bye')"),
+        ("raise RuntimeError('boom\\nmore')\n", "could not be imported (RuntimeError: boom)"),
+        (
+            "import dataclasses\nfrom cnnlab.models import model_info, register_model\n"
+            "register_model(dataclasses.replace(model_info('lenet5'), name='resnet18', builder=print))\n",
+            "'resnet18' is registered twice: the zoo already has a torchvision model of that name",
+        ),
+    ],
+)
+def test_a_plugin_that_exits_raises_or_takes_a_zoo_name_is_one_line(
+    plugin_folder: Path, capsys: pytest.CaptureFixture, code: str, words: str
+) -> None:
+    (plugin_folder / "bad_plugin.py").write_text(code)
+    assert main(["models", "--plugin", "bad_plugin", "--json", "lenet5"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert captured.err.startswith("cnnlab: error: model.plugin='bad_plugin'") and words in captured.err
+    assert registry.model_info("resnet18").source == "torchvision"
+
+
+def test_what_a_plugin_prints_goes_to_stderr_not_into_json(
+    plugin_folder: Path, capsys: pytest.CaptureFixture
+) -> None:
+    (plugin_folder / "chatty_plugin.py").write_text("print('hello from the plugin')\n")
+    assert main(["models", "--plugin", "chatty_plugin", "--json", "lenet5"]) == 0
+    captured = capsys.readouterr()
+    assert [row["name"] for row in json.loads(captured.out)] == ["lenet5"]
+    assert "hello from the plugin" in captured.err
+
+
+def test_registering_the_same_model_again_changes_nothing(plugin_folder: Path) -> None:
+    info = registry.model_info("lenet5")
+    assert registry.register_model(info) is info  # e.g. a module imported, then its entry point
+
+
+def test_a_plugin_model_that_cannot_be_built_is_a_note_in_the_listing_and_one_line_in_train(
+    plugin_folder: Path, capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    (plugin_folder / "broken_plugin.py").write_text(BROKEN_BUILDERS)
+    assert main(["models", "--plugin", "broken_plugin", "no_image_size_net", "not_a_head_net"]) == 0
+    out = capsys.readouterr().out
+    assert "no_image_size_net: model 'no_image_size_net' (a plugin's) could not be built" in out
+    assert "TypeError" in out and "not an nn.Module that mixes in cnnlab.models.ClassifierHeadMixin" in out
+    for name, words in (("no_image_size_net", "fix its builder"), ("not_a_head_net", "ClassifierHeadMixin")):
+        out_dir = tmp_path / name
+        argv = [
+            "train",
+            "--plugin",
+            "broken_plugin",
+            "--model",
+            name,
+            "--data",
+            "digits",
+            "--out",
+            str(out_dir),
+        ]
+        assert main([*argv, "--set", "data.subset=100"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and words in err and not out_dir.exists()

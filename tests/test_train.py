@@ -142,7 +142,8 @@ def test_huge_learning_rate_exits_with_diverged_code(tmp_path, capsys):
     )
     assert code == 3
     assert safeio.read_json(tmp_path / "boom" / "result.json")["status"] == "diverged"
-    assert "diverged" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "diverged" in err and "lower optim.lr" in err and err.count("\n") == 1
 
 
 @pytest.mark.parametrize(
@@ -153,6 +154,19 @@ def test_huge_learning_rate_exits_with_diverged_code(tmp_path, capsys):
         (["--set", "optim.lrr=0.1"], "unknown config key 'optim.lrr' (did you mean optim.lr"),
         (["--set", "train.epochs=many"], "train.epochs must be an integer, got 'many'"),
         (["--optimizer", "adamx"], "optim.optimizer='adamx' is not allowed"),
+        (
+            [
+                "--model",
+                "alexnet",
+                "--set",
+                "model.stem=imagenet",
+                "--data",
+                "digits",
+                "--set",
+                "data.subset=100",
+            ],
+            "'alexnet' (model.stem=imagenet) cannot take the run's 1x28x28 input",
+        ),
     ],
 )
 def test_user_errors_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, args, message):
@@ -362,3 +376,13 @@ def test_fit_checks_its_python_arguments_before_training(tmp_path):
     for tree in (None, [1], "x"):
         with pytest.raises(ConfigError, match="a run config is a mapping of config keys"):
             cfg.from_dict(tree)
+
+
+def test_float16_weights_that_overflow_say_which_precision_to_use(tmp_path, capsys):
+    argv = ["train", "--model", "lenet5", "--data", "digits", "--epochs", "1", "--optimizer", "adam"]
+    code = main(
+        [*argv, "--set", "data.subset=100", "--set", "train.precision=16-true", "--out", str(tmp_path)]
+    )
+    err = capsys.readouterr().err
+    assert code == 3 and err.count("\n") == 1
+    assert "non-finite training loss" in err and "use 16-mixed, bf16-mixed or 32-true" in err

@@ -51,7 +51,10 @@ class LeNet5(ClassifierHeadMixin, nn.Module):
         self.image_size = image_size
         flat_side = self._flatten_side(image_size)
         if flat_side < 1:
-            raise ConfigError(f"lenet5 needs inputs of at least 12x12 pixels, got image_size={image_size}")
+            raise ConfigError(
+                f"lenet5 cannot take a {image_size}x{image_size} input: it needs at least 12x12 pixels "
+                "(data.image_size)"
+            )
         self.features = compact(
             *_conv_stage(nn.Conv2d(in_chans, first, kernel_size=5, padding=2), norm, activation, pool),
             *_conv_stage(nn.Conv2d(first, second, kernel_size=5), norm, activation, pool),

@@ -8,11 +8,14 @@ run trained with a plugin tell the user which `--plugin` to pass instead.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
+import sys
 from typing import Any
 
-from cnnlab.errors import ConfigError
+from cnnlab.errors import CnnlabError, ConfigError
+from cnnlab.models.registry import first_line
 
 ENTRY_POINT_GROUP = "cnnlab.models"
 _LOADED: set[str] = set()
@@ -22,20 +25,15 @@ def load_plugin(name: str) -> None:
     """Import a plugin by entry-point name (group `cnnlab.models`) or module path, once per process.
 
     An entry point may name a module or a callable; a callable is called with no arguments (its job is to
-    call `register_model`)."""
+    call `register_model`). What the plugin prints goes to stderr (stdout carries cnnlab's own output, e.g.
+    `cnnlab models --json`); its failures, a `sys.exit` included, are ConfigErrors naming it."""
     if name in _LOADED:
         return
     target = _entry_point(name)
-    try:
-        loaded = target.load() if target is not None else importlib.import_module(name)
-    except Exception as error:  # the plugin's own code failed: the user's to fix
-        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-        raise ConfigError(
-            f"model.plugin={name!r} could not be imported ({type(error).__name__}: {first}); install the "
-            f"package that provides it, or give its module path"
-        ) from None
-    if callable(loaded):
-        _call(loaded, name)
+    with contextlib.redirect_stdout(sys.stderr):
+        loaded = _run_plugin_code(name, lambda: target.load() if target else importlib.import_module(name))
+        if callable(loaded):
+            _run_plugin_code(name, loaded)
     _LOADED.add(name)
 
 
@@ -51,9 +49,19 @@ def _entry_point(name: str) -> Any:
     return None
 
 
-def _call(register: Any, name: str) -> None:
+def _run_plugin_code(name: str, code: Any) -> Any:
+    """Call the plugin's import or register function; what goes wrong there is the user's to fix."""
     try:
-        register()
-    except ValueError as error:  # registered twice, e.g. the module was imported by other means first
-        if "registered twice" not in str(error):
-            raise ConfigError(f"plugin {name!r} failed to register its models: {error}") from None
+        return code()
+    except CnnlabError as error:  # register_model refused a model (a name the zoo already has)
+        raise ConfigError(f"model.plugin={name!r}: {error}") from None
+    except SystemExit as stop:
+        raise ConfigError(
+            f"model.plugin={name!r} called sys.exit({stop.code!r}) while it was imported; a plugin must "
+            "only register its models"
+        ) from None
+    except Exception as error:  # noqa: BLE001  (the plugin's own code failed)
+        raise ConfigError(
+            f"model.plugin={name!r} could not be imported ({type(error).__name__}: {first_line(error)}); "
+            "install the package that provides it, or give its module path"
+        ) from None

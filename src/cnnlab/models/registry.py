@@ -14,8 +14,9 @@ from typing import Any
 
 from torch import nn
 
-from cnnlab.config import CHOICES
+from cnnlab.config import CHOICES, short
 from cnnlab.errors import ConfigError, close_matches, unknown_choice
+from cnnlab.models.head import ClassifierHeadMixin
 
 STEMS = ("imagenet", "small")  # built layouts: torchvision's stem, or 3x3 stride-1 conv without max-pool
 STEM_OPTIONS = CHOICES["model.stem"]  # run option: auto | resize | small
@@ -54,10 +55,19 @@ class ModelInfo:
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
+BUILT_IN_SOURCES = ("cnnlab", "torchvision")  # any other ModelInfo.source is a plugin's model
+
+
 def register_model(info: ModelInfo) -> ModelInfo:
-    """Add a model to the registry (done once per model at import of its module)."""
-    if info.name in _REGISTRY:
-        raise ValueError(f"model {info.name!r} is registered twice")
+    """Add a model to the registry (done once per model at import of its module). Registering the same
+    model again (same metadata and builder: a plugin imported twice) changes nothing; another model under a
+    taken name is a ConfigError."""
+    known = _REGISTRY.get(info.name)
+    if known is not None and (known != info or known.builder is not info.builder):
+        raise ConfigError(
+            f"model {info.name!r} is registered twice: the zoo already has a {known.source} model of that "
+            "name; give the plugin's model another name"
+        )
     _REGISTRY[info.name] = info
     return info
 
@@ -83,7 +93,48 @@ def create_model(name: str, *, num_classes: int, in_chans: int = 3, **hparams: A
     switches = {key: value for key, value in hparams.items() if value is not None}
     for key, value in switches.items():
         _check_switch(info, key, value)
-    return info.builder(num_classes=num_classes, in_chans=in_chans, **switches)
+    if info.source in BUILT_IN_SOURCES:
+        return info.builder(num_classes=num_classes, in_chans=in_chans, **switches)
+    return _build_plugin_model(info, num_classes=num_classes, in_chans=in_chans, **switches)
+
+
+def _build_plugin_model(info: ModelInfo, **arguments: Any) -> nn.Module:
+    """A plugin's builder, called as every builder is; its failures and a model without cnnlab's head
+    interface are ConfigErrors naming the model (the plugin's code is the user's to fix)."""
+    try:
+        model = info.builder(**arguments)
+    except Exception as error:  # noqa: BLE001  (any failure of the plugin's own code)
+        raise ConfigError(
+            f"model {info.name!r} (a plugin's) could not be built with {short(arguments, 160)} "
+            f"({type(error).__name__}: {first_line(error)}); fix its builder"
+        ) from None
+    if not isinstance(model, nn.Module) or not isinstance(model, ClassifierHeadMixin):
+        raise ConfigError(
+            f"model {info.name!r} (a plugin's) is a {type(model).__name__}, not an nn.Module that mixes in "
+            "cnnlab.models.ClassifierHeadMixin; see docs/models.md, Your own networks"
+        )
+    _check_plugin_layers(info, model)
+    return model
+
+
+def _check_plugin_layers(info: ModelInfo, model: nn.Module) -> None:
+    """The plugin model's classifier_path and first_conv_path name an nn.Linear and an nn.Conv2d."""
+    for path, kind in ((model.classifier_path, nn.Linear), (model.first_conv_path, nn.Conv2d)):
+        try:
+            layer = model.get_submodule(path)
+        except AttributeError:
+            layer = None
+        if not isinstance(layer, kind):
+            raise ConfigError(
+                f"model {info.name!r} (a plugin's) has no {kind.__name__} at {path!r}; set its "
+                "classifier_path to the final nn.Linear and first_conv_path to the first nn.Conv2d"
+            )
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message, or its type name when empty."""
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
 
 
 def resolve_stem(

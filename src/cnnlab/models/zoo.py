@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from cnnlab.errors import CnnlabError, ConfigError
+from cnnlab.errors import ConfigError
 from cnnlab.models.measure import count_flops, count_params
-from cnnlab.models.registry import create_model, list_models, model_info, resolve_stem
+from cnnlab.models.registry import create_model, first_line, list_models, model_info, resolve_stem
 
 _INPUT_SIZE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 
@@ -77,8 +77,10 @@ def describe_model(
             model = create_model(name, num_classes=classes, in_chans=size[0], stem=stem, image_size=size[-1])
         params = count_params(model)
         gflops = count_flops(model, size) / 1e9
-    except (RuntimeError, ValueError, CnnlabError) as error:
-        note = f"cannot take a {'x'.join(map(str, size))} input: {str(error).strip().splitlines()[0][:100]}"
+    except ConfigError as error:  # says what is wrong: a too small input, a plugin's builder that failed
+        note = first_line(error)
+    except Exception as error:  # noqa: BLE001  (a forward that cannot run; a plugin's raises anything)
+        note = f"cannot take a {'x'.join(map(str, size))} input: {first_line(error)[:100]}"
     return ZooRow(
         name=name,
         family=info.family,

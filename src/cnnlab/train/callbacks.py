@@ -221,7 +221,20 @@ class DivergenceGuard(pl.Callback):
         if trainer.world_size > 1:
             bad = bool(trainer.strategy.reduce_boolean_decision(bad, all=False))
         if bad:
-            raise RunDiverged(f"non-finite training loss at epoch {trainer.current_epoch}, step {batch_idx}")
+            raise RunDiverged(
+                f"non-finite training loss at epoch {trainer.current_epoch}, step {batch_idx}; "
+                f"{divergence_hint(str(trainer.precision))}"
+            )
+
+
+def divergence_hint(precision: str) -> str:
+    """How to get past a non-finite loss: float16 weights overflow whatever the rate; else a gentler rate."""
+    if precision == "16-true":
+        return (
+            "train.precision=16-true keeps the weights and optimizer state in float16, whose range "
+            "overflows: use 16-mixed, bf16-mixed or 32-true"
+        )
+    return "lower optim.lr, or add optim.warmup_epochs or optim.grad_clip"
 
 
 class BackboneFreeze(pl.Callback):

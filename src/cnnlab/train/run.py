@@ -46,6 +46,7 @@ from cnnlab.data import (
     take,
     write_bad_files,
 )
+from cnnlab.data.readers import first_line
 from cnnlab.errors import (
     CnnlabError,
     ConfigError,
@@ -113,6 +114,7 @@ class PreparedRun:
     model_hparams: dict[str, Any]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    gflops: float  # one forward pass of one image: measured before training, so a bad input fails first
     init_note: str = ""  # what loading the init weights changed (first conv adapted, head replaced)
 
 
@@ -284,9 +286,24 @@ def prepare_run(config: cfg.RunConfig) -> PreparedRun:
     torch.manual_seed(resolved.train.seed)  # weight initialisation is part of the run's seed
     model = create_model(info.name, **hparams)
     note = _initialise(model, resolved.train.init, info.name)
+    gflops = _input_gflops(model, resolved, in_chans=hparams["in_chans"])
     return PreparedRun(
-        resolved.run_id, resolved, train_set, splits, model, hparams, tuple(mean), tuple(std), note
+        resolved.run_id, resolved, train_set, splits, model, hparams, tuple(mean), tuple(std), gflops, note
     )
+
+
+def _input_gflops(model: nn.Module, config: cfg.RunConfig, *, in_chans: int) -> float:
+    """GFLOPs of one image; a model that cannot take the run's input (a 224 px stem fed 28 px, a plugin's
+    forward that fails) is refused here, before anything is written, not after a failed training."""
+    side = config.data.image_size
+    try:
+        return round(count_flops(model, (in_chans, side, side)) / 1e9, 6)
+    except Exception as error:  # noqa: BLE001  (the forward of any layout, a plugin's included)
+        raise ConfigError(
+            f"model {config.model.name!r} (model.stem={config.model.stem}) cannot take the run's "
+            f"{in_chans}x{side}x{side} input ({type(error).__name__}: {first_line(error)}); use "
+            "model.stem=auto or resize, a larger data.image_size, or another model"
+        ) from None
 
 
 def _check_classes(train_set: ImageSet, dataset: str) -> None:
@@ -717,12 +734,10 @@ def _summarize(
     if status == runfolder.COMPLETED:
         best = summary["best"] or {}
         summary["flags"] = learning_flags(rows, best.get("val_acc"), _val_class_counts(prepared))
-    side = config.data.image_size
-    in_chans = prepared.model_hparams["in_chans"]
     summary.update(
         {
             "params": count_params(prepared.model),
-            "gflops": round(count_flops(prepared.model, (in_chans, side, side)) / 1e9, 6),
+            "gflops": prepared.gflops,
             "wall_time_s": round(wall, 3),
             "train_time_s": round(recorder.train_seconds, 3),
             "train_images_per_s": round(recorder.train_images / recorder.train_seconds, 1)
