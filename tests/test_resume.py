@@ -95,3 +95,40 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_equal(tmp_path, extra):
         live = [load_last(out)["current_model_state"] for out in (reference, killed)]
         assert all(torch.equal(live[0][key], live[1][key]) for key in live[0])
     assert [r["val_acc"] for r in epochs_done(reference)] == [r["val_acc"] for r in epochs_done(killed)]
+
+
+def test_resume_removes_checkpoint_writes_that_a_kill_cut_short(tmp_path, monkeypatch):
+    from cnnlab import config as cfg
+    from cnnlab.train import fit, system
+
+    config = cfg.from_dict(
+        {
+            "model.name": "lenet5",
+            "data.name": "digits",
+            "data.subset": 100,
+            "train.epochs": 2,
+            "train.test": False,
+        }
+    )
+    original = system.ClassifierSystem.training_step
+
+    def crash_in_epoch_two(self, batch, batch_idx):
+        if self.current_epoch >= 1:
+            raise RuntimeError("machine lost")
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(system.ClassifierSystem, "training_step", crash_in_epoch_two)
+    assert fit(config, tmp_path).status == "failed"
+    monkeypatch.setattr(system.ClassifierSystem, "training_step", original)
+    cut_short = [
+        tmp_path / "checkpoints" / ".last.ckpt.0123abcd.tmp",
+        tmp_path / "predictions/.val.npz.89abcdef.tmp",
+    ]
+    for path in cut_short:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"half a checkpoint")
+    keep = tmp_path / "checkpoints" / "notes.txt"
+    keep.write_text("mine")
+    resumed = fit(config, tmp_path, resume=True)
+    assert resumed.status == "completed" and resumed.summary["epochs_run"] == 2
+    assert not any(path.exists() for path in cut_short) and keep.read_text() == "mine"

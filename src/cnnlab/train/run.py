@@ -427,6 +427,7 @@ def _check_resumable(checkpoint: Path, config: cfg.RunConfig) -> None:
 
 def _write_run_header(out_dir: Path, prepared: PreparedRun, *, fresh: bool) -> None:
     """config.yaml and splits.json; a fresh start clears what an earlier unfinished attempt of cnnlab left."""
+    _remove_killed_writes(out_dir)
     if fresh:
         runfolder.clear_run_files(out_dir)
     safeio.atomic_write_text(out_dir / runfolder.CONFIG_FILE, cfg.dump_yaml(prepared.config))
@@ -434,6 +435,14 @@ def _write_run_header(out_dir: Path, prepared: PreparedRun, *, fresh: bool) -> N
         write_bad_files(prepared.train_set.bad_files, out_dir / runfolder.BAD_IMAGES_FILE)
     if not prepared.config.data.splits_file:
         prepared.splits.save(out_dir / runfolder.SPLITS_FILE)
+
+
+def _remove_killed_writes(out_dir: Path) -> None:
+    """The temporary files of checkpoints and predictions whose writer was killed mid-write (SIGKILL, a lost
+    machine): never read, as large as a checkpoint, and this process holds the folder's lock."""
+    for pattern in (f"{runfolder.CHECKPOINTS_DIR}/*.ckpt", f"{runfolder.PREDICTIONS_DIR}/*.npz"):
+        for leftover in safeio.temp_files(out_dir / pattern):
+            leftover.unlink(missing_ok=True)
 
 
 def _train(
