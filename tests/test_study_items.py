@@ -162,6 +162,13 @@ def test_shipped_cats_vs_dogs_runs_offline_on_a_local_folder_and_local_weights(
     }
     assert tuned == {name: f"file:{weights[name]}" for name in MODELS}
     assert (out / "report.html").is_file()
+    # E1 as stated: Adam 1e-3 from the first step, the whole net fine-tuned at that rate, per-epoch test lines
+    assert {r["config"]["optim"]["warmup_epochs"] for r in results} == {0}
+    assert {
+        r["config"]["train"]["backbone_lr_mult"] for r in results if r["config"]["train"]["init"] != "scratch"
+    } == {1.0}
+    for path in out.glob("runs/*/metrics.csv"):
+        assert {"test_acc", "test_loss"} <= set(path.read_text().splitlines()[0].split(",")), path
 
 
 @pytest.mark.slow
