@@ -9,6 +9,7 @@ import torchvision
 from cnnlab import config as cfg
 from cnnlab import runfolder, safeio
 from cnnlab.cli import main
+from cnnlab.errors import CnnlabError, WeightsError
 from cnnlab.models import create_model
 from cnnlab.train import fit
 from cnnlab.train.checkpoint import model_state
@@ -158,3 +159,35 @@ def test_readme_e2_command_fine_tunes_a_torchvision_resnet50_file_on_digits(tmp_
     assert "head replaced: 1000 → 10 classes" in printed
     result = runfolder.read_result(out)
     assert result["status"] == "completed" and result["test"]["acc"] > 0.3, result["test"]
+
+
+@pytest.mark.parametrize(
+    ("dotted", "message"),
+    [
+        (
+            {"model.name": "lenet5"},
+            "trained model 'resnet20_cifar', not 'lenet5'; set model.name=resnet20_cifar",
+        ),
+        ({"model.widths": [8, 16, 32]}, "init from weights saved from resnet20_cifar with the same switches"),
+    ],
+)
+def test_run_init_of_another_architecture_says_which_model_it_holds(pretrained, dotted, message):
+    with pytest.raises(CnnlabError, match=message):
+        prepare_run(small(SECOND, **{"train.init": f"run:{pretrained}", **dotted}))
+
+
+def test_a_first_conv_of_one_channel_cannot_feed_three_and_says_what_to_do(tmp_path):
+    gray = create_model("lenet5", num_classes=10, in_chans=1)
+    torch.save(gray.state_dict(), tmp_path / "gray.pth")
+    config = cfg.from_dict(
+        {
+            "model.name": "lenet5",
+            "data.name": "synthetic",
+            "data.subset": 100,
+            "train.init": f"file:{tmp_path}/gray.pth",
+        }
+    )
+    with pytest.raises(
+        WeightsError, match=r"1 input channel\(s\) to 3; .*init from weights trained on 3 channels"
+    ):
+        prepare_run(config)

@@ -39,8 +39,9 @@ def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
         return weight
     if source != RGB_CHANNELS:
         raise WeightsError(
-            f"cannot adapt a first conv trained on {source} channels to {in_chans}; "
-            "only 3-channel kernels adapt"
+            f"cannot adapt a first conv trained on {source} input channel(s) to {in_chans}; only 3-channel "
+            "(RGB) kernels adapt: init from weights trained on 3 channels, or train on "
+            f"{source}-channel images"
         )
     as_float = weight.float()
     if in_chans == 1:
@@ -114,7 +115,10 @@ def _check_fits(state: dict[str, Any], own: dict[str, Any], replaced: set[str], 
         if keys
     ]
     if found:
-        raise WeightsError(f"weights do not fit model {name}: {'; '.join(found)} tensors")
+        raise WeightsError(
+            f"weights do not fit model {name}: {'; '.join(found)} tensors; init from weights saved from "
+            f"{name} with the same switches (model.widths, model.blocks, ...) as this run"
+        )
 
 
 def torchvision_state_dict(name: str, weights: str) -> dict[str, Any]:

@@ -360,7 +360,7 @@ def _initialise(model: nn.Module, init: str, model_name: str) -> str:
     elif scheme == "file" and value:
         state = model_state(safeio.load_checkpoint(value))
     elif scheme == "run" and value:
-        state = model_state(safeio.load_checkpoint(run_checkpoint_path(value)))
+        state = _run_init_state(value, model_name)
     else:
         raise ConfigError(
             f"train.init={init!r} is not understood; use scratch, torchvision:<WEIGHTS>, "
@@ -369,6 +369,20 @@ def _initialise(model: nn.Module, init: str, model_name: str) -> str:
     before = _shapes(state, model)
     load_pretrained(model, state, name=model_name)
     return f"init {init}: " + "; ".join(before)
+
+
+def _run_init_state(run_dir: str, model_name: str) -> dict[str, Any]:
+    """The model weights of an earlier run's best checkpoint; a run of another architecture is refused by
+    name (its tensors could never fit)."""
+    checkpoint = safeio.load_checkpoint(run_checkpoint_path(run_dir))
+    meta = checkpoint.get("cnnlab")
+    trained = meta.get("model") if isinstance(meta, dict) else None
+    if isinstance(trained, str) and trained != model_name:
+        raise ConfigError(
+            f"train.init=run:{run_dir} trained model {cfg.short(trained, 60)}, not {model_name!r}; set "
+            f"model.name={trained} or init from a run of {model_name}"
+        )
+    return model_state(checkpoint)
 
 
 def _shapes(state: dict[str, Any], model: nn.Module) -> list[str]:
