@@ -1234,3 +1234,24 @@ def test_a_suite_file_naming_a_study_outside_the_suite_is_refused(tmp_path: Path
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and "is not a folder name" in err[0], err
     assert not (other / "report.html").exists() and not (suite / "report.html").exists()
+
+
+def test_a_report_writer_stopped_while_writing_delays_the_next_one_but_never_hangs_it(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import fcntl
+
+    from cnnlab.report import files
+
+    root = _two_run_study(tmp_path)
+    write_report(root)
+    write_run(root / "runs", {"model.name": "lenet5", "train.seed": 2}, images=False)
+    before = _snapshot(root)
+    monkeypatch.setattr(files, "TURN_WAIT_S", 0.3)
+    descriptor = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(descriptor, fcntl.LOCK_EX)  # a writer stopped with SIGSTOP holds it
+    try:
+        write_report(root)
+    finally:
+        os.close(descriptor)
+    assert _snapshot(root) != before

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -39,6 +40,7 @@ PLOT_NAMES = (
     "confused_pairs",
     "gradcam",
 )
+TURN_WAIT_S = 60.0  # how long a report waits for another writer of the same folder
 
 
 def write_report_files(
@@ -95,21 +97,27 @@ def _check_targets(folder: Path, paths: Sequence[Path]) -> None:
 
 @contextlib.contextmanager
 def _turn(folder: Path) -> Iterator[bool]:
-    """Hold an exclusive flock of the folder itself while the report is written (a second writer waits);
-    yields whether it is held (False where the file system has no flock: then nothing is cleaned up)."""
+    """Hold an exclusive flock of the folder itself while the report is written (a second writer waits up to
+    TURN_WAIT_S, then writes without it: a holder stopped with SIGSTOP never hangs it); yields whether it is
+    held (False also where the file system has no flock: then nothing is cleaned up)."""
     descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        yield _flock(descriptor)
+        yield _flock(descriptor, time.monotonic() + TURN_WAIT_S)
     finally:
         os.close(descriptor)  # releases the lock
 
 
-def _flock(descriptor: int) -> bool:
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
-    except OSError:  # a file system without flock (some network mounts)
-        return False
-    return True
+def _flock(descriptor: int, deadline: float) -> bool:
+    while True:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        except OSError:  # a file system without flock (some network mounts)
+            return False
 
 
 def _remove_leftovers(folder: Path) -> None:
