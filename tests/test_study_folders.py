@@ -360,3 +360,14 @@ def test_a_missing_data_folder_is_refused_before_a_study_suite_or_tune_writes_an
     for out, args, wanted in cases:
         assert wanted in refused(capsys, *args, "--out", str(tmp_path / out))
         assert not (tmp_path / out).exists(), f"{out}: nothing written (nor the suite's study 'a' trained)"
+
+
+def test_a_subset_beside_a_stages_per_class_names_the_stage_before_anything_is_written(tmp_path, capsys):
+    # the docs' fast pass (--set base.data.subset=...) on transfer.yaml, whose transfer stage sets per_class
+    spec = write_spec(
+        tmp_path / "s.yaml",
+        {"name": "s", "base": ONE_EPOCH, "stages": [{"name": "few", "base": {"data.per_class": 5}}]},
+    )
+    line = refused(capsys, "study", "run", str(spec), "--out", str(tmp_path / "S"))
+    assert "stage 'few'" in line and "data.per_class" in line, line
+    assert not (tmp_path / "S").exists()

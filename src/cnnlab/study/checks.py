@@ -52,10 +52,18 @@ def check_plan(plan: StudyPlan) -> None:
 
 
 def check_data(plan: StudyPlan) -> None:
-    """Every training-data selection of the plan is there: a missing dataset or photo folder stops the study
-    (or the suite) before anything is written or trains."""
-    for split in plan.splits:
-        check_training_data(split.data)
+    """Every training-data selection of the plan is there and valid: a missing dataset or photo folder, or
+    keys that cannot go together (data.subset with a stage's data.per_class), stop the study (or the suite)
+    before anything is written or trains; the error names the first configuration that has the data."""
+    checked: set[str | None] = set()
+    for run in plan.runs:
+        if run.config is None or run.config.data.splits_file in checked:
+            continue
+        checked.add(run.config.data.splits_file)
+        try:
+            check_training_data(run.config.data)
+        except CnnlabError as error:
+            raise ConfigError(f"stage {run.stage!r}, configuration {run.configuration!r}: {error}") from None
 
 
 def check_training_data(data: cfg.DataConfig) -> None:
