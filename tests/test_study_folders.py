@@ -371,3 +371,16 @@ def test_a_subset_beside_a_stages_per_class_names_the_stage_before_anything_is_w
     line = refused(capsys, "study", "run", str(spec), "--out", str(tmp_path / "S"))
     assert "stage 'few'" in line and "data.per_class" in line, line
     assert not (tmp_path / "S").exists()
+
+
+def test_the_same_spec_with_other_overrides_is_refused_saying_what_changed(tmp_path, capsys):
+    # a student reruns a study with one --set changed (more epochs) into the same --out
+    spec = two_run_spec(tmp_path / "s1.yaml", "s1", 0.002)
+    out = tmp_path / "study"
+    claimed(spec, out)
+    before = snapshot(out)
+    line = refused(capsys, "study", "run", str(spec), "--out", str(out), "--set", "base.train.epochs=2")
+    assert "--set overrides differ" in line and "study.yaml" in line and "--restart" in line, line
+    assert snapshot(out) == before
+    other = two_run_spec(tmp_path / "s2.yaml", "s2", 0.003)
+    assert "overrides differ" not in refused(capsys, "study", "run", str(other), "--out", str(out))

@@ -203,12 +203,24 @@ def check_study_folder(plan: StudyPlan, spec_path: Path, *, restart: bool, worke
     theirs = f"{existing.get('name')!r} from {existing.get('spec_path') or 'an unknown spec'}"
     raise StudyFolderError(
         f"study folder {str(plan.study_dir)!r} holds study {theirs} (plan {existing.get('plan_hash')}); "
-        f"refusing {plan.spec.name!r} from {spec_path} (plan {plan.plan_hash}): a folder holds one spec; "
+        f"refusing {plan.spec.name!r} from {spec_path} (plan {plan.plan_hash}): "
+        + _why_another_plan(existing, spec_path)
+        + "a folder holds one spec; "
         + (
             "a --worker-only process joins with the spec the folder was started with"
             if worker
             else "use another --out, or --restart to discard that study and start over"
         )
+    )
+
+
+def _why_another_plan(existing: dict[str, Any], spec_path: Path) -> str:
+    """For the same spec file with another plan, what changed: the file, or the --set overrides."""
+    if existing.get("spec_path") != str(spec_path.absolute()):
+        return ""
+    return (
+        "the spec file was edited, or its --set overrides differ, since the folder was started "
+        "(its study.yaml holds the spec it ran); "
     )
 
 
