@@ -12,6 +12,7 @@ import time
 import pytest
 import torch
 
+from cnnlab import config as cfg
 from cnnlab import safeio
 from cnnlab.train.checkpoint import model_state
 
@@ -97,19 +98,19 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_equal(tmp_path, extra):
     assert [r["val_acc"] for r in epochs_done(reference)] == [r["val_acc"] for r in epochs_done(killed)]
 
 
-def test_resume_removes_checkpoint_writes_that_a_kill_cut_short(tmp_path, monkeypatch):
-    from cnnlab import config as cfg
+TINY = {
+    "model.name": "lenet5",
+    "data.name": "digits",
+    "data.subset": 100,
+    "train.epochs": 2,
+    "train.test": False,
+}
+
+
+def unfinished_run(out, monkeypatch) -> None:
+    """A 2-epoch run that failed in its second epoch: checkpoints/last.ckpt holds epoch 0."""
     from cnnlab.train import fit, system
 
-    config = cfg.from_dict(
-        {
-            "model.name": "lenet5",
-            "data.name": "digits",
-            "data.subset": 100,
-            "train.epochs": 2,
-            "train.test": False,
-        }
-    )
     original = system.ClassifierSystem.training_step
 
     def crash_in_epoch_two(self, batch, batch_idx):
@@ -117,11 +118,17 @@ def test_resume_removes_checkpoint_writes_that_a_kill_cut_short(tmp_path, monkey
             raise RuntimeError("machine lost")
         return original(self, batch, batch_idx)
 
-    monkeypatch.setattr(system.ClassifierSystem, "training_step", crash_in_epoch_two)
-    assert fit(config, tmp_path).status == "failed"
-    monkeypatch.setattr(system.ClassifierSystem, "training_step", original)
+    with monkeypatch.context() as patched:
+        patched.setattr(system.ClassifierSystem, "training_step", crash_in_epoch_two)
+        assert fit(cfg.from_dict(TINY), out).status == "failed"
+
+
+def test_resume_removes_checkpoint_writes_that_a_kill_cut_short(tmp_path, monkeypatch):
+    from cnnlab.train import fit
+
+    unfinished_run(tmp_path, monkeypatch)
     cut_short = [
-        tmp_path / "checkpoints" / ".last.ckpt.0123abcd.tmp",
+        tmp_path / "checkpoints/.last.ckpt.0123abcd.tmp",
         tmp_path / "predictions/.val.npz.89abcdef.tmp",
     ]
     for path in cut_short:
@@ -129,6 +136,45 @@ def test_resume_removes_checkpoint_writes_that_a_kill_cut_short(tmp_path, monkey
         path.write_bytes(b"half a checkpoint")
     keep = tmp_path / "checkpoints" / "notes.txt"
     keep.write_text("mine")
-    resumed = fit(config, tmp_path, resume=True)
+    resumed = fit(cfg.from_dict(TINY), tmp_path, resume=True)
     assert resumed.status == "completed" and resumed.summary["epochs_run"] == 2
     assert not any(path.exists() for path in cut_short) and keep.read_text() == "mine"
+
+
+def _nan_weights(checkpoint: dict) -> None:
+    next(iter(checkpoint["state_dict"].values())).fill_(float("nan"))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda checkpoint: checkpoint.pop("optimizer_states"), "it lacks optimizer_states"),
+        (lambda checkpoint: checkpoint.__setitem__("epoch", 10**9), "its epoch 1000000000 is not one of"),
+        (
+            lambda checkpoint: checkpoint["cnnlab"].__setitem__("precision", "fp8"),
+            "its precision 'fp8' is not",
+        ),
+        (
+            lambda checkpoint: checkpoint["state_dict"].__setitem__("model.fc.weight", torch.zeros(3, 3)),
+            "its weights do not fit the model (fc.weight: [3, 3], the model has [10, 84])",
+        ),
+        (_nan_weights, "its weights hold NaN or infinity (features.0.weight)"),
+    ],
+    ids=["no-optimizer", "epoch", "precision", "shape", "nan"],
+)
+def test_resume_refuses_an_edited_last_checkpoint_in_one_line_and_changes_nothing(
+    tmp_path, monkeypatch, capsys, edit, message
+):
+    from cnnlab.cli import main
+
+    unfinished_run(tmp_path, monkeypatch)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    checkpoint = safeio.load_checkpoint(last)
+    edit(checkpoint)
+    torch.save(checkpoint, last)
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    argv = ["train", "--model", "lenet5", "--data", "digits", "--epochs", "2", "--set", "data.subset=100"]
+    assert main([*argv, "--set", "train.test=false", "--out", str(tmp_path), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "run without --resume" in err
+    assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before

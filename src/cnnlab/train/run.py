@@ -76,14 +76,20 @@ from cnnlab.train.callbacks import (
     RunAbandoned,
     RunDiverged,
 )
-from cnnlab.train.checkpoint import SafeCheckpointIO, load_trained_model, model_state, run_checkpoint_path
+from cnnlab.train.checkpoint import (
+    MODEL_PREFIX,
+    SafeCheckpointIO,
+    load_trained_model,
+    model_state,
+    run_checkpoint_path,
+)
 from cnnlab.train.data_module import InMemoryDataModule
 from cnnlab.train.distributed import run_ranks
 from cnnlab.train.health import learning_flags
 from cnnlab.train.inference import predict_probs, score_predictions
 from cnnlab.train.layout import LayoutChoice, choose_layout
 from cnnlab.train.lr_finder import FoundRate, find_lr
-from cnnlab.train.options import check_trainer_options
+from cnnlab.train.options import PRECISIONS, check_trainer_options
 from cnnlab.train.precision import PrecisionChoice, ProbeTarget, choose_precision
 from cnnlab.train.recipes import describe as describe_recipe
 from cnnlab.train.resolve import is_pretrained, model_switches, resolve_config
@@ -157,7 +163,7 @@ def fit(
         checkpoint = runfolder.checkpoint_path(out_dir) if resume else None
         checkpoint = checkpoint if checkpoint is not None and checkpoint.is_file() else None
         if checkpoint is not None:
-            _check_resumable(checkpoint, prepared.config)
+            _check_resumable(checkpoint, prepared)
         _write_run_header(out_dir, prepared, fresh=checkpoint is None)
         return _train_and_record(prepared, out_dir, checkpoint, tags, abandon)
 
@@ -420,12 +426,14 @@ def _check_fit_arguments(config: Any, out_dir: Any, tags: Any) -> None:
         raise ConfigError(f"fit's tags must be JSON values (result.json holds them): {error}") from None
 
 
-def _check_resumable(checkpoint: Path, config: cfg.RunConfig) -> None:
-    """Refuse, before anything runs, a last.ckpt that is crafted, truncated, or another config's."""
+def _check_resumable(checkpoint: Path, prepared: PreparedRun) -> None:
+    """Refuse, before anything runs, a last.ckpt that is crafted, truncated, edited, or another config's."""
+    config = prepared.config
     try:
-        meta = safeio.load_checkpoint(checkpoint).get("cnnlab")
+        state = safeio.load_checkpoint(checkpoint)
     except WeightsError as error:
         raise WeightsError(f"{error}; or run without --resume to start this run afresh") from None
+    meta = state.get("cnnlab")
     recorded = meta.get("config") if isinstance(meta, dict) else None
     try:
         recorded_id = cfg.from_dict(recorded).run_id if isinstance(recorded, dict) else None
@@ -437,6 +445,44 @@ def _check_resumable(checkpoint: Path, config: cfg.RunConfig) -> None:
             f"cannot resume from {checkpoint}: it was saved by another run ({saved_by}), not this config "
             f"({config.run_id}); run without --resume to start this run afresh"
         )
+    problem = _resume_state_problem(state, prepared)
+    if problem:
+        raise WeightsError(
+            f"cannot resume from {checkpoint}: {problem}; the file was edited or not written by cnnlab "
+            "train: run without --resume to start this run afresh"
+        )
+
+
+RESUME_KEYS = ("epoch", "global_step", "state_dict", "loops", "optimizer_states", "lr_schedulers")
+
+
+def _resume_state_problem(state: dict[str, Any], prepared: PreparedRun) -> str | None:
+    """What in a last.ckpt of this config Lightning could not resume from (it would fail mid-run, or train
+    on from NaN weights), or None."""
+    missing = [key for key in RESUME_KEYS if key not in state]
+    if missing:
+        return f"it lacks {', '.join(missing)}"
+    epoch, epochs = state["epoch"], prepared.config.train.epochs
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= epochs:
+        return f"its epoch {cfg.short(epoch, 40)} is not one of this run's {epochs}"
+    meta = state["cnnlab"]
+    if meta.get("precision") not in PRECISIONS or meta["precision"] == "auto":
+        return f"its precision {cfg.short(meta.get('precision'), 40)} is not a precision Lightning trains in"
+    return _weights_problem(state["state_dict"], prepared.model)
+
+
+def _weights_problem(weights: Any, model: nn.Module) -> str | None:
+    """A tensor of the model missing, of another shape or not finite in a checkpoint's state_dict, or None."""
+    if not isinstance(weights, dict):
+        return "its state_dict is not a mapping"
+    for key, own in model.state_dict().items():
+        stored = weights.get(MODEL_PREFIX + key)
+        if not isinstance(stored, torch.Tensor) or stored.shape != own.shape:
+            shape = list(stored.shape) if isinstance(stored, torch.Tensor) else "missing"
+            return f"its weights do not fit the model ({key}: {shape}, the model has {list(own.shape)})"
+        if stored.is_floating_point() and not bool(torch.isfinite(stored).all()):
+            return f"its weights hold NaN or infinity ({key})"
+    return None
 
 
 def _write_run_header(out_dir: Path, prepared: PreparedRun, *, fresh: bool) -> None:
