@@ -56,3 +56,17 @@ def test_flags_name_a_majority_class_run_and_a_loss_spike():
     assert flags[1].startswith("loss spiked: val_loss 1.253e+06 at epoch 0")
     assert learning_flags(rows[1:], 0.9, [50, 50]) == []
     assert learning_flags([{"epoch": 0, "train_loss": math.nan, "val_loss": 0.5}], 0.6, [50, 50]) == []
+
+
+def test_a_run_without_validation_split_is_judged_on_its_training_accuracy():
+    rows = [
+        {"epoch": 0, "train_acc": 0.09, "train_loss": 2.3},
+        {"epoch": 1, "train_acc": 0.11, "train_loss": 2.3},
+    ]
+    flags = learning_flags(rows, None, [10] * 10)
+    assert flags == [
+        "did not learn: best training accuracy 0.110 is not clearly above always predicting the majority "
+        "class (0.100)"
+    ]
+    assert learning_flags([{**rows[1], "train_acc": 0.8}], None, [10] * 10) == []
+    assert learning_flags([], None, [10] * 10) == []

@@ -1,6 +1,7 @@
-"""Did a run learn? A finished run whose validation accuracy is not clearly above always answering the
-majority class, or whose loss spiked by orders of magnitude, is flagged, so no comparison is read off a
-broken run unawares. The flags go into result.json (`flags`), the run's closing line and the report."""
+"""Did a run learn? A finished run whose validation accuracy (training accuracy when it has no validation
+split) is not clearly above always answering the majority class, or whose loss spiked by orders of
+magnitude, is flagged, so no comparison is read off a broken run unawares. The flags go into result.json
+(`flags`), the run's closing line and the report."""
 
 from __future__ import annotations
 
@@ -19,15 +20,26 @@ def learning_flags(
     flags = []
     total = sum(class_counts)
     majority = max(class_counts) / total if total else 0.0
-    if best_val_acc is not None and best_val_acc < majority + CLEAR_MARGIN:
+    best, split = _best_accuracy(rows, best_val_acc)
+    if best is not None and best < majority + CLEAR_MARGIN:
         flags.append(
-            f"did not learn: best validation accuracy {best_val_acc:.3f} is not clearly above always "
+            f"did not learn: best {split} accuracy {best:.3f} is not clearly above always "
             f"predicting the majority class ({majority:.3f})"
         )
     spike = _loss_spike(rows, len(class_counts))
     if spike:
         flags.append(spike)
     return flags
+
+
+def _best_accuracy(
+    rows: Sequence[Mapping[str, float]], best_val_acc: float | None
+) -> tuple[float | None, str]:
+    """The best validation accuracy; a run without a validation split is judged on its training accuracy."""
+    if best_val_acc is not None:
+        return best_val_acc, "validation"
+    scores = [row["train_acc"] for row in rows if math.isfinite(row.get("train_acc", math.nan))]
+    return (max(scores), "training") if scores else (None, "training")
 
 
 def _loss_spike(rows: Sequence[Mapping[str, float]], classes: int) -> str | None:
