@@ -386,3 +386,19 @@ def test_float16_weights_that_overflow_say_which_precision_to_use(tmp_path, caps
     err = capsys.readouterr().err
     assert code == 3 and err.count("\n") == 1
     assert "non-finite training loss" in err and "use 16-mixed, bf16-mixed or 32-true" in err
+
+
+def test_a_failed_runs_reason_is_one_line(tmp_path, monkeypatch, capsys):
+    from cnnlab.train import system
+
+    def crash(self, batch, batch_idx):
+        raise RuntimeError("Error(s) in loading:\n\tsize mismatch for fc.weight")
+
+    monkeypatch.setattr(system.ClassifierSystem, "training_step", crash)
+    argv = ["train", "--model", "lenet5", "--data", "digits", "--epochs", "1", "--set", "data.subset=100"]
+    assert main([*argv, "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert (
+        err.count("\n") == 1 and "RuntimeError: Error(s) in loading:\\n\\tsize mismatch for fc.weight" in err
+    )
+    assert "size mismatch" in (tmp_path / "error.log").read_text()

@@ -55,6 +55,7 @@ from cnnlab.errors import (
     Interrupted,
     WeightsError,
     describe_os_error,
+    one_line,
 )
 from cnnlab.models import (
     count_flops,
@@ -568,7 +569,7 @@ def _train(
             raise DiskFull(f"the disk filled while training {out_dir} ({describe_os_error(error)})") from None
         if primary:  # rank zero alone writes into the run folder
             safeio.atomic_write_text(out_dir / runfolder.ERROR_LOG, traceback.format_exc())
-        return runfolder.FAILED, f"{type(error).__name__}: {error}"
+        return runfolder.FAILED, one_line(f"{type(error).__name__}: {error}", limit=500)  # error.log has all
     return runfolder.COMPLETED, None
 
 
