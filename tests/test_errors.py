@@ -465,3 +465,12 @@ def test_the_program_exits_with_mains_code_and_skips_the_final_collection(monkey
         [sys.executable, "-m", "cnnlab", "train", "--epochs", "x"], capture_output=True, text=True
     )
     assert shown.returncode == 2 and shown.stderr.count("\n") == 1 and "--epochs" in shown.stderr
+
+
+def test_another_runs_folder_names_the_settings_that_differ(run_copy, capsys):
+    # e.g. a resume with --devices given this time: the message says which setting makes it another run
+    before = snapshot(run_copy)
+    argv = ["train", *TINY_TRAIN, "--devices", "1", "--resume", "--out", str(run_copy)]
+    line = user_error(capsys, argv, contains="holds another run")
+    assert "train.devices is '1' here, 'auto' there; use another --out" in line
+    assert snapshot(run_copy) == before

@@ -38,6 +38,7 @@ from typing import Any, TypedDict
 
 import numpy as np
 
+from cnnlab import config as cfg
 from cnnlab import safeio
 from cnnlab.errors import CnnlabError, ConfigError, describe_os_error
 
@@ -452,8 +453,11 @@ def folder_run_id(folder: str | Path) -> str | None:
     return None
 
 
-def check_folder(folder: str | Path, run_id: str, *, overwrite: bool = False) -> None:
-    """Refuse a folder that holds anything but this run: foreign files, or another run (unless overwrite)."""
+def check_folder(
+    folder: str | Path, run_id: str, *, overwrite: bool = False, config: Mapping[str, Any] | None = None
+) -> None:
+    """Refuse a folder that holds anything but this run: foreign files, or another run (unless overwrite),
+    naming the keys where its config differs from `config` (this run's, nested) when given."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise RunFolderError(f"--out {_quote(folder)} is a file, not a folder; give a folder path")
@@ -467,10 +471,25 @@ def check_folder(folder: str | Path, run_id: str, *, overwrite: bool = False) ->
     existing = folder_run_id(folder)
     if existing is not None and existing != run_id and not overwrite:
         status = (read_result(folder) or {}).get("status", "unfinished")
+        differences = _config_differences(folder, config) if config is not None else ""
         raise RunFolderError(
             f"--out {_quote(folder)} holds another run ({existing}, {status}) with a different config than "
-            f"this one ({run_id}); use another --out, or --overwrite to replace it"
+            f"this one ({run_id}){differences}; use another --out, or --overwrite to replace it"
         )
+
+
+def _config_differences(folder: Path, config: Mapping[str, Any], shown: int = 3) -> str:
+    """': a.b is X here, Y there; ...' for the first `shown` keys where the folder's config.yaml differs
+    from `config` ('' when it cannot be read): a resume with one setting changed says which."""
+    try:
+        theirs = cfg.flatten(cfg.load_yaml(folder / CONFIG_FILE))
+    except CnnlabError:
+        return ""
+    ours = cfg.flatten(config)
+    keys = [key for key in sorted(ours.keys() | theirs.keys()) if ours.get(key) != theirs.get(key)]
+    parts = [f"{key} is {cfg.short(ours.get(key))} here, {cfg.short(theirs.get(key))} there" for key in keys]
+    more = f" (and {len(keys) - shown} more)" if len(keys) > shown else ""
+    return f": {'; '.join(parts[:shown])}{more}" if parts else ""
 
 
 @contextlib.contextmanager

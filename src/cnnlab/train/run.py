@@ -152,7 +152,7 @@ def fit(
     if not ranks.primary:  # another DDP rank: rank zero owns the folder (lock, files, result.json)
         return _train_other_rank(config, out_dir, ranks.global_rank, resume=resume and not overwrite)
     run_id = config.run_id
-    runfolder.check_folder(out_dir, run_id, overwrite=overwrite)
+    runfolder.check_folder(out_dir, run_id, overwrite=overwrite, config=cfg.to_dict(config))
     if not overwrite and (finished := _completed(out_dir, run_id)) is not None:
         return finished
     with runfolder.hold(out_dir, run_id):
