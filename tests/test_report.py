@@ -1255,3 +1255,12 @@ def test_a_report_writer_stopped_while_writing_delays_the_next_one_but_never_han
     finally:
         os.close(descriptor)
     assert _snapshot(root) != before
+
+
+def test_the_report_is_titled_with_the_studys_name_and_its_folder(tmp_path: Path) -> None:
+    root = tmp_path / "cvd"
+    run = write_run(root / "runs", {"model.name": "lenet5"}, images=False)
+    (root / "study.json").write_text(json.dumps({"name": "cats-vs-dogs", "runs": [{"run_id": run.name}]}))
+    assert write_report(root).markdown.read_text().startswith("# Study report: cats-vs-dogs (cvd)\n")
+    (root / "study.json").write_text(json.dumps({"name": "cvd", "runs": [{"run_id": run.name}]}))
+    assert write_report(root).markdown.read_text().startswith("# Study report: cvd\n")

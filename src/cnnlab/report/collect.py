@@ -209,6 +209,14 @@ class Study:
     planned: int = 0  # runs in study.json's plan (0 for a folder of runs without one)
     pending: tuple[PendingRun, ...] = ()  # planned runs without a result.json, in plan order
     copies: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (run id, its folders) for runs found twice or more
+    name: str = ""  # the spec's name (study.json), else the folder's
+
+    @property
+    def title(self) -> str:
+        """The study's name, with its folder's when they differ (`cats-vs-dogs (cvd)`)."""
+        if not self.name or self.name == self.root.name:
+            return self.root.name
+        return f"{self.name} ({self.root.name})"
 
     @property
     def interrupted(self) -> int:
@@ -296,6 +304,7 @@ def load_study(root: str | Path) -> Study:
         len(entries),
         pending,
         copies,
+        _plan_name(plan),
     )
 
 
@@ -439,6 +448,12 @@ def _read_spec(root: Path) -> tuple[str | None, str | None]:
         if path.is_file():
             return name, path.read_text(errors="replace")
     return None, None
+
+
+def _plan_name(plan: dict[str, Any] | None) -> str:
+    """The study's name as study.json records it ('' without one)."""
+    name = (plan or {}).get("name")
+    return name if isinstance(name, str) else ""
 
 
 def _read_plan(path: Path) -> dict[str, Any] | None:

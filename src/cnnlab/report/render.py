@@ -177,7 +177,7 @@ def build_document(source: str | Path | Study | Report) -> Document:
     ]
     lines = [Paragraph(line) for line in status_lines(report.study)]
     return Document(
-        f"Study report: {report.study.root.name}",
+        f"Study report: {report.study.title}",
         (Paragraph(_summary_line(report), "summary"), *lines),
         tuple(section for section in sections if section is not None),
     )
