@@ -188,14 +188,15 @@ def test_paired_comparison_matches_scipy_and_is_stated_in_words(paired) -> None:
     assert "Paired comparisons" in paths.html.read_text()
 
 
-def test_unpaired_study_has_no_paired_comparison(unpaired: Path) -> None:
+def test_unpaired_study_has_no_paired_comparison_and_says_why(unpaired: Path) -> None:
     stale = unpaired / "report_files" / "ensemble_vs_members.png"
     stale.parent.mkdir(exist_ok=True)
     stale.write_bytes(b"figure from an earlier report")
     paths = write_report(unpaired)
     assert paired_comparisons(load_study(unpaired)) == []
-    assert "Paired comparisons" not in paths.markdown.read_text()
-    assert "paired t-test" not in paths.html.read_text()
+    markdown = paths.markdown.read_text()
+    assert "Not compared: C1 and C2 differ in one setting but share fewer than 2 completed" in markdown
+    assert "seeds: [0, 1, 2]" in markdown and "paired t-test" not in paths.html.read_text()
     assert {path.name for path in paths.plots} == PLOT_FILES - {"ensemble_vs_members.png"}
     assert not stale.exists()  # a figure this study no longer has is not left behind
 

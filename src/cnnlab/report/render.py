@@ -54,6 +54,7 @@ from cnnlab.report.figure_cache import cached_plots, inputs_key
 from cnnlab.report.files import write_report_files
 from cnnlab.report.plots import FIGURES, GRID, IMAGES, TEST_CURVE_NOTE, Plot, make_plots
 from cnnlab.report.statistics import (
+    MIN_PAIRS,
     ConfigurationRow,
     PairedComparison,
     Summary,
@@ -66,6 +67,7 @@ from cnnlab.report.statistics import (
     selected_ident,
     stage_rows,
     two_factor_grid,
+    uncompared_pairs,
 )
 from cnnlab.version import __version__
 
@@ -469,11 +471,27 @@ def _grid_table(grid: TwoFactorGrid, flagged: frozenset[str]) -> Table:
 
 def _comparisons_section(report: Report) -> Section | None:
     comparisons = report.comparisons
+    uncompared = _uncompared_note(report.study)
     if not comparisons:
-        return None
+        return Section("Paired comparisons", (uncompared,)) if uncompared else None
     sentences = tuple(describe(c) + _flag_caution(c, report.flagged) for c in comparisons)
     table = Table(tuple(_COMPARISON_HEADER), tuple(tuple(_comparison_cells(c)) for c in comparisons))
-    return Section("Paired comparisons", (Bullets(sentences), table))
+    return Section("Paired comparisons", (Bullets(sentences), table, *([uncompared] if uncompared else [])))
+
+
+def _uncompared_note(study: Study) -> Paragraph | None:
+    """Why configurations one setting apart have no comparison: too few shared seeds/folds."""
+    pairs = uncompared_pairs(study)
+    if not pairs:
+        return None
+    named = ", ".join(f"{first} and {second}" for first, second in pairs[:5])
+    more = f" and {len(pairs) - 5} more pairs" if len(pairs) > 5 else ""
+    return Paragraph(
+        f"Not compared: {named}{more} differ in one setting but share fewer than {MIN_PAIRS} completed "
+        "seeds/folds, and one run per side cannot tell a difference from run-to-run noise; give the study "
+        "more seeds (e.g. seeds: [0, 1, 2]) to compare them.",
+        "note",
+    )
 
 
 def _flag_caution(comparison: PairedComparison, flagged: frozenset[str]) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from scipy import stats
@@ -172,16 +172,26 @@ def two_factor_grid(
 def paired_comparisons(study: Study) -> list[PairedComparison]:
     """Every pair of configurations that differ in exactly one grid axis (or, for runs a study did not
     record a grid point for, in one setting) and share at least two seeds/folds."""
-    found = []
+    compared = (_compare(first, second, apart) for first, second, apart in _one_setting_apart(study))
+    return [comparison for comparison in compared if comparison is not None]
+
+
+def uncompared_pairs(study: Study) -> list[tuple[str, str]]:
+    """Pairs of configurations (idents) one setting apart that share too few seeds/folds to compare."""
+    return [
+        (first.ident, second.ident)
+        for first, second, difference in _one_setting_apart(study)
+        if _compare(first, second, difference) is None
+    ]
+
+
+def _one_setting_apart(study: Study) -> Iterator[tuple[Configuration, Configuration, _Difference]]:
     configurations = study.configurations
     for index, first in enumerate(configurations):
         for second in configurations[index + 1 :]:
             difference = _single_difference(first, second, study.varying_keys)
             if difference is not None:
-                comparison = _compare(first, second, difference)
-                if comparison is not None:
-                    found.append(comparison)
-    return found
+                yield first, second, difference
 
 
 @dataclasses.dataclass(frozen=True)
