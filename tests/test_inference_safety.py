@@ -397,6 +397,14 @@ def test_predict_and_explain_refuse_an_empty_or_file_images_argument(
         assert not out.exists()
 
 
+@pytest.mark.parametrize("images", ["/tmp/no-such-photos", "./photos", "~/no-such-photos", "sub/dir"])
+def test_predict_of_a_missing_folder_says_no_such_folder(trained, tmp_path, capsys, images):
+    out = tmp_path / "p.csv"
+    args = ["predict", "--checkpoint", str(trained), "--images", images, "--out", str(out)]
+    user_error(capsys, args, contains=": no such folder; give a folder of image files")
+    assert not out.exists()
+
+
 def test_predict_composites_transparency_over_the_runs_background(tmp_path, monkeypatch):
     isolate(monkeypatch, tmp_path)
     root = write_images(tmp_path / "f", [f"{cls}/{i}.png" for cls in ("a", "b") for i in range(10)])

@@ -275,8 +275,8 @@ def _check_input(trained: TrainedModel, images: torch.Tensor, source: str) -> No
 
 
 def check_images_folder(images: str | Path, *, dataset_allowed: bool) -> None:
-    """`--images` names a folder (or, `dataset_allowed`, a dataset): never empty (the working directory) nor
-    a file."""
+    """`--images` names a folder (or, `dataset_allowed`, a dataset: a bare name or folder:PATH): never empty
+    (the working directory) nor a file; a path (with a slash, or starting with . or ~) must be a folder."""
     if not str(images).strip():
         raise ConfigError("--images is empty; give a folder of image files, e.g. --images photos/")
     if Path(images).exists() and not Path(images).is_dir():
@@ -284,7 +284,9 @@ def check_images_folder(images: str | Path, *, dataset_allowed: bool) -> None:
             f"--images {cfg.quoted(images)} is a file; give the folder that holds the images "
             "(every image in it and its subfolders is read)"
         )
-    if not dataset_allowed and not Path(images).is_dir():
+    text = str(images)
+    path_like = not text.startswith("folder:") and ("/" in text or text.startswith((".", "~")))
+    if (path_like or not dataset_allowed) and not Path(images).is_dir():
         raise DataError(f"--images {cfg.quoted(images)}: no such folder; give a folder of image files")
 
 
