@@ -191,3 +191,18 @@ def test_a_first_conv_of_one_channel_cannot_feed_three_and_says_what_to_do(tmp_p
         WeightsError, match=r"1 input channel\(s\) to 3; .*init from weights trained on 3 channels"
     ):
         prepare_run(config)
+
+
+@pytest.mark.parametrize("kind", ["missing", "folder", "list"])
+def test_a_file_init_that_cannot_serve_names_the_key_and_what_works(tmp_path, capsys, kind):
+    path = {"missing": tmp_path / "nope.pth", "folder": tmp_path, "list": tmp_path / "list.pth"}[kind]
+    if kind == "list":
+        torch.save([1, 2, 3], path)
+    out = tmp_path / "run"
+    argv = ["train", "--model", "lenet5", "--data", "digits", "--init", f"file:{path}", "--out", str(out)]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"cnnlab: error: train.init=file:{path}: "), err
+    assert "give a lenet5 state_dict saved with torch.save(model.state_dict(), PATH)" in err[0]
+    assert not out.exists()

@@ -182,6 +182,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     if not path.is_file():
+        if path.is_dir():
+            raise WeightsError(f"{path} is a folder, not a checkpoint file")
         raise WeightsError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
         return _load_safetensors(path)

@@ -365,7 +365,7 @@ def _initialise(model: nn.Module, init: str, model_name: str) -> str:
     if scheme == "torchvision" and value:
         state = torchvision_state_dict(model_name, value)
     elif scheme == "file" and value:
-        state = model_state(safeio.load_checkpoint(value))
+        state = _file_init_state(value, model_name)
     elif scheme == "run" and value:
         state = _run_init_state(value, model_name)
     else:
@@ -376,6 +376,17 @@ def _initialise(model: nn.Module, init: str, model_name: str) -> str:
     before = _shapes(state, model)
     load_pretrained(model, state, name=model_name)
     return f"init {init}: " + "; ".join(before)
+
+
+def _file_init_state(path: str, model_name: str) -> dict[str, Any]:
+    """The weights of a `file:` init; a file that cannot serve says which key it came from and what works."""
+    try:
+        return model_state(safeio.load_checkpoint(path))
+    except WeightsError as error:
+        raise WeightsError(
+            f"train.init=file:{path}: {error}; give a {model_name} state_dict saved with "
+            "torch.save(model.state_dict(), PATH), a Lightning .ckpt, or a .safetensors file"
+        ) from None
 
 
 def _run_init_state(run_dir: str, model_name: str) -> dict[str, Any]:
