@@ -60,6 +60,12 @@ def _escaped(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else f"{text[:70]}...{text[-70:]}"
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (at most 200 characters), or its type name when empty."""
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
 def printable(text: str) -> str:
     """Text as one line that can be printed, written and drawn: undecodable bytes (surrogate escapes) as
     `\\xNN`, newlines, tabs and other control characters (terminal escape codes) escaped (`\\n`, `\\x1b`)."""

@@ -30,13 +30,12 @@ from cnnlab.data.generated import (
 from cnnlab.data.imageset import ImageSet, apply_subset, apply_test_subset, resize_images, select_classes
 from cnnlab.data.readers import (
     file_exists,
-    first_line,
     read_cifar_batches,
     read_cifar_class_names,
     read_idx_images,
     read_idx_labels,
 )
-from cnnlab.errors import ConfigError, DataError, unknown_choice
+from cnnlab.errors import ConfigError, DataError, first_line, unknown_choice
 
 SPLITS = ("train", "test")
 FOLDER_PREFIX = "folder:"

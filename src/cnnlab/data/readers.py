@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from cnnlab.errors import DataError
+from cnnlab.errors import DataError, first_line
 
 # (module, name) pairs a CIFAR batch may reference: numpy array/dtype reconstruction and bytes decoding.
 _CIFAR_PICKLE_ALLOWED = {
@@ -172,12 +172,6 @@ class _CifarUnpickler(pickle.Unpickler):
 def _text(value: Any) -> str:
     """bytes or str → str (CIFAR files written by Python 2 or 3)."""
     return value.decode("latin1") if isinstance(value, bytes) else str(value)
-
-
-def first_line(error: BaseException) -> str:
-    """The first line of an exception message, or its type name when empty."""
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else type(error).__name__
 
 
 def file_exists(path: Path) -> bool:

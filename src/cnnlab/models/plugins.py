@@ -14,8 +14,7 @@ import importlib.metadata
 import sys
 from typing import Any
 
-from cnnlab.errors import CnnlabError, ConfigError
-from cnnlab.models.registry import first_line
+from cnnlab.errors import CnnlabError, ConfigError, first_line
 
 ENTRY_POINT_GROUP = "cnnlab.models"
 _LOADED: set[str] = set()

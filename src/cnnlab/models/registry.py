@@ -15,7 +15,7 @@ from typing import Any
 from torch import nn
 
 from cnnlab.config import CHOICES, short
-from cnnlab.errors import ConfigError, close_matches, unknown_choice
+from cnnlab.errors import ConfigError, close_matches, first_line, unknown_choice
 from cnnlab.models.head import ClassifierHeadMixin
 
 STEMS = ("imagenet", "small")  # built layouts: torchvision's stem, or 3x3 stride-1 conv without max-pool
@@ -129,12 +129,6 @@ def _check_plugin_layers(info: ModelInfo, model: nn.Module) -> None:
                 f"model {info.name!r} (a plugin's) has no {kind.__name__} at {path!r}; set its "
                 "classifier_path to the final nn.Linear and first_conv_path to the first nn.Conv2d"
             )
-
-
-def first_line(error: BaseException) -> str:
-    """The first line of an exception's message, or its type name when empty."""
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else type(error).__name__
 
 
 def resolve_stem(

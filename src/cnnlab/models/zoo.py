@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from cnnlab.errors import ConfigError
+from cnnlab.errors import ConfigError, first_line
 from cnnlab.models.measure import count_flops, count_params
-from cnnlab.models.registry import create_model, first_line, list_models, model_info, resolve_stem
+from cnnlab.models.registry import create_model, list_models, model_info, resolve_stem
 
 _INPUT_SIZE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 

@@ -13,8 +13,7 @@ from torch import nn
 
 from cnnlab import config as cfg
 from cnnlab import runfolder, safeio
-from cnnlab.data.readers import first_line
-from cnnlab.errors import CnnlabError, ConfigError, WeightsError
+from cnnlab.errors import CnnlabError, ConfigError, WeightsError, first_line
 from cnnlab.models import create_model, list_models
 
 MODEL_PREFIX = "model."

@@ -8,8 +8,7 @@ import torch
 from lightning.pytorch.strategies import StrategyRegistry
 
 from cnnlab import config as cfg
-from cnnlab.data.readers import first_line
-from cnnlab.errors import ConfigError, unknown_choice
+from cnnlab.errors import ConfigError, first_line, unknown_choice
 
 ACCELERATORS = ("auto", "cpu", "cuda", "gpu")
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")

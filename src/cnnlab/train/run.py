@@ -46,7 +46,6 @@ from cnnlab.data import (
     take,
     write_bad_files,
 )
-from cnnlab.data.readers import first_line
 from cnnlab.errors import (
     CnnlabError,
     ConfigError,
@@ -55,6 +54,7 @@ from cnnlab.errors import (
     Interrupted,
     WeightsError,
     describe_os_error,
+    first_line,
     one_line,
 )
 from cnnlab.models import (
