@@ -85,6 +85,11 @@ def test_input_size_applies_to_every_model(capsys: pytest.CaptureFixture) -> Non
     assert rows["resnet50"]["num_classes"] == 10
 
 
+def test_a_model_named_twice_is_listed_once(capsys: pytest.CaptureFixture) -> None:
+    assert main(["models", "--json", "lenet5", "resnet20_cifar", "lenet5"]) == 0
+    assert [row["name"] for row in json.loads(capsys.readouterr().out)] == ["lenet5", "resnet20_cifar"]
+
+
 def test_input_too_small_is_a_note_not_a_crash(capsys: pytest.CaptureFixture) -> None:
     assert main(["models", "--input-size", "3x8x8", "vgg11", "lenet5", "resnet20_cifar"]) == 0
     out = capsys.readouterr().out

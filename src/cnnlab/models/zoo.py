@@ -102,7 +102,8 @@ def describe_zoo(
     num_classes: int | None = None,
 ) -> list[ZooRow]:
     """describe_model for the named models (default: the whole zoo, in list_models order)."""
-    return [describe_model(n, input_size=input_size, num_classes=num_classes) for n in names or list_models()]
+    chosen = dict.fromkeys(names) if names else list_models()  # a name given twice is listed once
+    return [describe_model(n, input_size=input_size, num_classes=num_classes) for n in chosen]
 
 
 def format_gflops(gflops: float | None) -> str:
