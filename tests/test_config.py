@@ -103,3 +103,43 @@ def test_run_id_is_the_config_hash_computed_once():
 def test_split_index_is_the_fold_under_cv_and_zero_for_holdout():
     assert config.from_dict({"data.folds": 5, "data.fold": 3}).data.split_index == 3
     assert config.from_dict({"data.fold": 3}).data.split_index == 0
+
+
+def test_set_without_a_value_is_refused_null_asks_for_the_default():
+    # `--set optim.lr=$LR` with LR unset must not train silently at the recipe's rate
+    with pytest.raises(ConfigError, match=r"gives no value.*optim\.lr=null for the default"):
+        config.parse_assignment("optim.lr=")
+    assert config.parse_assignment("optim.lr=null") == ("optim.lr", None)
+
+
+def test_later_set_wins_and_earlier_sections_are_kept():
+    tree = config.apply_assignments(
+        {"optim": {"lr": 0.5}},
+        ["optim={lr: 0.1}", "optim={momentum: 0.5}", "train.epochs=2", "train.epochs=3"],
+    )
+    built = config.from_dict(tree)
+    assert (built.optim.lr, built.optim.momentum, built.train.epochs) == (0.1, 0.5, 3)
+    assert config.from_dict(config.apply_assignments({}, ["optim.lr=0.1", "optim={lr: 0.2}"])).optim.lr == 0.2
+
+
+def test_a_section_with_every_key_commented_out_is_empty():
+    tree = config.parse_yaml("optim:\n  # lr: 0.1\nmodel: {name: lenet5}\n", "run.yaml")
+    assert config.from_dict(tree) == config.from_dict({"model.name": "lenet5"})
+
+
+def test_null_for_a_key_without_null_names_its_default():
+    with pytest.raises(
+        ConfigError, match=r"model\.name cannot be null.*leave the key out for 'resnet20_cifar'"
+    ):
+        config.from_dict({"model": {"name": None}})
+
+
+def test_yaml_tab_indent_says_to_use_spaces():
+    with pytest.raises(ConfigError, match=r"run\.yaml.*line 2.*indent with spaces, not tabs"):
+        config.parse_yaml("model:\n\tname: lenet5\n", "run.yaml")
+
+
+@pytest.mark.parametrize(("key", "value"), [("optim.lr", [1]), ("train.channels_last", 1)])
+def test_a_key_that_takes_auto_says_so_when_the_type_is_wrong(key, value):
+    with pytest.raises(ConfigError, match=rf"{key} must be .*, or auto; got"):
+        config.from_dict({key: value})

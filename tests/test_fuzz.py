@@ -64,7 +64,7 @@ def assert_user_error(error: CnnlabError) -> None:
 
 def train_preflight(assignments: list[str]) -> None:
     """What `cnnlab train --set ...` does before it writes anything."""
-    tree = cfg.merge({}, dict(cfg.parse_assignment(item) for item in assignments))
+    tree = cfg.apply_assignments({}, assignments)
     config = resolve_config(cfg.from_dict(tree))
     check_trainer_options(config)
 

@@ -208,7 +208,7 @@ def run_config_from_args(args: argparse.Namespace) -> Any:
         if getattr(args, flag) is not None
     }
     tree = config.merge(tree, flags)
-    tree = config.merge(tree, dict(config.parse_assignment(item) for item in args.set))
+    tree = config.apply_assignments(tree, args.set)
     return config.from_dict(tree)
 
 

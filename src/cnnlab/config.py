@@ -13,7 +13,7 @@ import json
 import math
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -215,7 +215,9 @@ def parse_yaml(text: str, where: str) -> Any:
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{where}: invalid YAML{line}: {getattr(error, 'problem', error)}") from None
+        problem = str(getattr(error, "problem", error))
+        hint = "; indent with spaces, not tabs" if "'\\t'" in problem else ""
+        raise ConfigError(f"{where}: invalid YAML{line}: {problem}{hint}") from None
 
 
 def load_yaml(path: str | Path, kind: str = "config file") -> dict[str, Any]:
@@ -241,15 +243,30 @@ def load_yaml(path: str | Path, kind: str = "config file") -> dict[str, Any]:
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:
-    """`key=value` from `--set`; the value is parsed as YAML (so 0.1, true, [1, 2] are typed)."""
+    """`key=value` from `--set`; the value is parsed as YAML (so 0.1, true, [1, 2] are typed). An empty
+    value is refused (`--set optim.lr=$LR` with LR unset would otherwise train at the default): `null`
+    asks for the default."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set expects key=value, got {short(text)}")
+    if not raw.strip():
+        raise ConfigError(
+            f"--set {short(text)} gives no value; write one after '=' ({key.strip()}=null for the default)"
+        )
     try:
-        value = yaml.load(raw, Loader=_StrictLoader) if raw.strip() else None  # noqa: S506
+        value = yaml.load(raw, Loader=_StrictLoader)  # noqa: S506
     except (yaml.YAMLError, ConfigError, RecursionError):
         value = raw
     return key.strip(), value
+
+
+def apply_assignments(tree: Mapping[str, Any], assignments: Sequence[str]) -> dict[str, Any]:
+    """`--set KEY=VALUE`s merged over `tree` one after another: a later one wins where they overlap, and
+    keys they do not share are all kept (`--set optim={lr: 0.1} --set optim={momentum: 0.5}` sets both)."""
+    merged = merge({}, tree)
+    for text in assignments:
+        merged = merge(merged, dict([parse_assignment(text)]))
+    return merged
 
 
 def short(value: Any, limit: int = 80) -> str:
@@ -323,6 +340,8 @@ def from_dict(tree: Mapping[str, Any]) -> RunConfig:
                 f"unknown config section {section!r}{close_matches(section, SECTIONS)}; "
                 f"allowed: {', '.join(SECTIONS)}"
             )
+        if values is None:  # `optim:` with every key under it commented out: no deltas
+            values = {}
         if not isinstance(values, Mapping):
             raise ConfigError(f"config section {section!r} must be a mapping of keys, got {short(values)}")
         sections[section] = _build_section(section, SECTIONS[section], values)
@@ -372,7 +391,11 @@ def coerce_key(key: str, value: Any) -> Any:
             f"unknown config key {key!r}{close_matches(key, all_keys())}; "
             f"allowed in {section}: {', '.join(fields)}"
         )
-    coerced = _coerce(value, typing.get_type_hints(cls)[name], key)
+    annotation = typing.get_type_hints(cls)[name]
+    if value is None and type(None) not in typing.get_args(annotation):
+        default = getattr(cls(), name)
+        raise ConfigError(f"{key} cannot be null (empty); give a value, or leave the key out for {default!r}")
+    coerced = _coerce(value, annotation, key)
     _check_choice(key, coerced)
     return coerced
 
@@ -422,12 +445,14 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        for kind in inner[1:]:  # `float | str` (optim.lr): a number first, else the text ("auto")
+        for kind in inner[1:]:  # `float | str` (optim.lr), `bool | str`: the type first, else the word "auto"
             try:
                 return _coerce(value, inner[0], key)
-            except ConfigError as error:
+            except ConfigError:
                 if not isinstance(value, str):
-                    raise error from None
+                    raise ConfigError(
+                        f"{key} must be {_EXPECTED[inner[0]]}, or auto; got {short(value)}"
+                    ) from None
                 return _coerce(value, kind, key)
         return _coerce(value, inner[0], key)
     if origin is tuple:
@@ -438,13 +463,16 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     return _coerce_scalar(value, annotation, key)
 
 
+_EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
 def _coerce_scalar(value: Any, kind: type, key: str) -> Any:
     if kind is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
             return value.lower() in ("true", "yes")
-        raise ConfigError(f"{key} must be true or false, got {short(value)}")
+        raise ConfigError(f"{key} must be {_EXPECTED[bool]}, got {short(value)}")
     if kind is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -458,8 +486,7 @@ def _coerce_scalar(value: Any, kind: type, key: str) -> Any:
             pass
         else:
             return _finite(number, key) if kind is float else number
-    expected = {int: "an integer", float: "a number", str: "a string"}.get(kind, kind.__name__)
-    raise ConfigError(f"{key} must be {expected}, got {short(value)}")
+    raise ConfigError(f"{key} must be {_EXPECTED.get(kind, kind.__name__)}, got {short(value)}")
 
 
 def _finite(number: float, key: str) -> float:
