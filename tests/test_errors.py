@@ -474,3 +474,22 @@ def test_another_runs_folder_names_the_settings_that_differ(run_copy, capsys):
     line = user_error(capsys, argv, contains="holds another run")
     assert "train.devices is '1' here, 'auto' there; use another --out" in line
     assert snapshot(run_copy) == before
+
+
+@pytest.mark.parametrize("value", ["y", "offline", "2"])
+def test_offline_value_that_is_neither_yes_nor_no_is_refused(monkeypatch, tmp_path, capsys, value):
+    # CNNLAB_OFFLINE=y once meant "downloads allowed": the first use of a missing dataset went online
+    isolate(monkeypatch, tmp_path)
+    monkeypatch.setenv("CNNLAB_OFFLINE", value)
+    user_error(capsys, ["data"], contains=f"$CNNLAB_OFFLINE='{value}' is not understood; set it to 1")
+    monkeypatch.setenv("CNNLAB_OFFLINE", " Off ")
+    assert cli.main(["data"]) == 0
+
+
+def test_relative_cache_is_named_absolute(monkeypatch, tmp_path):
+    from cnnlab.data import locations
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CNNLAB_CACHE", "cache")
+    assert locations.cache_root() == tmp_path / "cache"
+    assert dict(locations.search_roots(None))[tmp_path / "cache" / "datasets"] == "download cache"

@@ -15,9 +15,10 @@ SYSTEM_DATA_DIRS = ("/usr/share/datasets",)  # Debian's dataset-* packages insta
 
 
 def cache_root() -> Path:
-    """The cache folder: `$CNNLAB_CACHE`, else `~/.cache/cnnlab`."""
+    """The cache folder, absolute: `$CNNLAB_CACHE` (a relative one taken against the working directory, so
+    every message names where the files really are), else `~/.cache/cnnlab`."""
     configured = os.environ.get(CACHE_ENV)
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "cnnlab"
+    return Path(configured).expanduser().absolute() if configured else Path.home() / ".cache" / "cnnlab"
 
 
 def data_dir_folder(data_dir: str | None) -> Path | None:
@@ -67,6 +68,26 @@ def search_roots(data_dir: str | None) -> list[tuple[Path, str]]:
     return [(root, origin) for root, origin in roots if not (root in seen or seen.add(root))]
 
 
+OFFLINE_WORDS = {
+    "1": True,
+    "true": True,
+    "yes": True,
+    "on": True,
+    "0": False,
+    "false": False,
+    "no": False,
+    "off": False,
+}
+
+
 def offline() -> bool:
-    """True when `$CNNLAB_OFFLINE` forbids downloads."""
-    return os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    """True when `$CNNLAB_OFFLINE` forbids downloads; a value that is neither yes nor no (`y`, `offline`)
+    is a DataError, never taken as "downloads allowed"."""
+    given = os.environ.get(OFFLINE_ENV, "")
+    value = given.strip().lower()
+    if value and value not in OFFLINE_WORDS:
+        raise DataError(
+            f"${OFFLINE_ENV}={quoted(given)} is not understood; set it to 1 to never download, "
+            "or 0 (or unset it) to allow downloads"
+        )
+    return OFFLINE_WORDS.get(value, False)
