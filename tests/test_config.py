@@ -143,3 +143,14 @@ def test_yaml_tab_indent_says_to_use_spaces():
 def test_a_key_that_takes_auto_says_so_when_the_type_is_wrong(key, value):
     with pytest.raises(ConfigError, match=rf"{key} must be .*, or auto; got"):
         config.from_dict({key: value})
+
+
+def test_train_help_states_precedence_and_each_flags_default(capsys):
+    from cnnlab import cli
+
+    assert cli.main(["train", "--help"]) == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "precedence: defaults < -c < flags < --set" in shown and "a later one wins" in shown
+    for key in ("model.name", "data.name", "train.epochs", "data.batch_size", "train.seed", "train.init"):
+        section, _, name = key.partition(".")
+        assert f"[{key}, default {getattr(getattr(config.RunConfig(), section), name)}]" in shown

@@ -181,10 +181,18 @@ PLUGIN_HELP = "import this plugin (module or `cnnlab.models` entry point) first,
 
 def _add_train(commands: argparse._SubParsersAction) -> None:
     sub = _command(commands, "train", "Train one run and write its run directory.", _run_train)
-    sub.add_argument("-c", "--config", help="run config YAML (deltas from the defaults)")
-    _add_overrides(sub, "override any config key, e.g. --set optim.weight_decay=0 (repeatable)")
+    sub.add_argument(
+        "-c",
+        "--config",
+        help="run config YAML (deltas from the defaults); precedence: defaults < -c < flags < --set",
+    )
+    _add_overrides(
+        sub,
+        "override any config key, e.g. --set optim.weight_decay=0 (repeatable: applied in order, a later "
+        "one wins; KEY=null: the key's default)",
+    )
     for flag, (key, kind, text) in TRAIN_FLAGS.items():
-        sub.add_argument(f"--{flag.replace('_', '-')}", type=kind, help=f"{text} [{key}]")
+        sub.add_argument(f"--{flag.replace('_', '-')}", type=kind, help=f"{text} [{key}{_default_note(key)}]")
     sub.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt")
     sub.add_argument(
         "--overwrite",
@@ -197,6 +205,13 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         help="run directory: new, empty, or a run of the same config (refused when it holds other files "
         "or another run; one process at a time)",
     )
+
+
+def _default_note(key: str) -> str:
+    """', default X' for a dotted key with a fixed default; '' for one that is unset (None) by default."""
+    section, _, name = key.partition(".")
+    default = getattr(getattr(config.RunConfig(), section), name)
+    return "" if default is None else f", default {default}"
 
 
 def run_config_from_args(args: argparse.Namespace) -> Any:
