@@ -154,3 +154,20 @@ def test_train_help_states_precedence_and_each_flags_default(capsys):
     for key in ("model.name", "data.name", "train.epochs", "data.batch_size", "train.seed", "train.init"):
         section, _, name = key.partition(".")
         assert f"[{key}, default {getattr(getattr(config.RunConfig(), section), name)}]" in shown
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("train.epochs=010", 10), ("data.classes=[no, yes, on]", ("no", "yes", "on")), ("train.test=on", True)],
+)
+def test_yaml_values_read_as_yaml_12(text, value):
+    # YAML 1.1 made 010 eight and the class names no/yes/on booleans (a "yes"/"no" folder could not be kept)
+    key, raw = config.parse_assignment(text)
+    section, _, name = key.partition(".")
+    assert getattr(getattr(config.from_dict({key: raw}), section), name) == value
+
+
+@pytest.mark.parametrize("text", ["train.epochs=1:30", "data.batch_size=0x10"])
+def test_sexagesimal_and_hex_are_not_integers(text):
+    with pytest.raises(ConfigError, match="must be an integer"):
+        config.from_dict(dict([config.parse_assignment(text)]))

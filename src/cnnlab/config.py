@@ -11,6 +11,7 @@ import functools
 import hashlib
 import json
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -177,6 +178,25 @@ class _StrictLoader(yaml.SafeLoader):
                 raise ConfigError(f"key {short(key)} is given twice (line {key_node.start_mark.line + 1})")
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_12_scalars(loader: type[yaml.SafeLoader]) -> None:
+    """Integers and booleans read as YAML 1.2 does: `010` is ten (YAML 1.1: eight), `1:30` and `0x10` are
+    text (1.1: 90 and 16), and only true/false are booleans (1.1 also turns the class names yes, no, on and
+    off into booleans). Config fields still take "yes"/"no" for a boolean (`_coerce_scalar`)."""
+    replaced = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:bool")
+    loader.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag not in replaced]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    loader.add_implicit_resolver(replaced[0], re.compile(r"^[-+]?[0-9][0-9_]*$"), list("-+0123456789"))
+    loader.add_constructor(replaced[0], lambda self, node: int(self.construct_scalar(node).replace("_", "")))
+    loader.add_implicit_resolver(
+        replaced[1], re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+    )
+
+
+_yaml_12_scalars(_StrictLoader)
 
 
 def _expanded_values(node: yaml.Node, counted: dict[int, int], open_nodes: set[int]) -> int:
@@ -470,8 +490,8 @@ def _coerce_scalar(value: Any, kind: type, key: str) -> Any:
     if kind is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
-            return value.lower() in ("true", "yes")
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off"):
+            return value.lower() in ("true", "yes", "on")
         raise ConfigError(f"{key} must be {_EXPECTED[bool]}, got {short(value)}")
     if kind is int and isinstance(value, int) and not isinstance(value, bool):
         return value
