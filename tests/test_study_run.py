@@ -465,3 +465,41 @@ def test_worker_flags_left_out_take_the_worker_options_defaults(tmp_path, capsys
     text = " ".join(capsys.readouterr().out.split())
     assert f"(default {WorkerOptions().heartbeat_s})" in text
     assert f"(default {WorkerOptions().max_attempts};" in text
+
+
+def tune_trials(out: Path) -> list:
+    """Every trial in the tune folder's storage, in order."""
+    url = f"sqlite:///{out / 'tune.db'}"
+    (summary,) = optuna.get_all_study_summaries(url)
+    return optuna.load_study(study_name=summary.study_name, storage=url).trials
+
+
+def test_an_interrupted_tune_trial_is_retried_first_and_resumes_its_runs(tmp_path, monkeypatch):
+    from cnnlab.errors import Interrupted
+    from cnnlab.study import tune
+
+    raw = {
+        "base": {**TINY, "train.epochs": 1},
+        "cv": {"folds": 2},
+        "pruner": "none",
+        "space": {"optim.lr": {"low": 0.001, "high": 0.05, "log": True}},
+    }
+    spec, out = write_spec(tmp_path / "tune.yaml", raw), tmp_path / "tune"
+    real_fit, fits = tune.fit, []
+
+    def fit_interrupted_in_fold_1(config, run_dir, **kwargs):
+        fits.append(run_dir.name)
+        if len(fits) == 2:
+            raise Interrupted(signal.SIGINT)
+        return real_fit(config, run_dir, **kwargs)
+
+    monkeypatch.setattr(tune, "fit", fit_interrupted_in_fold_1)
+    with pytest.raises(Interrupted):
+        tune.run_tune(spec, out, trials=2, log=lambda line: None)
+    interrupted = tune_trials(out)[0]
+    assert interrupted.state == optuna.trial.TrialState.FAIL and "SIGINT" in interrupted.user_attrs["reason"]
+    tune.run_tune(spec, out, trials=2, log=lambda line: None)
+    trials = tune_trials(out)
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"], "none left running"
+    assert trials[1].params == interrupted.params, "the interrupted params are taken first"
+    assert fits[2:4] == fits[0:2], "the retry reuses fold 0's run and resumes fold 1's"

@@ -13,6 +13,7 @@ tune.json); should one of them fail, or its worker die, it goes ahead instead.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -30,7 +31,7 @@ from optuna.trial import TrialState
 from cnnlab import config as cfg
 from cnnlab import safeio
 from cnnlab.data import load_split, make_splits
-from cnnlab.errors import CnnlabError, ConfigError, one_line
+from cnnlab.errors import CnnlabError, ConfigError, Interrupted, one_line
 from cnnlab.study.checks import (
     TUNE_BEST_FILE,
     TUNE_FOLDER,
@@ -47,7 +48,13 @@ from cnnlab.study.checks import (
     storage_files_in,
 )
 from cnnlab.study.plan import RUNS_DIR, splits_plan
-from cnnlab.study.queue import WorkerOptions, check_storage_url, open_storage, quiet_optuna
+from cnnlab.study.queue import (
+    STORAGE_ERRORS,
+    WorkerOptions,
+    check_storage_url,
+    open_storage,
+    quiet_optuna,
+)
 from cnnlab.study.runner import spec_text
 from cnnlab.study.selection import metric_value
 from cnnlab.study.spec import SearchParam, TuneSpec, load_tune_spec
@@ -279,7 +286,29 @@ def _count_finished(study: optuna.Study) -> int:
 
 
 def _objective(trial: optuna.Trial, spec: TuneSpec, out_dir: Path, log: Any, budget: int) -> float:
-    """Mean validation accuracy over the folds; reported fold by fold for pruning."""
+    """Mean validation accuracy over the folds; reported fold by fold for pruning. SIGINT/SIGTERM hand the
+    trial back (see `_requeue_interrupted`) and end the process."""
+    try:
+        return _run_trial(trial, spec, out_dir, log, budget)
+    except Interrupted as stop:
+        with contextlib.suppress(*STORAGE_ERRORS):  # the interrupt ends the process regardless
+            _requeue_interrupted(trial, stop)
+        raise
+
+
+def _requeue_interrupted(trial: optuna.Trial, stop: Interrupted) -> None:
+    """Record the interrupted trial as failed and queue its params again, so the next `tune` takes them
+    first and resumes their runs from their checkpoints (left running, it would wait out the heartbeat
+    grace and its runs stay half-trained). A trial that had no params yet is just left out, like a surplus."""
+    if trial.params:
+        trial.set_user_attr("reason", f"interrupted by {stop.signal_name}; its params were queued again")
+        trial.study.enqueue_trial(trial.params, skip_if_exists=False)
+    else:
+        trial.set_user_attr(SURPLUS, True)
+    trial.study.tell(trial, state=TrialState.FAIL)
+
+
+def _run_trial(trial: optuna.Trial, spec: TuneSpec, out_dir: Path, log: Any, budget: int) -> float:
     if not _needed(trial, budget):
         trial.set_user_attr(SURPLUS, True)
         trial.study.stop()
