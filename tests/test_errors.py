@@ -493,3 +493,19 @@ def test_relative_cache_is_named_absolute(monkeypatch, tmp_path):
     monkeypatch.setenv("CNNLAB_CACHE", "cache")
     assert locations.cache_root() == tmp_path / "cache"
     assert dict(locations.search_roots(None))[tmp_path / "cache" / "datasets"] == "download cache"
+
+
+@pytest.mark.parametrize("value", ["0", "no", ""])
+def test_cnnlab_quiet_0_prints_the_epoch_lines(tmp_path, capsys, monkeypatch, value):
+    monkeypatch.setenv("CNNLAB_QUIET", value)
+    assert cli.main(["train", *TINY_TRAIN, "--out", str(tmp_path / "run")]) == 0
+    assert "Epoch: 0, train" in capsys.readouterr().out
+
+
+def test_a_cnnlab_quiet_that_is_neither_yes_nor_no_is_refused_before_the_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CNNLAB_QUIET", "please")
+    out = tmp_path / "run"
+    user_error(
+        capsys, ["train", *TINY_TRAIN, "--out", str(out)], contains="$CNNLAB_QUIET='please' is not understood"
+    )
+    assert not out.exists()

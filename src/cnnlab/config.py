@@ -11,6 +11,7 @@ import functools
 import hashlib
 import json
 import math
+import os
 import re
 import types
 import typing
@@ -298,6 +299,22 @@ def short(value: Any, limit: int = 80) -> str:
 def quoted(path: str | Path) -> str:
     """A file name for a one-line message (newlines, tabs and undecodable bytes escaped)."""
     return short(str(path), 160)
+
+
+SWITCH_ON, SWITCH_OFF = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+SWITCH_WORDS = dict.fromkeys(SWITCH_ON, True) | dict.fromkeys(SWITCH_OFF, False)
+
+
+def env_switch(name: str, on_means: str) -> bool:
+    """A yes/no environment variable (1/true/yes/on or 0/false/no/off, any case; unset or empty is off); any
+    other value is a ConfigError naming it and `on_means` (what 1 does), never read as either."""
+    given = os.environ.get(name, "")
+    value = given.strip().lower()
+    if value not in SWITCH_WORDS and value:
+        raise ConfigError(
+            f"${name}={quoted(given)} is not understood; set it to 1 to {on_means}, or 0 (or unset it) not to"
+        )
+    return SWITCH_WORDS.get(value, False)
 
 
 def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:

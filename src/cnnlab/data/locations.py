@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cnnlab.config import quoted
+from cnnlab.config import env_switch, quoted
 from cnnlab.errors import DataError
 
 DATA_ENV = "CNNLAB_DATA"  # a folder of datasets, searched after --data-dir
@@ -68,26 +68,7 @@ def search_roots(data_dir: str | None) -> list[tuple[Path, str]]:
     return [(root, origin) for root, origin in roots if not (root in seen or seen.add(root))]
 
 
-OFFLINE_WORDS = {
-    "1": True,
-    "true": True,
-    "yes": True,
-    "on": True,
-    "0": False,
-    "false": False,
-    "no": False,
-    "off": False,
-}
-
-
 def offline() -> bool:
     """True when `$CNNLAB_OFFLINE` forbids downloads; a value that is neither yes nor no (`y`, `offline`)
-    is a DataError, never taken as "downloads allowed"."""
-    given = os.environ.get(OFFLINE_ENV, "")
-    value = given.strip().lower()
-    if value and value not in OFFLINE_WORDS:
-        raise DataError(
-            f"${OFFLINE_ENV}={quoted(given)} is not understood; set it to 1 to never download, "
-            "or 0 (or unset it) to allow downloads"
-        )
-    return OFFLINE_WORDS.get(value, False)
+    is an error, never taken as "downloads allowed"."""
+    return env_switch(OFFLINE_ENV, "never download")

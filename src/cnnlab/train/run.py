@@ -148,6 +148,7 @@ def fit(
     out_dir = Path(out_dir).absolute()
     config = resolve_config(config)
     check_trainer_options(config)
+    _quiet()  # a $CNNLAB_QUIET that is neither yes nor no is refused before anything is written
     ranks = run_ranks(config)
     if not ranks.primary:  # another DDP rank: rank zero owns the folder (lock, files, result.json)
         return _train_other_rank(config, out_dir, ranks.global_rank, resume=resume and not overwrite)
@@ -184,7 +185,7 @@ def _train_and_record(
     print(describe_recipe(prepared.config), flush=True)
     if prepared.init_note:
         print(prepared.init_note, flush=True)
-    recorder = EpochRecorder(out_dir, echo=not os.environ.get("CNNLAB_QUIET"))
+    recorder = EpochRecorder(out_dir, echo=not _quiet())
     try:
         status, reason = _train(
             prepared, out_dir, checkpoint, recorder, abandon, precision=precision, layout=layout
@@ -465,6 +466,7 @@ def _check_resumable(checkpoint: Path, prepared: PreparedRun) -> None:
         )
 
 
+QUIET_ENV = "CNNLAB_QUIET"  # 1: no progress bar, no per-epoch lines
 RESUME_KEYS = ("epoch", "global_step", "state_dict", "loops", "optimizer_states", "lr_schedulers")
 
 
@@ -742,7 +744,12 @@ def speed_choices(prepared: PreparedRun, checkpoint: Path | None) -> tuple[Layou
 
 def _progress_bar() -> bool:
     """A progress bar on a terminal; per-epoch lines only in CI and logs (or with CNNLAB_QUIET set)."""
-    return sys.stdout.isatty() and not os.environ.get("CNNLAB_QUIET")
+    return sys.stdout.isatty() and not _quiet()
+
+
+def _quiet() -> bool:
+    """`$CNNLAB_QUIET`: no progress bar and no per-epoch lines (tests, benchmarks)."""
+    return cfg.env_switch(QUIET_ENV, "print no progress bar and no per-epoch lines")
 
 
 class _quiet_lightning:
