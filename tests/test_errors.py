@@ -509,3 +509,10 @@ def test_a_cnnlab_quiet_that_is_neither_yes_nor_no_is_refused_before_the_run(tmp
         capsys, ["train", *TINY_TRAIN, "--out", str(out)], contains="$CNNLAB_QUIET='please' is not understood"
     )
     assert not out.exists()
+
+
+def test_a_name_in_the_wrong_case_gets_a_suggestion_and_a_file_is_not_called_missing(tmp_path, capsys):
+    user_error(capsys, ["data", "DIGITS"], contains="unknown dataset 'DIGITS' (did you mean digits?)")
+    a_file = tmp_path / "photos.zip"
+    a_file.write_bytes(b"PK")
+    user_error(capsys, ["data", f"folder:{a_file}"], contains=f"folder {a_file} is a file, not a folder")

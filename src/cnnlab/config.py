@@ -486,6 +486,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             try:
                 return _coerce(value, inner[0], key)
             except ConfigError:
+                if inner[0] in (int, float) and _is_number(value):
+                    raise  # a number where a number goes, refused (not finite): that is the message
                 if not isinstance(value, str):
                     raise ConfigError(
                         f"{key} must be {_EXPECTED[inner[0]]}, or auto; got {short(value)}"
@@ -498,6 +500,10 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             raise ConfigError(f"{key} must be a list, got {short(value)}")
         return tuple(_coerce(item, args[0], key) for item in items)
     return _coerce_scalar(value, annotation, key)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 _EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}

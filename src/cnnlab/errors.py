@@ -85,7 +85,9 @@ class DiskFull(CnnlabError):
 
 def close_matches(word: str, choices: Iterable[str], n: int = 3) -> str:
     """' (did you mean a, b?)' for near misses, else ''; for error messages that name alternatives."""
-    matches = difflib.get_close_matches(str(word), list(choices), n=n, cutoff=0.6)
+    by_folded = {choice.casefold(): choice for choice in choices}  # DIGITS is a near miss of digits
+    folded = difflib.get_close_matches(str(word).casefold(), list(by_folded), n=n, cutoff=0.6)
+    matches = [by_folded[match] for match in folded]
     return f" (did you mean {', '.join(matches)}?)" if matches else ""
 
 

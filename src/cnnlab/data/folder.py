@@ -167,7 +167,8 @@ def class_roots(root: Path) -> dict[str, Path]:
     classes named "train" and "test".
     """
     if not root.is_dir():
-        raise DataError(f"folder {root} not found (data.name=folder:PATH needs a folder of class subfolders)")
+        problem = "is a file, not a folder" if root.exists() else "not found"
+        raise DataError(f"folder {root} {problem} (data.name=folder:PATH needs a folder of class subfolders)")
     train, test = root / "train", root / "test"
     if not (train.is_dir() or test.is_dir()):
         return {"all": root}
