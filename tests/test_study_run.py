@@ -503,3 +503,22 @@ def test_an_interrupted_tune_trial_is_retried_first_and_resumes_its_runs(tmp_pat
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"], "none left running"
     assert trials[1].params == interrupted.params, "the interrupted params are taken first"
     assert fits[2:4] == fits[0:2], "the retry reuses fold 0's run and resumes fold 1's"
+
+
+@pytest.mark.parametrize(
+    ("made", "said"),
+    [
+        ({"tune.json": "{}", "tune.db": ""}, "is a `cnnlab tune` folder, not a study folder"),
+        ({".cnnlab-run": "", "result.json": "{}"}, "is one run's folder, not a study folder"),
+        (None, "no such folder"),
+    ],
+)
+def test_study_status_of_a_tune_a_run_or_no_folder_says_what_it_is(tmp_path, capsys, made, said):
+    folder = tmp_path / "out"
+    if made is not None:
+        folder.mkdir()
+        for name, text in made.items():
+            (folder / name).write_text(text)
+    assert cli.main(["study", "status", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cnnlab: error: ") and said in err and len(err.strip().splitlines()) == 1

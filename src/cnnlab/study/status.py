@@ -15,6 +15,7 @@ from typing import Any
 from cnnlab import runfolder
 from cnnlab.errors import CnnlabError
 from cnnlab.study import queue as work_queue
+from cnnlab.study.checks import TUNE_FOLDER, TUNE_SUMMARY_FILE
 from cnnlab.study.plan import PLAN_FILE, RUNS_DIR
 
 STATES = runfolder.STATES
@@ -58,14 +59,31 @@ def study_status(study_dir: str | Path, *, storage: str | None = None) -> StudyS
     study_dir = Path(study_dir).resolve()
     plan_path = study_dir / PLAN_FILE
     if not plan_path.is_file():
-        raise CnnlabError(
-            f"{study_dir} is not a study folder: {PLAN_FILE} not found (run `cnnlab study run` first)"
-        )
+        raise CnnlabError(_not_a_study_folder(study_dir))
     plan = _read_plan(plan_path)
     queue_states = _queue_states(plan, storage or plan.get("storage"))
     runs = tuple(_run_status(study_dir, entry, queue_states) for entry in plan["runs"])
     counts = {state: sum(run.state == state for run in runs) for state in STATES}
     return StudyStatus(study_dir, counts, runs, queue_states is not None)
+
+
+def _not_a_study_folder(folder: Path) -> str:
+    """Why `folder` has no study.json, said for what it is: missing, a file, a tune's or a run's folder."""
+    if not folder.exists():
+        return f"no such folder: {folder}; give the --out folder of a `cnnlab study run`"
+    if not folder.is_dir():
+        return f"{folder} is a file, not a study folder; give the --out folder of a `cnnlab study run`"
+    if any((folder / name).exists() for name in TUNE_FOLDER.markers):
+        return (
+            f"{folder} is a `cnnlab tune` folder, not a study folder: its trials and the best are in "
+            f"{folder / TUNE_SUMMARY_FILE} (complete when the tune ends; run the same tune again to go on)"
+        )
+    if (folder / runfolder.MARKER_FILE).exists():
+        return (
+            f"{folder} is one run's folder, not a study folder: its state is in its {runfolder.RESULT_FILE}; "
+            f"for the whole study give the folder that holds {RUNS_DIR}/"
+        )
+    return f"{folder} is not a study folder: {PLAN_FILE} not found (run `cnnlab study run` first)"
 
 
 # study.json's run entries: key → (allowed types, what the message says it must be)
