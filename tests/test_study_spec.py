@@ -287,6 +287,19 @@ def test_tune_spec_validates_its_space():
         parse_tune_spec({"base": BASE, "cv": {"folds": 3}, "space": {"optim.lr": {"low": 0.3, "high": 0.1}}})
 
 
+@pytest.mark.parametrize(
+    ("space", "message"),
+    [
+        ({"data.batch_size": {"low": 8.5, "high": 64, "type": "int"}}, r"low=8\.5 must be a whole number"),
+        ({"train.epochs": {"low": 1, "high": float("inf"), "type": "int"}}, r"high=inf must be a whole"),
+        ({"train.seed": [0, 1]}, r"tune spec key 'space\.train\.seed'.*set by the tune; use 'seed:'"),
+    ],
+)
+def test_tune_spec_refuses_fractional_int_bounds_and_a_searched_seed(space, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_tune_spec({"base": BASE, "cv": {"folds": 3}, "space": space})
+
+
 SHIPPED = sorted(STUDIES.glob("*.yaml"))
 
 

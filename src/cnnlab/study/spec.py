@@ -545,11 +545,13 @@ def _named_choice(label: str, overrides: Any, where: str) -> tuple[str, dict[str
 MANAGED_KEYS = ("train.seed", "data.folds", "data.fold", "data.splits_file")
 
 
-def _check_not_managed(key: str, where: str) -> None:
-    """Keys the study sets itself (seed, folds, splits) are given by `seeds:`/`cv:`, not in a grid."""
+def _check_not_managed(key: str, where: str, kind: str = "study") -> None:
+    """Keys the study (or tune) sets itself (seed, folds, splits) are given by `seeds:` (a tune's `seed:`) and
+    `cv:`, not in a grid or search space."""
     if key in MANAGED_KEYS:
-        hint = "use 'seeds:'" if key == "train.seed" else "use 'cv: {folds: k}'"
-        raise ConfigError(f"study spec key {where!r}: {key} is set by the study; {hint}")
+        seed_key = "seeds:" if kind == "study" else "seed:"
+        hint = f"use '{seed_key}'" if key == "train.seed" else "use 'cv: {folds: k}'"
+        raise ConfigError(f"{kind} spec key {where!r}: {key} is set by the {kind}; {hint}")
 
 
 def _value_label(value: Any) -> str:
@@ -650,7 +652,7 @@ def _parse_search_param(key: Any, value: Any) -> SearchParam:
     where = f"space.{key}"
     if not isinstance(key, str) or "." not in key:
         raise ConfigError(f"tune spec key {where!r} must be a dotted config key like optim.lr")
-    _check_not_managed(key, where)
+    _check_not_managed(key, where, "tune")
     if isinstance(value, list):
         if not value:
             raise ConfigError(f"tune spec key {where!r} must list at least one choice")
@@ -670,6 +672,8 @@ def _parse_search_param(key: Any, value: Any) -> SearchParam:
     for bound, name in ((low, "low"), (high, "high")):
         if isinstance(bound, bool) or not isinstance(bound, (int, float)):
             raise ConfigError(f"tune spec key {where}.{name} must be a number, got {bound!r}")
+        if kind == "int" and not float(bound).is_integer():
+            raise ConfigError(f"tune spec key {where}.{name}={bound} must be a whole number for type: int")
     if not low < high:
         raise ConfigError(f"tune spec key {where}: low={low} must be below high={high}")
     log = value.get("log", False)
