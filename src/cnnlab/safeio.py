@@ -118,10 +118,10 @@ def temp_files(path: str | Path) -> list[Path]:
     may be a glob pattern (`*.png`)."""
     path = Path(path)
     found = path.parent.glob(f".{path.name}.*.tmp")
-    return sorted(found_path for found_path in found if _TEMP_NAME.fullmatch(found_path.name))
+    return sorted(found_path for found_path in found if TEMP_NAME.fullmatch(found_path.name))
 
 
-_TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # `_new_temp_file`'s names
+TEMP_NAME = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{8}\.tmp")  # `_new_temp_file`'s names: .<name>.<hex>.tmp
 
 
 def _make_parents(folder: Path) -> list[Path]:

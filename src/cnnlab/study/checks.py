@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import fcntl
 import fnmatch
-import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -108,7 +107,6 @@ TUNE_STORAGE_FILE = "tune.db"
 REPORT_FILES = ("report.html", "report.md", "results.csv")  # written by `cnnlab report` (and `study run`)
 REPORT_DIR = "report_files"  # the report's figures (cnnlab.report.document.PLOT_DIR)
 SQLITE_SIDE_FILES = ("-journal", "-wal", "-shm")  # SQLite's files beside a database
-_TEMP_FILE = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{8}\.tmp")  # safeio.atomic_path's temporary files
 SPLITS_FILES = f"{SPLITS_DIR}/{'[0-9a-f]' * 12}.json"  # plan.splits_plan names them by a 12-digit digest
 ENSEMBLE_FILES = (
     f"{ENSEMBLES_DIR}/*/{runfolder.RESULT_FILE}",
@@ -234,14 +232,14 @@ def _is_run_entry(path: Path) -> bool:
 
 
 def _is_splits_entry(path: Path) -> bool:
-    own = fnmatch.fnmatch(f"{SPLITS_DIR}/{path.name}", SPLITS_FILES) or _TEMP_FILE.fullmatch(path.name)
+    own = fnmatch.fnmatch(f"{SPLITS_DIR}/{path.name}", SPLITS_FILES) or safeio.TEMP_NAME.fullmatch(path.name)
     return path.is_file() and bool(own)
 
 
 def _own_file_name(name: str, own: Iterable[str], patterns: Iterable[str] = ()) -> bool:
     """A name cnnlab writes: one of `own` (or matching one of `patterns`), a SQLite side file of one, or a
     temporary file of either."""
-    temp = _TEMP_FILE.fullmatch(name)
+    temp = safeio.TEMP_NAME.fullmatch(name)
     name = temp["name"] if temp else name
     bases = {name} | {name[: -len(side)] for side in SQLITE_SIDE_FILES if name.endswith(side)}
     return bool(bases & set(own)) or any(
@@ -294,7 +292,7 @@ def _remove_temp_files_and_empty_dirs(root: Path) -> None:
     if not root.is_dir():
         return
     for path in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-        if path.is_file() and _TEMP_FILE.fullmatch(path.name):
+        if path.is_file() and safeio.TEMP_NAME.fullmatch(path.name):
             path.unlink(missing_ok=True)
         elif path.is_dir() and not any(path.iterdir()):
             path.rmdir()
