@@ -471,7 +471,7 @@ def _grid_table(grid: TwoFactorGrid, flagged: frozenset[str]) -> Table:
 
 def _comparisons_section(report: Report) -> Section | None:
     comparisons = report.comparisons
-    uncompared = _uncompared_note(report.study)
+    uncompared = _uncompared_note(report.study, comparisons)
     if not comparisons:
         return Section("Paired comparisons", (uncompared,)) if uncompared else None
     sentences = tuple(describe(c) + _flag_caution(c, report.flagged) for c in comparisons)
@@ -479,9 +479,9 @@ def _comparisons_section(report: Report) -> Section | None:
     return Section("Paired comparisons", (Bullets(sentences), table, *([uncompared] if uncompared else [])))
 
 
-def _uncompared_note(study: Study) -> Paragraph | None:
+def _uncompared_note(study: Study, comparisons: list[PairedComparison]) -> Paragraph | None:
     """Why configurations one setting apart have no comparison: too few shared seeds/folds."""
-    pairs = uncompared_pairs(study)
+    pairs = uncompared_pairs(study, comparisons)
     if not pairs:
         return None
     named = ", ".join(f"{first} and {second}" for first, second in pairs[:5])

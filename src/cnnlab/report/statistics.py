@@ -176,12 +176,14 @@ def paired_comparisons(study: Study) -> list[PairedComparison]:
     return [comparison for comparison in compared if comparison is not None]
 
 
-def uncompared_pairs(study: Study) -> list[tuple[str, str]]:
-    """Pairs of configurations (idents) one setting apart that share too few seeds/folds to compare."""
+def uncompared_pairs(study: Study, comparisons: Sequence[PairedComparison]) -> list[tuple[str, str]]:
+    """Pairs of configurations (idents) one setting apart that `comparisons` (`paired_comparisons`) left out:
+    they share too few seeds/folds to compare."""
+    compared = {frozenset((c.better, c.worse)) for c in comparisons}
     return [
         (first.ident, second.ident)
-        for first, second, difference in _one_setting_apart(study)
-        if _compare(first, second, difference) is None
+        for first, second, _ in _one_setting_apart(study)
+        if frozenset((first.ident, second.ident)) not in compared
     ]
 
 
