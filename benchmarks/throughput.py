@@ -418,7 +418,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="print (b)'s milliseconds per step by operator group in each of --precisions (default: "
         "32-true and bf16-mixed, on any CPU) and exit",
     )
-    parser.add_argument("--record", action="store_true", help=f"write the '{SECTION}' section of RESULTS.md")
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help=f"write the '{SECTION}' section of RESULTS.md (with --compile: its own)",
+    )
     parser.add_argument("--json", help="also write the headline figures to this file (run_all.py)")
     return parser.parse_args(argv)
 
@@ -571,9 +575,15 @@ def main(argv: list[str] | None = None) -> list[Setting]:
     print("\n".join(lines))
     common.write_json(args.json, {"models": figures, "matmul_gflops": peaks, "lines": density_line(settings)})
     if args.record:
-        common.record_section(SECTION + (" (GPU)" if args.device.startswith("cuda") else ""), lines)
+        common.record_section(section_title(args), lines)
         print(f"recorded in {common.RESULTS}")
     return settings
+
+
+def section_title(args: argparse.Namespace) -> str:
+    """RESULTS.md section of a run: compiled and GPU runs each have their own, apart from eager CPU runs."""
+    compiled = " (compiled)" if args.compile else ""
+    return SECTION + compiled + (" (GPU)" if args.device.startswith("cuda") else "")
 
 
 if __name__ == "__main__":

@@ -158,12 +158,26 @@ def test_run_all_writes_one_summary_from_every_script():
             }
         },
         "study_overhead": {"marginal_s": 0.14, "per_run_in_worker_s": 0.29, "fixed_s": 11.0},
+        "compiled": {"models": {"resnet20_cifar": {"bf16-mixed": {**fit, "c_over_a": 2.7}}}},
     }
     lines = run_all.summary_lines(results, [], "cpu")
     text = "\n".join(lines)
     assert "Machine: " in text and "| resnet20_cifar, 32-true | 700 img/s | c/a 2.60 | c/b 1.00 |" in text
     assert "bf16 / fp32 1.80x" in text and "80.0 s median wall (budget 90 s) | 3/3 runs >= 92%" in text
     assert "0.14 s marginal per run" in text and "19.3x" in text and "densenet_cifar time per FLOP" in text
+    assert "| resnet20_cifar, bf16-mixed with train.compile | 700 img/s | c/a 2.70 |" in text
+
+
+def test_run_all_measures_the_compiled_fit_only_where_a_compiler_works(monkeypatch):
+    from torch._inductor import cpp_builder
+
+    def no_compiler():
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", no_compiler)
+    assert "compiled" not in run_all.steps_to_run()
+    compiled = run_all.script_arguments("compiled", argparse.Namespace(quick=False, device="cpu", parity=3))
+    assert compiled[-4:] == ["--compile", "--models", "resnet20_cifar", "--record"]
 
 
 @pytest.mark.parametrize("name", sorted(path.name for path in RECIPES.glob("*.yaml")))
