@@ -5,8 +5,8 @@ throughput.py (fp32 and, where `precision: auto` could choose it, bf16; resnet20
 lenet5, resnet18), throughput.py again on resnet20_cifar with train.compile (where a C++ compiler is
 installed), time_to_accuracy.py (the 92% and 93% recipes, the accuracy-against-time plot, bf16/fp32
 parity where bf16 is measured), study_overhead.py — all with `--record` — then writes the "Summary against
-the targets" section from their figures, with the machine and the date. Run it on a quiet machine: about
-an hour on two CPU cores.
+the targets" section from their figures, with the machine and the date. Run it on a quiet machine: 35
+minutes (a 2-core AMX Xeon) to an hour (a 2-core EPYC).
 
     python benchmarks/run_all.py                    # everything, recorded in benchmarks/RESULTS.md
     python benchmarks/run_all.py --quick            # seconds per script: checks the chain, records nothing
