@@ -495,6 +495,16 @@ def test_relative_cache_is_named_absolute(monkeypatch, tmp_path):
     assert dict(locations.search_roots(None))[tmp_path / "cache" / "datasets"] == "download cache"
 
 
+def test_a_quoted_tilde_in_a_path_argument_means_the_home_folder(tmp_path, monkeypatch):
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir(), work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    assert cli.main(["train", *TINY_TRAIN, "--out", "~/run"]) == 0
+    assert (home / "run" / "result.json").is_file() and not (work / "~").exists()
+    assert cli.main(["evaluate", "--checkpoint", "~/run"]) == 0
+
+
 @pytest.mark.parametrize("value", ["0", "no", ""])
 def test_cnnlab_quiet_0_prints_the_epoch_lines(tmp_path, capsys, monkeypatch, value):
     monkeypatch.setenv("CNNLAB_QUIET", value)

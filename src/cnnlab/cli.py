@@ -71,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as done:  # --help, or a usage error argparse already printed on one line
         return int(done.code or 0)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    _expand_home(args)
     if not hasattr(args, "run"):
         parser.print_help()
         return EXIT_USAGE
@@ -205,6 +206,19 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         help="run directory: new, empty, or a run of the same config (refused when it holds other files "
         "or another run; one process at a time)",
     )
+
+
+# Arguments that name a file or folder; a quoted "~/runs" reaches cnnlab unexpanded by the shell.
+PATH_ARGUMENTS = ("checkpoint", "config", "data_dir", "dir", "images", "out", "plugin", "spec")
+
+
+def _expand_home(args: argparse.Namespace) -> None:
+    """`~` and `~user` at the start of a path argument mean the home folder, as in the shell, never a folder
+    named "~" in the working directory."""
+    for name in PATH_ARGUMENTS:
+        value = getattr(args, name, None)
+        if isinstance(value, str) and value.startswith("~"):
+            setattr(args, name, os.path.expanduser(value))
 
 
 def _default_note(key: str) -> str:
