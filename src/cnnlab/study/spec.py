@@ -361,9 +361,7 @@ def _parse_base(value: Any, where: str, base_dir: Path | None) -> dict[str, Any]
     if value is None:
         return {}
     if isinstance(value, str):
-        path = Path(value)
-        if not path.is_absolute() and base_dir is not None:
-            path = base_dir / path
+        path = spec_relative(value, base_dir)
         value = cfg.load_yaml(path, f"run config file of study spec key {where!r}")
     if not isinstance(value, Mapping):
         raise ConfigError(
@@ -371,6 +369,15 @@ def _parse_base(value: Any, where: str, base_dir: Path | None) -> dict[str, Any]
             f"got {value!r}"
         )
     return typed_values(value, where)
+
+
+def spec_relative(value: str, base_dir: Path | None) -> Path:
+    """A file a spec names (a `base:` run YAML file, a suite's study): `~` is the home folder, a relative
+    path is taken against the spec file's folder (`base_dir`; the working directory when None)."""
+    path = Path(value).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    return path
 
 
 def typed_values(tree: Mapping[str, Any], where: str) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from cnnlab import config as cfg
 from cnnlab import safeio
 from cnnlab.errors import CnnlabError, ConfigError, close_matches
 from cnnlab.runfolder import SUITE_FILE
-from cnnlab.study.spec import SAFE_NAME, apply_overrides, parse_study_spec
+from cnnlab.study.spec import SAFE_NAME, apply_overrides, parse_study_spec, spec_relative
 
 SUITE_KEYS = ("name", "description", "studies")
 SUITE_SPEC_FILE = "suite.yaml"
@@ -89,7 +89,7 @@ def _sub_study(item: Any, index: int, suite_path: Path, out_dir: Path) -> tuple[
     """(name, spec file, inline spec or None) of `studies[index]`."""
     where = f"suite spec studies[{index}]"
     if isinstance(item, str):
-        spec_path = Path(item) if Path(item).is_absolute() else suite_path.parent / item
+        spec_path = spec_relative(item, suite_path.parent)
         raw = cfg.load_yaml(spec_path, f"study spec of {where}")
         if "studies" in raw:
             raise ConfigError(f"{where}: {item} is a suite itself; a suite lists studies, not suites")
@@ -103,8 +103,8 @@ def _sub_study(item: Any, index: int, suite_path: Path, out_dir: Path) -> tuple[
     name = _checked_name(item["name"], where)
     inline = dict(item)
     base = inline.get("base")
-    if isinstance(base, str) and not Path(base).is_absolute():  # a run YAML file, relative to the suite
-        inline["base"] = str((suite_path.parent / base).absolute())
+    if isinstance(base, str):  # a run YAML file, relative to the suite
+        inline["base"] = str(spec_relative(base, suite_path.parent).absolute())
     return name, out_dir.absolute() / INLINE_DIR / f"{name}.yaml", inline
 
 

@@ -1,0 +1,39 @@
+"""Paths inside study, suite and tune spec files: `~`, relative to the spec, odd files given as specs."""
+
+import pytest
+import yaml
+
+from cnnlab.study.spec import load_study_spec, load_tune_spec
+from cnnlab.study.suite import load_suite
+
+RUN = {"model.name": "lenet5", "data.name": "digits", "train.epochs": 1}
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    (home / "run.yaml").write_text(yaml.safe_dump(RUN))
+    return home
+
+
+def test_tilde_in_a_spec_base_file_is_the_home_folder(tmp_path, home):
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "s.yaml").write_text('base: "~/run.yaml"\n')
+    assert load_study_spec(specs / "s.yaml").base["model.name"] == "lenet5"
+    tune = 'base: "~/run.yaml"\nspace: {optim.lr: {low: 0.01, high: 0.1}}\ncv: {folds: 2}\n'
+    (specs / "t.yaml").write_text(tune)
+    assert load_tune_spec(specs / "t.yaml").base["model.name"] == "lenet5"
+
+
+def test_tilde_in_suite_entries_is_the_home_folder(tmp_path, home):
+    (home / "s1.yaml").write_text("base: run.yaml\n")  # relative to s1.yaml's own folder
+    suite = tmp_path / "specs" / "suite.yaml"
+    suite.parent.mkdir()
+    suite.write_text('studies:\n  - "~/s1.yaml"\n  - {name: inline, base: "~/run.yaml"}\n')
+    loaded = load_suite(suite, tmp_path / "out")
+    assert [study.name for study in loaded.studies] == ["s1", "inline"]
+    assert loaded.studies[0].spec_path == home / "s1.yaml"
+    assert loaded.studies[1].inline["base"] == str(home / "run.yaml")
