@@ -384,3 +384,33 @@ def test_the_same_spec_with_other_overrides_is_refused_saying_what_changed(tmp_p
     assert snapshot(out) == before
     other = two_run_spec(tmp_path / "s2.yaml", "s2", 0.003)
     assert "overrides differ" not in refused(capsys, "study", "run", str(other), "--out", str(out))
+
+
+def test_an_out_folder_inside_the_photo_folder_trained_on_is_refused(tmp_path, capsys):
+    """Its report figures (PNG) would be read as a new class of that dataset by the next study."""
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    for label in ("cat", "dog"):
+        (photos / label).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (8, 8), (40 * i, 0, 0) if label == "cat" else (0, 40 * i, 0)).save(
+                photos / label / f"{i}.png"
+            )
+    before = snapshot(photos)
+    base = {key: value for key, value in ONE_EPOCH.items() if key != "data.subset"}
+    base["data.name"] = f"folder:{photos}"
+    study_spec = write_spec(tmp_path / "s.yaml", {"name": "s", "base": base})
+    suite_spec = write_spec(tmp_path / "suite.yaml", {"name": "su", "studies": [{"name": "a", "base": base}]})
+    search = write_spec(
+        tmp_path / "t.yaml", {"name": "t", "base": base, "space": {"optim.lr": [0.01]}, "cv": {"folds": 2}}
+    )
+    cases = [
+        (("study", "run", str(study_spec)), photos / "out"),
+        (("study", "run", str(study_spec)), photos / "cat" / "out"),
+        (("study", "run", str(suite_spec)), photos / "suite"),
+        (("tune", str(search), "--trials", "1"), photos / "tune"),
+    ]
+    for args, out in cases:
+        assert "inside the photo folder" in refused(capsys, *args, "--out", str(out))
+    assert snapshot(photos) == before and sorted(p.name for p in photos.iterdir()) == ["cat", "dog"]

@@ -182,6 +182,22 @@ def check_out_folder(folder: Path, kind: FolderKind, *, also_own: Iterable[str] 
         )
 
 
+def check_out_outside_data(folder: Path, data_names: Iterable[str]) -> None:
+    """Refuse an --out folder inside (or equal to) a photo folder the study trains on (`data.name:
+    folder:PATH`): its report figures and run images would become a class of that dataset at its next load."""
+    out = folder.expanduser().resolve()
+    for name in sorted(set(data_names)):
+        if not name.startswith("folder:") or not name[len("folder:") :].strip():
+            continue
+        data = Path(name[len("folder:") :]).expanduser().resolve()
+        if out == data or data in out.parents:
+            raise StudyFolderError(
+                f"--out {cfg.quoted(folder)} is inside the photo folder {cfg.quoted(data)} "
+                f"(data.name={name}): the figures written there would become images of that dataset; "
+                "give an --out outside it"
+            )
+
+
 def storage_files_in(folder: Path, *urls: str | None) -> tuple[str, ...]:
     """The names of the SQLite queue databases among `urls` (sqlite:///PATH) that lie in `folder`, with
     their side files: files a study or tune folder may hold beside its own (a --storage kept there)."""

@@ -47,6 +47,7 @@ from cnnlab.study.checks import (
     StudyFolderError,
     check_data,
     check_out_folder,
+    check_out_outside_data,
     check_plan,
     folder_lock,
     remove_own_files,
@@ -162,6 +163,7 @@ def check_study_out(plan: StudyPlan, spec_path: Path, storage: str | None, *, re
     other spec's study (unless `restart`: then True, the old study is to be discarded), a usable storage."""
     if storage:
         work_queue.check_storage_url(storage)
+    check_out_outside_data(plan.study_dir, (run.config.data.name for run in plan.runs))
     check_out_folder(plan.study_dir, STUDY_FOLDER, also_own=_storage_file(plan.study_dir, storage))
     other_spec = check_study_folder(plan, spec_path, restart=restart)
     study_storage(plan, storage, restart=restart)

@@ -42,6 +42,7 @@ from cnnlab.study.checks import (
     check_config,
     check_init_file,
     check_out_folder,
+    check_out_outside_data,
     check_training_data,
     folder_lock,
     remove_own_files,
@@ -159,6 +160,7 @@ def claim_tune_folder(
     its lock, where tune.yaml and the spec's identity in tune.json are written: two tunes of different specs
     started at once cannot both take the folder. `restart` removes another spec's search first."""
     also_own = storage_files_in(out_dir, url)
+    check_out_outside_data(out_dir, [str(spec.base.get("data.name", ""))])
     check_out_folder(out_dir, TUNE_FOLDER, also_own=also_own)
     _check_same_tune(out_dir, spec, spec_path, restart=restart)
     with folder_lock(out_dir, log=log):
