@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import io as bytes_io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
+from PIL.PngImagePlugin import PngInfo
 from torch import nn
 
 from cnnlab import safeio
@@ -33,6 +35,8 @@ ADAPTIVE_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 EXPLAIN_BATCH = 32  # images per forward/backward pass in `explain_images`
 OVERLAY_SIDE = 224  # side of each panel of an explain PNG
 OVERLAY_ALPHA = 0.45  # weight of the heat map over the image
+OVERLAY_SIZE = (2 * OVERLAY_SIDE + 8, OVERLAY_SIDE + 30)  # width, height of an explain PNG
+OVERLAY_MARK_KEY, OVERLAY_MARK = "Software", "cnnlab explain"  # PNG text chunk of every overlay
 COLORMAP = "jet"
 MAX_NAME_BYTES = 200  # an overlay's file stem, in UTF-8 bytes (file systems allow 255 with the suffix)
 
@@ -145,21 +149,21 @@ def explain_images(checkpoint: str | Path, images: str | Path, out_dir: str | Pa
     (`<subfolder>_<stem>.png` below the top) with the image beside its
     Grad-CAM overlay of the predicted class and the prediction written below."""
     check_images_folder(images, dataset_allowed=False)  # before Path(""), which is the working directory
+    if not str(out_dir).strip():
+        raise ConfigError("--out is empty; give a folder for the overlay PNGs, e.g. --out cams/")
     checkpoint, images, out_dir = Path(checkpoint), Path(images), Path(out_dir)
     if not checkpoint.exists():
         raise ConfigError(
             f"--checkpoint {checkpoint}: not found; give a run directory, a checkpoint file or an export"
         )
-    if out_dir.resolve() == images.resolve():
-        raise ConfigError(f"--out {out_dir} is the --images folder; write the overlays to another folder")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"--out {out_dir} is a file; give a folder for the overlay PNGs")
+    _check_out_folder(out_dir, images)
     trained = load_model(checkpoint)
     meta = trained.meta
     files, pixels = read_model_images(trained, images)
     ids = [file.as_posix() for file in files]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     names = _unique_names([file.with_suffix("").as_posix() for file in files])  # cat/0.png -> cat_0
+    _check_no_foreign_files(out_dir, names)  # before the first overlay is written
     written = []
     for start in range(0, len(ids), EXPLAIN_BATCH):
         batch = pixels[start : start + EXPLAIN_BATCH]
@@ -180,18 +184,61 @@ def explain_images(checkpoint: str | Path, images: str | Path, out_dir: str | Pa
     return written
 
 
+def _check_out_folder(out_dir: Path, images: Path) -> None:
+    """`explain --out` is a folder (new, or existing) outside the --images folder: overlays written inside
+    it would be read as images by the next `explain` or `predict` of that folder."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} is a file; give a folder for the overlay PNGs")
+    resolved, source = out_dir.resolve(), images.resolve()
+    if resolved == source:
+        raise ConfigError(f"--out {out_dir} is the --images folder; write the overlays to another folder")
+    if source in resolved.parents:
+        raise ConfigError(
+            f"--out {out_dir} is inside the --images folder {images}, so its overlays would be read as "
+            f"images next time; write them to a folder outside it, e.g. {source.name or 'images'}-explained"
+        )
+
+
+def _check_no_foreign_files(out_dir: Path, names: list[str]) -> None:
+    """Refuse, before anything is written, to replace a file in `out_dir` that is not an overlay `explain`
+    wrote (a photo of the user's that happens to have an overlay's name)."""
+    taken = [f"{name}.png" for name in names if os.path.lexists(out_dir / f"{name}.png")]
+    foreign = [name for name in taken if not _is_overlay(out_dir / name)]
+    if foreign:
+        shown = ", ".join(printable(name) for name in foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise ConfigError(
+            f"--out {out_dir} holds {len(foreign)} file(s) that are not overlays written by cnnlab explain "
+            f"but have an overlay's name ({shown}); cnnlab replaces only its own overlays: give a new or "
+            "empty folder"
+        )
+
+
+def _is_overlay(path: Path) -> bool:
+    """A PNG `_overlay_png` wrote: marked so in its text chunk, or (written before the mark) its size."""
+    try:
+        with Image.open(path) as image:
+            if image.format != "PNG":
+                return False
+            marked = getattr(image, "text", {}).get(OVERLAY_MARK_KEY) == OVERLAY_MARK
+            return marked or (image.mode == "RGB" and image.size == OVERLAY_SIZE)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return False
+
+
 def _overlay_png(image: torch.Tensor, cam: np.ndarray, caption: str) -> bytes:
     """The image and its Grad-CAM overlay side by side, enlarged to OVERLAY_SIDE, with a caption below."""
     side = OVERLAY_SIDE
     enlarged = resize_images(image[None], side)[0].numpy()
     big_cam = F.interpolate(torch.from_numpy(cam)[None, None], size=(side, side), mode="bilinear")[0, 0]
     plain = np.repeat(enlarged, 3, axis=0) if enlarged.shape[0] == 1 else enlarged
-    canvas = Image.new("RGB", (2 * side + 8, side + 30), "white")
+    canvas = Image.new("RGB", OVERLAY_SIZE, "white")
     canvas.paste(Image.fromarray(plain.transpose(1, 2, 0)), (0, 0))
     canvas.paste(Image.fromarray(overlay(enlarged, big_cam.numpy())), (side + 8, 0))
     ImageDraw.Draw(canvas).text((4, side + 8), caption, fill="black", font=ImageFont.load_default(size=13))
     buffer = bytes_io.BytesIO()
-    canvas.save(buffer, format="PNG")
+    marked = PngInfo()
+    marked.add_text(OVERLAY_MARK_KEY, OVERLAY_MARK)  # how a later run knows the file for its own
+    canvas.save(buffer, format="PNG", pnginfo=marked)
     return buffer.getvalue()
 
 

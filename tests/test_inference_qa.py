@@ -1,0 +1,65 @@
+"""explain used carelessly: it never writes into the folder it reads nor replaces a file it did not write."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from cnnlab import cli
+from cnnlab.config import from_dict
+from cnnlab.train import fit
+from tests.test_errors import user_error
+
+TINY = {"model.name": "lenet5", "data.name": "digits", "data.subset": 100, "train.epochs": 1}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("trained") / "run"
+    fit(from_dict(TINY), out)
+    return out
+
+
+def write_images(folder: Path, names: list[str]) -> Path:
+    for index, name in enumerate(names):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (40 * index % 255, 90, 160)).save(folder / name)
+    return folder
+
+
+def explain(trained: Path, images: Path | str, out: Path | str) -> list[str]:
+    return ["explain", "--checkpoint", str(trained), "--images", str(images), "--out", str(out)]
+
+
+def test_explain_refuses_an_out_inside_the_images_folder(trained, tmp_path, capsys):
+    images = write_images(tmp_path / "photos", ["0.png", "1.png"])
+    user_error(capsys, explain(trained, images, images / "cams"), contains="inside the --images folder")
+    assert not (images / "cams").exists()  # before: written there, and read back as images by the next run
+
+
+def test_explain_never_replaces_a_file_it_did_not_write(trained, tmp_path, capsys):
+    images = write_images(tmp_path / "photos", ["0.png", "1.png", "sub/0.png"])
+    mine = write_images(tmp_path / "mine", ["0.png", "notes.png"])
+    before = {path.name: path.read_bytes() for path in mine.iterdir()}
+    user_error(capsys, explain(trained, images, mine), contains="0.png")
+    assert {path.name: path.read_bytes() for path in mine.iterdir()} == before  # nothing replaced or added
+    # --out above --images: overlay 0.png of sub/0.png would replace the input photos/0.png
+    user_error(capsys, explain(trained, images / "sub", images), contains="(0.png)")
+    # a folder of its own overlays is replaced, run after run
+    out = tmp_path / "cams"
+    assert cli.main(explain(trained, images, out)) == 0
+    assert cli.main(explain(trained, images, out)) == 0
+    assert sorted(path.name for path in out.iterdir()) == ["0.png", "1.png", "sub_0.png"]
+
+
+def test_explain_with_an_empty_out_writes_nothing_in_the_working_directory(
+    trained, tmp_path, capsys, monkeypatch
+):
+    images = write_images(tmp_path / "photos", ["0.png"])
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    user_error(capsys, explain(trained, images, ""), contains="--out is empty")
+    assert list(work.iterdir()) == []
