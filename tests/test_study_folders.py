@@ -414,3 +414,20 @@ def test_an_out_folder_inside_the_photo_folder_trained_on_is_refused(tmp_path, c
     for args, out in cases:
         assert "inside the photo folder" in refused(capsys, *args, "--out", str(out))
     assert snapshot(photos) == before and sorted(p.name for p in photos.iterdir()) == ["cat", "dog"]
+
+
+def test_the_same_spec_from_another_working_directory_is_refused_naming_relative_paths(
+    tmp_path, capsys, monkeypatch
+):
+    # data.data_dir: cache is relative to the working directory, so from elsewhere the runs are other runs
+    spec = write_spec(tmp_path / "s.yaml", {"name": "s", "base": {**ONE_EPOCH, "data.data_dir": "cache"}})
+    out = tmp_path / "study"
+    for place in ("a", "b"):
+        (tmp_path / place / "cache").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "a")
+    claimed(spec, out)
+    before = snapshot(out)
+    monkeypatch.chdir(tmp_path / "b")
+    line = refused(capsys, "study", "run", str(spec), "--out", str(out))
+    assert "unchanged" in line and "working directory" in line and "spec file was edited" not in line, line
+    assert snapshot(out) == before

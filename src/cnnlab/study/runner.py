@@ -206,7 +206,7 @@ def check_study_folder(plan: StudyPlan, spec_path: Path, *, restart: bool, worke
     raise StudyFolderError(
         f"study folder {str(plan.study_dir)!r} holds study {theirs} (plan {existing.get('plan_hash')}); "
         f"refusing {plan.spec.name!r} from {spec_path} (plan {plan.plan_hash}): "
-        + _why_another_plan(existing, spec_path)
+        + _why_another_plan(existing, spec_path, plan)
         + "a folder holds one spec; "
         + (
             "a --worker-only process joins with the spec the folder was started with"
@@ -216,14 +216,30 @@ def check_study_folder(plan: StudyPlan, spec_path: Path, *, restart: bool, worke
     )
 
 
-def _why_another_plan(existing: dict[str, Any], spec_path: Path) -> str:
-    """For the same spec file with another plan, what changed: the file, or the --set overrides."""
+def _why_another_plan(existing: dict[str, Any], spec_path: Path, plan: StudyPlan) -> str:
+    """For the same spec file with another plan, what changed: the file, or the --set overrides; or, when
+    the effective spec is the one the folder's study.yaml holds, a file it names or a relative path in it."""
     if existing.get("spec_path") != str(spec_path.absolute()):
         return ""
+    if _recorded_spec(plan.study_dir) == plan.spec.raw:
+        return (
+            "the spec and its --set overrides are unchanged, so a file it names was edited (a base: run "
+            "file) or a relative path in it now means another one: folder:, data.data_dir and file: paths "
+            "are taken against the working directory, so run it from the folder it was started in, or make "
+            "them absolute; "
+        )
     return (
         "the spec file was edited, or its --set overrides differ, since the folder was started "
         "(its study.yaml holds the spec it ran); "
     )
+
+
+def _recorded_spec(study_dir: Path) -> Any:
+    """The effective spec the folder's study.yaml holds (None when it is missing or unreadable)."""
+    try:
+        return yaml.safe_load((study_dir / SPEC_FILE).read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
 
 
 def study_storage(plan: StudyPlan, given: str | None, *, restart: bool = False) -> str:
