@@ -1,4 +1,5 @@
-"""explain used carelessly: it never writes into the folder it reads nor replaces a file it did not write."""
+"""explain and evaluate used carelessly: explain never writes into the folder it reads nor replaces a file it
+did not write; evaluate --split val never applies a run's validation indices to other data."""
 
 from __future__ import annotations
 
@@ -63,3 +64,13 @@ def test_explain_with_an_empty_out_writes_nothing_in_the_working_directory(
     monkeypatch.chdir(work)
     user_error(capsys, explain(trained, images, ""), contains="--out is empty")
     assert list(work.iterdir()) == []
+
+
+def test_evaluate_val_of_other_training_images_is_refused(trained, capsys):
+    # --data digits drops the run's data.subset: its 100-image splits.json does not describe those 1437
+    user_error(
+        capsys,
+        ["evaluate", "--checkpoint", str(trained), "--data", "digits", "--split", "val"],
+        contains="--split val",
+    )
+    assert cli.main(["evaluate", "--checkpoint", str(trained), "--split", "val"]) == 0  # its own data: fine

@@ -496,7 +496,16 @@ def _split_images(
             "splits.json beside checkpoints/)"
         )
     fold = data_config.split_index
-    _, val_idx = Splits.load(splits_file).indices(fold)
+    splits = Splits.load(splits_file)
+    try:
+        splits.check_labels(train.labels, source=str(splits_file))
+    except DataError:  # another --data (or a changed dataset): those indices would pick other images
+        raise ConfigError(
+            f"--split val: {cfg.quoted(splits_file)} holds the validation part of the {splits.num_samples} "
+            f"training images the run was made with, not of the {len(train.labels)} training images of "
+            f"{data_config.name!r} now; use --split test or train"
+        ) from None
+    _, val_idx = splits.indices(fold)
     index = torch.as_tensor(val_idx)
     return train.images[index], train.labels[index]
 
