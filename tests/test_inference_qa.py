@@ -3,6 +3,8 @@ did not write; evaluate --split val never applies a run's validation indices to 
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -74,3 +76,12 @@ def test_evaluate_val_of_other_training_images_is_refused(trained, capsys):
         contains="--split val",
     )
     assert cli.main(["evaluate", "--checkpoint", str(trained), "--split", "val"]) == 0  # its own data: fine
+
+
+def test_predict_never_replaces_a_device_or_pipe(trained, tmp_path, capsys):
+    images = write_images(tmp_path / "photos", ["0.png"])
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)  # stands in for /dev/null or /dev/stdout, which a run as root would replace by a file
+    argv = ["predict", "--checkpoint", str(trained), "--images", str(images), "--out", str(fifo)]
+    user_error(capsys, argv, contains="not a regular file")
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)

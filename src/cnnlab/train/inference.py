@@ -173,6 +173,13 @@ def check_predictions_out(out: str | Path, *, checkpoint: str | Path) -> None:
             f"--out {shown} is in a run's checkpoints/ folder, which holds only checkpoints; "
             "write the predictions elsewhere, e.g. preds.csv"
         )
+    if (
+        out.exists() and not out.is_file()
+    ):  # /dev/null, /dev/stdout, a FIFO: renaming over it would replace it
+        raise ConfigError(
+            f"--out {shown} is not a regular file (a device, pipe or socket); cnnlab writes the predictions "
+            "to a file it replaces atomically: give a file name, e.g. preds.csv"
+        )
     if out.exists() and not _is_predictions_csv(out):
         raise ConfigError(
             f"--out {shown} exists and is not a predictions CSV written by cnnlab predict; cnnlab replaces "
