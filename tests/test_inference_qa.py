@@ -85,3 +85,12 @@ def test_predict_never_replaces_a_device_or_pipe(trained, tmp_path, capsys):
     argv = ["predict", "--checkpoint", str(trained), "--images", str(images), "--out", str(fifo)]
     user_error(capsys, argv, contains="not a regular file")
     assert stat.S_ISFIFO(fifo.lstat().st_mode)
+
+
+def test_explain_refuses_a_pipe_with_an_overlays_name_without_waiting_on_it(trained, tmp_path, capsys):
+    images = write_images(tmp_path / "photos", ["0.png"])
+    out = tmp_path / "cams"
+    out.mkdir()
+    os.mkfifo(out / "0.png")  # opening it to look inside would block until something writes to it
+    user_error(capsys, explain(trained, images, out), contains="(0.png)")
+    assert stat.S_ISFIFO((out / "0.png").lstat().st_mode)

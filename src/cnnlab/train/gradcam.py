@@ -215,6 +215,8 @@ def _check_no_foreign_files(out_dir: Path, names: list[str]) -> None:
 
 def _is_overlay(path: Path) -> bool:
     """A PNG `_overlay_png` wrote: marked so in its text chunk, or (written before the mark) its size."""
+    if not path.is_file():  # a folder, a dangling link, a FIFO (opening one would wait for a writer)
+        return False
     try:
         with Image.open(path) as image:
             if image.format != "PNG":
