@@ -431,3 +431,15 @@ def test_the_same_spec_from_another_working_directory_is_refused_naming_relative
     line = refused(capsys, "study", "run", str(spec), "--out", str(out))
     assert "unchanged" in line and "working directory" in line and "spec file was edited" not in line, line
     assert snapshot(out) == before
+
+
+def test_an_out_folder_whose_name_is_not_utf8_is_refused_before_anything_runs(tmp_path, capsys):
+    # before, each run failed inside TensorBoard (UnicodeEncodeError) and the study exited 1
+    import os
+
+    spec = two_run_spec(tmp_path / "s.yaml", "s", 0.002)
+    search = tune_spec(tmp_path / "t.yaml", "t", {"optim.lr": [0.01, 0.002]})
+    out = os.fsdecode(bytes(tmp_path) + b"/out\xfe")
+    for args in (("study", "run", str(spec)), ("tune", str(search), "--trials", "1")):
+        assert "not UTF-8" in refused(capsys, *args, "--out", out)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["s.yaml", "t.yaml"]
