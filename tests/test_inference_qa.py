@@ -12,7 +12,7 @@ from PIL import Image
 
 from cnnlab import cli
 from cnnlab.config import from_dict
-from cnnlab.train import fit
+from cnnlab.train import fit, inference
 from tests.test_errors import user_error
 
 TINY = {"model.name": "lenet5", "data.name": "digits", "data.subset": 100, "train.epochs": 1}
@@ -94,3 +94,24 @@ def test_explain_refuses_a_pipe_with_an_overlays_name_without_waiting_on_it(trai
     os.mkfifo(out / "0.png")  # opening it to look inside would block until something writes to it
     user_error(capsys, explain(trained, images, out), contains="(0.png)")
     assert stat.S_ISFIFO((out / "0.png").lstat().st_mode)
+
+
+def test_an_export_stopped_on_the_way_leaves_the_previous_export_whole(
+    trained, tmp_path, monkeypatch, capsys
+):
+    out = tmp_path / "export"
+    assert cli.main(["export", "--checkpoint", str(trained), "--out", str(out)]) == 0
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C while the ONNX trace runs, after the weights were made
+
+    monkeypatch.setattr(inference, "_export_onnx", stopped)
+    other = tmp_path / "other"
+    fit(from_dict({**TINY, "train.seed": 1}), other)  # other weights: a new export would change the files
+    assert cli.main(["export", "--checkpoint", str(other), "--out", str(out), "--onnx"]) == 130
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before  # no temp file left either
+    monkeypatch.undo()
+    images = write_images(tmp_path / "photos", ["0.png"])
+    argv = ["predict", "--checkpoint", str(out), "--images", str(images), "--out", str(tmp_path / "p.csv")]
+    assert cli.main(argv) == 0

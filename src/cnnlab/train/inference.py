@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import io as text_io
+import json
 import math
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from cnnlab import config as cfg
@@ -342,30 +345,41 @@ def _to_channels(pixels: torch.Tensor, channels: int) -> torch.Tensor:
 
 def export_checkpoint(path: str | Path, out_dir: str | Path, *, onnx: bool = False) -> Path:
     """Write model.safetensors and manifest.json (SHA-256, architecture, classes, input size, stats) into a
-    new or empty folder, or over a previous export (`check_export_out`)."""
+    new or empty folder, or over a previous export (`check_export_out`). The files are replaced together
+    (`safeio.atomic_replace_files`): an export stopped on the way (Ctrl-C during the ONNX trace, a full disk)
+    leaves the previous export whole, never new weights beside the old manifest."""
     out_dir = Path(out_dir)
     previous = check_export_out(out_dir)
     trained = load_model(path)
     state = {key: value.contiguous() for key, value in trained.model.state_dict().items()}
-    with safeio.atomic_path(out_dir / WEIGHTS) as tmp:
-        save_file(state, str(tmp))
-    files = {WEIGHTS: safeio.sha256_file(out_dir / WEIGHTS)}
+    contents = {out_dir / WEIGHTS: safetensors_bytes(state)}
     input_size = [trained.meta["in_chans"], trained.meta["image_size"], trained.meta["image_size"]]
     if onnx:
-        files[ONNX] = _export_onnx(trained.model, input_size, out_dir / ONNX)
+        contents[out_dir / ONNX] = _export_onnx(trained.model, input_size)
     manifest = {
         "architecture": trained.meta["model"],
         "model_hparams": trained.meta["model_hparams"],
         "classes": trained.class_names,
         "input_size": input_size,
         "normalization": {"mean": trained.meta["mean"], "std": trained.meta["std"]},
-        "sha256": files,
+        "sha256": {path.name: hashlib.sha256(data).hexdigest() for path, data in contents.items()},
         "config": trained.meta["config"],
     }
-    safeio.atomic_write_json(out_dir / MANIFEST, manifest)
-    if ONNX in previous and ONNX not in files:
-        (out_dir / ONNX).unlink(missing_ok=True)  # the previous export's, of another model maybe
+    contents[out_dir / MANIFEST] = (json.dumps(manifest, indent=2, default=_json_value) + "\n").encode()
+    stale = (
+        [out_dir / ONNX] if ONNX in previous and not onnx else []
+    )  # the previous export's, of another model
+    safeio.atomic_replace_files(contents, remove=stale)
     return out_dir
+
+
+def _json_value(obj: Any) -> Any:
+    """Tuples and Paths a config may hold, as JSON (what `safeio.atomic_write_json` writes them as)."""
+    if isinstance(obj, (tuple, set)):
+        return list(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
 
 
 def check_export_out(out_dir: Path) -> set[str]:
@@ -454,23 +468,25 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def _export_onnx(model: nn.Module, input_size: list[int], path: Path) -> str:
+def _export_onnx(model: nn.Module, input_size: list[int]) -> bytes:
+    """The model as ONNX bytes (traced into a temporary folder, never into --out)."""
     try:
         import onnx  # noqa: F401  (an optional extra: probed here, only when --onnx asks for it)
     except ImportError:
         raise ConfigError("--onnx needs the onnx package: pip install 'cnnlab[onnx]'") from None
     example = torch.zeros(1, *input_size)
-    with safeio.atomic_path(path) as tmp:
+    with tempfile.TemporaryDirectory(prefix="cnnlab-onnx-") as folder:
+        traced = Path(folder) / ONNX
         torch.onnx.export(
             model.float().eval(),
             (example,),
-            str(tmp),
+            str(traced),
             input_names=["images"],
             output_names=["logits"],
             dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
             dynamo=False,
         )
-    return safeio.sha256_file(path)
+        return traced.read_bytes()
 
 
 def _data_config(trained: TrainedModel, data: str | None, data_dir: str | None) -> cfg.DataConfig:
