@@ -443,3 +443,34 @@ def test_an_out_folder_whose_name_is_not_utf8_is_refused_before_anything_runs(tm
     for args in (("study", "run", str(spec)), ("tune", str(search), "--trials", "1")):
         assert "not UTF-8" in refused(capsys, *args, "--out", out)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["s.yaml", "t.yaml"]
+
+
+def test_an_out_folder_inside_a_study_or_tune_folder_is_refused(tmp_path, capsys):
+    # before, the outer study's report (every result.json below it) counted the inner study's runs as its own
+    study_spec = two_run_spec(tmp_path / "s1.yaml", "s1", 0.002)
+    other = two_run_spec(tmp_path / "s2.yaml", "s2", 0.003)
+    search = tune_spec(tmp_path / "t.yaml", "t", {"optim.lr": [0.01, 0.002]})
+    suite_spec = write_spec(
+        tmp_path / "suite.yaml", {"name": "su", "studies": [{"name": "a", "base": ONE_EPOCH}]}
+    )
+    study_dir, tune_dir = tmp_path / "study", tmp_path / "tune"
+    claimed(study_spec, study_dir)
+    tune.claim_tune_folder(tune.load_tune_spec(search), search, tune_dir, "sqlite:///x.db", (), log=quiet)
+    before = {folder: snapshot(folder) for folder in (study_dir, tune_dir)}
+    for outer in (study_dir, tune_dir):
+        for args in (("study", "run", str(other)), ("tune", str(search)), ("study", "run", str(suite_spec))):
+            for out in (outer / "inner", outer / "runs" / "inner"):
+                line = refused(capsys, *args, "--out", str(out))
+                assert "is inside the" in line and str(outer) in line, line
+    assert before == {folder: snapshot(folder) for folder in before}, "nothing was written"
+    (tmp_path / "project").mkdir()  # a spec file merely named study.yaml does not make a study folder
+    (tmp_path / "project" / "study.yaml").write_text("base: {}\n")
+    (tmp_path / "project" / "study.json").write_text("{}\n")
+    assert check_is_ok(tmp_path / "project" / "runs" / "x")
+
+
+def check_is_ok(folder: Path) -> bool:
+    from cnnlab.study.checks import STUDY_FOLDER, check_out_folder
+
+    check_out_folder(folder, STUDY_FOLDER)
+    return True

@@ -171,6 +171,7 @@ def check_out_folder(folder: Path, kind: FolderKind, *, also_own: Iterable[str] 
             f"--out {cfg.quoted(folder.absolute())} has a name that is not UTF-8 text; give a folder whose "
             "path is UTF-8 (the runs' TensorBoard logs cannot be written there)"
         ) from None
+    _check_not_inside_another(folder)
     entries = _entries(folder)
     if not entries:
         return
@@ -203,6 +204,32 @@ def check_out_outside_data(folder: Path, data_names: Iterable[str]) -> None:
                 f"(data.name={name}): the figures written there would become images of that dataset; "
                 "give an --out outside it"
             )
+
+
+def _check_not_inside_another(folder: Path) -> None:
+    """Refuse an --out folder below a study's or a tune's folder: that one's report collects every
+    result.json under it, so it would count this folder's runs as its own (and refuse its own reruns)."""
+    for parent in folder.absolute().parents:
+        kind = _recorded_kind(parent)
+        if kind is not None:
+            raise StudyFolderError(
+                f"--out {cfg.quoted(folder)} is inside the {kind} folder {cfg.quoted(parent)}, whose report "
+                "would count its runs as its own; give an --out outside it"
+            )
+
+
+def _recorded_kind(folder: Path) -> str | None:
+    """'study' or 'tune' when the folder holds the record cnnlab writes for one (a study.json plan, a
+    tune.json search), else None; a spec file merely named study.yaml or tune.yaml does not count."""
+    for kind, name, key in (("study", PLAN_FILE, "plan_hash"), ("tune", TUNE_SUMMARY_FILE, "spec_hash")):
+        path = folder / name
+        if not path.is_file():
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            record = safeio.read_json(path)
+            if isinstance(record, dict) and key in record:
+                return kind
+    return None
 
 
 def storage_files_in(folder: Path, *urls: str | None) -> tuple[str, ...]:
