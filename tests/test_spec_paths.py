@@ -37,3 +37,24 @@ def test_tilde_in_suite_entries_is_the_home_folder(tmp_path, home):
     assert [study.name for study in loaded.studies] == ["s1", "inline"]
     assert loaded.studies[0].spec_path == home / "s1.yaml"
     assert loaded.studies[1].inline["base"] == str(home / "run.yaml")
+
+
+def test_a_report_never_replaces_a_report_file_the_user_wrote(tmp_path, capsys):
+    """`cnnlab report DIR` on a folder of single runs that also holds the user's own report.md (notes),
+    results.csv or report.html: before, each was overwritten without a word."""
+    from cnnlab.cli import main
+    from tests.report_fixtures import make_study
+
+    root = make_study(tmp_path / "study", images=False)
+    assert main(["report", str(root)]) == 0  # its own files are replaced, again and again
+    assert main(["report", str(root)]) == 0
+    for name in ("report.md", "results.csv", "report.html"):
+        (root / name).rename(root / f"{name}.own")
+        (root / name).write_text("# My notes\n")
+        capsys.readouterr()
+        assert main(["report", str(root)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "not written by cnnlab" in err and name in err, err
+        assert (root / name).read_text() == "# My notes\n"
+        (root / f"{name}.own").replace(root / name)
+    assert main(["report", str(root)]) == 0

@@ -54,7 +54,7 @@ def write_report_files(
     texts |= {CSV_FILE: results} if results is not None else {}
     files = {folder / name: _encoded(text) for name, text in texts.items()}
     plots = _plot_files(folder / PLOT_DIR, document.figures)
-    _check_targets(folder, [*files, *plots])
+    _check_targets(folder, [*files, *plots], render_markdown(Document(document.title)).split("\n", 1)[0])
     folder.mkdir(parents=True, exist_ok=True)  # a combined report's folder may be new
     with _turn(folder) as alone:
         if alone:
@@ -73,9 +73,10 @@ def _plot_files(plot_dir: Path, figures: Sequence[Figure]) -> dict[Path, bytes]:
     return {plot_dir / f"{figure.name}.png": figure.png for figure in figures}
 
 
-def _check_targets(folder: Path, paths: Sequence[Path]) -> None:
-    """Refuse, before anything is written, a report file that is a folder or a link to nowhere, and a
-    report_files that is not a folder: each would stop the report half way."""
+def _check_targets(folder: Path, paths: Sequence[Path], heading: str) -> None:
+    """Refuse, before anything is written, a report file that is a folder or a link to nowhere, a
+    report_files that is not a folder (each would stop the report half way), and a report.html, report.md or
+    results.csv that cnnlab did not write (`heading`: the first line of the report.md to be written)."""
     plot_dir = folder / PLOT_DIR
     for path in [plot_dir, *paths]:
         if path.is_symlink() and not path.exists():
@@ -93,6 +94,32 @@ def _check_targets(folder: Path, paths: Sequence[Path]) -> None:
             raise ReportError(
                 f"cannot write the report: {path} is a folder, not a file; move it away and report again"
             )
+        if path.name in OWN_STARTS and path.exists() and not _written_by_cnnlab(path, heading):
+            raise ReportError(
+                f"cannot write the report: {path} was not written by cnnlab (a report never replaces a file "
+                "it did not write); move or rename it and report again"
+            )
+
+
+# How the text files a report writes begin: an existing file that begins otherwise is the user's
+OWN_STARTS = {
+    HTML_FILE: ('<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n',),
+    MARKDOWN_FILE: ("# Study report: ", "# Suite report: "),
+    CSV_FILE: ("ident,configuration,stage,",),
+}
+
+
+def _written_by_cnnlab(path: Path, heading: str) -> bool:
+    """Does this existing report.html, report.md or results.csv begin as the report writes it (a report.md
+    also when it begins with the heading about to be written)?"""
+    try:
+        with path.open("rb") as file:
+            head = file.read(512).decode("utf-8", errors="replace")
+    except OSError:
+        return False
+    if path.name == MARKDOWN_FILE and head.split("\n", 1)[0] == heading:
+        return True
+    return head.startswith(OWN_STARTS[path.name])
 
 
 @contextlib.contextmanager
