@@ -58,3 +58,26 @@ def test_a_report_never_replaces_a_report_file_the_user_wrote(tmp_path, capsys):
         assert (root / name).read_text() == "# My notes\n"
         (root / f"{name}.own").replace(root / name)
     assert main(["report", str(root)]) == 0
+
+
+def test_a_folder_through_a_symlink_loop_is_one_line_for_study_tune_report_and_status(tmp_path, capsys):
+    # before, each ended in pathlib's RuntimeError traceback, exit 1
+    from cnnlab.cli import main
+
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump({"base": RUN}))
+    search = tmp_path / "t.yaml"
+    search.write_text(yaml.safe_dump({"base": RUN, "space": {"optim.lr": [0.01]}, "cv": {"folds": 2}}))
+    for folder in (tmp_path / "a", tmp_path / "a" / "x"):
+        for args in (
+            ["study", "run", str(spec), "--out", str(folder)],
+            ["tune", str(search), "--out", str(folder)],
+            ["report", str(folder)],
+            ["study", "status", str(folder)],
+        ):
+            capsys.readouterr()
+            assert main(args) == 2, args
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and "loop" in err and "Traceback" not in err, err

@@ -276,9 +276,20 @@ class Study:
         return tuple(name for name in dict.fromkeys(fed) if name != stage)
 
 
+def resolved_folder(path: str | Path) -> Path:
+    """The resolved path of a folder to report on; a symbolic link that loops is a ReportError (one line)."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError) as error:
+        raise ReportError(
+            f"cannot read the folder {path}: {error}; a symbolic link on its path points in a loop "
+            "(or cannot be followed); give a real folder"
+        ) from None
+
+
 def load_study(root: str | Path) -> Study:
     """Read every run and ensemble under `root`; a missing folder or one without runs is a ReportError."""
-    root = Path(root).resolve()
+    root = resolved_folder(root)
     if not root.is_dir():
         raise ReportError(f"study folder not found: {root} (give the folder a study or run wrote)")
     runs, copies = _counted_once([_read_run(path.parent) for path in _run_result_files(root)], root)

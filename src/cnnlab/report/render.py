@@ -35,7 +35,15 @@ from typing import Any
 import yaml
 
 from cnnlab import runfolder
-from cnnlab.report.collect import Configuration, PendingRun, RunRecord, Study, format_value, load_study
+from cnnlab.report.collect import (
+    Configuration,
+    PendingRun,
+    RunRecord,
+    Study,
+    format_value,
+    load_study,
+    resolved_folder,
+)
 from cnnlab.report.document import (
     PLOT_DIR,
     Block,
@@ -153,7 +161,7 @@ def build_report(source: str | Path | Study) -> Report:
         study, rows = source, configuration_rows(source)
         plots = make_plots(study, rows)
     else:
-        key = inputs_key(Path(source).resolve())  # before reading: see inputs_key
+        key = inputs_key(resolved_folder(source))  # before reading: see inputs_key
         study = load_study(source)
         rows = configuration_rows(study)
         plots = cached_plots(study.root, key, lambda: make_plots(study, rows))

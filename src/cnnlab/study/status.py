@@ -16,7 +16,7 @@ from cnnlab import runfolder
 from cnnlab.errors import CnnlabError
 from cnnlab.study import queue as work_queue
 from cnnlab.study.checks import TUNE_FOLDER, TUNE_SUMMARY_FILE
-from cnnlab.study.plan import PLAN_FILE, RUNS_DIR
+from cnnlab.study.plan import PLAN_FILE, RUNS_DIR, resolved_folder
 
 STATES = runfolder.STATES
 SHOWN_STATES = (runfolder.RUNNING, runfolder.INTERRUPTED, runfolder.FAILED, runfolder.DIVERGED)
@@ -56,7 +56,7 @@ class StudyStatus:
 
 def study_status(study_dir: str | Path, *, storage: str | None = None) -> StudyStatus:
     """The state of every planned run of a study folder."""
-    study_dir = Path(study_dir).resolve()
+    study_dir = resolved_folder(study_dir)
     plan_path = study_dir / PLAN_FILE
     if not plan_path.is_file():
         raise CnnlabError(_not_a_study_folder(study_dir))

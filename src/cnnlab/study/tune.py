@@ -48,7 +48,7 @@ from cnnlab.study.checks import (
     remove_own_files,
     storage_files_in,
 )
-from cnnlab.study.plan import RUNS_DIR, splits_plan
+from cnnlab.study.plan import RUNS_DIR, resolved_folder, splits_plan
 from cnnlab.study.queue import (
     STORAGE_ERRORS,
     WorkerOptions,
@@ -107,7 +107,7 @@ def run_tune(
     removes that search's files; so is one holding a study, a suite, or files cnnlab did not write."""
     spec = load_tune_spec(spec_path, overrides)
     check_space(spec)
-    out_dir = Path(out_dir).resolve()
+    out_dir = resolved_folder(out_dir)
     url = storage or f"sqlite:///{out_dir / STORAGE_FILE}"
     check_storage_url(url)
     claim_tune_folder(spec, Path(spec_path), out_dir, url, overrides, restart=restart, log=log)
