@@ -505,6 +505,28 @@ def test_a_quoted_tilde_in_a_path_argument_means_the_home_folder(tmp_path, monke
     assert cli.main(["evaluate", "--checkpoint", "~/run"]) == 0
 
 
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["train", *TINY_TRAIN, "--out", ""], "--out"),
+        (["study", "run", "studies/quickstart.yaml", "--out", ""], "--out"),
+        (["report", ""], "dir"),
+        (["predict", "--checkpoint", "", "--images", "x", "--out", "p.csv"], "--checkpoint"),
+    ],
+)
+def test_an_empty_path_argument_is_refused_before_anything_is_written(
+    tmp_path, monkeypatch, capsys, argv, named
+):
+    """`--out "$OUT"` with OUT unset: "" would be the working directory, the user's own files."""
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(argv) == 2
+    assert (
+        capsys.readouterr().err
+        == f"cnnlab: error: {named} is empty; give a file or folder path (. for this folder)\n"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("value", ["0", "no", ""])
 def test_cnnlab_quiet_0_prints_the_epoch_lines(tmp_path, capsys, monkeypatch, value):
     monkeypatch.setenv("CNNLAB_QUIET", value)

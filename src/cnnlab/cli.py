@@ -71,6 +71,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as done:  # --help, or a usage error argparse already printed on one line
         return int(done.code or 0)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    empty = _empty_path_argument(args)
+    if empty:
+        print(
+            f"cnnlab: error: {empty} is empty; give a file or folder path (. for this folder)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     _expand_home(args)
     if not hasattr(args, "run"):
         parser.print_help()
@@ -210,6 +217,15 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
 
 # Arguments that name a file or folder; a quoted "~/runs" reaches cnnlab unexpanded by the shell.
 PATH_ARGUMENTS = ("checkpoint", "config", "data_dir", "dir", "images", "out", "plugin", "spec")
+
+
+def _empty_path_argument(args: argparse.Namespace) -> str | None:
+    """The first path argument given as "" (an unset shell variable: `--out "$OUT"`), named as typed; such a
+    path would mean the working directory, so a study or run would be written among the user's files."""
+    for name in PATH_ARGUMENTS:
+        if getattr(args, name, None) == "":
+            return name if name in ("dir", "spec") else "--" + name.replace("_", "-")
+    return None
 
 
 def _expand_home(args: argparse.Namespace) -> None:
