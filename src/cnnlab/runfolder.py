@@ -430,6 +430,18 @@ def _check_samples(path: Path, samples: ImageSamples) -> None:
 # --- ownership and the lock --------------------------------------------------------------------------------
 
 
+def resolved_folder(path: str | Path) -> Path:
+    """The absolute, resolved path of a folder a user named (a run, study, tune, suite or report folder); a
+    symbolic link on its path that loops is one line (CnnlabError, exit 2), not pathlib's RuntimeError."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError) as error:
+        raise CnnlabError(
+            f"cannot use the folder {cfg.quoted(path)}: {error}; a symbolic link on its path points in a "
+            "loop (or cannot be followed); give a real folder"
+        ) from None
+
+
 def is_run_folder(folder: str | Path) -> bool:
     """A folder cnnlab made for a run: its marker, or (older runs) a config.yaml beside a result.json that
     records a run id. A user's config.yaml and result.json of another tool are not a run."""

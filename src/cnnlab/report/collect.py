@@ -36,7 +36,7 @@ import numpy as np
 from cnnlab import runfolder
 from cnnlab.config import flatten
 from cnnlab.errors import CnnlabError
-from cnnlab.runfolder import ImageSamples, Predictions
+from cnnlab.runfolder import ImageSamples, Predictions, resolved_folder
 
 PER_RUN_KEYS = ("train.seed", "data.fold", "data.splits_file")
 TAG_KEYS = ("stage", "role")
@@ -274,17 +274,6 @@ class Study:
         sources = {f"run:{configuration.ident}" for configuration in self.stage_configurations(stage)}
         fed = [c.stage for c in self.configurations if c.settings.get("train.init") in sources]
         return tuple(name for name in dict.fromkeys(fed) if name != stage)
-
-
-def resolved_folder(path: str | Path) -> Path:
-    """The resolved path of a folder to report on; a symbolic link that loops is a ReportError (one line)."""
-    try:
-        return Path(path).resolve()
-    except (RuntimeError, OSError) as error:
-        raise ReportError(
-            f"cannot read the folder {path}: {error}; a symbolic link on its path points in a loop "
-            "(or cannot be followed); give a real folder"
-        ) from None
 
 
 def load_study(root: str | Path) -> Study:

@@ -42,7 +42,6 @@ from cnnlab.report.collect import (
     Study,
     format_value,
     load_study,
-    resolved_folder,
 )
 from cnnlab.report.document import (
     PLOT_DIR,
@@ -77,6 +76,7 @@ from cnnlab.report.statistics import (
     two_factor_grid,
     uncompared_pairs,
 )
+from cnnlab.runfolder import resolved_folder
 from cnnlab.version import __version__
 
 __all__ = [

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab import config as cfg
-from cnnlab.errors import CnnlabError, ConfigError
+from cnnlab.errors import ConfigError
 from cnnlab.runfolder import PLAN_FILE as PLAN_FILE  # study folder names, shared with the report
-from cnnlab.runfolder import ROLE_FINAL
+from cnnlab.runfolder import ROLE_FINAL, resolved_folder
 from cnnlab.runfolder import RUNS_DIR as RUNS_DIR
 from cnnlab.runfolder import SPEC_FILE as SPEC_FILE
 from cnnlab.study.spec import STAGE_INIT_PREFIX, EnsembleSpec, GridAxis, PerModelInit, StageSpec, StudySpec
@@ -134,18 +134,6 @@ class GridPoint:
     label: str
     choices: Mapping[str, str]
     overrides: Mapping[str, Any]
-
-
-def resolved_folder(path: str | Path) -> Path:
-    """The absolute, resolved path of a study, tune or suite folder; a symbolic link that loops is one line
-    (CnnlabError, exit 2), not pathlib's RuntimeError."""
-    try:
-        return Path(path).resolve()
-    except (RuntimeError, OSError) as error:
-        raise CnnlabError(
-            f"cannot use the folder {cfg.quoted(path)}: {error}; a symbolic link on its path points in a "
-            "loop (or cannot be followed); give a real folder"
-        ) from None
 
 
 def expand(spec: StudySpec, study_dir: str | Path) -> StudyPlan:

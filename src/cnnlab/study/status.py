@@ -14,9 +14,10 @@ from typing import Any
 
 from cnnlab import runfolder
 from cnnlab.errors import CnnlabError
+from cnnlab.runfolder import resolved_folder
 from cnnlab.study import queue as work_queue
 from cnnlab.study.checks import TUNE_FOLDER, TUNE_SUMMARY_FILE
-from cnnlab.study.plan import PLAN_FILE, RUNS_DIR, resolved_folder
+from cnnlab.study.plan import PLAN_FILE, RUNS_DIR
 
 STATES = runfolder.STATES
 SHOWN_STATES = (runfolder.RUNNING, runfolder.INTERRUPTED, runfolder.FAILED, runfolder.DIVERGED)

@@ -32,6 +32,7 @@ from cnnlab import config as cfg
 from cnnlab import safeio
 from cnnlab.data import load_split, make_splits
 from cnnlab.errors import CnnlabError, ConfigError, Interrupted, one_line
+from cnnlab.runfolder import resolved_folder
 from cnnlab.study.checks import (
     TUNE_BEST_FILE,
     TUNE_FOLDER,
@@ -48,7 +49,7 @@ from cnnlab.study.checks import (
     remove_own_files,
     storage_files_in,
 )
-from cnnlab.study.plan import RUNS_DIR, resolved_folder, splits_plan
+from cnnlab.study.plan import RUNS_DIR, splits_plan
 from cnnlab.study.queue import (
     STORAGE_ERRORS,
     WorkerOptions,
