@@ -163,7 +163,8 @@ def check_study_out(plan: StudyPlan, spec_path: Path, storage: str | None, *, re
     other spec's study (unless `restart`: then True, the old study is to be discarded), a usable storage."""
     if storage:
         work_queue.check_storage_url(storage)
-    check_out_outside_data(plan.study_dir, (run.config.data.name for run in plan.runs))
+    planned = [run.config for run in plan.runs if run.config is not None]  # final runs: their members' data
+    check_out_outside_data(plan.study_dir, (config.data.name for config in planned))
     check_out_folder(plan.study_dir, STUDY_FOLDER, also_own=_storage_file(plan.study_dir, storage))
     other_spec = check_study_folder(plan, spec_path, restart=restart)
     study_storage(plan, storage, restart=restart)
