@@ -505,6 +505,12 @@ def test_a_quoted_tilde_in_a_path_argument_means_the_home_folder(tmp_path, monke
     assert cli.main(["evaluate", "--checkpoint", "~/run"]) == 0
 
 
+def test_train_refuses_an_out_whose_path_is_not_utf8_before_training(tmp_path, capsys):
+    out = tmp_path / os.fsdecode(b"run\xfe")  # a name TensorBoard cannot write its logs under
+    user_error(capsys, ["train", *TINY_TRAIN, "--out", str(out)], contains="is not UTF-8 text")
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     "argv, named",
     [

@@ -465,6 +465,19 @@ def folder_run_id(folder: str | Path) -> str | None:
     return None
 
 
+def non_utf8_out_problem(folder: Path) -> str | None:
+    """Why an --out folder whose path is not UTF-8 text cannot be used (TensorBoard cannot name its files
+    there: every run would fail mid-way), or None when it is UTF-8."""
+    try:
+        str(folder.absolute()).encode("utf-8")
+    except UnicodeEncodeError:
+        return (
+            f"--out {_quote(folder.absolute())} has a name that is not UTF-8 text; give a folder whose path "
+            "is UTF-8 (TensorBoard logs cannot be written there)"
+        )
+    return None
+
+
 def check_folder(
     folder: str | Path, run_id: str, *, overwrite: bool = False, config: Mapping[str, Any] | None = None
 ) -> None:
@@ -473,6 +486,9 @@ def check_folder(
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise RunFolderError(f"--out {_quote(folder)} is a file, not a folder; give a folder path")
+    problem = non_utf8_out_problem(folder)
+    if problem:
+        raise RunFolderError(problem)
     if not folder.is_dir() or not any(folder.iterdir()):
         return
     if not is_run_folder(folder):

@@ -164,13 +164,9 @@ def check_out_folder(folder: Path, kind: FolderKind, *, also_own: Iterable[str] 
     this folder may hold (a suite's sub-study folders, a SQLite --storage file kept in the folder)."""
     if folder.exists() and not folder.is_dir():
         raise StudyFolderError(f"--out {cfg.quoted(folder)} is a file, not a folder; give a folder path")
-    try:
-        str(folder.absolute()).encode("utf-8")
-    except UnicodeEncodeError:  # bytes that are not UTF-8: TensorBoard cannot name its files there
-        raise StudyFolderError(
-            f"--out {cfg.quoted(folder.absolute())} has a name that is not UTF-8 text; give a folder whose "
-            "path is UTF-8 (the runs' TensorBoard logs cannot be written there)"
-        ) from None
+    problem = runfolder.non_utf8_out_problem(folder)
+    if problem:
+        raise StudyFolderError(problem)
     _check_not_inside_another(folder)
     entries = _entries(folder)
     if not entries:
