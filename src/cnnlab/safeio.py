@@ -144,7 +144,13 @@ def _signals_held() -> Iterator[None]:
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
     """Write JSON (indented, keys in insertion order) atomically."""
-    return atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+    return atomic_write_text(path, json_text(obj))
+
+
+def json_text(obj: Any) -> str:
+    """The text `atomic_write_json` writes: indented JSON, keys in insertion order; Paths, tuples, sets and
+    numpy/torch scalars and arrays as JSON values."""
+    return json.dumps(obj, indent=2, default=_json_default) + "\n"
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:

@@ -6,7 +6,6 @@ import csv
 import dataclasses
 import hashlib
 import io as text_io
-import json
 import math
 import tempfile
 from pathlib import Path
@@ -176,9 +175,7 @@ def check_predictions_out(out: str | Path, *, checkpoint: str | Path) -> None:
             f"--out {shown} is in a run's checkpoints/ folder, which holds only checkpoints; "
             "write the predictions elsewhere, e.g. preds.csv"
         )
-    if (
-        out.exists() and not out.is_file()
-    ):  # /dev/null, /dev/stdout, a FIFO: renaming over it would replace it
+    if out.exists() and not out.is_file():  # /dev/null, /dev/stdout, a FIFO: a rename would replace it
         raise ConfigError(
             f"--out {shown} is not a regular file (a device, pipe or socket); cnnlab writes the predictions "
             "to a file it replaces atomically: give a file name, e.g. preds.csv"
@@ -365,21 +362,11 @@ def export_checkpoint(path: str | Path, out_dir: str | Path, *, onnx: bool = Fal
         "sha256": {path.name: hashlib.sha256(data).hexdigest() for path, data in contents.items()},
         "config": trained.meta["config"],
     }
-    contents[out_dir / MANIFEST] = (json.dumps(manifest, indent=2, default=_json_value) + "\n").encode()
-    stale = (
-        [out_dir / ONNX] if ONNX in previous and not onnx else []
-    )  # the previous export's, of another model
+    contents[out_dir / MANIFEST] = safeio.json_text(manifest).encode()
+    # a previous export's model.onnx (maybe of another model) goes when this export has none
+    stale = [out_dir / ONNX] if ONNX in previous and not onnx else []
     safeio.atomic_replace_files(contents, remove=stale)
     return out_dir
-
-
-def _json_value(obj: Any) -> Any:
-    """Tuples and Paths a config may hold, as JSON (what `safeio.atomic_write_json` writes them as)."""
-    if isinstance(obj, (tuple, set)):
-        return list(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
 
 
 def check_export_out(out_dir: Path) -> set[str]:
