@@ -18,6 +18,8 @@ from pathlib import Path
 from cnnlab import config as cfg
 from cnnlab import runfolder, safeio
 from cnnlab.data import check_data_config, load_split
+from cnnlab.data import folder as folder_data
+from cnnlab.data.catalog import FOLDER_PREFIX
 from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.models import check_switches
 from cnnlab.runfolder import SUITE_FILE
@@ -191,9 +193,10 @@ def check_out_outside_data(folder: Path, data_names: Iterable[str]) -> None:
     folder:PATH`): its report figures and run images would become a class of that dataset at its next load."""
     out = folder.expanduser().resolve()
     for name in sorted(set(data_names)):
-        if not name.startswith("folder:") or not name[len("folder:") :].strip():
+        path = name[len(FOLDER_PREFIX) :] if name.startswith(FOLDER_PREFIX) else ""
+        if not path.strip():  # a named dataset, or `folder:` without a path (refused by the config check)
             continue
-        data = Path(name[len("folder:") :]).expanduser().resolve()
+        data = folder_data.resolve_folder(path).resolve()
         if out == data or data in out.parents:
             raise StudyFolderError(
                 f"--out {cfg.quoted(folder)} is inside the photo folder {cfg.quoted(data)} "
