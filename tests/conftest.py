@@ -31,6 +31,20 @@ def postgres():
         server.__exit__(None, None, None)
 
 
+TINY_RUN = {"model.name": "lenet5", "data.name": "digits", "data.subset": 100, "train.epochs": 1}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One finished tiny run (TINY_RUN) per test module; the tests that damage it work on a copy."""
+    from cnnlab.config import from_dict
+    from cnnlab.train import fit
+
+    out = tmp_path_factory.mktemp("trained") / "run"
+    fit(from_dict(TINY_RUN), out)
+    return out
+
+
 def pytest_collection_modifyitems(items):
     """Modules with slow end-to-end tests run first, each module kept together (its module fixtures are made
     once): with `--dist worksteal` (Makefile) the two workers then end together on short tests, instead of

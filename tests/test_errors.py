@@ -16,9 +16,7 @@ import torch
 from PIL import Image
 
 from cnnlab import cli, runfolder
-from cnnlab.config import from_dict
 from cnnlab.data import clear_memory_cache
-from cnnlab.train import fit
 from tests.test_data_support import isolate, write_idx
 from tests.test_study_run import TINY, write_spec
 
@@ -42,15 +40,6 @@ def user_error(capsys, argv: list[str], *, contains: str = "", code: int = 2) ->
     assert len(lines) == 1 and lines[0].startswith("cnnlab: error: ") and "Traceback" not in err, err
     assert contains in lines[0], lines[0]
     return lines[0]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """One finished tiny run, copied by the tests that damage it."""
-    out = tmp_path_factory.mktemp("trained") / "run"
-    cfg = from_dict({"model.name": "lenet5", "data.name": "digits", "data.subset": 100, "train.epochs": 1})
-    fit(cfg, out)
-    return out
 
 
 @pytest.fixture

@@ -7,22 +7,13 @@ import os
 import stat
 from pathlib import Path
 
-import pytest
 from PIL import Image
 
 from cnnlab import cli
 from cnnlab.config import from_dict
 from cnnlab.train import fit, inference
+from tests.conftest import TINY_RUN
 from tests.test_errors import user_error
-
-TINY = {"model.name": "lenet5", "data.name": "digits", "data.subset": 100, "train.epochs": 1}
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("trained") / "run"
-    fit(from_dict(TINY), out)
-    return out
 
 
 def write_images(folder: Path, names: list[str]) -> Path:
@@ -108,7 +99,7 @@ def test_an_export_stopped_on_the_way_leaves_the_previous_export_whole(
 
     monkeypatch.setattr(inference, "_export_onnx", stopped)
     other = tmp_path / "other"
-    fit(from_dict({**TINY, "train.seed": 1}), other)  # other weights: a new export would change the files
+    fit(from_dict({**TINY_RUN, "train.seed": 1}), other)  # other weights: a new export would change the files
     assert cli.main(["export", "--checkpoint", str(other), "--out", str(out), "--onnx"]) == 130
     assert {path.name: path.read_bytes() for path in out.iterdir()} == before  # no temp file left either
     monkeypatch.undo()

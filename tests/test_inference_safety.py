@@ -21,15 +21,6 @@ from cnnlab.train import fit
 from tests.test_data_support import isolate
 from tests.test_errors import user_error
 
-TINY = {"model.name": "lenet5", "data.name": "digits", "data.subset": 100, "train.epochs": 1}
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("trained") / "run"
-    fit(from_dict(TINY), out)
-    return out
-
 
 @pytest.fixture
 def run_copy(trained, tmp_path) -> Path:
