@@ -242,6 +242,45 @@ def test_a_retry_queue_kept_in_the_study_folder_is_not_a_foreign_file(tmp_path):
     assert (out / "retry.db").is_file()
 
 
+def test_a_run_folder_whose_marker_appears_between_two_looks_is_not_foreign(tmp_path, monkeypatch):
+    """A worker checks the folder while the planner creates a run folder: empty when listed, its marker
+    written just after. That is cnnlab at work, not a file cnnlab did not write."""
+    spec = two_run_spec(tmp_path / "s1.yaml", "s1", 0.002)
+    out = tmp_path / "S"
+    claimed(spec, out)
+    being_made = out / "runs" / "0123456789ab"
+    being_made.mkdir(parents=True)
+    real_is_run_folder = runfolder.is_run_folder
+
+    def marker_written_meanwhile(folder):
+        answer = real_is_run_folder(folder)
+        (Path(folder) / runfolder.MARKER_FILE).touch()
+        return answer
+
+    monkeypatch.setattr(runfolder, "is_run_folder", marker_written_meanwhile)
+    runner.check_out_folder(out, runner.STUDY_FOLDER)
+
+
+def test_a_file_renamed_away_after_the_listing_is_not_foreign(tmp_path, monkeypatch):
+    """A temporary file (study.json's, a splits file's) renamed into place after the folder was listed."""
+    spec = two_run_spec(tmp_path / "s1.yaml", "s1", 0.002)
+    out = tmp_path / "S"
+    claimed(spec, out)
+    real_iterdir = Path.iterdir
+    gone = {
+        out: out / ".study.json.0badf00d.tmp",
+        out / "splits": out / "splits" / ".2b28453340f8.json.0badf00d.tmp",
+    }
+
+    def listed_before_the_rename(folder):
+        yield from real_iterdir(folder)
+        if folder in gone:
+            yield gone[folder]  # listed, then renamed into place: it no longer exists when looked at
+
+    monkeypatch.setattr(Path, "iterdir", listed_before_the_rename)
+    runner.check_out_folder(out, runner.STUDY_FOLDER)
+
+
 # 5. A run recorded completed whose result is gone trains again ----------------------------------------------
 
 

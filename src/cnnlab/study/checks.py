@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import fcntl
 import fnmatch
+import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -245,9 +246,7 @@ def storage_files_in(folder: Path, *urls: str | None) -> tuple[str, ...]:
 
 def _entries(folder: Path) -> list[Path]:
     """The folder's entries, sorted, without its lock file; [] for a folder that does not exist."""
-    if not folder.is_dir():
-        return []
-    return sorted(path for path in folder.iterdir() if path.name != FOLDER_LOCK)
+    return [path for path in _listed(folder) if path.name != FOLDER_LOCK]
 
 
 def _marker(folder: Path, kind: FolderKind) -> str | None:
@@ -258,7 +257,8 @@ def _marker(folder: Path, kind: FolderKind) -> str | None:
 def _first_foreign(folder: Path, kind: FolderKind, also_own: set[str]) -> Path | None:
     """The first entry (at the top, or in runs/ and splits/) that cnnlab did not write, else None."""
     for path in _entries(folder):
-        if path.name in also_own or (path.is_file() and _own_file_name(path.name, kind.files, kind.accepted)):
+        own_name = _own_file_name(path.name, kind.files, kind.accepted)
+        if path.name in also_own or (own_name and path.is_file()) or _vanished(path):
             continue
         if not (path.is_dir() and path.name in kind.dirs):
             return path
@@ -273,16 +273,34 @@ def _first_foreign_inside(folder: Path) -> Path | None:
     if folder.name not in (RUNS_DIR, SPLITS_DIR):
         return None
     own = _is_run_entry if folder.name == RUNS_DIR else _is_splits_entry
-    return next((path for path in sorted(folder.iterdir()) if not own(path)), None)
+    return next((path for path in _listed(folder) if not (own(path) or _vanished(path))), None)
 
 
 def _is_run_entry(path: Path) -> bool:
-    return path.is_dir() and (runfolder.is_run_folder(path) or not any(path.iterdir()))
+    """A run folder, or an empty folder (one a run is being created in: its marker comes next). Listed
+    before the marker is looked for, so a marker written in between is not taken for a foreign file."""
+    if not path.is_dir():
+        return False
+    return not _listed(path) or runfolder.is_run_folder(path) or not _listed(path)  # or emptied meanwhile
 
 
 def _is_splits_entry(path: Path) -> bool:
     own = fnmatch.fnmatch(f"{SPLITS_DIR}/{path.name}", SPLITS_FILES) or safeio.TEMP_NAME.fullmatch(path.name)
     return path.is_file() and bool(own)
+
+
+def _listed(folder: Path) -> list[Path]:
+    """The folder's entries, sorted; [] when it is gone (another cnnlab process removed it meanwhile)."""
+    try:
+        return sorted(folder.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _vanished(path: Path) -> bool:
+    """Gone since the folder was listed: a temporary file renamed into place, a failed run's folder removed
+    by the process that made it. Another cnnlab process at work, not a foreign file."""
+    return not os.path.lexists(path)
 
 
 def _own_file_name(name: str, own: Iterable[str], patterns: Iterable[str] = ()) -> bool:
