@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import struct
 from pathlib import Path
@@ -317,3 +318,45 @@ def test_a_gzip_idx_file_that_inflates_past_its_header_is_refused_without_fillin
     with pytest.raises(DataError, match="holds more than the 18 bytes its header promises"):
         read_idx_labels(bomb)
     assert written == [19]
+
+
+@pytest.mark.parametrize("damage", ["removed", "a folder", "a fifo"])
+def test_a_data_dir_holding_only_some_files_is_an_error_not_a_fallback(
+    system_copy: Path, tmp_path: Path, damage: str
+) -> None:
+    """A --data-dir with three of the four IDX files used to train on the system copy without a word."""
+    given = tmp_path / "mine"
+    write_mnist_like(given, train=10, test=10, compress=False)
+    lost = given / "t10k-labels-idx1-ubyte"
+    lost.unlink()
+    if damage == "a folder":
+        lost.mkdir()
+    elif damage == "a fifo":
+        os.mkfifo(lost)
+    config = DataConfig(name="fashion-mnist", data_dir=str(given))
+    expected = (
+        rf"^fashion-mnist: --data-dir folder '{given}' holds only some of its files: missing t10k-labels"
+    )
+    with pytest.raises(DataError, match=expected):
+        load_split(config, "train")
+    assert locate(get_spec("fashion-mnist"), None).origin == "system"  # without --data-dir: found there
+
+
+def test_a_cnnlab_data_env_holding_only_some_files_is_an_error(
+    system_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_cifar10(tmp_path / "env", per_batch=2)
+    (tmp_path / "env" / "cifar-10-batches-py" / "data_batch_3").unlink()
+    monkeypatch.setenv(locations.DATA_ENV, str(tmp_path / "env"))
+    with pytest.raises(DataError, match=r"^cifar10: \$CNNLAB_DATA folder .* missing data_batch_3; add them"):
+        locate(get_spec("cifar10"), None)
+
+
+def test_cnnlab_data_lists_an_incomplete_data_dir_instead_of_the_system_copy(
+    system_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    write_mnist_like(tmp_path / "mine" / "fashion-mnist", train=10, test=10, compress=True)
+    (tmp_path / "mine" / "fashion-mnist" / "train-images-idx3-ubyte.gz").unlink()
+    assert cli.main(["data", "--data-dir", str(tmp_path / "mine")]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("fashion-mnist"))
+    assert "holds only some of its files: missing train-images-idx3-ubyte" in row and "system" not in row

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from cnnlab.config import DataConfig
+from cnnlab.config import DataConfig, quoted
 from cnnlab.data import folder as folder_data
 from cnnlab.data import locations
 from cnnlab.data.augment import parse_augment
@@ -166,6 +166,10 @@ def get_spec(name: str) -> DatasetSpec:
     return SPECS[name]
 
 
+class IncompleteDataset(DataError):
+    """A folder the user named holds some of a dataset's files but not all (`cnnlab data` lists it)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Location:
     """Where a file-backed dataset was found: its folder and which search place it came from."""
@@ -175,12 +179,29 @@ class Location:
 
 
 def locate(spec: DatasetSpec, data_dir: str | None) -> Location | None:
-    """The first folder in the lookup order that holds all of the dataset's files, or None."""
+    """The first folder in the lookup order that holds all of the dataset's files, or None.
+
+    A folder the user named (`--data-dir`, `$CNNLAB_DATA`) that holds only some of them is an error, never
+    skipped: the copy found further down the list would be used without a word."""
     for root, origin in locations.search_roots(data_dir):
-        for candidate in _candidate_dirs(spec, root):
+        candidates = _candidate_dirs(spec, root)
+        for candidate in candidates:
             if _has_all_files(spec, candidate):
                 return Location(candidate, origin)
+        if origin in locations.USER_ORIGINS:
+            _refuse_incomplete(spec, candidates, origin)
     return None
+
+
+def _refuse_incomplete(spec: DatasetSpec, candidates: list[Path], origin: str) -> None:
+    """A DataError for the first candidate folder that holds some, but not all, of the dataset's files."""
+    for candidate in candidates:
+        missing = _missing_files(spec, candidate)
+        if len(missing) < len(_file_names(spec)):
+            raise IncompleteDataset(
+                f"{spec.name}: {origin} folder {quoted(candidate)} holds only some of its files: missing "
+                f"{', '.join(missing)}; add them (the dataset's original files) or remove the others"
+            )
 
 
 def _candidate_dirs(spec: DatasetSpec, root: Path) -> list[Path]:
@@ -206,13 +227,22 @@ def _named_for_another(spec: DatasetSpec, folder: Path) -> bool:
 
 def _has_all_files(spec: DatasetSpec, directory: Path) -> bool:
     """True when `directory` holds every file of both splits."""
-    if not directory.is_dir():
-        return False
+    return not _missing_files(spec, directory)
+
+
+def _file_names(spec: DatasetSpec) -> list[str]:
+    """The files of both splits (IDX files without `.gz`: either form is accepted)."""
     if spec.kind == "idx":
-        names = [n for split in SPLITS for n in IDX_FILES[split]]
-        return all(_idx_path(directory, n) is not None for n in names)
+        return [n for split in SPLITS for n in IDX_FILES[split]]
     train, test, meta, _, _ = spec.cifar_files  # type: ignore[misc]
-    return all(file_exists(directory / n) for n in (*train, *test, meta))
+    return [*train, *test, meta]
+
+
+def _missing_files(spec: DatasetSpec, directory: Path) -> list[str]:
+    """The dataset's files that `directory` lacks as readable files (all of them when it is no folder)."""
+    if spec.kind == "idx":
+        return [f"{n}[.gz]" for n in _file_names(spec) if _idx_path(directory, n) is None]
+    return [n for n in _file_names(spec) if not file_exists(directory / n)]
 
 
 def _idx_path(directory: Path, base: str) -> Path | None:

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from cnnlab.config import DataConfig
 from cnnlab.data import folder as folder_data
-from cnnlab.data.catalog import FOLDER_PREFIX, SPECS, DatasetSpec, get_spec, load_local_split, locate
+from cnnlab.data.catalog import (
+    FOLDER_PREFIX,
+    SPECS,
+    DatasetSpec,
+    IncompleteDataset,
+    get_spec,
+    load_local_split,
+    locate,
+)
 from cnnlab.data.imageset import ImageSet
 from cnnlab.data.locations import OFFLINE_ENV, offline
 from cnnlab.errors import one_line
@@ -35,7 +43,10 @@ def _where(spec: DatasetSpec, data_dir: str | None) -> str:
     """Where a dataset's files are, or what happens when it is first used."""
     if spec.kind in _SOURCES:
         return _SOURCES[spec.kind]
-    found = locate(spec, data_dir)
+    try:
+        found = locate(spec, data_dir)
+    except IncompleteDataset as error:  # a folder the user named holds only some files: say so, list the rest
+        return one_line(str(error))
     if found:
         return f"{found.directory} ({found.origin})"
     if offline():

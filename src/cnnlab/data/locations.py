@@ -12,6 +12,7 @@ DATA_ENV = "CNNLAB_DATA"  # a folder of datasets, searched after --data-dir
 CACHE_ENV = "CNNLAB_CACHE"  # cache root (decoded folders, downloads); default ~/.cache/cnnlab
 OFFLINE_ENV = "CNNLAB_OFFLINE"  # "1": never try a download
 SYSTEM_DATA_DIRS = ("/usr/share/datasets",)  # Debian's dataset-* packages install here
+USER_ORIGINS = ("--data-dir", f"${DATA_ENV}")  # search places a user named: an incomplete one is an error
 
 
 def cache_root() -> Path:
