@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -205,6 +206,81 @@ def test_disk_full_stops_the_run_keeps_its_checkpoint_and_a_rerun_resumes(tmp_pa
     monkeypatch.setattr(runfolder, "write_metrics", real_write)
     assert cli.main([*args, "--resume"]) == 0
     assert runfolder.read_result(out)["epochs_run"] == 3
+
+
+def test_disk_full_while_a_checkpoint_is_saved_is_resumable_not_a_failed_run(tmp_path, capsys, monkeypatch):
+    # torch.save reports the full disk as a RuntimeError: it was recorded as a failed run (exit 1), or, with
+    # no room left for error.log either, ended on a line without the --resume a rerun needs
+    from tests.test_safeio import FullDisk
+
+    real_save = torch.save
+    saves = []
+
+    def save(obj, f, *args, **kwargs):
+        saves.append(f)
+        return real_save(obj, FullDisk() if len(saves) == 3 else f, *args, **kwargs)  # epoch 1's first
+
+    monkeypatch.setattr(torch, "save", save)
+    out = tmp_path / "run"
+    args = ["train", *TINY_TRAIN[:-4], "--epochs", "2", "--set", "data.subset=100", "--out", str(out)]
+    message = user_error(capsys, args, contains="the disk filled while training")
+    assert message.endswith(f"resume with: cnnlab {' '.join(args)} --resume")
+    assert runfolder.checkpoint_path(out).is_file() and not (out / "result.json").exists()
+    assert not (out / "error.log").exists() and not list((out / "checkpoints").glob(".*.tmp"))
+    monkeypatch.setattr(torch, "save", real_save)
+    assert cli.main([*args, "--resume"]) == 0
+    assert runfolder.read_result(out)["epochs_run"] == 2
+
+
+def _fill_disk_while_scoring(monkeypatch, where: str) -> None:
+    """Make the disk fill after training, in one of the writes that score and record the run."""
+    full = OSError(errno.ENOSPC, "No space left on device")
+    if where == "predictions":
+        monkeypatch.setattr(runfolder, "write_predictions", lambda *args: (_ for _ in ()).throw(full))
+    elif where == "result.json":
+        monkeypatch.setattr(runfolder, "write_result", lambda *args: (_ for _ in ()).throw(full))
+    else:  # TensorBoard's final scalars: Lightning's logger raises a ValueError from the OSError
+        from torch.utils.tensorboard import SummaryWriter
+
+        real_add = SummaryWriter.add_scalar
+
+        def add_scalar(self, tag, *args, **kwargs):
+            if tag.startswith("test_"):
+                raise full
+            return real_add(self, tag, *args, **kwargs)
+
+        monkeypatch.setattr(SummaryWriter, "add_scalar", add_scalar)
+
+
+@pytest.mark.parametrize("where", ["predictions", "tensorboard", "result.json"])
+def test_disk_full_while_scoring_keeps_the_trained_run_for_resume(tmp_path, capsys, monkeypatch, where):
+    # after training, a full disk ended in a line without the --resume that keeps the trained epochs (a plain
+    # rerun trains again from scratch), and in TensorBoard's logger in a ValueError traceback (exit 1)
+    out = tmp_path / "run"
+    args = ["train", *TINY_TRAIN, "--out", str(out)]
+    with monkeypatch.context() as patched:
+        _fill_disk_while_scoring(patched, where)
+        message = user_error(capsys, args, contains="the disk filled while training")
+    assert message.endswith(f"resume with: cnnlab {' '.join(args)} --resume")
+    assert runfolder.checkpoint_path(out).is_file() and runfolder.read_result(out) is None
+    assert cli.main([*args, "--resume"]) == 0
+    assert runfolder.read_result(out)["status"] == "completed"
+
+
+def test_a_writer_thread_that_dies_on_a_full_disk_prints_no_traceback(capsys, monkeypatch):
+    # TensorBoard's event writer thread died on the full disk with "Exception in thread ..." and its traceback
+    # before the command's one line
+    monkeypatch.setattr(threading, "excepthook", threading.__excepthook__)  # Python's, which prints
+    full = OSError(errno.ENOSPC, "No space left on device")
+
+    def command(args):
+        writer = threading.Thread(target=lambda: (_ for _ in ()).throw(full))
+        writer.start()
+        writer.join()
+        raise OSError(errno.ENOSPC, "No space left on device", "events.out.tfevents")  # the writer's next use
+
+    monkeypatch.setattr(cli, "_run_models", command)
+    user_error(capsys, ["models"], contains="no space left")
 
 
 def test_disk_full_during_a_study_stops_it_cleanly_and_it_resumes(tmp_path, capsys, monkeypatch):

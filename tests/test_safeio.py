@@ -1,3 +1,5 @@
+import errno
+import io
 import pickle
 
 import pytest
@@ -21,6 +23,37 @@ def test_failed_atomic_write_keeps_old_content(tmp_path):
         raise RuntimeError("crash")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["r.txt"]
+
+
+class FullDisk(io.RawIOBase):
+    """A file on a disk that fills after `room` bytes: the write that does not fit fails with ENOSPC. (torch
+    then raises a RuntimeError, 'unexpected pos', from the OSError, as it does on a real full disk.)"""
+
+    def __init__(self, room: int = 1000) -> None:
+        self.room = room
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return len(data)
+
+
+def test_atomic_torch_save_on_a_full_disk_raises_the_os_error_and_keeps_the_old_file(tmp_path, monkeypatch):
+    # torch.save reports a failed write as a RuntimeError ('unexpected pos ...'); a caller must see the
+    # OSError to tell a full disk (resume later) from a crash (record the run as failed)
+    path = tmp_path / "last.ckpt"
+    safeio.atomic_torch_save({"w": torch.zeros(3)}, path)
+    before = path.read_bytes()
+    real_save = torch.save
+    monkeypatch.setattr(torch, "save", lambda obj, f, *args, **kw: real_save(obj, FullDisk(), *args, **kw))
+    with pytest.raises(OSError) as raised:
+        safeio.atomic_torch_save({"w": torch.ones(1000)}, path)
+    assert raised.value.errno == errno.ENOSPC
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
 
 def test_state_dict_round_trip(tmp_path):

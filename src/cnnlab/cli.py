@@ -11,12 +11,14 @@ a diverged run 3; SIGINT/SIGTERM end the command with one line saying how to res
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
 import shlex
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
 import yaml
@@ -33,6 +35,7 @@ from cnnlab.errors import (
     DiskFull,
     Interrupted,
     describe_os_error,
+    disk_full_error,
     one_line,
     printable,
 )
@@ -83,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        with signals_raise():
+        with signals_raise(), _full_disk_in_threads_left_to_the_command():
             return int(args.run(args) or 0)
     except CnnlabError as error:
         hint = getattr(args, "resume_hint", None) if isinstance(error, DiskFull) else None
@@ -114,6 +117,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not getattr(stop, "quiet", False):  # quiet: another DDP rank (rank zero says it)
             print(f"cnnlab: interrupted by {name}{resume}", file=sys.stderr)
         return 128 + signum
+
+
+@contextlib.contextmanager
+def _full_disk_in_threads_left_to_the_command() -> Iterator[None]:
+    """A background writer that dies on a full disk (TensorBoard's event writer thread) prints no traceback:
+    its writer hands the error to the command's own next write (flush, close), which ends the command on
+    the one line about the full disk."""
+    previous = threading.excepthook
+
+    def hook(args: Any) -> None:
+        if disk_full_error(args.exc_value) is None:
+            previous(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
 
 
 def _queue_database_failure(error: Exception) -> str | None:

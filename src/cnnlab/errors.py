@@ -83,6 +83,23 @@ class DiskFull(CnnlabError):
     """The disk filled during a run: nothing is recorded as failed; free space and rerun to resume."""
 
 
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_error(error: BaseException) -> OSError | None:
+    """The full-disk OSError (ENOSPC, EDQUOT) behind an exception, None when the disk is not why. The chain
+    of causes is followed: libraries report a failed write as their own error raised while handling it
+    (torch.save a RuntimeError, Lightning's TensorBoard logger a ValueError)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError) and current.errno in DISK_FULL_ERRNOS:
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def close_matches(word: str, choices: Iterable[str], n: int = 3) -> str:
     """' (did you mean a, b?)' for near misses, else ''; for error messages that name alternatives."""
     by_folded = {choice.casefold(): choice for choice in choices}  # DIGITS is a near miss of digits

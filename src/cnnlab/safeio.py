@@ -154,12 +154,28 @@ def json_text(obj: Any) -> str:
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    """torch.save atomically."""
+    """torch.save atomically; a failed write (a full disk) raises its OSError. torch.save writes through a
+    Python file here: given a path, its own writer reports a full disk as a RuntimeError that names no errno
+    ('basic_ios::clear: iostream error'), which a run would record as failed instead of resumable."""
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        try:
+            torch.save(obj, handle)
+        except RuntimeError as error:
+            failed_write = _os_error_behind(error)
+            if failed_write is None:
+                raise
+            raise failed_write from None
     return Path(path)
+
+
+def _os_error_behind(error: BaseException) -> OSError | None:
+    """The OSError a file's write raised while torch wrote to it (torch re-raises it as a RuntimeError)."""
+    context = error.__context__
+    while context is not None and not isinstance(context, OSError):
+        context = context.__context__
+    return context
 
 
 def read_json(path: str | Path) -> Any:

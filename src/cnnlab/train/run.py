@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import errno
 import json
 import logging
 import math
@@ -15,6 +15,7 @@ import threading
 import time
 import traceback
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -54,6 +55,7 @@ from cnnlab.errors import (
     Interrupted,
     WeightsError,
     describe_os_error,
+    disk_full_error,
     first_line,
     one_line,
 )
@@ -166,8 +168,25 @@ def fit(
         checkpoint = checkpoint if checkpoint is not None and checkpoint.is_file() else None
         if checkpoint is not None:
             _check_resumable(checkpoint, prepared)
-        _write_run_header(out_dir, prepared, fresh=checkpoint is None)
-        return _train_and_record(prepared, out_dir, checkpoint, tags, abandon)
+        with _full_disk_stops_the_run(out_dir):
+            _write_run_header(out_dir, prepared, fresh=checkpoint is None)
+            return _train_and_record(prepared, out_dir, checkpoint, tags, abandon)
+
+
+@contextlib.contextmanager
+def _full_disk_stops_the_run(out_dir: Path) -> Iterator[None]:
+    """A full disk, while training or while scoring and recording the run, raises DiskFull: the run is not
+    recorded as failed, its checkpoints stay, and `--resume` goes on once space is freed (a plain rerun
+    would start over)."""
+    try:
+        yield
+    except CnnlabError:
+        raise
+    except Exception as error:
+        full = disk_full_error(error)
+        if full is None:
+            raise
+        raise DiskFull(f"the disk filled while training {out_dir} ({describe_os_error(full)})") from None
 
 
 def _train_and_record(
@@ -578,8 +597,9 @@ def _train(
     except RunAbandoned:
         raise
     except Exception as error:  # a training crash is recorded as a failed run; the study goes on
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFull(f"the disk filled while training {out_dir} ({describe_os_error(error)})") from None
+        full = disk_full_error(error)  # torch and Lightning wrap it in their own errors
+        if full is not None:
+            raise DiskFull(f"the disk filled while training {out_dir} ({describe_os_error(full)})") from None
         if primary:  # rank zero alone writes into the run folder
             safeio.atomic_write_text(out_dir / runfolder.ERROR_LOG, traceback.format_exc())
         return runfolder.FAILED, one_line(f"{type(error).__name__}: {error}", limit=500)  # error.log has all
