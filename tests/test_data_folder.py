@@ -445,3 +445,45 @@ def test_folder_problems_say_how_to_fix_them_and_hostile_names_stay_on_one_line(
     assert cli.main(["data", f"folder:{root}", "--image-size", "4"]) == 0
     printed = capsys.readouterr().out
     assert "new\\nline (4)" in printed and "\nline" not in printed
+
+
+def _tiff_with_strip_offsets_as_a_fraction(path: Path) -> None:
+    """A TIFF whose StripOffsets tag has the type SRATIONAL: Pillow's load raises TypeError on it."""
+    _solid("RGB", (0, 0, 0), (4, 4)).save(path, format="TIFF")
+    data = bytearray(path.read_bytes())
+    ifd = struct.unpack_from("<I", data, 4)[0]
+    for entry in range(struct.unpack_from("<H", data, ifd)[0]):
+        at = ifd + 2 + 12 * entry
+        if struct.unpack_from("<H", data, at)[0] == 273:  # StripOffsets
+            struct.pack_into("<H", data, at + 2, 10)  # SRATIONAL
+    path.write_bytes(bytes(data))
+
+
+def _jpeg_with_text_in_a_rational_exif_tag(path: Path) -> None:
+    """A rotated JPEG whose EXIF WhitePoint (a RATIONAL tag) holds text: Pillow's exif_transpose raises
+    TypeError when it writes the EXIF back."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate
+    exif[0x010F] = "cam"  # Make, ASCII
+    _solid("RGB", (0, 0, 0), (4, 4)).save(path, format="JPEG", exif=exif)
+    data = path.read_bytes()
+    order = ">" if b"Exif\x00\x00MM" in data else "<"
+    make, white_point = (struct.pack(f"{order}HH", tag, 2) for tag in (0x010F, 0x013E))  # tag, type ASCII
+    assert data.count(make) == 1
+    path.write_bytes(data.replace(make, white_point))
+
+
+@pytest.mark.parametrize(
+    "craft", [_tiff_with_strip_offsets_as_a_fraction, _jpeg_with_text_in_a_rational_exif_tag]
+)
+def test_a_crafted_file_that_makes_pillow_raise_type_error_is_a_bad_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture, craft: object
+) -> None:
+    """Pillow's plugins raise more than OSError on damaged files; each used to end in a traceback, exit 1."""
+    root = _two_class_folder(tmp_path / "f")
+    craft(root / "cat" / "crafted.tif")
+    assert cli.main(["data", f"folder:{root}", "--image-size", "4"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "1 bad image file(s): cat/crafted.tif (TypeError: " in err
+    loaded = load_folder(root, FolderOptions(image_size=4, bad_images="skip"))
+    assert [rel for rel, _ in loaded.bad_files] == ["cat/crafted.tif"] and len(loaded.image_set) == 6

@@ -19,9 +19,7 @@ import json
 import logging
 import os
 import re
-import struct
 import warnings
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -369,8 +367,9 @@ def decode_image(
 
     Raises BadImage for a file that is not an allowed image, claims more than `max_pixels` in its header
     (checked before anything is allocated), trips Pillow's decompression-bomb check, or fails to decode
-    completely. Pillow's DecompressionBombWarning is a BadImage only where warnings of that category are
-    errors, as `decode_images` makes them (a filter changed on worker threads would race).
+    completely (whatever Pillow raises: its plugins meet damaged files with TypeError, KeyError, ... too).
+    Pillow's DecompressionBombWarning is a BadImage only where warnings of that category are errors, as
+    `decode_images` makes them (a filter changed on worker threads would race).
     """
     try:
         with Image.open(path) as image:
@@ -385,7 +384,7 @@ def decode_image(
         raise BadImage(_bomb_reason(error, max_pixels)) from None
     except UnidentifiedImageError:
         raise BadImage("empty file" if _is_empty(path) else "not an image Pillow can identify") from None
-    except (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error, MemoryError) as error:
+    except Exception as error:  # noqa: BLE001  (TypeError, KeyError, ...: whatever a damaged file raises)
         raise BadImage(_reason(error)) from None
     return np.ascontiguousarray(_fit_square(rgb, size).transpose(2, 0, 1))
 
