@@ -144,6 +144,33 @@ def test_a_cifar_batch_that_would_run_code_is_refused(
     assert not (tmp_path / "pwned-by-pickle").exists()
 
 
+def _cifar_batch_with_an_unknown_text_encoding(path: Path) -> None:
+    """numpy pickles bytes as _codecs.encode(text, "latin1"): the encoding name replaced (LookupError)."""
+    data = pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "labels": [0, 1]}, protocol=2)
+    assert b"latin1" in data
+    path.write_bytes(data.replace(b"latin1", b"lat1n9"))
+
+
+def _cifar_batch_claiming_an_exabyte(path: Path) -> None:
+    """A BINBYTES8 opcode whose length no machine can allocate (MemoryError or OverflowError)."""
+    path.write_bytes(b"\x80\x04\x8e" + struct.pack("<Q", 2**60) + b"\x00" * 16)
+
+
+@pytest.mark.parametrize(
+    "craft", [_cifar_batch_with_an_unknown_text_encoding, _cifar_batch_claiming_an_exabyte]
+)
+def test_a_damaged_cifar_batch_is_a_data_error_whatever_the_unpickler_raises(
+    tmp_path: Path, capsys: pytest.CaptureFixture, craft: object
+) -> None:
+    """LookupError, MemoryError and OverflowError from a damaged batch used to end in a traceback, exit 1."""
+    write_cifar10(tmp_path, per_batch=2)
+    craft(tmp_path / "cifar-10-batches-py" / "test_batch")
+    with pytest.raises(DataError, match=r"refused to read .*test_batch: "):
+        read_cifar_pickle(tmp_path / "cifar-10-batches-py" / "test_batch")
+    assert cli.main(["data", "cifar10", "--data-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("cnnlab: error: refused to read ")
+
+
 def test_dataset_missing_offline_names_every_place_searched_and_how_to_get_it(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError) as caught:

@@ -150,10 +150,10 @@ def read_cifar_pickle(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as handle:
             loaded = _CifarUnpickler(handle, encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as error:
-        raise DataError(f"refused to read {path}: {first_line(error)}") from None
     except OSError as error:
         raise DataError(f"cannot read {path}: {error.strerror or error}") from None
+    except Exception as error:  # noqa: BLE001  (a damaged pickle: LookupError, MemoryError, OverflowError, ...)
+        raise DataError(f"refused to read {path}: {first_line(error)}") from None
     if not isinstance(loaded, dict):
         raise DataError(f"{path} holds a {type(loaded).__name__}, not a CIFAR batch mapping")
     return {_text(key): value for key, value in loaded.items()}
