@@ -335,9 +335,9 @@ def test_a_gzip_idx_file_that_inflates_past_its_header_is_refused_without_fillin
     written: list[int] = []
     real_copy = readers._copy_idx
 
-    def counting_copy(source, target):
+    def counting_copy(source, target, dimensions):
         try:
-            real_copy(source, target)
+            real_copy(source, target, dimensions)
         finally:
             written.append(target.tell())
 
@@ -387,3 +387,26 @@ def test_cnnlab_data_lists_an_incomplete_data_dir_instead_of_the_system_copy(
     assert cli.main(["data", "--data-dir", str(tmp_path / "mine")]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("fashion-mnist"))
     assert "holds only some of its files: missing train-images-idx3-ubyte" in row and "system" not in row
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_idx_images_and_labels_files_swapped_are_called_so(tmp_path: Path, compress: bool) -> None:
+    """A labels file with an images header used to be 'truncated: its header promises 152,229,... bytes'."""
+    images = write_idx(tmp_path / "i", np.zeros((4, 28, 28), np.uint8), compress=compress)
+    labels = write_idx(tmp_path / "l", np.zeros(4, np.uint8), compress=compress)
+    with pytest.raises(DataError, match=r"header has 1 dimension\(s\), but an IDX images file has 3 \(the"):
+        read_idx_images(labels)
+    with pytest.raises(DataError, match=r"header has 3 dimension\(s\), but an IDX labels file has 1 "):
+        read_idx_labels(images)
+    with_images_magic = labels.read_bytes() if not compress else gzip.decompress(labels.read_bytes())
+    damaged = b"\x00\x00\x08\x03" + with_images_magic[4:]
+    labels.write_bytes(gzip.compress(damaged) if compress else damaged)
+    with pytest.raises(DataError, match=r"header has 3 dimension\(s\), but an IDX labels file has 1 "):
+        read_idx_labels(labels)
+
+
+def test_idx_labels_of_another_value_type_are_called_so(tmp_path: Path) -> None:
+    path = tmp_path / "t10k-labels-idx1-ubyte"
+    path.write_bytes(struct.pack(">HBBI", 0, 0x0C, 1, 3) + np.full(3, 7, ">i4").tobytes())  # int32 labels
+    with pytest.raises(DataError, match=r"value type 0x0C, not unsigned bytes \(0x08\); replace it"):
+        read_idx_labels(path)

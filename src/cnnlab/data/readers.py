@@ -38,32 +38,35 @@ def read_idx_images(path: Path) -> torch.Tensor:
     """uint8 (N, 1, H, W) images from an IDX3 file (`.gz` or raw)."""
     from torchvision.datasets.mnist import read_image_file  # ~2.7 s: only for IDX files (architecture.md)
 
-    return _read_idx(path, read_image_file).unsqueeze(1).contiguous()
+    return _read_idx(path, read_image_file, IDX_IMAGE_DIMENSIONS).unsqueeze(1).contiguous()
 
 
 def read_idx_labels(path: Path) -> torch.Tensor:
     """int64 (N,) labels from an IDX1 file (`.gz` or raw)."""
     from torchvision.datasets.mnist import read_label_file  # ~2.7 s: only for IDX files (architecture.md)
 
-    return _read_idx(path, read_label_file)
+    return _read_idx(path, read_label_file, IDX_LABEL_DIMENSIONS)
 
 
 IDX_ITEM_BYTES = {0x08: 1, 0x09: 1, 0x0B: 2, 0x0C: 4, 0x0D: 4, 0x0E: 8}  # the IDX format's type codes
+IDX_UNSIGNED_BYTE = 0x08  # the type of every MNIST-like file
+IDX_IMAGE_DIMENSIONS, IDX_LABEL_DIMENSIONS = 3, 1  # (count, height, width) images; (count,) labels
 COPY_CHUNK = 1 << 20
 
 
-def _read_idx(path: Path, reader: Any) -> torch.Tensor:
-    """Run a torchvision IDX reader on `path` after checking its size against its header (gzip is
-    decompressed to a temporary file first, never past the size the header promises)."""
+def _read_idx(path: Path, reader: Any, dimensions: int) -> torch.Tensor:
+    """Run a torchvision IDX reader on `path` after checking its header (unsigned bytes in `dimensions`
+    dimensions) and its size against the header (gzip is decompressed to a temporary file first, never past
+    the size the header promises)."""
     try:
         if path.suffix != ".gz":
             with open(path, "rb") as source:
-                _check_idx_size(_idx_size(source), path.stat().st_size)
+                _check_idx_size(_idx_size(source, dimensions), path.stat().st_size)
             return reader(str(path))
         with tempfile.TemporaryDirectory(prefix="cnnlab-idx-") as tmp:
             raw = Path(tmp) / path.stem
             with gzip.open(path, "rb") as source, open(raw, "wb") as target:
-                _copy_idx(source, target)
+                _copy_idx(source, target, dimensions)
             return reader(str(raw))
     except (
         AssertionError,
@@ -85,19 +88,33 @@ def _read_idx(path: Path, reader: Any) -> torch.Tensor:
         ) from None
 
 
-def _idx_size(source: BinaryIO) -> int:
+def _idx_size(source: BinaryIO, dimensions: int) -> int:
     """The size in bytes an IDX file's header promises (header included), read from `source`'s start
-    (left just past the header); ValueError for an empty file or one that is not IDX."""
+    (left just past the header); ValueError for an empty file, one that is not IDX, or one that does not
+    hold unsigned bytes in `dimensions` dimensions (images and labels swapped, say)."""
     magic = source.read(4)
     if not magic:
         raise ValueError("the file is empty")
     if len(magic) < 4 or magic[0] or magic[1] or magic[2] not in IDX_ITEM_BYTES:
         raise ValueError("not an IDX file (bad magic number)")
+    _check_idx_kind(magic[2], magic[3], dimensions)
     dims_bytes = source.read(4 * magic[3])
     if len(dims_bytes) < 4 * magic[3]:
         raise ValueError("the file is truncated inside its header")
     dims = struct.unpack(f">{magic[3]}I", dims_bytes)
     return 4 + len(dims_bytes) + math.prod(dims) * IDX_ITEM_BYTES[magic[2]]
+
+
+def _check_idx_kind(item_type: int, found: int, dimensions: int) -> None:
+    """An IDX header's type and dimension count are those of MNIST-like images (3) or labels (1)."""
+    kind = "images" if dimensions == IDX_IMAGE_DIMENSIONS else "labels"
+    if found != dimensions:
+        raise ValueError(
+            f"its header has {found} dimension(s), but an IDX {kind} file has {dimensions} (the images and "
+            "labels files swapped?)"
+        )
+    if item_type != IDX_UNSIGNED_BYTE:
+        raise ValueError(f"its header gives the value type 0x{item_type:02X}, not unsigned bytes (0x08)")
 
 
 def _check_idx_size(expected: int, actual: int) -> None:
@@ -107,10 +124,10 @@ def _check_idx_size(expected: int, actual: int) -> None:
         raise ValueError(f"the file holds more than the {expected:,} bytes its header promises")
 
 
-def _copy_idx(source: BinaryIO, target: BinaryIO) -> None:
+def _copy_idx(source: BinaryIO, target: BinaryIO, dimensions: int) -> None:
     """Copy a decompressing IDX stream, stopping one byte past the size its header promises (a gzip bomb
     never fills the disk)."""
-    expected = _idx_size(source)
+    expected = _idx_size(source, dimensions)
     source.seek(0)
     copied, limit = 0, expected + 1
     while copied < limit and (chunk := source.read(min(COPY_CHUNK, limit - copied))):
