@@ -487,3 +487,25 @@ def test_a_crafted_file_that_makes_pillow_raise_type_error_is_a_bad_file(
     assert err.count("\n") == 1 and "1 bad image file(s): cat/crafted.tif (TypeError: " in err
     loaded = load_folder(root, FolderOptions(image_size=4, bad_images="skip"))
     assert [rel for rel, _ in loaded.bad_files] == ["cat/crafted.tif"] and len(loaded.image_set) == 6
+
+
+@pytest.mark.parametrize("damage", ["smaller images", "float images"])
+def test_a_decode_cache_holding_images_of_another_shape_or_type_is_rebuilt(
+    tmp_path: Path, isolated: Path, caplog: pytest.LogCaptureFixture, damage: str
+) -> None:
+    """Such a cache used to serve 4x4 images for --image-size 8, or crash np.stack once a file was added."""
+    root = _two_class_folder(tmp_path / "f")
+    options = FolderOptions(image_size=8)
+    first = load_folder(root, options)
+    (cache_file,) = (isolated / "folders").glob("*.pt")
+    payload = torch.load(cache_file, weights_only=True)
+    damaged = payload["images"][:, :, :4, :4]
+    payload["images"] = damaged.clone() if damage == "smaller images" else damaged.float()
+    torch.save(payload, cache_file)
+    with caplog.at_level("WARNING"):
+        again = load_folder(root, options)
+    assert again.decoded == 6 and torch.equal(again.image_set.images, first.image_set.images)
+    assert "ignoring a malformed decode cache" in caplog.text and "not uint8 (N, 3, 8, 8)" in caplog.text
+    _solid("RGB", (0, 255, 0), (8, 8)).save(root / "cat" / "new.png")
+    torch.save(payload, cache_file)
+    assert load_folder(root, options).image_set.shape == (3, 8, 8)

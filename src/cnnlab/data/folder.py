@@ -514,7 +514,7 @@ def load_folder(root: Path, options: FolderOptions) -> FolderLoad:
     background = check_background(options.background)
     cache_file = _cache_file(scan.root, options.image_size, background, options.max_pixels)
     stamps = [_stamp(scan.root / rel) for rel, _ in scan.files]
-    previous = _read_cache(cache_file)
+    previous = _read_cache(cache_file, options.image_size)
     pixels, bad, decoded = _decode_missing(
         scan, stamps, previous, options.image_size, background, options.max_pixels
     )
@@ -573,8 +573,8 @@ def _cache_file(root: Path, size: int, background: tuple[int, ...], max_pixels: 
     return cache_root() / "folders" / f"{hashlib.sha256(settings.encode()).hexdigest()[:24]}.pt"
 
 
-def _read_cache(cache_file: Path) -> dict[str, tuple[tuple[int, ...], Any]]:
-    """{relative path: (file stamp, uint8 array or bad reason)} from an earlier load, or {}."""
+def _read_cache(cache_file: Path, size: int) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """{relative path: (file stamp, uint8 (3, size, size) pixels or bad reason)} of an earlier load, or {}."""
     if not cache_file.is_file():
         return {}
     try:
@@ -585,16 +585,18 @@ def _read_cache(cache_file: Path) -> dict[str, tuple[tuple[int, ...], Any]]:
     if cached.get("format") != CACHE_FORMAT:
         return {}
     try:
-        return _cache_entries(cached)
+        return _cache_entries(cached, size)
     except (IndexError, KeyError, TypeError, ValueError, AttributeError) as error:
         log.warning("ignoring a malformed decode cache %s (rebuilding it): %s", cache_file, error)
         return {}
 
 
-def _cache_entries(cached: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], Any]]:
+def _cache_entries(cached: dict[str, Any], size: int) -> dict[str, tuple[tuple[int, ...], Any]]:
     files, images = cached["files"], cached["images"]
     if len(images) != len(files):
         raise ValueError(f"{len(images)} images for {len(files)} files")
+    if files and (images.dtype != torch.uint8 or tuple(images.shape[1:]) != (3, size, size)):
+        raise ValueError(f"images are {images.dtype} {tuple(images.shape)}, not uint8 (N, 3, {size}, {size})")
     entries: dict[str, tuple[tuple[int, ...], Any]] = {}
     for row, (rel, *stamp) in enumerate(files):
         entries[str(rel)] = (tuple(int(value) for value in stamp), images[row].numpy())
