@@ -509,3 +509,20 @@ def test_a_decode_cache_holding_images_of_another_shape_or_type_is_rebuilt(
     _solid("RGB", (0, 255, 0), (8, 8)).save(root / "cat" / "new.png")
     torch.save(payload, cache_file)
     assert load_folder(root, options).image_set.shape == (3, 8, 8)
+
+
+def test_cnnlab_data_names_the_bad_files_of_train_and_test_folders_from_the_root(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """train/dog/0.png and test/dog/0.png used to be listed once, as dog/0.png: 2 files excluded of 3."""
+    root = tmp_path / "split"
+    for part in ("train", "test"):
+        _two_class_folder(root / part, count=3)
+        (root / part / "dog" / "0.png").write_bytes(b"")
+    (root / "test" / "cat" / "2.png").write_bytes(b"")
+    assert cli.main(["data", f"folder:{root}", "--image-size", "4", "--bad-images", "skip"]) == 0
+    printed = capsys.readouterr().out
+    assert (
+        "excluded 3 bad image file(s) (data.bad_images=skip): train/dog/0.png (empty file); test/cat/2.png "
+        "(empty file); test/dog/0.png (empty file)" in printed
+    )
