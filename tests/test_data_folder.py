@@ -526,3 +526,21 @@ def test_cnnlab_data_names_the_bad_files_of_train_and_test_folders_from_the_root
         "excluded 3 bad image file(s) (data.bad_images=skip): train/dog/0.png (empty file); test/cat/2.png "
         "(empty file); test/dog/0.png (empty file)" in printed
     )
+
+
+def test_a_dangling_symlink_is_reported_as_a_missing_target_not_as_a_loop(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A link to a moved photo used to be reported as one that loops or points into another class."""
+    root = _two_class_folder(tmp_path / "f")
+    (root / "cat" / "moved.png").symlink_to(tmp_path / "f" / "cat" / "gone.png")
+    (root / "cat" / "loop.png").symlink_to("loop.png")
+    scan = scan_folder(root)
+    assert scan.dangling_links == ("cat/moved.png",) and scan.skipped_links == ("cat/loop.png",)
+    with caplog.at_level("WARNING"):
+        loaded = load_folder(root, FolderOptions(image_size=4))
+    assert len(loaded.image_set) == 6
+    assert "skipped 1 symlinks whose target does not exist (a moved or deleted image?): cat/moved.png" in (
+        caplog.text
+    )
+    assert folder_module.list_image_files(root / "cat").dangling_links == ("moved.png",)

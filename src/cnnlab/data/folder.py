@@ -90,6 +90,7 @@ class FolderScan:
     outside_links: tuple[str, ...]  # symlinks that resolve outside the root
     skipped_links: tuple[str, ...] = ()  # loops, and links into another class or back up the tree (skipped)
     special_files: tuple[str, ...] = ()  # FIFOs, sockets, devices (skipped, never opened)
+    dangling_links: tuple[str, ...] = ()  # symlinks whose target does not exist (skipped)
 
     def problems(self) -> list[str]:
         """What stops a load: no classes, empty classes, symlinks leaving the root."""
@@ -125,6 +126,7 @@ class ImageFiles:
     outside_links: tuple[str, ...]  # symlinks leaving the folder (not followed)
     skipped_links: tuple[str, ...]  # loops and links back up the tree (not followed)
     special_files: tuple[str, ...]  # FIFOs, sockets, devices (never opened)
+    dangling_links: tuple[str, ...] = ()  # symlinks whose target does not exist (skipped)
 
     def check(self) -> None:
         """Raise a DataError for symlinks leaving the folder: their images would be read from elsewhere."""
@@ -254,6 +256,7 @@ def list_image_files(folder: Path) -> ImageFiles:
         tuple(found["outside"]),
         tuple(found["skipped"]),
         tuple(found["special"]),
+        tuple(found["dangling"]),
     )
 
 
@@ -264,7 +267,7 @@ def _scan_error(root: Path, error: OSError) -> DataError:
 
 def _found_lists() -> dict[str, list[str]]:
     """Empty lists of the entries a walk leaves out, by kind."""
-    return {kind: [] for kind in ("hidden", "non_images", "outside", "skipped", "special")}
+    return {kind: [] for kind in ("hidden", "non_images", "outside", "skipped", "special", "dangling")}
 
 
 def _scan(root: Path) -> FolderScan:
@@ -301,6 +304,7 @@ def _scan(root: Path) -> FolderScan:
         tuple(found["outside"]),
         tuple(found["skipped"]),
         tuple(found["special"]),
+        tuple(found["dangling"]),
     )
 
 
@@ -344,7 +348,10 @@ def _link_target(
         return path.resolve() if entry.is_dir() else path
     try:
         real = path.resolve(strict=True)
-    except (OSError, RuntimeError):  # a loop, or a dangling link
+    except FileNotFoundError:  # a dangling link: its image was moved or deleted
+        found["dangling"].append(rel)
+        return None
+    except (OSError, RuntimeError):  # a loop
         found["skipped"].append(rel)
         return None
     if not real.is_relative_to(real_root):
@@ -544,6 +551,7 @@ def report_ignored(scan: FolderScan | ImageFiles) -> None:
         ),
         (scan.non_images, "skipped %d non-image files"),
         (scan.special_files, "skipped %d entries that are not regular files (FIFOs, sockets, devices)"),
+        (scan.dangling_links, "skipped %d symlinks whose target does not exist (a moved or deleted image?)"),
     )
     _warn_entries(scan.root, ignored)
 
