@@ -544,3 +544,17 @@ def test_a_dangling_symlink_is_reported_as_a_missing_target_not_as_a_loop(
         caplog.text
     )
     assert folder_module.list_image_files(root / "cat").dangling_links == ("moved.png",)
+
+
+def test_class_folders_named_one_name_in_two_unicode_forms_stop_the_load(tmp_path: Path) -> None:
+    """'café' composed (Linux) and decomposed (macOS) used to become two classes that print the same."""
+    root = _two_class_folder(tmp_path / "f")
+    for name in ("caf\u00e9", "cafe\u0301"):
+        (root / name).mkdir()
+        for index in range(2):
+            _solid("RGB", (0, 0, 0), (8, 8)).save(root / name / f"{index}.png")
+    expected = r"differ only in their Unicode form: 'cafe\\u0301' and 'caf\\xe9' \(one name written two ways"
+    with pytest.raises(DataError, match=expected):
+        load_split(DataConfig(name=f"folder:{root}", image_size=4), "train")
+    (root / "cafe\u0301").rename(root / "Caf\u00e9")  # another name (case differs): two classes, as given
+    assert len(scan_folder(root).class_names) == 4 and not scan_folder(root).problems()

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import re
+import unicodedata
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -97,6 +98,13 @@ class FolderScan:
         found = []
         if not self.class_names:
             found.append("no class subfolders (expected one subfolder of images per class)")
+        twins = _normalisation_twins(self.class_names)
+        if twins:
+            found.append(
+                f"class folders whose names differ only in their Unicode form: {'; '.join(twins)} (one name "
+                "written two ways, e.g. copied from macOS and Linux: their images would be two classes; "
+                "merge them into one folder)"
+            )
         if self.empty_classes:
             found.append(
                 f"empty class folders (no image files): {', '.join(self.empty_classes)} (add images to them "
@@ -113,6 +121,15 @@ class FolderScan:
         """Raise a DataError naming every problem the scan found."""
         if self.problems():
             raise DataError(f"folder {self.root}: {'; '.join(self.problems())}")
+
+
+def _normalisation_twins(names: Sequence[str]) -> list[str]:
+    """Groups of names that are one name in another Unicode form ('café' composed and decomposed), each as
+    `ascii()` forms joined by ' and ' (printed, they look the same)."""
+    by_form: dict[str, list[str]] = {}
+    for name in names:
+        by_form.setdefault(unicodedata.normalize("NFC", name), []).append(name)
+    return [" and ".join(ascii(name) for name in group) for group in by_form.values() if len(group) > 1]
 
 
 @dataclasses.dataclass(frozen=True)
