@@ -558,3 +558,14 @@ def test_class_folders_named_one_name_in_two_unicode_forms_stop_the_load(tmp_pat
         load_split(DataConfig(name=f"folder:{root}", image_size=4), "train")
     (root / "cafe\u0301").rename(root / "Caf\u00e9")  # another name (case differs): two classes, as given
     assert len(scan_folder(root).class_names) == 4 and not scan_folder(root).problems()
+
+
+def test_train_and_test_class_folders_that_differ_are_named_distinguishably(tmp_path: Path) -> None:
+    """'café' in train/ and test/, written in two Unicode forms, used to print as the same list twice."""
+    root = tmp_path / "split"
+    for part, name in (("train", "caf\u00e9"), ("test", "cafe\u0301")):
+        _two_class_folder(root / part, count=2)
+        (root / part / "dog").rename(root / part / name)
+    expected = r"only in train/: 'caf\\xe9'; only in test/: 'cafe\\u0301'$"
+    with pytest.raises(DataError, match=expected):
+        load_split(DataConfig(name=f"folder:{root}", image_size=4), "train")

@@ -754,12 +754,19 @@ def _apply_policy(loaded: FolderLoad, options: FolderOptions) -> ImageSet:
 
 
 def _check_same_classes(root: Path, train: ImageSet, test: ImageSet) -> None:
-    """train/ and test/ must hold the same class folders."""
+    """train/ and test/ must hold the same class folders (the message names those only one of them has)."""
     if train.class_names != test.class_names:
+        only_train = [name for name in train.class_names if name not in test.class_names]
+        only_test = [name for name in test.class_names if name not in train.class_names]
         raise DataError(
-            f"folder {root}: train/ has classes {list(train.class_names)} but test/ has "
-            f"{list(test.class_names)}; they must match"
+            f"folder {root}: train/ and test/ must hold the same class folders; only in train/: "
+            f"{_listed(only_train)}; only in test/: {_listed(only_test)}"
         )
+
+
+def _listed(names: Sequence[str]) -> str:
+    """Class names as `ascii()` forms, so that 'café' composed and decomposed differ in print; or 'none'."""
+    return ", ".join(ascii(name) for name in names) or "none"
 
 
 def _split_test(root: Path, image_set: ImageSet, test_fraction: float) -> dict[str, ImageSet]:
