@@ -112,6 +112,18 @@ def test_set_without_a_value_is_refused_null_asks_for_the_default():
     assert config.parse_assignment("optim.lr=null") == ("optim.lr", None)
 
 
+def test_set_null_gives_the_default_even_for_a_key_without_null():
+    # `train --epochs 3 --set train.epochs=null`: the flag and the file are overridden by the default
+    tree = {"train": {"epochs": 3, "seed": 5}, "model": {"name": "lenet5"}, "optim.lr": 0.5}
+    nulls = ["train.epochs=null", "model.name=null", "optim.lr=null", "data.subset=null"]
+    built = config.from_dict(config.apply_assignments(tree, nulls))
+    default = config.from_dict({})
+    assert (built.train.epochs, built.model.name) == (default.train.epochs, default.model.name)
+    assert (built.optim.lr, built.data.subset, built.train.seed) == (None, None, 5)  # keys with null: null
+    again = config.apply_assignments({}, ["train.epochs=null", "train.epochs=4"])
+    assert config.from_dict(again).train.epochs == 4
+
+
 def test_later_set_wins_and_earlier_sections_are_kept():
     tree = config.apply_assignments(
         {"optim": {"lr": 0.5}},

@@ -286,8 +286,31 @@ def apply_assignments(tree: Mapping[str, Any], assignments: Sequence[str]) -> di
     keys they do not share are all kept (`--set optim={lr: 0.1} --set optim={momentum: 0.5}` sets both)."""
     merged = merge({}, tree)
     for text in assignments:
-        merged = merge(merged, dict([parse_assignment(text)]))
+        key, value = parse_assignment(text)
+        if value is None and _takes_no_null(key):
+            _unset_dotted(merged, key)  # `--set train.epochs=null`: the key's default, whatever set it before
+        else:
+            merged = merge(merged, {key: value})
     return merged
+
+
+def _takes_no_null(key: str) -> bool:
+    """A known key whose type has no null (model.name, train.epochs): null for it asks for its default."""
+    section, _, name = key.partition(".")
+    cls = SECTIONS.get(section)
+    if cls is None or name not in {field.name for field in dataclasses.fields(cls)}:
+        return False
+    return type(None) not in typing.get_args(typing.get_type_hints(cls)[name])
+
+
+def _unset_dotted(tree: dict[str, Any], key: str) -> None:
+    """Remove `a.b` from a nested dict, if it is there."""
+    *parents, leaf = key.split(".")
+    node: Any = tree
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+        node.pop(leaf, None)
 
 
 def short(value: Any, limit: int = 80) -> str:
