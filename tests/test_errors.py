@@ -8,6 +8,7 @@ import errno
 import hashlib
 import json
 import os
+import queue
 import shutil
 import threading
 from pathlib import Path
@@ -267,20 +268,54 @@ def test_disk_full_while_scoring_keeps_the_trained_run_for_resume(tmp_path, caps
     assert runfolder.read_result(out)["status"] == "completed"
 
 
-def test_a_writer_thread_that_dies_on_a_full_disk_prints_no_traceback(capsys, monkeypatch):
-    # TensorBoard's event writer thread died on the full disk with "Exception in thread ..." and its traceback
-    # before the command's one line
+def test_tensorboards_writer_thread_dying_on_a_full_disk_prints_no_traceback(capsys, monkeypatch):
+    # TensorBoard's event writer thread died on the full disk (or a removed run folder) with "Exception in
+    # thread ..." and its traceback before the command's one line; its writer raises the error itself
+    from tensorboard.summary.writer.event_file_writer import _AsyncWriterThread
+
     monkeypatch.setattr(threading, "excepthook", threading.__excepthook__)  # Python's, which prints
-    full = OSError(errno.ENOSPC, "No space left on device")
+
+    class FullDiskRecords:
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device", "events.out.tfevents")
 
     def command(args):
-        writer = threading.Thread(target=lambda: (_ for _ in ()).throw(full))
+        records = queue.Queue()
+        records.put(b"an event")
+        writer = _AsyncWriterThread(records, FullDiskRecords(), flush_secs=0)
         writer.start()
         writer.join()
-        raise OSError(errno.ENOSPC, "No space left on device", "events.out.tfevents")  # the writer's next use
+        raise writer.exception  # as the writer's next flush does
 
     monkeypatch.setattr(cli, "_run_models", command)
     user_error(capsys, ["models"], contains="no space left")
+
+
+@pytest.mark.parametrize("replaced_by", ["nothing", "a file"])
+def test_a_run_folder_removed_while_training_stops_the_run_and_is_not_recreated(
+    tmp_path, capsys, monkeypatch, replaced_by
+):
+    # the run went on into a folder its writes recreated, without .cnnlab-run or config.yaml, which the next
+    # train then refused as "files that cnnlab did not write" (or recorded a FileNotFoundError as a failed run
+    # there); a file put in its place got a line that did not say what happened
+    real_write = runfolder.write_metrics
+    out = tmp_path / "run"
+
+    def then_removed(folder, rows):
+        real_write(folder, rows)
+        shutil.rmtree(out)  # by another process, after epoch 0's metrics
+        if replaced_by == "a file":
+            out.write_text("the user's file\n")
+
+    monkeypatch.setattr(runfolder, "write_metrics", then_removed)
+    args = ["train", *TINY_TRAIN[:-4], "--epochs", "2", "--set", "data.subset=100", "--out", str(out)]
+    user_error(capsys, args, contains="was removed, moved or replaced while this run worked in it")
+    if replaced_by == "a file":
+        assert out.read_text() == "the user's file\n"
+    else:
+        assert not out.exists()
+        monkeypatch.setattr(runfolder, "write_metrics", real_write)
+        assert cli.main(args) == 0
 
 
 def test_disk_full_during_a_study_stops_it_cleanly_and_it_resumes(tmp_path, capsys, monkeypatch):

@@ -35,7 +35,6 @@ from cnnlab.errors import (
     DiskFull,
     Interrupted,
     describe_os_error,
-    disk_full_error,
     one_line,
     printable,
 )
@@ -86,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        with signals_raise(), _full_disk_in_threads_left_to_the_command():
+        with signals_raise(), _writer_thread_errors_left_to_their_owner():
             return int(args.run(args) or 0)
     except CnnlabError as error:
         hint = getattr(args, "resume_hint", None) if isinstance(error, DiskFull) else None
@@ -120,14 +119,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 @contextlib.contextmanager
-def _full_disk_in_threads_left_to_the_command() -> Iterator[None]:
-    """A background writer that dies on a full disk (TensorBoard's event writer thread) prints no traceback:
-    its writer hands the error to the command's own next write (flush, close), which ends the command on
-    the one line about the full disk."""
+def _writer_thread_errors_left_to_their_owner() -> Iterator[None]:
+    """A background writer thread that keeps its error for its owner to raise (TensorBoard's event writer:
+    the next flush or close of its writer raises it) prints no traceback when it dies of it: a full disk or a
+    run folder removed under it ends the command on one line, from the command's own thread."""
     previous = threading.excepthook
 
     def hook(args: Any) -> None:
-        if disk_full_error(args.exc_value) is None:
+        if getattr(args.thread, "exception", None) is not args.exc_value:
             previous(args)
 
     threading.excepthook = hook

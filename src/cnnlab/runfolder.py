@@ -542,13 +542,47 @@ def hold(folder: str | Path, run_id: str) -> Iterator[Path]:
         handle.truncate()
         handle.write(json.dumps({"run_id": run_id, "pid": os.getpid(), "host": socket.gethostname()}))
         handle.flush()
+        _HELD[folder] = _file_identity(os.fstat(handle.fileno()))
         yield folder
     except BaseException:
-        if created and [p.name for p in folder.iterdir()] == [MARKER_FILE]:
+        if created and folder.is_dir() and [p.name for p in folder.iterdir()] == [MARKER_FILE]:
             shutil.rmtree(folder, ignore_errors=True)
         raise
     finally:
+        _HELD.pop(folder, None)
         handle.close()  # closing releases the lock
+
+
+_HELD: dict[Path, tuple[int, int]] = {}  # folder -> (device, inode) of the marker this process holds locked
+
+
+def _file_identity(status: os.stat_result) -> tuple[int, int]:
+    return status.st_dev, status.st_ino
+
+
+class RunFolderLost(RunFolderError):
+    """The run folder this process holds was removed, moved or replaced while it worked there."""
+
+
+def check_still_held(folder: str | Path) -> None:
+    """Raise RunFolderLost when the folder this process holds (`hold`) is no longer the one it locked: its
+    marker is gone or another file (the folder was removed, moved or replaced). Writing on would recreate the
+    folder without its marker or config (a folder cnnlab then refuses as not its own), beside a second
+    process that may lock the new one."""
+    folder = Path(folder)
+    held = _HELD.get(folder)
+    if held is None:
+        return
+    try:
+        now = _file_identity(os.stat(folder / MARKER_FILE))
+    except OSError:
+        now = None
+    if now != held:
+        raise RunFolderLost(
+            f"the run folder {_quote(folder)} was removed, moved or replaced while this run worked in it "
+            f"(its {MARKER_FILE} is gone); the run stopped and wrote nothing more there; train it again into "
+            "a folder that nothing else removes"
+        )
 
 
 class RunFolderBusy(RunFolderError):

@@ -103,6 +103,7 @@ class EpochRecorder(pl.Callback):
         self.rows.append(row)
         if not trainer.is_global_zero:
             return  # under DDP rank zero alone writes and prints
+        runfolder.check_still_held(self.run_dir)  # before this epoch's metrics and checkpoints are written
         runfolder.write_metrics(self.run_dir, self.rows)
         if self.echo:
             _print_line(trainer, format_epoch_line(row))

@@ -23,6 +23,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoint I/O: saves atomically, loads only through `cnnlab.safeio.load_checkpoint`."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        runfolder.check_still_held(Path(path).parent.parent)  # run/checkpoints/x.ckpt: the run is still there
         safeio.atomic_torch_save(checkpoint, path)
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict:

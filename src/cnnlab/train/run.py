@@ -211,6 +211,7 @@ def _train_and_record(
         )
         if abandon is not None and abandon.is_set():
             raise RunAbandoned("the claim on this run passed to another worker")
+        runfolder.check_still_held(out_dir)  # before the scoring writes predictions and result.json there
         wall = time.perf_counter() - started
         summary = _summarize(prepared, out_dir, status, reason, recorder, wall, tags, (layout, precision))
     except Interrupted as stop:
@@ -226,6 +227,7 @@ def _train_and_record(
             (layout, precision),
             evaluate=False,
         )
+        runfolder.check_still_held(out_dir)
         runfolder.remove_scoring_files(out_dir)
         runfolder.write_result(out_dir, summary)
         raise
@@ -600,7 +602,8 @@ def _train(
         full = disk_full_error(error)  # torch and Lightning wrap it in their own errors
         if full is not None:
             raise DiskFull(f"the disk filled while training {out_dir} ({describe_os_error(full)})") from None
-        if primary:  # rank zero alone writes into the run folder
+        if primary:  # rank zero alone writes into the run folder (when it is still there)
+            runfolder.check_still_held(out_dir)
             safeio.atomic_write_text(out_dir / runfolder.ERROR_LOG, traceback.format_exc())
         return runfolder.FAILED, one_line(f"{type(error).__name__}: {error}", limit=500)  # error.log has all
     return runfolder.COMPLETED, None
