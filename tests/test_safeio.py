@@ -1,12 +1,13 @@
 import errno
 import io
 import pickle
+import signal
 
 import pytest
 import torch
 
 from cnnlab import safeio
-from cnnlab.errors import WeightsError
+from cnnlab.errors import Interrupted, WeightsError
 
 
 def test_atomic_write_leaves_no_temp_files(tmp_path):
@@ -54,6 +55,22 @@ def test_atomic_torch_save_on_a_full_disk_raises_the_os_error_and_keeps_the_old_
         safeio.atomic_torch_save({"w": torch.ones(1000)}, path)
     assert raised.value.errno == errno.ENOSPC
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_a_signal_during_atomic_torch_save_arrives_as_itself(tmp_path, monkeypatch):
+    # the signal handler raises Interrupted inside the file's write, which torch turns into a RuntimeError: a
+    # run stopped by SIGTERM while saving a checkpoint was recorded as failed (exit 1), not interrupted (143)
+    class SignalArrives(FullDisk):
+        def write(self, data) -> int:
+            if len(data) > self.room:  # a few records in
+                raise Interrupted(signal.SIGTERM)
+            return super().write(data)
+
+    real_save = torch.save
+    monkeypatch.setattr(torch, "save", lambda obj, f, *a, **kw: real_save(obj, SignalArrives(), *a, **kw))
+    with pytest.raises(Interrupted):
+        safeio.atomic_torch_save({"w": torch.ones(1000)}, tmp_path / "last.ckpt")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_state_dict_round_trip(tmp_path):

@@ -154,26 +154,29 @@ def json_text(obj: Any) -> str:
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    """torch.save atomically; a failed write (a full disk) raises its OSError. torch.save writes through a
-    Python file here: given a path, its own writer reports a full disk as a RuntimeError that names no errno
-    ('basic_ios::clear: iostream error'), which a run would record as failed instead of resumable."""
+    """torch.save atomically; a failed write (a full disk) raises its OSError, a signal during the write its
+    Interrupted. torch.save writes through a Python file here: given a path, its own writer reports a full
+    disk as a RuntimeError that names no errno ('basic_ios::clear: iostream error'), which a run would record
+    as failed instead of resumable."""
     import torch
 
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         try:
             torch.save(obj, handle)
         except RuntimeError as error:
-            failed_write = _os_error_behind(error)
-            if failed_write is None:
+            stopped_by = _write_failure_behind(error)
+            if stopped_by is None:
                 raise
-            raise failed_write from None
+            raise stopped_by from None
     return Path(path)
 
 
-def _os_error_behind(error: BaseException) -> OSError | None:
-    """The OSError a file's write raised while torch wrote to it (torch re-raises it as a RuntimeError)."""
+def _write_failure_behind(error: BaseException) -> BaseException | None:
+    """What stopped torch.save's write to a Python file, which torch re-raises as a RuntimeError ('unexpected
+    pos'): the file's OSError (a full disk), or an interrupt (Interrupted, KeyboardInterrupt: a signal's
+    handler raises inside the write); None for any other failure."""
     context = error.__context__
-    while context is not None and not isinstance(context, OSError):
+    while context is not None and isinstance(context, Exception) and not isinstance(context, OSError):
         context = context.__context__
     return context
 
