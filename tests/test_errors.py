@@ -392,6 +392,32 @@ def test_resume_onto_a_crafted_checkpoint_is_refused_and_nothing_changes(run_cop
     assert snapshot(run_copy) == before and not (tmp_path / "marker").exists()
 
 
+@pytest.mark.parametrize("resume", [[], ["--resume"]])
+def test_a_damaged_result_json_of_the_run_counts_as_unfinished(run_copy, capsys, resume):
+    # every train into the folder, --resume included, stopped on "cannot read result.json" (and said nothing
+    # of what to do): only --overwrite, which retrains from scratch, got past it
+    (run_copy / "result.json").write_text('{"run_id": "x", "status": "comp')
+    capsys.readouterr()
+    assert cli.main(["train", *TINY_TRAIN, "--out", str(run_copy), *resume]) == 0
+    warning = capsys.readouterr().err
+    assert "cnnlab: warning: cannot read" in warning and "counts as unfinished" in warning
+    result = runfolder.read_result(run_copy)
+    assert result["status"] == "completed" and result["epochs_run"] == 1
+
+
+def test_resume_with_a_damaged_best_checkpoint_is_refused_before_training(run_copy, capsys):
+    # the run trained its remaining epochs, then could not score best.ckpt (exit 2, no result), and every
+    # --resume after that did the same
+    (run_copy / "result.json").unlink()  # an unfinished run
+    best = runfolder.checkpoint_path(run_copy, runfolder.BEST_CHECKPOINT)
+    best.write_bytes(best.read_bytes()[:1000])
+    before = snapshot(run_copy)
+    args = ["train", *TINY_TRAIN, "--out", str(run_copy), "--resume"]
+    message = user_error(capsys, args, contains="best.ckpt: the file is truncated")
+    assert message.endswith("run without --resume to start this run afresh")
+    assert snapshot(run_copy) == before
+
+
 @pytest.mark.parametrize("value", ['"high"', "NaN", "Infinity", "1.5"])
 def test_a_result_with_a_bad_score_is_named_by_the_report(run_copy, capsys, value):
     path = run_copy / "result.json"

@@ -156,6 +156,7 @@ def fit(
         return _train_other_rank(config, out_dir, ranks.global_rank, resume=resume and not overwrite)
     run_id = config.run_id
     runfolder.check_folder(out_dir, run_id, overwrite=overwrite, config=cfg.to_dict(config))
+    _warn_of_a_damaged_result(out_dir)
     if not overwrite and (finished := _completed(out_dir, run_id)) is not None:
         return finished
     with runfolder.hold(out_dir, run_id):
@@ -282,10 +283,28 @@ def _train_other_rank(config: cfg.RunConfig, out_dir: Path, rank: int, *, resume
 
 
 def _completed(out_dir: Path, run_id: str) -> RunResult | None:
-    summary = runfolder.completed_result(out_dir)
+    """This run's completed result in its folder, else None; a damaged result.json (edited, truncated) of
+    the folder's own run counts as unfinished: the run trains again (or `--resume` re-scores it from its
+    checkpoint) and rewrites it."""
+    try:
+        summary = runfolder.completed_result(out_dir)
+    except runfolder.RunFolderError:
+        return None
     if summary is None or summary.get("run_id") != run_id:
         return None
     return RunResult(status=runfolder.COMPLETED, out_dir=out_dir, summary=summary)
+
+
+def _warn_of_a_damaged_result(out_dir: Path) -> None:
+    """Say that the run's result.json cannot be read, and what happens to it (`_completed`)."""
+    try:
+        runfolder.read_result(out_dir)
+    except runfolder.RunFolderError as error:
+        print(
+            f"cnnlab: warning: {one_line(str(error), 300)}; the run counts as unfinished: it trains "
+            "again, or with --resume goes on from its last checkpoint, and result.json is written anew",
+            file=sys.stderr,
+        )
 
 
 def completed_result(out_dir: Path) -> RunResult | None:
@@ -485,6 +504,21 @@ def _check_resumable(checkpoint: Path, prepared: PreparedRun) -> None:
             f"cannot resume from {checkpoint}: {problem}; the file was edited or not written by cnnlab "
             "train: run without --resume to start this run afresh"
         )
+    _check_best_checkpoint(checkpoint.with_name(runfolder.BEST_CHECKPOINT))
+
+
+def _check_best_checkpoint(best: Path) -> None:
+    """A resumed run scores its best.ckpt at the end, and keeps it unless an epoch improves on it: one that
+    cannot be read is refused now, not after the remaining epochs have trained."""
+    if not best.is_file():
+        return
+    try:
+        safeio.load_checkpoint(best)
+    except WeightsError as error:
+        raise WeightsError(
+            f"cannot resume: {error}; the run's best checkpoint is scored at its end: run without --resume "
+            "to start this run afresh"
+        ) from None
 
 
 QUIET_ENV = "CNNLAB_QUIET"  # 1: no progress bar, no per-epoch lines
