@@ -9,7 +9,9 @@ import hashlib
 import json
 import os
 import queue
+import shlex
 import shutil
+import signal
 import threading
 from pathlib import Path
 
@@ -416,6 +418,46 @@ def test_resume_with_a_damaged_best_checkpoint_is_refused_before_training(run_co
     message = user_error(capsys, args, contains="best.ckpt: the file is truncated")
     assert message.endswith("run without --resume to start this run afresh")
     assert snapshot(run_copy) == before
+
+
+def test_overwrite_stopped_while_its_data_loads_leaves_the_other_run_as_is(run_copy, capsys, monkeypatch):
+    # the lock had already marked the folder as the new run's: the other run, still whole there, was then
+    # refused as "another run" by its own config, and only --overwrite (retraining it) got past
+    import cnnlab.train.run as run_module
+    from cnnlab.errors import Interrupted
+
+    def interrupted(config):
+        raise Interrupted(signal.SIGINT)
+
+    monkeypatch.setattr(run_module, "prepare_run", interrupted)
+    assert cli.main(["train", *TINY_TRAIN, "--seed", "1", "--out", str(run_copy), "--overwrite"]) == 130
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert cli.main(["train", *TINY_TRAIN, "--out", str(run_copy)]) == 0
+    assert capsys.readouterr().out.startswith("completed: ")
+
+
+def test_the_resume_line_of_an_overwriting_run_does_not_overwrite_again(run_copy, capsys, monkeypatch):
+    # the line said `... --overwrite --resume`, which cleared the epochs this run had trained and started over
+    from cnnlab.errors import Interrupted
+
+    real_write = runfolder.write_metrics
+
+    def interrupted_after_epoch_0(folder, rows):
+        real_write(folder, rows)
+        if len(rows) == 2:
+            raise Interrupted(signal.SIGINT)
+
+    monkeypatch.setattr(runfolder, "write_metrics", interrupted_after_epoch_0)
+    args = ["train", *TINY_TRAIN[:-4], "--epochs", "3", "--set", "data.subset=100", "--out", str(run_copy)]
+    capsys.readouterr()
+    assert cli.main([*args, "--overwrite"]) == 130
+    resume = capsys.readouterr().err.strip().split("resume with: ")[1]
+    assert resume == f"cnnlab {' '.join(args)} --resume"
+    first_epoch = runfolder.read_metrics(run_copy)["epoch_time_s"][0]
+    monkeypatch.undo()
+    assert cli.main(shlex.split(resume)[1:]) == 0
+    assert runfolder.read_metrics(run_copy)["epoch_time_s"][0] == first_epoch  # not trained again
 
 
 @pytest.mark.parametrize("value", ['"high"', "NaN", "Infinity", "1.5"])

@@ -281,7 +281,8 @@ def _run_train(args: argparse.Namespace) -> int:
     from cnnlab.train import fit
 
     run_config = run_config_from_args(args)
-    args.resume_hint = _with_flag(args.argv, "--resume")
+    # once this run owns the folder, --overwrite would clear what it trained: the resume goes without it
+    args.resume_hint = _with_flag([word for word in args.argv if word != "--overwrite"], "--resume")
     result = fit(run_config, args.out, resume=args.resume, overwrite=args.overwrite)
     if result.rank:  # another DDP rank: it trained its shard; rank zero prints and writes
         return {"diverged": EXIT_DIVERGED, "failed": EXIT_FAILED}.get(result.status, 0)

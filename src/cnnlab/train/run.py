@@ -159,10 +159,14 @@ def fit(
     _warn_of_a_damaged_result(out_dir)
     if not overwrite and (finished := _completed(out_dir, run_id)) is not None:
         return finished
+    # --overwrite: prepared before the lock marks the folder as this run's, so a stop while the data loads
+    # leaves the other run's folder as it was, still its own
+    prepared = prepare_run(config) if overwrite else None
     with runfolder.hold(out_dir, run_id):
         if not overwrite and (finished := _completed(out_dir, run_id)) is not None:
             return finished  # another process completed it while this one waited
-        prepared = prepare_run(config)  # before anything is removed: a data error leaves the folder as it was
+        # before anything is removed: a data error leaves the folder as it was
+        prepared = prepared or prepare_run(config)
         if overwrite:
             runfolder.clear_run_files(out_dir)
         checkpoint = runfolder.checkpoint_path(out_dir) if resume else None
