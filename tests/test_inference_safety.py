@@ -104,6 +104,22 @@ def test_export_refuses_a_folder_of_user_files(trained, tmp_path, capsys):
     assert sorted(p.name for p in folder.iterdir()) == ["manifest.json"]
 
 
+def test_export_into_a_folder_left_by_a_killed_export_is_not_refused(trained, tmp_path, capsys):
+    # an export SIGKILLed while writing its first files left their temporary files; the rerun was refused as
+    # "files that are not a cnnlab export"
+    out = tmp_path / "export"
+    out.mkdir()
+    for name in ("model.safetensors", "manifest.json"):
+        safeio._new_temp_file(out / name).write_bytes(b"half written")
+    assert cli.main(["export", "--checkpoint", str(trained), "--out", str(out)]) == 0
+    assert cli.main(["evaluate", "--checkpoint", str(out)]) == 0
+    other = tmp_path / "other"
+    other.mkdir()
+    safeio._new_temp_file(other / "model.safetensors").write_bytes(b"half written")
+    (other / "notes.txt").write_text("mine")  # a file of the user's still makes it no export's folder
+    user_error(capsys, ["export", "--checkpoint", str(trained), "--out", str(other)], contains="not a cnnlab")
+
+
 def test_export_replaces_a_previous_export(trained, tmp_path):
     out = tmp_path / "export"
     assert cli.main(["export", "--checkpoint", str(trained), "--out", str(out)]) == 0

@@ -378,7 +378,8 @@ def check_export_out(out_dir: Path) -> set[str]:
         raise RunFolderError(
             f"--out {shown} is a file; give a folder for model.safetensors and manifest.json, e.g. export/"
         )
-    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+    killed_writes = _killed_export_writes(out_dir)
+    if not out_dir.is_dir() or all(path in killed_writes for path in out_dir.iterdir()):
         return set()
     if runfolder.is_run_folder(out_dir):
         raise RunFolderError(
@@ -392,6 +393,13 @@ def check_export_out(out_dir: Path) -> set[str]:
             "(cnnlab replaces only a previous export there)"
         )
     return listed
+
+
+def _killed_export_writes(out_dir: Path) -> set[Path]:
+    """The temporary files an export killed while writing (SIGKILL, a lost machine) left in `out_dir`
+    (`safeio.atomic_replace_files` names them after the export's files): cnnlab's own, so a folder holding
+    only these is still empty to a new export. They are left alone: another export may be writing them."""
+    return {temp for name in (WEIGHTS, ONNX, MANIFEST) for temp in safeio.temp_files(out_dir / name)}
 
 
 def _export_files(manifest_path: Path) -> set[str] | None:
