@@ -460,6 +460,22 @@ def test_the_resume_line_of_an_overwriting_run_does_not_overwrite_again(run_copy
     assert runfolder.read_metrics(run_copy)["epoch_time_s"][0] == first_epoch  # not trained again
 
 
+@pytest.mark.parametrize("figure", ['"fast"', "0", "-1", "1e999", "true", "null"])
+def test_an_edited_probe_cache_is_measured_again(tmp_path, monkeypatch, figure):
+    # a hand-edited ~/.cache/cnnlab/precision.json ended every run in a traceback (TypeError, division by 0)
+    from cnnlab.train import precision
+
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path))
+    monkeypatch.setattr(precision, "_memo", {})
+    figures = {"batch": 8, "pairs": 3, "fp32_images_per_s": 100.0, "bf16_images_per_s": 150.0, "seconds": 0.1}
+    key = f"{precision._machine_key()}|a shape"
+    text = json.dumps({key: {**figures, "fp32_images_per_s": "FIGURE"}}).replace('"FIGURE"', figure)
+    (tmp_path / precision.CACHE_FILE).write_text(text)
+    measured = precision.ProbeResult(**figures)
+    probe = precision.cached_probe("a shape", lambda: measured, precision.ProbeResult)
+    assert probe == measured and probe.speedup == 1.5
+
+
 @pytest.mark.parametrize("value", ['"high"', "NaN", "Infinity", "1.5"])
 def test_a_result_with_a_bad_score_is_named_by_the_report(run_copy, capsys, value):
     path = run_copy / "result.json"

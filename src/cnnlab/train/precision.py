@@ -25,6 +25,7 @@ import copy
 import fcntl
 import functools
 import json
+import math
 import platform
 import time
 from collections.abc import Callable, Iterator
@@ -341,7 +342,7 @@ def cached_probe(shape_key: str, measure: Callable[[], Probe], kind: type[Probe]
     path = _cache_path()
     with _probe_lock(path):
         stored = _read_cache(path)
-        if key in stored:
+        if _usable_figures(stored.get(key)):
             try:
                 _memo[key] = kind(**{**stored[key], "cached": True})
                 return _memo[key]
@@ -353,6 +354,21 @@ def cached_probe(shape_key: str, measure: Callable[[], Probe], kind: type[Probe]
         with contextlib.suppress(OSError):  # a read-only home: the decision still holds for this process
             safeio.atomic_write_text(path, json.dumps(stored, indent=1, sort_keys=True) + "\n")
     return result
+
+
+def _usable_figures(entry: Any) -> bool:
+    """A cached probe whose figures a decision can use: numbers, finite, throughputs above 0 (an edited or
+    damaged entry, `"nchw_images_per_s": "fast"` or a 0 rate, is measured again instead of crashing)."""
+    if not isinstance(entry, dict):
+        return False
+    for name, value in entry.items():
+        if name == "cached":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        if value < 0 or (name.endswith("_images_per_s") and value == 0):
+            return False
+    return True
 
 
 @contextlib.contextmanager
