@@ -10,7 +10,9 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from cnnlab.cli import main
 from cnnlab.models import plugins, registry
@@ -104,6 +106,16 @@ def test_a_registered_plugin_network_trains_from_the_cli(site, tmp_path):
     evaluated = cnnlab(site, "evaluate", "--plugin", "tinynet", "--checkpoint", str(run))
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads(evaluated.stdout)["acc"] == pytest.approx(result["test"]["acc"])
+
+    images = tmp_path / "mine"
+    images.mkdir()
+    Image.fromarray(np.arange(28 * 28, dtype=np.uint8).reshape(28, 28)).save(images / "ramp.png")
+    explained = cnnlab(
+        site, "explain", "--plugin", "tinynet", "--checkpoint", str(run), "--images", str(images),
+        "--out", str(tmp_path / "cams"),
+    )  # fmt: skip
+    assert explained.returncode == 0, explained.stderr
+    assert (tmp_path / "cams" / "ramp.png").is_file()
 
 
 @pytest.mark.slow

@@ -42,7 +42,7 @@ from cnnlab.interrupts import signals_raise
 from cnnlab.version import __version__
 
 EPILOG = (
-    f"Exit codes: 0 success; {EXIT_FAILED} a run failed (study: some runs failed); "
+    f"Exit codes: 0 success; {EXIT_FAILED} a run failed (study: some runs failed or diverged); "
     f"{EXIT_USAGE} invalid usage, configuration or data; "
     f"{EXIT_DIVERGED} run diverged; {EXIT_SIGINT} interrupted by SIGINT (Ctrl-C), {EXIT_SIGTERM} by SIGTERM "
     "(the run is kept as interrupted and resumes)."
@@ -324,7 +324,13 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     sub.add_argument("--plugin", help=PLUGIN_HELP)
     sub.add_argument("--data", help="dataset to evaluate on (default: the run's own)")
     sub.add_argument("--data-dir", help="folder searched first for dataset files")
-    sub.add_argument("--split", default="test", choices=("test", "val", "train"))
+    sub.add_argument(
+        "--split",
+        default="test",
+        choices=("test", "val", "train"),
+        help="test (default); val: the run's validation images (its splits.json); train: the whole "
+        "training split",
+    )
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
@@ -386,7 +392,7 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
     sub = _command(
         commands, "export", "Export weights (safetensors) and a manifest, optionally ONNX.", _run_export
     )
-    sub.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
+    sub.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     sub.add_argument("--plugin", help=PLUGIN_HELP)
     sub.add_argument("--out", required=True, help="directory to write model.safetensors and manifest.json")
     sub.add_argument("--onnx", action="store_true", help="also write model.onnx")
@@ -554,7 +560,8 @@ def _add_study(commands: argparse._SubParsersAction) -> None:
         "--max-attempts",
         type=int,
         metavar="N",
-        help="tries per run whose worker died (default 3; a run that fails or diverges is not retried)",
+        help="tries per run whose worker died before finishing an epoch (default 3; a run that fails or "
+        "diverges is not retried)",
     )
     status = actions.add_parser(
         "status",
@@ -762,11 +769,13 @@ def _add_explain(commands: argparse._SubParsersAction) -> None:
         "--images", required=True, help="folder of image files, subfolders included (decoded as in training)"
     )
     sub.add_argument("--out", required=True, help="folder to write one <image name>.png overlay per image")
+    sub.add_argument("--plugin", help=PLUGIN_HELP)
 
 
 def _run_explain(args: argparse.Namespace) -> int:
     from cnnlab.train.gradcam import explain_images
 
+    _load_plugin(args.plugin)
     for explained in explain_images(args.checkpoint, args.images, args.out):
         prediction = f"predicted {explained.predicted} ({explained.probability:.1%})"
         print(f"{explained.name}: {prediction} -> {explained.path}")

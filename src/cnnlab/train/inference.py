@@ -277,7 +277,7 @@ def _check_input(trained: TrainedModel, images: torch.Tensor, source: str) -> No
         got = "x".join(str(n) for n in images.shape[1:])
         raise DataError(
             f"{source} gives {got} images but the model takes {channels}x{side}x{side}; "
-            "evaluate it on data of the shape it was trained on"
+            "give it images of the shape it was trained on"
         )
 
 
