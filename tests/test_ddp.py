@@ -256,6 +256,14 @@ def test_a_study_or_tune_of_ddp_runs_is_refused_before_anything_is_written(tmp_p
         assert not out.exists()
 
 
+def test_the_lr_finder_with_ddp_is_refused_before_the_run_folder_is_written(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = cli.main([*BASE, "--lr", "auto", "--devices", "2", "--strategy", "ddp", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "finder in one process" in err, err
+    assert not out.exists()
+
+
 def test_strategies_that_start_processes_from_python_are_refused(tmp_path, capsys):
     out = tmp_path / "run"
     code = cli.main([*BASE, "--devices", "2", "--strategy", "ddp_spawn", "--out", str(out)])

@@ -1,6 +1,7 @@
 """Lightning's trainer options checked before a run writes anything: accelerator, devices, strategy,
-precision, and a C++ compiler for train.compile. Lightning itself would only reject them inside
-`Trainer(...)`, after the run folder exists, and torch.compile at the first training step."""
+precision, a C++ compiler for train.compile, and one process for the learning-rate finder. Lightning itself
+would only reject them inside `Trainer(...)`, after the run folder exists, and torch.compile at the first
+training step."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from lightning.pytorch.strategies import StrategyRegistry
 
 from cnnlab import config as cfg
 from cnnlab.errors import ConfigError, first_line, unknown_choice
+from cnnlab.train.distributed import run_ranks
 
 ACCELERATORS = ("auto", "cpu", "cuda", "gpu")
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
@@ -30,6 +32,11 @@ def check_trainer_options(config: cfg.RunConfig) -> None:
     _check_devices(train.devices)
     if train.compile:
         _check_compiler()
+    if config.optim.lr == "auto" and run_ranks(config).world_size > 1:
+        raise ConfigError(
+            "optim.lr=auto runs the learning-rate finder in one process; find the rate with a one-process "
+            "run (its result.json records lr_finder.lr) and give it as --lr for the DDP run"
+        )
 
 
 def _check_compiler() -> None:

@@ -671,12 +671,7 @@ def _find_lr(
 ) -> FoundRate:
     """optim.lr: auto: the finder's rate, printed and noted in config.yaml (whose optim.lr stays `auto`, the
     rule every run of the configuration shares: it is what the run id hashes)."""
-    config = prepared.config
-    if run_ranks(config).world_size > 1:
-        raise ConfigError(
-            "optim.lr=auto runs the learning-rate finder in one process; find the rate with a one-process "
-            "run (its result.json records lr_finder.lr) and give it as --lr for the DDP run"
-        )
+    config = prepared.config  # one process: check_trainer_options refused optim.lr=auto with DDP
     steps = -(-len(prepared.splits.indices(config.data.split_index)[0]) // config.data.batch_size)
     with _quiet_lightning():
         found = find_lr(
