@@ -1265,3 +1265,27 @@ def test_the_report_is_titled_with_the_studys_name_and_its_folder(tmp_path: Path
     assert write_report(root).markdown.read_text().startswith("# Study report: cats-vs-dogs (cvd)\n")
     (root / "study.json").write_text(json.dumps({"name": "cvd", "runs": [{"run_id": run.name}]}))
     assert write_report(root).markdown.read_text().startswith("# Study report: cvd\n")
+
+
+def test_a_result_removed_by_another_process_while_the_report_reads_is_a_pending_run(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A worker starting a run over (a fresh start clears its result.json) between the report's listing of the
+    folder and its reading of that file: the run is pending, not a malformed result (exit 2)."""
+    from cnnlab.report import collect
+
+    root = make_study(tmp_path, failures=False, ensemble=False, images=False)
+    plan = json.loads((root / "study.json").read_text())
+    restarted = root / "runs" / plan["runs"][0]["run_id"]
+    listed = collect._run_result_files
+
+    def listed_then_cleared(folder: Path) -> list[Path]:
+        found = listed(folder)
+        runfolder.clear_run_files(restarted)
+        return found
+
+    monkeypatch.setattr(collect, "_run_result_files", listed_then_cleared)
+    study = load_study(root)
+    assert len(study.pending) == 1 and len(study.runs) == len(plan["runs"]) - 1
+    planned = len(plan["runs"])
+    assert incomplete_line(study).startswith(f"Study incomplete: 1 of {planned} planned runs pending")

@@ -281,7 +281,8 @@ def load_study(root: str | Path) -> Study:
     root = resolved_folder(root)
     if not root.is_dir():
         raise ReportError(f"study folder not found: {root} (give the folder a study or run wrote)")
-    runs, copies = _counted_once([_read_run(path.parent) for path in _run_result_files(root)], root)
+    read = [_read_run(path.parent) for path in _run_result_files(root)]
+    runs, copies = _counted_once([run for run in read if run is not None], root)
     plan = _read_plan(root / runfolder.PLAN_FILE)
     entries = _plan_entries(plan)
     if not runs and not entries:
@@ -407,12 +408,21 @@ def _selection_problem(selection: Any) -> str | None:
     return None
 
 
-def _read_run(run_dir: Path) -> RunRecord:
-    with _report_errors():
-        result = runfolder.read_result(run_dir)
-        metrics = runfolder.read_metrics(run_dir)
+def _read_run(run_dir: Path) -> RunRecord | None:
+    """The run of a result.json found under the report's folder; None when that file is gone since the
+    folder was listed (another process starts the run over: it is pending, not a damaged result)."""
+    path = run_dir / runfolder.RESULT_FILE
+    try:
+        with _report_errors():
+            result = runfolder.read_result(run_dir)
+            metrics = runfolder.read_metrics(run_dir)
+    except ReportError:
+        if not path.exists():
+            return None
+        raise
+    if result is None and not path.exists():
+        return None
     if result is None or result.get("kind") == "ensemble":
-        path = run_dir / runfolder.RESULT_FILE
         raise ReportError(f"{path} is not a run result (expected a mapping with status)")
     settings = {k: v for k, v in flatten(result.get("config") or {}).items() if k not in PER_RUN_KEYS}
     tags = result.get("tags") or {}
