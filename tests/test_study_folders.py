@@ -11,6 +11,8 @@ import shutil
 import threading
 from pathlib import Path
 
+import pytest
+
 from cnnlab import cli, runfolder
 from cnnlab.study import runner, suite, tune
 from cnnlab.study.queue import WorkerOptions
@@ -378,6 +380,30 @@ def test_failed_trials_print_one_line_each_and_no_traceback(tmp_path, monkeypatc
     assert len(failed) >= 2 and all("diverged" in line for line in failed), lines
 
 
+def test_a_trial_whose_run_another_tune_process_trains_waits_for_it_instead_of_failing(tmp_path, monkeypatch):
+    """Two tune processes drew the same params: the second finds the fold's run folder held by the first
+    (RunFolderBusy) and waits, then takes the run's result; before, its trial failed ("in use")."""
+    search = tune_spec(tmp_path / "t.yaml", "t", {"optim.lr": [0.01]})
+    folders: list[Path] = []
+
+    def fit_held_elsewhere_at_first(config, out_dir, **kwargs):
+        folders.append(Path(out_dir))
+        if len(folders) == 1:
+            raise runfolder.RunFolderBusy(f"run folder {out_dir} is in use by process 1 on elsewhere")
+        return RunResult("completed", Path(out_dir), {"best": {"val_acc": 0.5}})
+
+    monkeypatch.setattr(tune, "fit", fit_held_elsewhere_at_first)
+    monkeypatch.setattr(tune, "BUDGET_POLL_S", 0.01)
+    lines: list[str] = []
+    outcome = tune.run_tune(search, tmp_path / "T", trials=1, log=lines.append)
+    assert outcome.finished == 1 and outcome.best_value == 0.5, lines
+    assert folders[0] == folders[1] and len(folders) == 3  # the busy fold again, then fold 1
+    assert [line for line in lines if "waiting" in line] == [
+        f"trial 0 fold 0: another process is training its run {folders[0].name} "
+        "(a trial of the same params); waiting for it"
+    ]
+
+
 # 9. Missing training data: refused before anything is written or trains ------------------------------------
 
 
@@ -513,3 +539,87 @@ def check_is_ok(folder: Path) -> bool:
 
     check_out_folder(folder, STUDY_FOLDER)
     return True
+
+
+# 10. --restart while another process works in the folder ----------------------------------------------------
+
+
+def working_in_background(monkeypatch, module, start) -> tuple[threading.Event, threading.Thread, dict]:
+    """Run `start()` (a study or tune process) in another thread whose first `module.fit` waits until the
+    returned Event is set, then trains; returns once that fit has begun. The thread's outcome lands in the
+    returned dict ("result" or "error")."""
+    training, release, seen = threading.Event(), threading.Event(), {}
+    real_fit = module.fit
+
+    def fit_when_released(*args, **kwargs):
+        training.set()
+        assert release.wait(120)
+        return real_fit(*args, **kwargs)
+
+    def body() -> None:
+        try:
+            seen["result"] = start()
+        except Exception as error:  # noqa: BLE001 - handed to the test
+            seen["error"] = error
+
+    monkeypatch.setattr(module, "fit", fit_when_released)
+    thread = threading.Thread(target=body)
+    thread.start()
+    assert training.wait(120), seen
+    return release, thread, seen
+
+
+def test_restart_is_refused_while_another_process_works_on_the_study(tmp_path, monkeypatch, capsys):
+    first = two_run_spec(tmp_path / "s1.yaml", "s1", 0.002)
+    second = two_run_spec(tmp_path / "s2.yaml", "s2", 0.003)
+    out = tmp_path / "R"
+    release, thread, seen = working_in_background(
+        monkeypatch, runner, lambda: run_study(first, out, options=FAST, log=quiet)
+    )
+    try:
+        line = refused(capsys, "study", "run", str(second), "--out", str(out), "--restart")
+        assert "is in use by another cnnlab process" in line and "--restart" in line, line
+        assert json.loads((out / "study.json").read_text())["name"] == "s1"
+        assert (out / "study.db").is_file() and (out / "study.yaml").read_text() == first.read_text()
+    finally:
+        release.set()
+        thread.join(120)
+    assert seen["result"].counts["completed"] == 2, seen
+    assert cli.main(["study", "run", str(second), "--out", str(out), "--restart"]) == 0, "free again"
+    assert json.loads((out / "study.json").read_text())["name"] == "s2"
+
+
+def test_a_worker_whose_study_a_restart_discarded_before_it_began_is_refused(tmp_path, monkeypatch):
+    first = two_run_spec(tmp_path / "s1.yaml", "s1", 0.002)
+    second = two_run_spec(tmp_path / "s2.yaml", "s2", 0.003)
+    out = tmp_path / "R"
+    claimed(first, out)
+    real_join = runner.join_as_worker
+
+    def join_then_restart_elsewhere(*args, **kwargs):
+        queue = real_join(*args, **kwargs)
+        claimed_again = claim_study(plan_study(second, out), second, WorkerOptions(), restart=True, log=quiet)
+        claimed_again.storage.engine.dispose()
+        return queue
+
+    monkeypatch.setattr(runner, "join_as_worker", join_then_restart_elsewhere)
+    with pytest.raises(StudyFolderError, match="joins with the spec the folder was started with"):
+        run_study(first, out, worker_only=True, options=FAST, log=quiet)
+    assert not (out / "runs").exists(), "the worker trained nothing"
+
+
+def test_a_tune_restart_is_refused_while_another_tune_works_in_the_folder(tmp_path, monkeypatch, capsys):
+    first = tune_spec(tmp_path / "t1.yaml", "t1", {"optim.lr": [0.01, 0.002]})
+    second = tune_spec(tmp_path / "t2.yaml", "t2", {"optim.lr": [0.01, 0.003]})
+    out = tmp_path / "tune"
+    release, thread, seen = working_in_background(
+        monkeypatch, tune, lambda: tune.run_tune(first, out, trials=1, log=quiet)
+    )
+    try:
+        line = refused(capsys, "tune", str(second), "--out", str(out), "--trials", "1", "--restart")
+        assert "tune folder" in line and "is in use by another cnnlab process" in line, line
+        assert json.loads((out / "tune.json").read_text())["name"] == "t1" and (out / "tune.db").is_file()
+    finally:
+        release.set()
+        thread.join(120)
+    assert seen["result"].finished == 1, seen

@@ -102,6 +102,10 @@ def check_config(config: cfg.RunConfig) -> None:
 # the folder's lock, so two processes started at once cannot both take it for different specs.
 
 FOLDER_LOCK = ".cnnlab-folder"  # flock'd by the process checking and claiming the folder
+USERS_LOCK = (
+    ".cnnlab-users"  # flock'd shared by each process working in the folder, exclusively to discard it
+)
+LOCK_FILES = (FOLDER_LOCK, USERS_LOCK)
 STUDY_STORAGE_FILE = "study.db"
 TUNE_SPEC_FILE = "tune.yaml"
 TUNE_SUMMARY_FILE = "tune.json"
@@ -245,8 +249,8 @@ def storage_files_in(folder: Path, *urls: str | None) -> tuple[str, ...]:
 
 
 def _entries(folder: Path) -> list[Path]:
-    """The folder's entries, sorted, without its lock file; [] for a folder that does not exist."""
-    return [path for path in _listed(folder) if path.name != FOLDER_LOCK]
+    """The folder's entries, sorted, without its lock files; [] for a folder that does not exist."""
+    return [path for path in _listed(folder) if path.name not in LOCK_FILES]
 
 
 def _marker(folder: Path, kind: FolderKind) -> str | None:
@@ -326,6 +330,51 @@ def folder_lock(folder: Path, *, log: Callable[[str], None] = print) -> Iterator
             log(f"waiting for another cnnlab process that is setting up {folder}")
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         yield  # closing the file releases the lock
+
+
+@contextlib.contextmanager
+def folder_in_use(folder: Path) -> Iterator[None]:
+    """Hold a shared lock on the folder's USERS_LOCK while the body works in the folder (each study, worker
+    and tune process does, from its set-up on): `folder_unused` then knows the folder is in use. The folder
+    must exist."""
+    path = folder / USERS_LOCK
+    while True:
+        handle = open(path, "a+")  # noqa: SIM115 - held open as the lock; readable, as NFS's flock needs
+        fcntl.flock(handle.fileno(), fcntl.LOCK_SH)
+        if _is_same_file(handle.fileno(), path):
+            break
+        handle.close()  # a discard removed the lock file while this process waited: lock the new one
+    with handle:  # closing the file releases the lock
+        yield
+
+
+@contextlib.contextmanager
+def folder_unused(folder: Path, kind: FolderKind) -> Iterator[None]:
+    """Hold the folder's USERS_LOCK exclusively while the body discards the files of a study or tune of
+    another spec (`--restart`); StudyFolderError, nothing removed, while another process works in the
+    folder (`folder_in_use`): its queue, its runs and its results would go from under it. The lock file goes
+    too (a process waiting for it locks the one made next)."""
+    path = folder / USERS_LOCK
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StudyFolderError(
+                f"{kind.name} folder {cfg.quoted(folder)} is in use by another cnnlab process working on its "
+                f"{kind.name}; stop it (or let it finish) before discarding that {kind.name} with --restart"
+            ) from None
+        yield
+        path.unlink(missing_ok=True)
+
+
+def _is_same_file(descriptor: int, path: Path) -> bool:
+    """Is the open file still the one at `path` (not removed, nor replaced by a new one)?"""
+    try:
+        found = path.stat()
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(descriptor)
+    return (found.st_dev, found.st_ino) == (opened.st_dev, opened.st_ino)
 
 
 def remove_own_files(folder: Path, kind: FolderKind) -> None:

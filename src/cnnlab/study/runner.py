@@ -49,7 +49,9 @@ from cnnlab.study.checks import (
     check_out_folder,
     check_out_outside_data,
     check_plan,
+    folder_in_use,
     folder_lock,
+    folder_unused,
     remove_own_files,
     storage_files_in,
 )
@@ -113,24 +115,26 @@ def run_study(
     check_study_out(plan, spec_path, options.storage, restart=restart)  # before anything is written
     if options.storage and not worker_only:
         open_storage_first(study_storage(plan, options.storage, restart=restart))
-    if worker_only:
-        url = study_storage(plan, options.storage)
-        queue = join_as_worker(plan, spec_path, url, options, log=log)
-    else:
-        queue = claim_study(plan, spec_path, options, overrides, restart=restart, log=log)
-    completed_before = _count(queue.states(), len(plan.runs))["completed"]
-    helpers = _helpers(plan, queue.url, workers, options)
-    try:
-        for helper in helpers:
-            helper.start()
-        trained, skipped = work(plan, queue, options=options, log=log)
-        for helper in helpers:
-            helper.join()  # each stops by itself once the queue is empty
-    finally:
-        for helper in helpers:
-            _stop(helper)
-    ensembles = () if worker_only else build_ensembles(plan, log=log)
-    counts = _count(queue.states(), len(plan.runs))
+    with contextlib.ExitStack() as in_use:  # the folder is in use until this process is done with it
+        if worker_only:
+            url = study_storage(plan, options.storage)
+            queue = join_as_worker(plan, spec_path, url, options, log=log)
+            use_joined_study(plan, spec_path, in_use, log=log)
+        else:
+            queue = claim_study(plan, spec_path, options, overrides, restart=restart, log=log, in_use=in_use)
+        completed_before = _count(queue.states(), len(plan.runs))["completed"]
+        helpers = _helpers(plan, queue.url, workers, options)
+        try:
+            for helper in helpers:
+                helper.start()
+            trained, skipped = work(plan, queue, options=options, log=log)
+            for helper in helpers:
+                helper.join()  # each stops by itself once the queue is empty
+        finally:
+            for helper in helpers:
+                _stop(helper)
+        ensembles = () if worker_only else build_ensembles(plan, log=log)
+        counts = _count(queue.states(), len(plan.runs))
     return StudyOutcome(plan.study_dir, counts, trained, completed_before + skipped, ensembles)
 
 
@@ -142,14 +146,18 @@ def claim_study(
     *,
     restart: bool = False,
     log: Log = print,
+    in_use: contextlib.ExitStack | None = None,
 ) -> work_queue.RunQueue:
     """A planner's set-up, under the folder's lock: check the folder again (another `study run` may have
-    taken it meanwhile), discard another spec's study when `restart`, write study.yaml, the splits and
-    study.json, fill the queue, and put back runs recorded completed whose result is gone. Two planners of
-    different specs started at once: the second waits for the lock, then is refused."""
+    taken it meanwhile), discard another spec's study when `restart` (refused while another process works
+    in the folder), mark the folder in use by this process until `in_use` closes, write study.yaml, the
+    splits and study.json, fill the queue, and put back runs recorded completed whose result is gone. Two
+    planners of different specs started at once: the second waits for the lock, then is refused."""
     with folder_lock(plan.study_dir, log=log):
         if check_study_out(plan, spec_path, options.storage, restart=restart):
             discard_study(plan.study_dir)
+        if in_use is not None:
+            in_use.enter_context(folder_in_use(plan.study_dir))
         url = study_storage(plan, options.storage, restart=restart)
         prepare_study_dir(plan, spec_path, url, options, overrides)
         queue = open_queue(plan, url, options)
@@ -279,8 +287,10 @@ def _existing_plan(study_dir: Path) -> dict[str, Any] | None:
 
 def discard_study(study_dir: Path) -> None:
     """Remove what a study wrote into its folder (its files, its run folders' files, its splits, ensembles
-    and figures); files cnnlab did not write stay, and so do the folders holding them."""
-    remove_own_files(study_dir, STUDY_FOLDER)
+    and figures); files cnnlab did not write stay, and so do the folders holding them. Refused
+    (StudyFolderError, nothing removed) while another process works on that study."""
+    with folder_unused(study_dir, STUDY_FOLDER):
+        remove_own_files(study_dir, STUDY_FOLDER)
 
 
 def open_storage_first(url: str) -> None:
@@ -377,6 +387,17 @@ def join_as_worker(
             log(f"waiting up to {up_to} for a `cnnlab study run` without --worker-only to plan {where}")
             said = True
         time.sleep(0.5)
+
+
+def use_joined_study(
+    plan: StudyPlan, spec_path: Path, in_use: contextlib.ExitStack, *, log: Log = print
+) -> None:
+    """A --worker-only process that found its queue marks the folder in use until `in_use` closes, then
+    checks under the folder's lock that the study is still its spec's: a `--restart` of another spec may
+    have discarded it since the last look (StudyFolderError, as when the worker started)."""
+    in_use.enter_context(folder_in_use(plan.study_dir))
+    with folder_lock(plan.study_dir, log=log):
+        check_study_folder(plan, spec_path, restart=False, worker=True)
 
 
 def requeue_lost_results(plan: StudyPlan, queue: work_queue.RunQueue, *, log: Log = print) -> None:
@@ -702,7 +723,7 @@ def work_in_helper(plan: StudyPlan, url: str, options: WorkerOptions, threads: i
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(line_buffering=True, errors="backslashreplace")
     try:
-        with signals_raise():
+        with signals_raise(), folder_in_use(plan.study_dir):
             work(plan, open_queue(plan, url, options), options=options)
     except Interrupted as stop:
         sys.exit(stop.exit_code)

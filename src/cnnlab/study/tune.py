@@ -32,7 +32,7 @@ from cnnlab import config as cfg
 from cnnlab import safeio
 from cnnlab.data import load_split, make_splits
 from cnnlab.errors import CnnlabError, ConfigError, Interrupted, one_line
-from cnnlab.runfolder import resolved_folder
+from cnnlab.runfolder import RunFolderBusy, resolved_folder
 from cnnlab.study.checks import (
     TUNE_BEST_FILE,
     TUNE_FOLDER,
@@ -45,7 +45,9 @@ from cnnlab.study.checks import (
     check_out_folder,
     check_out_outside_data,
     check_training_data,
+    folder_in_use,
     folder_lock,
+    folder_unused,
     remove_own_files,
     storage_files_in,
 )
@@ -60,7 +62,7 @@ from cnnlab.study.queue import (
 from cnnlab.study.runner import spec_text
 from cnnlab.study.selection import metric_value
 from cnnlab.study.spec import SearchParam, TuneSpec, load_tune_spec
-from cnnlab.train import fit
+from cnnlab.train import RunResult, fit
 
 SPEC_FILE = TUNE_SPEC_FILE
 BEST_FILE = TUNE_BEST_FILE
@@ -111,20 +113,23 @@ def run_tune(
     out_dir = resolved_folder(out_dir)
     url = storage or f"sqlite:///{out_dir / STORAGE_FILE}"
     check_storage_url(url)
-    claim_tune_folder(spec, Path(spec_path), out_dir, url, overrides, restart=restart, log=log)
-    budget = trials or spec.trials
-    study, created = _open_study(spec, url, heartbeat_s or WorkerOptions.heartbeat_s)
-    remaining = budget - _count_finished(study)
-    if remaining > 0:
-        callback = optuna.study.MaxTrialsCallback(budget, states=FINISHED)
-        with _quiet_failed_trials():
-            study.optimize(
-                lambda trial: _objective(trial, spec, out_dir, log, budget),
-                n_trials=remaining,
-                callbacks=[callback],
-                catch=(RunFailed, CnnlabError, BudgetMet),
-            )
-    return _report(study, spec, out_dir, spec_path, url)
+    with contextlib.ExitStack() as in_use:  # the folder is in use until this process is done with it
+        claim_tune_folder(
+            spec, Path(spec_path), out_dir, url, overrides, restart=restart, log=log, in_use=in_use
+        )
+        budget = trials or spec.trials
+        study, created = _open_study(spec, url, heartbeat_s or WorkerOptions.heartbeat_s)
+        remaining = budget - _count_finished(study)
+        if remaining > 0:
+            callback = optuna.study.MaxTrialsCallback(budget, states=FINISHED)
+            with _quiet_failed_trials():
+                study.optimize(
+                    lambda trial: _objective(trial, spec, out_dir, log, budget),
+                    n_trials=remaining,
+                    callbacks=[callback],
+                    catch=(RunFailed, CnnlabError, BudgetMet),
+                )
+        return _report(study, spec, out_dir, spec_path, url)
 
 
 def check_space(spec: TuneSpec) -> None:
@@ -156,10 +161,13 @@ def claim_tune_folder(
     *,
     restart: bool = False,
     log: Any = print,
+    in_use: contextlib.ExitStack | None = None,
 ) -> None:
     """Check the folder before writing (a tune folder of this spec, or a new or empty one), then again under
     its lock, where tune.yaml and the spec's identity in tune.json are written: two tunes of different specs
-    started at once cannot both take the folder. `restart` removes another spec's search first."""
+    started at once cannot both take the folder. `restart` removes another spec's search first (refused
+    while another process works in the folder); the folder is in use by this process until `in_use`
+    closes."""
     also_own = storage_files_in(out_dir, url)
     check_out_outside_data(out_dir, [str(spec.base.get("data.name", ""))])
     check_out_folder(out_dir, TUNE_FOLDER, also_own=also_own)
@@ -167,7 +175,10 @@ def claim_tune_folder(
     with folder_lock(out_dir, log=log):
         check_out_folder(out_dir, TUNE_FOLDER, also_own=also_own)
         if _check_same_tune(out_dir, spec, spec_path, restart=restart):
-            remove_own_files(out_dir, TUNE_FOLDER)
+            with folder_unused(out_dir, TUNE_FOLDER):
+                remove_own_files(out_dir, TUNE_FOLDER)
+        if in_use is not None:
+            in_use.enter_context(folder_in_use(out_dir))
         if not (out_dir / SUMMARY_FILE).is_file():
             safeio.atomic_write_json(out_dir / SUMMARY_FILE, _identity(spec, spec_path, url))
         safeio.atomic_write_text(out_dir / SPEC_FILE, spec_text(spec_path, spec.raw, overrides))
@@ -332,7 +343,7 @@ def _cross_validate(
     scores: list[float] = []
     for fold in range(spec.folds):
         config = _fold_config(spec, params, fold, out_dir)
-        score = _fit_fold(config, out_dir, trial, label, fold, spec)
+        score = _fit_fold(config, out_dir, trial, label, fold, spec, log)
         scores.append(score)
         trial.report(statistics.fmean(scores), step=fold)
         if fold < spec.folds - 1 and trial.should_prune():
@@ -369,7 +380,7 @@ def _fold_config(spec: TuneSpec, params: dict[str, Any], fold: int, out_dir: Pat
 
 
 def _fit_fold(
-    config: cfg.RunConfig, out_dir: Path, trial: optuna.Trial, label: str, fold: int, spec: TuneSpec
+    config: cfg.RunConfig, out_dir: Path, trial: optuna.Trial, label: str, fold: int, spec: TuneSpec, log: Any
 ) -> float:
     """Train one fold (reusing a completed identical run) and return its validation accuracy."""
     run_id = cfg.config_hash(config)
@@ -382,7 +393,7 @@ def _fit_fold(
         "role": "member",
         "trial": trial.number,
     }
-    result = fit(config, out_dir / RUNS_DIR / run_id, tags=tags, resume=True)
+    result = _fit_when_free(config, out_dir / RUNS_DIR / run_id, tags, log)
     trial.set_user_attr(f"run_fold{fold}", run_id)
     score = metric_value(result.summary, "best.val_acc")
     if result.status != "completed" or score is None:
@@ -390,6 +401,24 @@ def _fit_fold(
         trial.set_user_attr("reason", reason)
         raise RunFailed(reason)
     return score
+
+
+def _fit_when_free(config: cfg.RunConfig, run_dir: Path, tags: dict[str, Any], log: Any) -> RunResult:
+    """Train (or resume) a fold's run; while another process trains the same run (its trial drew the same
+    params), wait for it, then take its result (or resume from its checkpoint): the trial does not fail
+    because two processes share a run."""
+    said = False
+    while True:
+        try:
+            return fit(config, run_dir, tags=tags, resume=True)
+        except RunFolderBusy:
+            if not said:
+                log(
+                    f"trial {tags['trial']} fold {tags['fold']}: another process is training its run "
+                    f"{run_dir.name} (a trial of the same params); waiting for it"
+                )
+                said = True
+            time.sleep(BUDGET_POLL_S)
 
 
 def _report(
