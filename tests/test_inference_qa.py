@@ -11,7 +11,7 @@ from PIL import Image
 
 from cnnlab import cli
 from cnnlab.config import from_dict
-from cnnlab.train import fit, inference
+from cnnlab.train import fit, gradcam, inference
 from tests.conftest import TINY_RUN
 from tests.test_errors import user_error
 
@@ -85,6 +85,25 @@ def test_explain_refuses_a_pipe_with_an_overlays_name_without_waiting_on_it(trai
     os.mkfifo(out / "0.png")  # opening it to look inside would block until something writes to it
     user_error(capsys, explain(trained, images, out), contains="(0.png)")
     assert stat.S_ISFIFO((out / "0.png").lstat().st_mode)
+
+
+def test_explain_refuses_a_damaged_file_with_an_overlays_name_whatever_pillow_raises(
+    trained, tmp_path, monkeypatch, capsys
+):
+    images = write_images(tmp_path / "photos", ["0.png"])
+    out = tmp_path / "cams"
+    out.mkdir()
+    (out / "0.png").write_bytes(b"\x89PNG\r\n\x1a\n damaged")
+    real_open = gradcam.Image.open
+
+    def raising_like_a_crafted_tiff_tag(path, *args, **kwargs):
+        if Path(path).parent == out:
+            raise TypeError("a tag value of the wrong type")  # what Pillow raises for some crafted files
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(gradcam.Image, "open", raising_like_a_crafted_tiff_tag)
+    user_error(capsys, explain(trained, images, out), contains="(0.png)")
+    assert (out / "0.png").read_bytes() == b"\x89PNG\r\n\x1a\n damaged"
 
 
 def test_an_export_stopped_on_the_way_leaves_the_previous_export_whole(

@@ -370,7 +370,8 @@ def _check_classes(train_set: ImageSet, dataset: str) -> None:
     if empty:
         raise DataError(
             f"class(es) {', '.join(empty)} of {cfg.short(dataset)} have no training images after "
-            "data.subset / data.per_class; keep more images or drop those classes"
+            "data.subset / data.per_class (or data.bad_images=skip) left them out; keep more images or drop "
+            "those classes"
         )
 
 
