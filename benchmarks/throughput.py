@@ -345,7 +345,9 @@ def profile_fit(setting: Setting, precision: str = FP32) -> None:
 
 OPERATOR_GROUPS = {  # torch.profiler operator -> the group `--by-operator` reports it in
     "aten::mkldnn_convolution": "convolution forward",
+    "aten::_slow_conv2d_forward": "convolution forward",  # bf16 on a CPU without bf16 instructions (AVX2)
     "aten::convolution_backward": "convolution backward (input and weight gradients)",
+    "aten::_slow_conv2d_backward": "convolution backward (input and weight gradients)",
     "aten::native_batch_norm": "BatchNorm forward",
     "aten::native_batch_norm_backward": "BatchNorm backward",
     "aten::relu_": "ReLU forward + backward",

@@ -14,7 +14,6 @@ import torch
 from cnnlab import config as cfg
 from cnnlab.cli import main
 from cnnlab.models import create_model
-from cnnlab.train.speed import keep_freed_memory
 from cnnlab.train.system import ClassifierSystem
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -216,16 +215,30 @@ def test_compiled_forward_keeps_the_state_dict_keys():
     assert all(re.match(r"model\.|train_|val_", key) for key in compiled.state_dict())
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt is Linux-only")
-def test_keep_freed_memory_stops_per_step_page_faults():
-    import resource
+FROM_THE_HEAP = """
+import torch
+from cnnlab.train.speed import keep_freed_memory
 
-    size = 64 << 20  # above glibc's default mmap threshold: without the setting every one is mmap'd anew
-    assert keep_freed_memory() is True
-    for _ in range(3):
-        torch.empty(size, dtype=torch.uint8).fill_(1)  # grow the heap to fit it
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(5):
-        torch.empty(size, dtype=torch.uint8).fill_(1)  # freed and allocated again
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-    assert faults < size // 4096  # less than one allocation's pages in all (unmapping: 5 x that)
+
+def from_the_heap(size=64 << 20):  # above glibc's own mmap threshold (at most 32 MiB)
+    block = torch.empty(size, dtype=torch.uint8)
+    for line in open("/proc/self/maps"):
+        if line.rstrip().endswith("[heap]"):
+            start, end = (int(address, 16) for address in line.split()[0].split("-"))
+            return start <= block.data_ptr() < end
+    return False
+
+
+plain = from_the_heap()
+assert keep_freed_memory() is True
+print(plain, from_the_heap())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt is Linux-only")
+def test_keep_freed_memory_serves_large_blocks_from_the_heap():
+    # glibc maps a block this large on its own and unmaps it when freed, so every training step faults its
+    # pages in again; with the setting it comes from the heap, which keeps freed pages for the next step.
+    # (Page-fault counts depend on the heap's history and the kernel: benchmarks/RESULTS.md has the speed.)
+    measured = subprocess.run([sys.executable, "-c", FROM_THE_HEAP], capture_output=True, text=True)
+    assert measured.stdout.split() == ["False", "True"], measured.stderr
