@@ -276,9 +276,17 @@ def _train_other_rank(config: cfg.RunConfig, out_dir: Path, rank: int, *, resume
     recorder = EpochRecorder(out_dir, echo=False)
     try:
         layout, precision = speed_choices(prepared, checkpoint)  # no probe: several processes or CUDA
-        status, reason = _train(
-            prepared, out_dir, checkpoint, recorder, None, precision=precision, layout=layout, primary=False
-        )
+        with _full_disk_stops_the_run(out_dir):
+            status, reason = _train(
+                prepared,
+                out_dir,
+                checkpoint,
+                recorder,
+                None,
+                precision=precision,
+                layout=layout,
+                primary=False,
+            )
     except Interrupted as stop:
         stop.quiet = True  # type: ignore[attr-defined]  # rank zero records it and says how to resume
         raise
@@ -638,9 +646,8 @@ def _train(
     except RunAbandoned:
         raise
     except Exception as error:  # a training crash is recorded as a failed run; the study goes on
-        full = disk_full_error(error)  # torch and Lightning wrap it in their own errors
-        if full is not None:
-            raise DiskFull(f"the disk filled while training {out_dir} ({describe_os_error(full)})") from None
+        if disk_full_error(error) is not None:  # torch and Lightning wrap it in their own errors
+            raise  # not a failed run: _full_disk_stops_the_run makes it DiskFull
         if primary:  # rank zero alone writes into the run folder (when it is still there)
             runfolder.check_still_held(out_dir)
             safeio.atomic_write_text(out_dir / runfolder.ERROR_LOG, traceback.format_exc())
