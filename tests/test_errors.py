@@ -227,7 +227,10 @@ def test_disk_full_while_a_checkpoint_is_saved_is_resumable_not_a_failed_run(tmp
     out = tmp_path / "run"
     args = ["train", *TINY_TRAIN[:-4], "--epochs", "2", "--set", "data.subset=100", "--out", str(out)]
     message = user_error(capsys, args, contains="the disk filled while training")
-    assert message.endswith(f"resume with: cnnlab {' '.join(args)} --resume")
+    assert message.endswith(
+        f"the checkpoints are kept: free some space; resume with: cnnlab {' '.join(args)} --resume"
+    )
+    assert "(no space left on the device" in message and "))" not in message
     assert runfolder.checkpoint_path(out).is_file() and not (out / "result.json").exists()
     assert not (out / "error.log").exists() and not list((out / "checkpoints").glob(".*.tmp"))
     monkeypatch.setattr(torch, "save", real_save)
@@ -264,7 +267,10 @@ def test_disk_full_while_scoring_keeps_the_trained_run_for_resume(tmp_path, caps
     with monkeypatch.context() as patched:
         _fill_disk_while_scoring(patched, where)
         message = user_error(capsys, args, contains="the disk filled while training")
-    assert message.endswith(f"resume with: cnnlab {' '.join(args)} --resume")
+    assert message.endswith(
+        f"the checkpoints are kept: free some space; resume with: cnnlab {' '.join(args)} --resume"
+    )
+    assert "(no space left on the device" in message and "))" not in message
     assert runfolder.checkpoint_path(out).is_file() and runfolder.read_result(out) is None
     assert cli.main([*args, "--resume"]) == 0
     assert runfolder.read_result(out)["status"] == "completed"
@@ -333,6 +339,31 @@ def test_disk_full_during_a_study_stops_it_cleanly_and_it_resumes(tmp_path, caps
     study = tmp_path / "study"
     args = ["study", "run", str(spec), "--out", str(study), "--heartbeat", "1"]
     user_error(capsys, args, contains="no space left")
+    monkeypatch.setattr(runfolder, "write_metrics", real_write)
+    assert cli.main(args) == 0
+    results = [runfolder.read_result(d) for d in (study / "runs").iterdir()]
+    assert sorted(r["status"] for r in results) == ["completed", "completed"]
+
+
+def test_a_run_folder_removed_during_a_study_stops_it_without_a_failed_run_and_it_resumes(
+    tmp_path, capsys, monkeypatch
+):
+    # the runner recorded the lost folder as a failed run, writing a result.json into a folder it recreated
+    spec = write_spec(tmp_path / "s.yaml", {"base": {**TINY, "train.epochs": 2}, "seeds": [0, 1]})
+    real_write = runfolder.write_metrics
+    removed: list[Path] = []
+
+    def then_removed(folder, rows):
+        real_write(folder, rows)
+        if not removed:
+            removed.append(Path(folder))
+            shutil.rmtree(folder)  # by another process, after epoch 0's metrics
+
+    monkeypatch.setattr(runfolder, "write_metrics", then_removed)
+    study = tmp_path / "study"
+    args = ["study", "run", str(spec), "--out", str(study), "--heartbeat", "1"]
+    user_error(capsys, args, contains="the study stopped (nothing is recorded as failed)")
+    assert not removed[0].exists()
     monkeypatch.setattr(runfolder, "write_metrics", real_write)
     assert cli.main(args) == 0
     results = [runfolder.read_result(d) for d in (study / "runs").iterdir()]

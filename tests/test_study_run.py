@@ -160,6 +160,20 @@ def test_status_command_counts_runs(uninterrupted, capsys):
     assert "not a study folder" in capsys.readouterr().err
 
 
+def test_status_reads_the_folder_without_loading_torch_or_the_training_stack(uninterrupted):
+    # status took the tune folder's file names from study.checks, which loads data, models and Lightning:
+    # 10 s before the first line on a 2-core machine, for reading study.json and the queue
+    heavy = ("torch", "lightning", "torchvision", "cnnlab.train", "cnnlab.models", "cnnlab.data")
+    code = (
+        "import sys\nfrom cnnlab.cli import main\n"
+        f"assert main(['study', 'status', {str(uninterrupted)!r}]) == 0\n"
+        f"print('loaded:', sorted(m for m in sys.modules if m.startswith({heavy!r})))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "24 completed" in done.stdout and done.stdout.strip().splitlines()[-1] == "loaded: []"
+
+
 def test_two_processes_share_one_storage_and_retry_a_killed_workers_run(tmp_path):
     raw = {
         "base": {**TINY, "data.subset": 300, "train.epochs": 3},

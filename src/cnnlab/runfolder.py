@@ -79,6 +79,12 @@ PLAN_FILE = "study.json"  # a study's expanded plan: its stages and runs in spec
 SPEC_FILE = "study.yaml"  # the study spec as given (with --set overrides applied)
 RUNS_DIR = "runs"  # a study's (and a tune's) run folders: runs/<run_id>/
 SUITE_FILE = "suite.json"  # a suite folder: its name and sub-studies, in order (study/suite.py writes it)
+# A tune folder's own files (study/tune.py writes them); any of them marks a folder as a tune's
+TUNE_SPEC_FILE = "tune.yaml"
+TUNE_SUMMARY_FILE = "tune.json"
+TUNE_STORAGE_FILE = "tune.db"
+TUNE_BEST_FILE = "best.yaml"
+TUNE_FILES = (TUNE_SPEC_FILE, TUNE_SUMMARY_FILE, TUNE_STORAGE_FILE, TUNE_BEST_FILE)
 ROLE_FINAL = "final"  # tags.role of a run retrained on all training data after selection
 
 

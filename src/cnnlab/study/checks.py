@@ -23,7 +23,7 @@ from cnnlab.data import folder as folder_data
 from cnnlab.data.catalog import FOLDER_PREFIX
 from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.models import check_switches
-from cnnlab.runfolder import SUITE_FILE
+from cnnlab.runfolder import SUITE_FILE, TUNE_FILES, TUNE_SUMMARY_FILE
 from cnnlab.study.ensemble import ENSEMBLES_DIR
 from cnnlab.study.plan import PLAN_FILE, RUNS_DIR, SPEC_FILE, SPLITS_DIR, StudyPlan
 from cnnlab.study.selection import SELECT_FILE
@@ -107,10 +107,6 @@ USERS_LOCK = (
 )
 LOCK_FILES = (FOLDER_LOCK, USERS_LOCK)
 STUDY_STORAGE_FILE = "study.db"
-TUNE_SPEC_FILE = "tune.yaml"
-TUNE_SUMMARY_FILE = "tune.json"
-TUNE_BEST_FILE = "best.yaml"
-TUNE_STORAGE_FILE = "tune.db"
 REPORT_FILES = ("report.html", "report.md", "results.csv")  # written by `cnnlab report` (and `study run`)
 REPORT_DIR = "report_files"  # the report's figures (cnnlab.report.document.PLOT_DIR)
 SQLITE_SIDE_FILES = ("-journal", "-wal", "-shm")  # SQLite's files beside a database
@@ -149,8 +145,8 @@ STUDY_FOLDER = FolderKind(
 )
 TUNE_FOLDER = FolderKind(
     "tune",
-    markers=(TUNE_SPEC_FILE, TUNE_SUMMARY_FILE, TUNE_STORAGE_FILE, TUNE_BEST_FILE),
-    files=(TUNE_SPEC_FILE, TUNE_SUMMARY_FILE, TUNE_STORAGE_FILE, TUNE_BEST_FILE, *REPORT_FILES),
+    markers=TUNE_FILES,
+    files=(*TUNE_FILES, *REPORT_FILES),
     dirs=(RUNS_DIR, SPLITS_DIR, REPORT_DIR),
     own_in_dirs=(SPLITS_FILES, *FIGURE_FILES),
     accepted=("*.db",),

@@ -554,6 +554,15 @@ def execute(plan: StudyPlan, queue: work_queue.RunQueue, claim: work_queue.Claim
             queue.finish(claim, runfolder.INTERRUPTED, run_id=run.run_id, reason="the disk filled")
         log(f"{where} stopped  {run.run_id} {_describe(run)}: the disk filled (resumes once space is freed)")
         raise
+    except runfolder.RunFolderLost:
+        with contextlib.suppress(*work_queue.STORAGE_ERRORS):  # the study stops regardless
+            queue.finish(claim, runfolder.INTERRUPTED, run_id=run.run_id, reason="its run folder was removed")
+        log(f"{where} stopped  {run.run_id} {_describe(run)}: its run folder was removed, moved or replaced")
+        raise runfolder.RunFolderLost(
+            f"the run folder {cfg.quoted(run_dir)} was removed, moved or replaced while run {run.run_id} "
+            "trained in it; the study stopped (nothing is recorded as failed); run it again to train that "
+            "run afresh"
+        ) from None
     except runfolder.RunFolderBusy as busy:
         queue.finish(claim, work_queue.BUSY, run_id=run.run_id)
         _BUSY_UNTIL[run.index] = time.monotonic() + queue.grace_s
@@ -615,7 +624,7 @@ def _fit(plan: StudyPlan, run: PlannedRun, run_dir: Path, lost: Any) -> tuple[st
         return result.status, dict(result.summary)
     except RunAbandoned:
         raise RunLost() from None
-    except (runfolder.RunFolderBusy, DiskFull):
+    except (runfolder.RunFolderBusy, runfolder.RunFolderLost, DiskFull):
         raise
     except Exception as error:  # any failure of one run is recorded; the study goes on
         reason = str(error) if isinstance(error, CnnlabError) else f"{type(error).__name__}: {error}"

@@ -14,10 +14,8 @@ from typing import Any
 
 from cnnlab import runfolder
 from cnnlab.errors import CnnlabError
-from cnnlab.runfolder import resolved_folder
+from cnnlab.runfolder import PLAN_FILE, RUNS_DIR, resolved_folder
 from cnnlab.study import queue as work_queue
-from cnnlab.study.checks import TUNE_FOLDER, TUNE_SUMMARY_FILE
-from cnnlab.study.plan import PLAN_FILE, RUNS_DIR
 
 STATES = runfolder.STATES
 SHOWN_STATES = (runfolder.RUNNING, runfolder.INTERRUPTED, runfolder.FAILED, runfolder.DIVERGED)
@@ -74,10 +72,11 @@ def _not_a_study_folder(folder: Path) -> str:
         return f"no such folder: {folder}; give the --out folder of a `cnnlab study run`"
     if not folder.is_dir():
         return f"{folder} is a file, not a study folder; give the --out folder of a `cnnlab study run`"
-    if any((folder / name).exists() for name in TUNE_FOLDER.markers):
+    if any((folder / name).exists() for name in runfolder.TUNE_FILES):
         return (
             f"{folder} is a `cnnlab tune` folder, not a study folder: its trials and the best are in "
-            f"{folder / TUNE_SUMMARY_FILE} (complete when the tune ends; run the same tune again to go on)"
+            f"{folder / runfolder.TUNE_SUMMARY_FILE} (complete when the tune ends; run the same tune "
+            "again to go on)"
         )
     if (folder / runfolder.MARKER_FILE).exists():
         return (

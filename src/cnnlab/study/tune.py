@@ -32,13 +32,16 @@ from cnnlab import config as cfg
 from cnnlab import safeio
 from cnnlab.data import load_split, make_splits
 from cnnlab.errors import CnnlabError, ConfigError, Interrupted, one_line
-from cnnlab.runfolder import RunFolderBusy, resolved_folder
-from cnnlab.study.checks import (
+from cnnlab.runfolder import (
     TUNE_BEST_FILE,
-    TUNE_FOLDER,
     TUNE_SPEC_FILE,
     TUNE_STORAGE_FILE,
     TUNE_SUMMARY_FILE,
+    RunFolderBusy,
+    resolved_folder,
+)
+from cnnlab.study.checks import (
+    TUNE_FOLDER,
     StudyFolderError,
     check_config,
     check_init_file,

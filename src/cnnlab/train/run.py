@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import math
@@ -54,7 +55,6 @@ from cnnlab.errors import (
     DiskFull,
     Interrupted,
     WeightsError,
-    describe_os_error,
     disk_full_error,
     first_line,
     one_line,
@@ -191,7 +191,12 @@ def _full_disk_stops_the_run(out_dir: Path) -> Iterator[None]:
         full = disk_full_error(error)
         if full is None:
             raise
-        raise DiskFull(f"the disk filled while training {out_dir} ({describe_os_error(full)})") from None
+        what = "disk quota exceeded" if full.errno == errno.EDQUOT else "no space left on the device"
+        file = f" writing {cfg.quoted(full.filename)}" if full.filename else ""
+        raise DiskFull(
+            f"the disk filled while training {out_dir} ({what}{file}); the checkpoints are kept: "
+            "free some space"
+        ) from None
 
 
 def _train_and_record(
