@@ -203,6 +203,7 @@ E3_FAST = [
     "studies.*.base.data.batch_size=50",
     "studies.*.base.train.epochs=1",
     "studies.regularization.grid.model.dropout=[0.5]",
+    "studies.regularization.base.model.name=lenet5",  # its AlexNet: 15 s a run here; the zoo tests train it
     "studies.cv-hparams.cv.folds=2",
     "studies.cv-hparams.grid.optim.lr=[0.05]",
     "studies.cv-hparams.grid.data.batch_size=[50]",

@@ -291,6 +291,8 @@ def test_quickstart_smoke_prints_table_and_report_path(tmp_path, capsys):
             "base.train.epochs=1",
             "--set",
             "base.data.subset=100",
+            "--set",
+            "base.data.test_subset=40",
             "--heartbeat",
             "1",
         ]
