@@ -153,6 +153,26 @@ def test_probe_halves_its_batch_for_slow_steps_and_keeps_to_its_budget(monkeypat
     assert spent.pairs == 0 and spent.fp32_images_per_s > 0 and spent.bf16_images_per_s > 0
 
 
+def test_a_slow_first_call_at_a_shape_does_not_cut_the_probe_batch(monkeypatch):
+    # oneDNN builds its kernels on the first call at a shape; on a busy machine that call alone took longer
+    # than PROBE_STEP_S at each batch tried, the batch fell from 128 to 8, and set-up and noise at batch 8
+    # decided (and cached) lenet5's layout
+    calls: list[int] = []
+
+    def step_slow_at_first_call(model, optimizer, channels_last, input_shape, num_classes, batch):
+        def step(bf16: bool) -> float:
+            calls.append(batch)
+            return 10 * prec.PROBE_STEP_S if calls.count(batch) == 1 else prec.PROBE_STEP_S / 10
+
+        return step
+
+    monkeypatch.setattr(prec, "_training_step", step_slow_at_first_call)
+    model = create_model("lenet5", num_classes=10, in_chans=1)
+    result = prec.probe_step_rates(model, (1, 28, 28), 10, 128, channels_last=False)
+    assert result.batch == 128 and set(calls) == {128}
+    assert result.fp32_images_per_s == result.bf16_images_per_s == 128 / (prec.PROBE_STEP_S / 10)
+
+
 def tiny(**dotted) -> cfg.RunConfig:
     base = {
         "model.name": "lenet5",

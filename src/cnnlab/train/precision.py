@@ -241,12 +241,16 @@ def time_training_ways(
     """Time forward/backward/SGD steps of one copy of `model` per way on random inputs, interleaved.
 
     While the first way's step takes longer than PROBE_STEP_S the batch is cut to what that step's time
-    says fits (down to PROBE_MIN_BATCH), so a large model costs seconds too. When the warm-up alone used the
-    budget, the warm-up steps are the figures (a way's first step includes its kernel set-up: a bias towards
-    the first way, the default). The model, its BatchNorm statistics and the global random state are left as
-    they were. With `run_images`, a probe that would train more than 1/PROBE_WORTH of the run's images
-    raises ProbeNotWorthIt instead: before any step when even the smallest batch would, else once the batch
-    is sized.
+    says fits (down to PROBE_MIN_BATCH), so a large model costs seconds too. A step too slow at its first
+    call is timed again before the batch is cut: the first call at a shape builds oneDNN's kernels, and on a
+    busy machine that alone cut lenet5's probe batch from 128 to 8, where the timings were set-up and noise
+    (20 against 44 images/s: cached, every later run of the 93 % recipe trained NCHW, which the probe of an
+    idle machine measures at 2,422 images/s against 4,043 channels_last; benchmarks/RESULTS.md).
+    When the warm-up alone used the budget, the warm-up steps are the figures (the other ways' first steps
+    include their kernel set-up: a bias towards the first way, the default). The model, its BatchNorm
+    statistics and the global random state are left as they were. With `run_images`, a probe that would
+    train more than 1/PROBE_WORTH of the run's images raises ProbeNotWorthIt instead: before any step when
+    even the smallest batch would, else once the batch is sized.
     """
     started = time.perf_counter()
     _check_worth(run_images, min(batch_size, PROBE_MIN_BATCH), len(ways), pairs)
@@ -257,6 +261,8 @@ def time_training_ways(
         while True:  # warm-up: oneDNN builds its kernels on the first call of each shape
             steps = [_training_step(*copy_, input_shape, num_classes, batch) for copy_ in copies]
             first = steps[0](ways[0][1])
+            if first > PROBE_STEP_S and batch > PROBE_MIN_BATCH:
+                first = min(first, steps[0](ways[0][1]))  # now without the kernel set-up
             if first <= PROBE_STEP_S or batch <= PROBE_MIN_BATCH:
                 break
             batch = max(PROBE_MIN_BATCH, min(batch // 2, int(batch * PROBE_STEP_S / first)))
