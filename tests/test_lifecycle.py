@@ -22,7 +22,7 @@ from PIL import Image
 from cnnlab import cli, runfolder
 from cnnlab.config import config_hash, from_dict, load_yaml
 from tests.test_study_run import TINY, write_spec
-from tests.worker_output import progress_lines, queue_trials, run_lines
+from tests.worker_output import pause_outside_a_transaction, progress_lines, queue_trials, run_lines
 
 pytestmark = pytest.mark.slow
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CNNLAB_QUIET": "1"}
@@ -142,14 +142,16 @@ def test_a_paused_worker_loses_its_claim_and_every_run_executes_once(tmp_path):
     study = tmp_path / "study"
     args = ("study", "run", str(spec), "--out", str(study), "--heartbeat", "2")
     sleeper = start(*args)
-    paused_dir = only_run_dir(study)
-    wait_for_epochs(paused_dir, 2)
-    sleeper.send_signal(signal.SIGSTOP)
-    other = start(*args)
-    paused_at = time.monotonic()
-    wait_until_reaped(study, paused_dir.name, paused_at + 150)  # the other worker took the claim back
-    time.sleep(max(0.0, paused_at + 20 - time.monotonic()))
-    sleeper.send_signal(signal.SIGCONT)
+    try:
+        paused_dir = only_run_dir(study)
+        wait_for_epochs(paused_dir, 2)
+        pause_outside_a_transaction(sleeper, study / "study.db")
+        other = start(*args)
+        paused_at = time.monotonic()
+        wait_until_reaped(study, paused_dir.name, paused_at + 150)  # the other worker took the claim back
+        time.sleep(max(0.0, paused_at + 20 - time.monotonic()))
+    finally:  # a stopped process outlives a failed test otherwise
+        sleeper.send_signal(signal.SIGCONT)
     results = [finish(sleeper), finish(other)]
     for code, out, err in results:
         assert code == 0 and "Traceback" not in out + err, out + err

@@ -1,6 +1,5 @@
 """The work queue on Optuna's RDB storage: exactly-once claims across processes, dead workers retried."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import pytest
 from cnnlab.runfolder import COMPLETED, DIVERGED, PENDING, RUNNING
 from cnnlab.study import queue as work_queue
 from cnnlab.study.queue import QueueMissing, RunQueue
+from tests.worker_output import pause_outside_a_transaction
 
 WORKER = textwrap.dedent(
     """
@@ -83,9 +83,8 @@ def test_run_of_a_silent_worker_is_retried_after_its_heartbeats_stop(tmp_path):
     url = f"sqlite:///{tmp_path / 'queue.db'}"
     hung, _ = start_worker(tmp_path, url, "q", 2, "silent", mode="hang")
     index = int(hung.stdout.readline())
-    os.kill(
-        hung.pid, signal.SIGSTOP
-    )  # alive but silent, like a worker on a machine that dropped off the network
+    # alive but silent, like a worker on a machine that dropped off the network
+    pause_outside_a_transaction(hung, tmp_path / "queue.db")
     try:
         queue = RunQueue(url, "q", heartbeat_s=1, grace_s=2)
         started = time.monotonic()
