@@ -15,6 +15,7 @@ import pytest
 
 from cnnlab import cli, runfolder
 from cnnlab.study import runner, suite, tune
+from cnnlab.study.checks import FOLDER_LOCK
 from cnnlab.study.queue import WorkerOptions
 from cnnlab.study.runner import StudyFolderError, claim_study, plan_study, run_study
 from cnnlab.study.status import study_status
@@ -281,6 +282,24 @@ def test_a_file_renamed_away_after_the_listing_is_not_foreign(tmp_path, monkeypa
 
     monkeypatch.setattr(Path, "iterdir", listed_before_the_rename)
     runner.check_out_folder(out, runner.STUDY_FOLDER)
+
+
+def test_a_folder_whose_first_marker_is_being_written_is_not_foreign_but_other_files_still_are(tmp_path):
+    """A --worker-only process (or a second planner) looks while the planner writes study.yaml: the folder
+    holds only that file's temporary name, no marker yet. It is cnnlab at work (1 look in 6 refused it when a
+    worker polled a starting planner); a file beside it still makes the folder foreign."""
+    out = tmp_path / "S"
+    out.mkdir()
+    (out / ".study.yaml.0badf00d.tmp").write_text("base: {}\n")
+    (out / FOLDER_LOCK).touch()
+    runner.check_out_folder(out, runner.STUDY_FOLDER)
+    (out / "notes.txt").write_text("mine\n")
+    with pytest.raises(StudyFolderError, match="did not write.*notes.txt"):
+        runner.check_out_folder(out, runner.STUDY_FOLDER)
+    (out / "notes.txt").unlink()
+    (out / ".report.html.0badf00d.tmp").write_text("<html>")  # cnnlab's name, but no study marks the folder
+    with pytest.raises(StudyFolderError, match="did not write"):
+        runner.check_out_folder(out, runner.STUDY_FOLDER)
 
 
 # 5. A run recorded completed whose result is gone trains again ----------------------------------------------

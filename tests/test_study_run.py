@@ -355,11 +355,14 @@ def test_a_worker_started_before_its_planner_waits_for_it_and_creates_nothing(tm
     plan = plan_study(spec, study)
     lines: list[str] = []
     joined: list = []
-    worker = threading.Thread(
-        target=lambda: joined.append(
-            join_as_worker(plan, spec, default_storage(study), FAST, log=lines.append)
-        )
-    )
+
+    def join() -> None:
+        try:
+            joined.append(join_as_worker(plan, spec, default_storage(study), FAST, log=lines.append))
+        except Exception as error:  # shown by the assertion below, not lost in a thread's traceback
+            joined.append(error)
+
+    worker = threading.Thread(target=join)
     worker.start()
     time.sleep(1.0)
     assert worker.is_alive() and not joined and not study.exists(), "the worker waits and writes nothing"
@@ -368,6 +371,7 @@ def test_a_worker_started_before_its_planner_waits_for_it_and_creates_nothing(tm
     outcome = run_study(spec, study, options=FAST, log=lambda line: None)
     assert time.monotonic() - planned < 50, "the planner did not wait for a marker (60 s) from the worker"
     worker.join(timeout=30)
+    assert len(joined) == 1 and isinstance(joined[0], RunQueue), joined or "the worker still waits"
     (queue,) = joined
     assert not queue.created and outcome.counts["completed"] == 2 and queue.drained(2)
     assert len(lines) == 1, "said once"

@@ -181,7 +181,8 @@ def check_out_folder(folder: Path, kind: FolderKind, *, also_own: Iterable[str] 
                 f"--out {cfg.quoted(folder)} holds a {other.name} ({found}), not a {kind.name}: a folder "
                 f"holds one study, tune or suite; use another --out for this {kind.name}"
             )
-    foreign = entries[0] if not _marker(folder, kind) else _first_foreign(folder, kind, set(also_own))
+    marked = _marker(folder, kind)
+    foreign = _first_foreign(folder, kind, set(also_own)) if marked else _first_unmarked_entry(folder, kind)
     if foreign is not None:
         raise StudyFolderError(
             f"--out {cfg.quoted(folder)} holds files that cnnlab did not write ({cfg.quoted(foreign)}); "
@@ -265,6 +266,16 @@ def _first_foreign(folder: Path, kind: FolderKind, also_own: set[str]) -> Path |
         inside = _first_foreign_inside(path)
         if inside is not None:
             return inside
+    return None
+
+
+def _first_unmarked_entry(folder: Path, kind: FolderKind) -> Path | None:
+    """In a folder without the kind's marker, every entry is foreign but a marker being written (its
+    temporary file, before the rename, or a SQLite side file) by another cnnlab process setting the folder
+    up, and an entry gone since the listing."""
+    for path in _entries(folder):
+        if not (_own_file_name(path.name, kind.markers) or _vanished(path)):
+            return path
     return None
 
 
