@@ -123,13 +123,15 @@ def unfinished_run(out, monkeypatch) -> None:
         assert fit(cfg.from_dict(TINY), out).status == "failed"
 
 
-def test_resume_removes_checkpoint_writes_that_a_kill_cut_short(tmp_path, monkeypatch):
+def test_resume_removes_the_writes_that_a_kill_cut_short(tmp_path, monkeypatch):
     from cnnlab.train import fit
 
     unfinished_run(tmp_path, monkeypatch)
     cut_short = [
         tmp_path / "checkpoints/.last.ckpt.0123abcd.tmp",
         tmp_path / "predictions/.val.npz.89abcdef.tmp",
+        tmp_path / ".result.json.4567cdef.tmp",
+        tmp_path / "images/.confused.npz.0a1b2c3d.tmp",
     ]
     for path in cut_short:
         path.parent.mkdir(exist_ok=True)

@@ -585,9 +585,10 @@ def _write_run_header(out_dir: Path, prepared: PreparedRun, *, fresh: bool) -> N
 
 
 def _remove_killed_writes(out_dir: Path) -> None:
-    """The temporary files of checkpoints and predictions whose writer was killed mid-write (SIGKILL, a lost
-    machine): never read, as large as a checkpoint, and this process holds the folder's lock."""
-    for pattern in (f"{runfolder.CHECKPOINTS_DIR}/*.ckpt", f"{runfolder.PREDICTIONS_DIR}/*.npz"):
+    """The temporary files of the run's own files (result.json, config.yaml, metrics.csv, ...), checkpoints,
+    predictions and sample images whose writer was killed mid-write (SIGKILL, a lost machine): never read,
+    some as large as a checkpoint, and this process holds the folder's lock."""
+    for pattern in (*runfolder.OWN_FILES, f"{runfolder.CHECKPOINTS_DIR}/*.ckpt"):
         for leftover in safeio.temp_files(out_dir / pattern):
             leftover.unlink(missing_ok=True)
 
