@@ -400,6 +400,20 @@ def use_joined_study(
         check_study_folder(plan, spec_path, restart=False, worker=True)
 
 
+def _record_stopped(
+    queue: work_queue.RunQueue,
+    claim: work_queue.Claim,
+    run_id: str,
+    reason: str,
+    *,
+    errors: tuple[type[BaseException], ...] = work_queue.STORAGE_ERRORS,
+) -> None:
+    """Record a claimed run interrupted (it resumes from its checkpoint) as the study stops; a storage that
+    fails meanwhile is ignored: the study stops regardless."""
+    with contextlib.suppress(*errors):
+        queue.finish(claim, runfolder.INTERRUPTED, run_id=run_id, reason=reason)
+
+
 def requeue_lost_results(plan: StudyPlan, queue: work_queue.RunQueue, *, log: Log = print) -> None:
     """Put back in the queue, saying so, every run the queue records as completed whose folder holds no
     readable completed result.json (deleted, truncated, edited): it trains again, so that the report never
@@ -537,10 +551,7 @@ def execute(plan: StudyPlan, queue: work_queue.RunQueue, claim: work_queue.Claim
         with queue.heartbeat(claim) as lost:
             status, summary = _fit(plan, run, run_dir, lost)
     except Interrupted as stop:
-        with contextlib.suppress(*work_queue.STORAGE_ERRORS):  # the interrupt ends the process regardless
-            queue.finish(
-                claim, runfolder.INTERRUPTED, run_id=run.run_id, reason=f"interrupted by {stop.signal_name}"
-            )
+        _record_stopped(queue, claim, run.run_id, f"interrupted by {stop.signal_name}")
         log(f"{where} interrupted {run.run_id} {_describe(run)} (resumes from its last checkpoint)")
         raise
     except RunLost:
@@ -550,13 +561,12 @@ def execute(plan: StudyPlan, queue: work_queue.RunQueue, claim: work_queue.Claim
         )
         return "lost"
     except DiskFull:
-        with contextlib.suppress(Exception):  # the storage may sit on the same full disk
-            queue.finish(claim, runfolder.INTERRUPTED, run_id=run.run_id, reason="the disk filled")
+        # the storage may sit on the same full disk and fail in any way
+        _record_stopped(queue, claim, run.run_id, "the disk filled", errors=(Exception,))
         log(f"{where} stopped  {run.run_id} {_describe(run)}: the disk filled (resumes once space is freed)")
         raise
     except runfolder.RunFolderLost:
-        with contextlib.suppress(*work_queue.STORAGE_ERRORS):  # the study stops regardless
-            queue.finish(claim, runfolder.INTERRUPTED, run_id=run.run_id, reason="its run folder was removed")
+        _record_stopped(queue, claim, run.run_id, "its run folder was removed")
         log(f"{where} stopped  {run.run_id} {_describe(run)}: its run folder was removed, moved or replaced")
         raise runfolder.RunFolderLost(
             f"the run folder {cfg.quoted(run_dir)} was removed, moved or replaced while run {run.run_id} "
