@@ -5,10 +5,12 @@ from __future__ import annotations
 import csv
 import json
 import pickle
+import warnings
 
 import numpy as np
 import pytest
 import torch
+from onnx.reference import ReferenceEvaluator  # the onnx extra, part of the dev extra
 
 from cnnlab import config as cfg
 from cnnlab import safeio
@@ -216,6 +218,28 @@ def test_export_round_trip_and_hash_check(tiny_run, tmp_path, capsys):
     capsys.readouterr()
     assert main(["evaluate", "--checkpoint", str(out)]) == 2
     assert "does not match the SHA-256" in capsys.readouterr().err
+
+
+def test_onnx_export_computes_the_models_logits_for_any_batch_size_without_tracer_warnings(
+    tiny_run, tmp_path
+):
+    """model.onnx, run by onnx's reference evaluator (no runtime needed), gives the PyTorch model's logits for
+    batches of 1 and 5 (the batch axis is dynamic); lenet5's input-size check is not traced into a warning."""
+    out = tmp_path / "export"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["export", "--checkpoint", str(tiny_run.out_dir), "--out", str(out), "--onnx"]) == 0
+    assert not [w for w in caught if "Tracer" in type(w.message).__name__], [str(w.message) for w in caught]
+    session = ReferenceEvaluator(str(out / "model.onnx"))
+    model = load_model(out).model.eval()
+    for batch in (1, 5):
+        images = torch.randn(batch, 1, 28, 28, generator=torch.Generator().manual_seed(batch))
+        (logits,) = session.run(None, {"images": images.numpy()})
+        with torch.no_grad():
+            expected = model(images).numpy()
+        assert logits.shape == (batch, 10) and np.allclose(logits, expected, atol=1e-4), abs(
+            logits - expected
+        ).max()
 
 
 def test_predict_kaggle_and_probs_match_the_models_argmax_per_file(tiny_run, tmp_path):

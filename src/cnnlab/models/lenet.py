@@ -80,7 +80,8 @@ class LeNet5(ClassifierHeadMixin, nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Two conv stages, flatten, the two hidden linear layers (84 features)."""
-        if x.shape[-2:] != (self.image_size, self.image_size):
+        tracing = torch.jit.is_tracing()  # ONNX export: the traced input has the built size
+        if not tracing and x.shape[-2:] != (self.image_size, self.image_size):
             raise ConfigError(
                 f"lenet5 was built for {self.image_size}x{self.image_size} inputs (its flatten size follows "
                 f"the input size), got {x.shape[-2]}x{x.shape[-1]}; build it with image_size={x.shape[-1]}"
