@@ -528,6 +528,24 @@ def test_cnnlab_data_names_the_bad_files_of_train_and_test_folders_from_the_root
     )
 
 
+def test_a_runs_bad_images_list_names_the_excluded_files_of_train_and_test_folders_from_the_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run's bad_images.txt used to list the train folder's files only, relative to train/ (dog/0.png):
+    an image excluded from the test split went unrecorded in the run folder."""
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "split"
+    for part, count in (("train", 10), ("test", 4)):
+        _two_class_folder(root / part, count=count)
+        (root / part / "dog" / "0.png").write_bytes(b"")
+    (root / "test" / "cat" / "2.png").write_bytes(b"not a png")
+    out = tmp_path / "run"
+    train = ["train", "--model", "lenet5", "--data", f"folder:{root}", "--epochs", "1", "--out", str(out)]
+    assert cli.main([*train, "--set", "data.image_size=16", "--set", "data.bad_images=skip"]) == 0
+    listed = [line.split("\t")[0] for line in (out / "bad_images.txt").read_text().splitlines()]
+    assert sorted(listed) == ["test/cat/2.png", "test/dog/0.png", "train/dog/0.png"]
+
+
 def test_a_dangling_symlink_is_reported_as_a_missing_target_not_as_a_loop(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

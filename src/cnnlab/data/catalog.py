@@ -355,6 +355,15 @@ def load_split(data: DataConfig, split: str) -> ImageSet:
     return apply_test_subset(image_set, data.test_subset) if split == "test" else image_set
 
 
+def excluded_images(data: DataConfig) -> tuple[tuple[str, str], ...]:
+    """The images of a folder dataset that `data.bad_images: skip` excluded from both splits, named from the
+    folder (a run's bad_images.txt); () for a named dataset."""
+    if not data.name.startswith(FOLDER_PREFIX):
+        return ()
+    root = folder_data.resolve_folder(data.name[len(FOLDER_PREFIX) :])
+    return folder_data.excluded_files(root, {split: load_split(data, split) for split in ("train", "test")})
+
+
 def load_local_split(data: DataConfig, split: str) -> ImageSet:
     """Like `load_split`, but never downloads (for `cnnlab data`)."""
     return _load_memoised(_resolve_key(data, download=False), _check_split(split))

@@ -102,7 +102,7 @@ def describe_folder(data: DataConfig) -> str:
         scan.check()
     splits = folder_data.load_folder_splits(root, options)
     lines.extend(_split_lines(splits["train"], splits["test"]))
-    bad = _bad_files(splits, split_folders="all" not in roots)
+    bad = folder_data.excluded_files(root, splits)
     if bad:
         lines.append(
             one_line(
@@ -111,16 +111,6 @@ def describe_folder(data: DataConfig) -> str:
             )
         )
     return "\n".join(lines)
-
-
-def _bad_files(splits: dict[str, ImageSet], *, split_folders: bool) -> tuple[tuple[str, str], ...]:
-    """The excluded files of a folder, named from its root: a plain folder's splits share one list; with
-    train/ and test/ folders each has its own, relative to its folder (test/cat/1.jpg is not train/'s)."""
-    if not split_folders:
-        return splits["train"].bad_files
-    return tuple(
-        (f"{part}/{rel}", reason) for part in ("train", "test") for rel, reason in splits[part].bad_files
-    )
 
 
 def _scan_lines(part: str, scan: folder_data.FolderScan) -> list[str]:

@@ -710,6 +710,17 @@ def write_bad_files(bad_files: tuple[tuple[str, str], ...], path: Path) -> Path:
     return safeio.atomic_write_text(path, "".join(f"{rel}\t{reason}\n" for rel, reason in bad_files))
 
 
+def excluded_files(root: Path, splits: dict[str, ImageSet]) -> tuple[tuple[str, str], ...]:
+    """The files `bad_images: skip` excluded from a folder's splits, named from its root: a plain folder's
+    splits share one list; with train/ and test/ folders each has its own, relative to its folder, so its
+    files are named train/... and test/... (test/cat/1.jpg is not train/'s cat/1.jpg)."""
+    if "all" in class_roots(root):
+        return splits["train"].bad_files
+    return tuple(
+        (f"{part}/{rel}", reason) for part in ("train", "test") for rel, reason in splits[part].bad_files
+    )
+
+
 def bad_files_path(cache_file: Path) -> Path:
     """Where `bad_images: skip` records the excluded files of a folder: beside its decode cache."""
     return cache_file.with_suffix(".bad_images.txt")

@@ -42,6 +42,7 @@ from cnnlab.data import (
     ImageSet,
     Splits,
     check_data_config,
+    excluded_images,
     load_split,
     make_splits,
     normalization,
@@ -578,8 +579,9 @@ def _write_run_header(out_dir: Path, prepared: PreparedRun, *, fresh: bool) -> N
     if fresh:
         runfolder.clear_run_files(out_dir)
     safeio.atomic_write_text(out_dir / runfolder.CONFIG_FILE, cfg.dump_yaml(prepared.config))
-    if prepared.train_set.bad_files:
-        write_bad_files(prepared.train_set.bad_files, out_dir / runfolder.BAD_IMAGES_FILE)
+    excluded = excluded_images(prepared.config.data)
+    if excluded:
+        write_bad_files(excluded, out_dir / runfolder.BAD_IMAGES_FILE)
     if not prepared.config.data.splits_file:
         prepared.splits.save(out_dir / runfolder.SPLITS_FILE)
 
