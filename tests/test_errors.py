@@ -675,11 +675,50 @@ def test_the_program_exits_with_mains_code_and_skips_the_final_collection(monkey
     assert done.value.code == 3 and frozen == [True]
     pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
     scripts = tomllib.loads(pyproject.read_text())["project"]["scripts"]
-    assert scripts == {"cnnlab": "cnnlab.cli:run_program"}
+    assert scripts == {"cnnlab": "cnnlab.console:run"}  # which imports and runs cli.run_program
     shown = subprocess.run(
         [sys.executable, "-m", "cnnlab", "train", "--epochs", "x"], capture_output=True, text=True
     )
     assert shown.returncode == 2 and shown.stderr.count("\n") == 1 and "--epochs" in shown.stderr
+
+
+# Python reading the command line's modules when Ctrl-C comes (an import hook raises it, as the signal would)
+CTRL_C_WHILE_IMPORTING = """
+import sys
+class CtrlC:
+    def find_spec(self, name, path=None, target=None):
+        if name == sys.argv[1]:
+            raise KeyboardInterrupt
+sys.meta_path.insert(0, CtrlC())
+from cnnlab.console import run
+run()
+"""
+
+
+@pytest.mark.parametrize("module", ["cnnlab.cli", "yaml", "cnnlab.config"])  # what `cnnlab` loads first
+def test_ctrl_c_while_the_program_starts_is_one_line_and_exit_130(module):
+    """A Ctrl-C in the first tenth of a second, before cnnlab's signal handling, printed a traceback of the
+    import machinery (and the process died of SIGINT)."""
+    import subprocess
+    import sys
+
+    started = subprocess.run(
+        [sys.executable, "-c", CTRL_C_WHILE_IMPORTING, module, "models"], capture_output=True, text=True
+    )
+    assert started.returncode == 130 and started.stderr == "cnnlab: interrupted by SIGINT\n", started.stderr
+
+
+def test_ctrl_c_before_mains_own_handling_is_one_line_and_exit_130(monkeypatch, capsys):
+    def ctrl_c() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", ctrl_c)
+    with pytest.raises(SystemExit) as done:
+        try:
+            cli.run_program()
+        except KeyboardInterrupt:  # not left to end the test session
+            pytest.fail("run_program let the KeyboardInterrupt through")
+    assert done.value.code == 130 and capsys.readouterr().err == "cnnlab: interrupted by SIGINT\n"
 
 
 def test_another_runs_folder_names_the_settings_that_differ(run_copy, capsys):

@@ -9,10 +9,11 @@ seconds (docs/architecture.md, "Imports").
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from cnnlab.version import __version__  # nothing heavier here: `cnnlab`'s Ctrl-C handling is not up yet
 
-from cnnlab.version import __version__
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers know this idiom)
+if TYPE_CHECKING:
+    from typing import Any
 
 _HOMES = {
     "create_model": "cnnlab.models",
@@ -26,4 +27,6 @@ __all__ = ["__version__", *sorted(_HOMES)]
 def __getattr__(name: str) -> Any:
     if name not in _HOMES:
         raise AttributeError(f"module 'cnnlab' has no attribute {name!r}")
+    import importlib
+
     return getattr(importlib.import_module(_HOMES[name]), name)

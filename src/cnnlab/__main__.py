@@ -1,5 +1,5 @@
 """`python -m cnnlab` runs the command-line program."""
 
-from cnnlab.cli import run_program
+from cnnlab.console import run
 
-run_program()
+run()

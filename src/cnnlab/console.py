@@ -1,0 +1,23 @@
+"""The `cnnlab` console script and `python -m cnnlab`: `cli.run_program`, imported under a guard.
+
+Python loads the command line (cnnlab.cli, PyYAML, the config schema) for about a tenth of a second before
+cnnlab's own SIGINT handling starts; a Ctrl-C then ends in the same one line and exit code 130 as later,
+not in a traceback of the import machinery.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import NoReturn
+
+EXIT_SIGINT = 130  # cnnlab.errors.EXIT_SIGINT, not imported: this module imports nothing of cnnlab's first
+
+
+def run() -> NoReturn:
+    """Import the command line, then run it (`cli.run_program` exits with its code)."""
+    try:
+        from cnnlab.cli import run_program
+    except KeyboardInterrupt:
+        print("cnnlab: interrupted by SIGINT", file=sys.stderr)
+        sys.exit(EXIT_SIGINT)
+    run_program()
