@@ -8,7 +8,10 @@ not in a traceback of the import machinery.
 from __future__ import annotations
 
 import sys
-from typing import NoReturn
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing before the guard
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 EXIT_SIGINT = 130  # cnnlab.errors.EXIT_SIGINT, not imported: this module imports nothing of cnnlab's first
 

@@ -361,7 +361,9 @@ def excluded_images(data: DataConfig) -> tuple[tuple[str, str], ...]:
     if not data.name.startswith(FOLDER_PREFIX):
         return ()
     root = folder_data.resolve_folder(data.name[len(FOLDER_PREFIX) :])
-    return folder_data.excluded_files(root, {split: load_split(data, split) for split in ("train", "test")})
+    key = _resolve_key(data, download=True)  # the whole test split: data.test_subset drops no bad file
+    splits = {split: _load_memoised(key, split) for split in ("train", "test")}
+    return folder_data.excluded_files(root, splits)
 
 
 def load_local_split(data: DataConfig, split: str) -> ImageSet:
