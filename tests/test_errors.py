@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnlab import cli, runfolder
+from cnnlab import cli, console, runfolder
 from cnnlab.data import clear_memory_cache
 from tests.test_data_support import isolate, write_idx
 from tests.test_study_run import TINY, write_spec
@@ -715,9 +715,9 @@ def test_ctrl_c_before_mains_own_handling_is_one_line_and_exit_130(monkeypatch, 
     monkeypatch.setattr(cli, "build_parser", ctrl_c)
     with pytest.raises(SystemExit) as done:
         try:
-            cli.run_program()
+            console.run()
         except KeyboardInterrupt:  # not left to end the test session
-            pytest.fail("run_program let the KeyboardInterrupt through")
+            pytest.fail("the program let the KeyboardInterrupt through")
     assert done.value.code == 130 and capsys.readouterr().err == "cnnlab: interrupted by SIGINT\n"
 
 

@@ -237,9 +237,8 @@ def test_onnx_export_computes_the_models_logits_for_any_batch_size_without_trace
         (logits,) = session.run(None, {"images": images.numpy()})
         with torch.no_grad():
             expected = model(images).numpy()
-        assert logits.shape == (batch, 10) and np.allclose(logits, expected, atol=1e-4), abs(
-            logits - expected
-        ).max()
+        gap = float(np.abs(logits - expected).max())
+        assert logits.shape == (batch, 10) and np.allclose(logits, expected, atol=1e-4), gap
 
 
 def test_predict_kaggle_and_probs_match_the_models_argmax_per_file(tiny_run, tmp_path):

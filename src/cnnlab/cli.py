@@ -55,9 +55,6 @@ def run_program() -> NoReturn:
     walked them for ~2 s of every command's exit on two cores. atexit handlers still run."""
     try:
         code = main()
-    except KeyboardInterrupt:  # a Ctrl-C before main's own handling began (while it built the parser)
-        print("cnnlab: interrupted by SIGINT", file=sys.stderr)
-        code = EXIT_SIGINT
     finally:
         gc.freeze()
     sys.exit(code)
