@@ -218,7 +218,7 @@ def test_train_interrupted_by_a_signal_is_recorded_and_resumes(tmp_path, signum,
     rows = wait_for_epochs(out_dir, 3)
     process.send_signal(signum)
     returncode, out, err = finish(process)
-    assert returncode == code
+    assert returncode == code, err
     line = one_line(err)
     assert line.startswith(f"cnnlab: interrupted by {signal.Signals(signum).name}; resume with: cnnlab train")
     assert line.endswith("--resume")
@@ -262,7 +262,7 @@ def test_study_interrupted_by_a_signal_shows_interrupted_and_resumes(tmp_path, s
     rows = wait_for_epochs(run_dir, 3)
     process.send_signal(signum)
     returncode, out, err = finish(process)
-    assert returncode == code
+    assert returncode == code, err
     line = one_line(err)
     assert f"interrupted by {signal.Signals(signum).name}; resume with: cnnlab study run" in line
     assert " interrupted " in out
