@@ -21,6 +21,7 @@ RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 sys.path.insert(0, str(BENCHMARKS))
 
 import common  # noqa: E402
+import optimizer_step  # noqa: E402
 import run_all  # noqa: E402
 import study_overhead  # noqa: E402
 import throughput  # noqa: E402
@@ -77,6 +78,15 @@ def test_by_operator_splits_each_precisions_step_into_the_groups_and_sums_to_the
     assert table[0] == "| operator group | fp32 ms/step | bf16 ms/step | fp32 / bf16 |"
     step = table[-1].split(" | ")
     assert step[0] == "| step" and float(step[1]) == pytest.approx(sum(totals["32-true"].values()), abs=0.051)
+
+
+def test_optimizer_step_times_every_implementation_of_both_optimizers():
+    count, times = optimizer_step.measure("lenet5", repeats=2, steps=1)
+    assert count == sum(p.numel() for p in create_model("lenet5", num_classes=10, in_chans=1).parameters())
+    assert set(times) == {(o, i) for o in optimizer_step.OPTIMIZERS for i in optimizer_step.IMPLEMENTATIONS}
+    assert all(len(ms) == 2 and min(ms) > 0 for ms in times.values())
+    rows = optimizer_step.table({"lenet5": (count, times)})
+    assert len(rows) == 2 + len(optimizer_step.OPTIMIZERS) and rows[2].startswith("| lenet5 | 0.06 M | SGD |")
 
 
 def test_throughput_measures_bf16_only_where_auto_could_choose_it(monkeypatch):

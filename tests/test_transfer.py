@@ -95,6 +95,36 @@ def test_backbone_lr_mult_makes_two_parameter_groups():
     assert {id(p) for p in head} == {id(p) for p in model.get_classifier().parameters()}
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_float32_weights_get_the_fused_update_and_half_weights_their_own_precision(optimizer):
+    model = create_model("lenet5", num_classes=10, in_chans=1)
+    optim = cfg.OptimConfig(optimizer=optimizer, lr=0.01)
+    assert build_optimizer(model, optim, backbone_lr_mult=1.0).defaults["fused"] is True
+    assert not build_optimizer(model.half(), optim, backbone_lr_mult=1.0).defaults["fused"]
+
+
+def test_a_fused_update_is_the_loops_to_rounding():
+    """The same 20 SGD steps (momentum, Nesterov, weight decay) from the same weights, fused and looped."""
+    models = [create_model("resnet20_cifar", num_classes=10) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    optim = cfg.OptimConfig(optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    fused = build_optimizer(models[0], optim, backbone_lr_mult=0.1)
+    looped = torch.optim.SGD(
+        [dict(g, params=list(m)) for g, m in zip(fused.param_groups, split_parameters(models[1]))],
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=5e-4,
+    )
+    images = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    for _ in range(20):
+        for model, optimizer in zip(models, (fused, looped)):
+            optimizer.zero_grad()
+            model(images).square().mean().backward()
+            optimizer.step()
+    for (name, a), b in zip(models[0].state_dict().items(), models[1].state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_file_init_with_torchvision_state_dict_adapts_first_conv_and_replaces_head(tmp_path):
     reference = torchvision.models.resnet18(num_classes=1000)
     path = tmp_path / "resnet18.pth"

@@ -304,7 +304,7 @@ def _check_worth(run_images: int | None, batch: int, ways: int, pairs: int) -> N
 def _probe_copy(model: nn.Module, channels_last: bool) -> tuple[nn.Module, torch.optim.Optimizer, bool]:
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     probe_model = copy.deepcopy(model).cpu().to(memory_format=memory_format).train()
-    optimizer = torch.optim.SGD(probe_model.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
+    optimizer = torch.optim.SGD(probe_model.parameters(), lr=1e-3, momentum=0.9, nesterov=True, fused=True)
     return probe_model, optimizer, channels_last
 
 

@@ -18,6 +18,7 @@ from cnnlab.train.recipes import recipe_values
 from cnnlab.train.speed import compiled_forward
 
 BatchNormTypes = (nn.modules.batchnorm._BatchNorm,)
+FUSED_DEVICES = ("cpu", "cuda")  # where torch >= 2.4 has fused SGD, Adam and AdamW kernels
 
 
 def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -146,12 +147,20 @@ def completed_optim(optim: OptimConfig) -> OptimConfig:
 
 
 def build_optimizer(model: nn.Module, optim: OptimConfig, backbone_lr_mult: float) -> torch.optim.Optimizer:
-    """Two parameter groups, head first: the head at `lr`, the backbone at `lr * backbone_lr_mult`."""
+    """Two parameter groups, head first: the head at `lr`, the backbone at `lr * backbone_lr_mult`.
+
+    The update is torch's fused kernel where the parameters are float32 on the CPU or a CUDA GPU: one pass
+    over each tensor instead of torch's default per-tensor loop of several, the same update to rounding,
+    3-9x faster (benchmarks/RESULTS.md, "Optimizer update"): an AlexNet's AdamW update took longer than its
+    forward and backward on two CPU cores. Half-precision weights (16-true, bf16-true) keep torch's default,
+    which updates them in their own precision. A resumed run's optimizer keeps the implementation its
+    checkpoint was saved with (torch restores the parameter groups' settings): its epochs stay bitwise."""
     optim = completed_optim(optim)
     head, backbone = split_parameters(model)
     groups = [{"params": head, "lr": optim.lr}]
     if backbone:
         groups.append({"params": backbone, "lr": optim.lr * backbone_lr_mult})
+    fused = all(_fusable(p) for p in model.parameters()) or None  # None: torch's own choice
     if optim.optimizer == "sgd":
         return torch.optim.SGD(
             groups,
@@ -159,10 +168,15 @@ def build_optimizer(model: nn.Module, optim: OptimConfig, backbone_lr_mult: floa
             momentum=optim.momentum,
             nesterov=optim.nesterov and optim.momentum > 0,
             weight_decay=optim.weight_decay,
+            fused=fused,
         )
     if optim.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=optim.lr, weight_decay=optim.weight_decay)
-    return torch.optim.AdamW(groups, lr=optim.lr, weight_decay=optim.weight_decay)
+        return torch.optim.Adam(groups, lr=optim.lr, weight_decay=optim.weight_decay, fused=fused)
+    return torch.optim.AdamW(groups, lr=optim.lr, weight_decay=optim.weight_decay, fused=fused)
+
+
+def _fusable(parameter: torch.Tensor) -> bool:
+    return parameter.dtype == torch.float32 and parameter.device.type in FUSED_DEVICES
 
 
 def build_scheduler(
