@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 from PIL import Image
@@ -125,3 +127,23 @@ def test_an_export_stopped_on_the_way_leaves_the_previous_export_whole(
     images = write_images(tmp_path / "photos", ["0.png"])
     argv = ["predict", "--checkpoint", str(out), "--images", str(images), "--out", str(tmp_path / "p.csv")]
     assert cli.main(argv) == 0
+
+
+def test_predict_explain_and_export_start_without_lightning(trained, tmp_path):
+    """The commands that only use a trained model import neither Lightning nor torchmetrics (4 s of a 2-core
+    start-up): the trainer's checkpoint plugin lives with the callbacks, not with the checkpoint reader."""
+    images = write_images(tmp_path / "photos", ["0.png"])
+    commands = [
+        ["predict", "--checkpoint", str(trained), "--images", str(images), "--out", str(tmp_path / "p.csv")],
+        explain(trained, images, tmp_path / "cams"),
+        ["export", "--checkpoint", str(trained), "--out", str(tmp_path / "model.safetensors")],
+    ]
+    code = (
+        "import sys\nfrom cnnlab.cli import main\n"
+        f"assert all(main(command) == 0 for command in {commands!r})\n"
+        "print('loaded:', sorted({m.split('.')[0] for m in sys.modules} & {'lightning', 'torchmetrics'}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "loaded: []"
+    assert (tmp_path / "p.csv").is_file() and (tmp_path / "model.safetensors").is_file()

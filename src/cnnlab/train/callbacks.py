@@ -1,4 +1,5 @@
-"""Lightning callbacks of a run: per-epoch seeding, metrics.csv, divergence, lost claims, freezing."""
+"""Lightning callbacks of a run: per-epoch seeding, metrics.csv, divergence, lost claims, freezing; and its
+checkpoint I/O plugin."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from cnnlab import runfolder
+from cnnlab import runfolder, safeio
 from cnnlab.train.inference import predict_probs, score_predictions
 from cnnlab.train.system import ClassifierSystem
 
@@ -20,6 +22,17 @@ from cnnlab.train.system import ClassifierSystem
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of one epoch: a pure function of (run seed, epoch), so a resumed run replays it exactly."""
     return (seed * 1_000_003 + epoch * 7_919 + 17) % (2**63 - 1)
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint I/O: saves atomically, loads only through `cnnlab.safeio.load_checkpoint`."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        runfolder.check_still_held(Path(path).parent.parent)  # run/checkpoints/x.ckpt: the run is still there
+        safeio.atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict:
+        return safeio.load_checkpoint(path)
 
 
 class RunDiverged(Exception):

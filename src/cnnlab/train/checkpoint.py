@@ -1,4 +1,8 @@
-"""Checkpoints of cnnlab runs: Lightning's I/O through cnnlab's safe loader; rebuilding a trained model."""
+"""Checkpoints of cnnlab runs: finding a run's checkpoint and rebuilding its trained model.
+
+No Lightning here (the trainer's checkpoint I/O plugin is `callbacks.SafeCheckpointIO`): evaluate, predict,
+explain and export start without importing it, seconds sooner on two cores.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import nn
 
 from cnnlab import config as cfg
@@ -17,17 +20,6 @@ from cnnlab.errors import CnnlabError, ConfigError, WeightsError, first_line
 from cnnlab.models import create_model, list_models
 
 MODEL_PREFIX = "model."
-
-
-class SafeCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoint I/O: saves atomically, loads only through `cnnlab.safeio.load_checkpoint`."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        runfolder.check_still_held(Path(path).parent.parent)  # run/checkpoints/x.ckpt: the run is still there
-        safeio.atomic_torch_save(checkpoint, path)
-
-    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict:
-        return safeio.load_checkpoint(path)
 
 
 @dataclass(frozen=True)

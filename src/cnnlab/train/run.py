@@ -79,10 +79,10 @@ from cnnlab.train.callbacks import (
     EpochTester,
     RunAbandoned,
     RunDiverged,
+    SafeCheckpointIO,
 )
 from cnnlab.train.checkpoint import (
     MODEL_PREFIX,
-    SafeCheckpointIO,
     load_trained_model,
     model_state,
     run_checkpoint_path,
