@@ -45,6 +45,15 @@ def finish(process: subprocess.Popen, timeout: float = 240) -> tuple[int, str, s
     return process.returncode, out, err
 
 
+def run_here(capsys, *args: str) -> tuple[int, str, str]:
+    """The user's next command, in this process: what a fresh process would do after the signalled one ended,
+    without the 10 s a fresh process spends importing the training stack."""
+    capsys.readouterr()
+    code = cli.main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def study_status_output(study: Path) -> str:
     """What `cnnlab study status` prints for the study folder (a fresh process, as a user would run it)."""
     return subprocess.run(
@@ -187,7 +196,7 @@ def wait_until_reaped(study: Path, run_id: str, deadline: float) -> None:
 # 3. A run killed again and again resumes from its checkpoint each time ------------------------------------
 
 
-def test_three_sigkills_in_a_row_do_not_use_up_the_run(tmp_path):
+def test_three_sigkills_in_a_row_do_not_use_up_the_run(tmp_path, capsys):
     spec = write_spec(tmp_path / "kill.yaml", {"base": {**LONG_RUN, "train.epochs": 20}, "seeds": [0]})
     study = tmp_path / "study"
     args = ("study", "run", str(spec), "--out", str(study), "--heartbeat", "1")
@@ -199,11 +208,11 @@ def test_three_sigkills_in_a_row_do_not_use_up_the_run(tmp_path):
         process.wait(timeout=30)
         recorded = len(rows)
         before_kill = rows
-    code, out, err = finish(start(*args))
+    code, out, err = run_here(capsys, *args)
     assert code == 0, out + err
     assert ": 1 completed (this process trained 1, found 0 already completed)" in out
     assert_resumed(before_kill, metric_rows(only_run_dir(study)), 20)
-    code, out, err = finish(start(*args))
+    code, out, err = run_here(capsys, *args)
     assert code == 0 and ": 1 completed (this process trained 0, found 1 already completed)" in out, out + err
 
 
@@ -211,7 +220,7 @@ def test_three_sigkills_in_a_row_do_not_use_up_the_run(tmp_path):
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_train_interrupted_by_a_signal_is_recorded_and_resumes(tmp_path, signum, code):
+def test_train_interrupted_by_a_signal_is_recorded_and_resumes(tmp_path, capsys, signum, code):
     out_dir = tmp_path / "run"
     args = ["train", "--model", "lenet5", "--data", "digits", "--epochs", "30", "--out", str(out_dir)]
     process = start(*args, "--set", "model.activation=relu")
@@ -225,7 +234,7 @@ def test_train_interrupted_by_a_signal_is_recorded_and_resumes(tmp_path, signum,
     result = runfolder.read_result(out_dir)
     assert result["status"] == "interrupted" and result["test"] is None
     assert runfolder.checkpoint_path(out_dir).is_file()
-    returncode, out, err = finish(start(*args, "--set", "model.activation=relu", "--resume"))
+    returncode, out, err = run_here(capsys, *args, "--set", "model.activation=relu", "--resume")
     assert returncode == 0, out + err
     assert_resumed(rows, metric_rows(out_dir), 30)
     assert runfolder.read_result(out_dir)["status"] == "completed"
@@ -253,7 +262,7 @@ def test_a_signal_during_the_final_scoring_leaves_no_predictions(tmp_path, capsy
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_study_interrupted_by_a_signal_shows_interrupted_and_resumes(tmp_path, signum, code):
+def test_study_interrupted_by_a_signal_shows_interrupted_and_resumes(tmp_path, capsys, signum, code):
     spec = write_spec(tmp_path / "stop.yaml", {"base": {**LONG_RUN, "train.epochs": 30}, "seeds": [0]})
     study = tmp_path / "study"
     args = ("study", "run", str(spec), "--out", str(study), "--heartbeat", "1")
@@ -268,7 +277,7 @@ def test_study_interrupted_by_a_signal_shows_interrupted_and_resumes(tmp_path, s
     assert " interrupted " in out
     status = study_status_output(study)
     assert "1 interrupted" in status and "0 running" in status and "interrupted" in status.splitlines()[-1]
-    returncode, out, err = finish(start(*args))
+    returncode, out, err = run_here(capsys, *args)
     assert returncode == 0, out + err
     assert_resumed(rows, metric_rows(run_dir), 30)
 
