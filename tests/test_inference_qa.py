@@ -136,7 +136,7 @@ def test_predict_explain_and_export_start_without_lightning(trained, tmp_path):
     commands = [
         ["predict", "--checkpoint", str(trained), "--images", str(images), "--out", str(tmp_path / "p.csv")],
         explain(trained, images, tmp_path / "cams"),
-        ["export", "--checkpoint", str(trained), "--out", str(tmp_path / "model.safetensors")],
+        ["export", "--checkpoint", str(trained), "--out", str(tmp_path / "export")],
     ]
     code = (
         "import sys\nfrom cnnlab.cli import main\n"
@@ -146,4 +146,5 @@ def test_predict_explain_and_export_start_without_lightning(trained, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "loaded: []"
-    assert (tmp_path / "p.csv").is_file() and (tmp_path / "model.safetensors").is_file()
+    assert (tmp_path / "p.csv").is_file() and (tmp_path / "export" / "model.safetensors").is_file()
+    assert len(list((tmp_path / "cams").glob("*.png"))) == 1
