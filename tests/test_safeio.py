@@ -1,5 +1,7 @@
 import errno
+import gc
 import io
+import os
 import pickle
 import signal
 
@@ -8,6 +10,7 @@ import torch
 
 from cnnlab import safeio
 from cnnlab.errors import Interrupted, WeightsError
+from cnnlab.interrupts import signals_raise
 
 
 def test_atomic_write_leaves_no_temp_files(tmp_path):
@@ -71,6 +74,35 @@ def test_a_signal_during_atomic_torch_save_arrives_as_itself(tmp_path, monkeypat
     with pytest.raises(Interrupted):
         safeio.atomic_torch_save({"w": torch.ones(1000)}, tmp_path / "last.ckpt")
     assert list(tmp_path.iterdir()) == []
+
+
+class _SignalWhilePickled:
+    """Sends SIGTERM to this process while torch.save pickles it: the handler runs inside torch.save."""
+
+    def __reduce__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        sum(range(1000))  # the handler runs here
+        return (int, (0,))
+
+
+class _Pickled:
+    seen = 0
+
+    def __reduce__(self):
+        _Pickled.seen += 1
+        return (int, (0,))
+
+
+def test_a_real_signal_inside_torch_save_is_raised_once_the_file_is_whole(tmp_path):
+    """Held until torch.save has finished its zip file (an interrupted writer finished it at exit, into a
+    closed file: the process aborted), then raised; nothing is installed at the path."""
+    path = tmp_path / "last.ckpt"
+    checkpoint = {"w": torch.ones(1000), "signal": _SignalWhilePickled(), "after": _Pickled()}
+    with signals_raise(), pytest.raises(Interrupted) as stopped:
+        safeio.atomic_torch_save(checkpoint, path)
+    assert stopped.value.signum == signal.SIGTERM and _Pickled.seen == 1  # pickled to the end first
+    assert list(tmp_path.iterdir()) == []
+    gc.collect()  # no writer left unfinished to write into a closed file
 
 
 def test_state_dict_round_trip(tmp_path):

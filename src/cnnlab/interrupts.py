@@ -21,6 +21,8 @@ from cnnlab.errors import Interrupted
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 REDELIVER_S = 0.01  # a signal whose exception Python dropped is sent again after this long
+_held: list[int] = []  # signals that arrived inside `held()`, raised when it ends
+_holding = [0]  # depth of nested `held()` blocks
 
 
 @contextlib.contextmanager
@@ -32,8 +34,11 @@ def signals_raise() -> Iterator[None]:
     received: list[int] = []
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        if received:
-            os._exit(128 + received[0])  # a second signal: the user insists
+        if received or _held:
+            os._exit(128 + (received or _held)[0])  # a second signal: the user insists
+        if _holding[0]:
+            _held.append(signum)  # raised when the held block ends
+            return
         received.append(signum)
         raise Interrupted(signum)
 
@@ -51,6 +56,25 @@ def signals_raise() -> Iterator[None]:
         sys.unraisablehook = previous_hook
         for signum, old in previous.items():
             signal.signal(signum, old)
+
+
+@contextlib.contextmanager
+def held() -> Iterator[None]:
+    """A block a signal must not stop halfway: SIGINT/SIGTERM arriving inside it raise Interrupted when it
+    ends (or, when it ends in an error of its own, arrive again just after). torch.save is one: stopped
+    between its last record and its zip writer's end of file, the writer finished that file when Python
+    destroyed it at exit, into a file already closed, and the process aborted (SIGABRT), not exit 143."""
+    _holding[0] += 1
+    try:
+        yield
+    except BaseException:
+        if _holding[0] == 1 and _held:
+            _deliver_again(_held.pop())
+        raise
+    finally:
+        _holding[0] -= 1
+    if not _holding[0] and _held:
+        raise Interrupted(_held.pop())
 
 
 def _deliver_again(signum: int) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab.errors import WeightsError
+from cnnlab.interrupts import held
 
 
 @contextlib.contextmanager
@@ -155,14 +156,15 @@ def json_text(obj: Any) -> str:
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """torch.save atomically; a failed write (a full disk) raises its OSError, a signal during the write its
-    Interrupted. torch.save writes through a Python file here: given a path, its own writer reports a full
-    disk as a RuntimeError that names no errno ('basic_ios::clear: iostream error'), which a run would record
-    as failed instead of resumable."""
+    Interrupted once the write is done (the temporary file is then discarded). torch.save writes through a
+    Python file here: given a path, its own writer reports a full disk as a RuntimeError that names no errno
+    ('basic_ios::clear: iostream error'), which a run would record as failed instead of resumable."""
     import torch
 
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         try:
-            torch.save(obj, handle)
+            with held():  # a signal lands after the zip writer finished the file (interrupts.held)
+                torch.save(obj, handle)
         except RuntimeError as error:
             stopped_by = _write_failure_behind(error)
             if stopped_by is None:
