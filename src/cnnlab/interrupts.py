@@ -34,12 +34,12 @@ def signals_raise() -> Iterator[None]:
     received: list[int] = []
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        if received or _held:
-            os._exit(128 + (received or _held)[0])  # a second signal: the user insists
+        if received:
+            os._exit(128 + received[0])  # a second signal: the user insists
+        received.append(signum)
         if _holding[0]:
             _held.append(signum)  # raised when the held block ends
             return
-        received.append(signum)
         raise Interrupted(signum)
 
     def dropped(unraisable: Any) -> None:
@@ -61,20 +61,17 @@ def signals_raise() -> Iterator[None]:
 @contextlib.contextmanager
 def held() -> Iterator[None]:
     """A block a signal must not stop halfway: SIGINT/SIGTERM arriving inside it raise Interrupted when it
-    ends (or, when it ends in an error of its own, arrive again just after). torch.save is one: stopped
-    between its last record and its zip writer's end of file, the writer finished that file when Python
-    destroyed it at exit, into a file already closed, and the process aborted (SIGABRT), not exit 143."""
+    ends (in place of an error of its own; a second signal still ends the process at once). torch.save is
+    one: stopped between its last record and its zip writer's end of file, the writer finished that file
+    when Python destroyed it at exit, into a file already closed, and the process aborted (SIGABRT), not
+    exit 143."""
     _holding[0] += 1
     try:
         yield
-    except BaseException:
-        if _holding[0] == 1 and _held:
-            _deliver_again(_held.pop())
-        raise
     finally:
         _holding[0] -= 1
-    if not _holding[0] and _held:
-        raise Interrupted(_held.pop())
+        if not _holding[0] and _held:
+            raise Interrupted(_held.pop())
 
 
 def _deliver_again(signum: int) -> None:
