@@ -406,6 +406,33 @@ def test_a_signal_landing_in_a_finalizer_still_stops_the_command(tmp_path):
     assert "Exception ignored" not in done.stderr
 
 
+def test_a_signal_the_parent_ignores_stays_ignored(tmp_path):
+    """A command started with `&` from a script has SIGINT ignored (the script's Ctrl-C spares it): a SIGINT
+    must not stop it, while SIGTERM still does."""
+    script = tmp_path / "background.py"
+    script.write_text(
+        "import os, signal, sys, time\n"
+        "from cnnlab.errors import Interrupted\n"
+        "from cnnlab.interrupts import signals_raise\n"
+        "try:\n"
+        "    with signals_raise():\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "        time.sleep(0.2)\n"
+        "        print('survived SIGINT', flush=True)\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        time.sleep(5)\n"
+        "except Interrupted as stop:\n"
+        "    sys.exit(stop.exit_code)\n"
+        "sys.exit(0)\n"
+    )
+    ignore_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)  # noqa: E731 - as `sh -c 'cmd &'`
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, preexec_fn=ignore_sigint
+    )
+    assert done.returncode == 143, done.stderr
+    assert "survived SIGINT" in done.stdout
+
+
 # 6. One identity: location-free run ids, absolute paths ---------------------------------------------------
 
 

@@ -3,7 +3,8 @@
 Lightning composes its own SIGTERM handler with the one installed here, so a signal during training stops
 the run at the next Python instruction; the run records itself as interrupted and the CLI exits 130 / 143.
 A second signal while the first is being handled ends the process at once. A signal that lands while Python
-runs a finalizer or weakref callback (where exceptions are dropped) is sent again, so it is never lost.
+runs a finalizer or weakref callback (where exceptions are dropped) is sent again, so it is never lost. A
+signal the parent set to be ignored (SIG_IGN, as a shell does for a background job's SIGINT) stays ignored.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def signals_raise() -> Iterator[None]:
         else:
             previous_hook(unraisable)
 
-    previous = {signum: signal.signal(signum, handler) for signum in SIGNALS}
+    previous = {signum: signal.signal(signum, handler) for signum in _signals_not_ignored()}
     previous_hook, sys.unraisablehook = sys.unraisablehook, dropped
     try:
         yield
@@ -72,6 +73,13 @@ def held() -> Iterator[None]:
         _holding[0] -= 1
         if not _holding[0] and _held:
             raise Interrupted(_held.pop())
+
+
+def _signals_not_ignored() -> list[int]:
+    """SIGINT and SIGTERM, less any the parent set to be ignored: a command started with `&` from a script
+    (SIGINT ignored, so the script's Ctrl-C spares it) or under `trap '' TERM` keeps ignoring it, as any
+    Unix program and Python itself do."""
+    return [signum for signum in SIGNALS if signal.getsignal(signum) is not signal.SIG_IGN]
 
 
 def _deliver_again(signum: int) -> None:
