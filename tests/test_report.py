@@ -566,6 +566,46 @@ def test_the_highest_loss_images_shown_really_have_the_highest_loss(paired) -> N
     assert [float(loss) for _, loss, _ in shown] == [round(loss, 2) for loss, _, _ in expected]
 
 
+def _shows(picture: np.ndarray, image: np.ndarray) -> bool:
+    """Whether an RGB picture shows a grey (1, H, W) image scaled up pixel for pixel into a thumbnail: some
+    square of the picture, sampled at the centre of each image pixel's block, gives back the image exactly."""
+    from cnnlab.report.plots import THUMB_PIXELS
+
+    grey = image[0]
+    offsets = ((np.arange(grey.shape[0]) + 0.5) * THUMB_PIXELS / grey.shape[0]).astype(int)
+    level = picture[..., 0].astype(int)
+    coloured = (picture.max(axis=-1) - picture.min(axis=-1)) > 0
+    for y, x in zip(*np.nonzero((level == grey[0, 0]) & ~coloured)):
+        rows, columns = y + offsets[:, None] - offsets[0], x + offsets[None, :] - offsets[0]
+        inside = rows.max() < level.shape[0] and columns.max() < level.shape[1]
+        if inside and (level[rows, columns] == grey).all() and not coloured[rows, columns].any():
+            return True
+    return False
+
+
+def test_the_image_figures_show_each_image_pixel_for_pixel(paired) -> None:
+    """Each highest-loss thumbnail is its image, grey and sharp; Grad-CAM shows each image once as it is and
+    once under the colours of its map."""
+    from cnnlab import runfolder
+
+    root, paths = paired
+    figures = root / "report_files"
+    picture = np.asarray(Image.open(figures / "highest_loss.png").convert("RGB"))
+    caption = _caption(paths.markdown.read_text(), "Highest-loss images of the best configuration")
+    shown = re.findall(r"#(\d+) \(\w+\) loss [\d.]+ \((seed \d+, fold \d+)\)", caption)
+    runs = {_run_name(run_dir): run_dir for run_dir in _best_runs(root, paths)}
+    for index, run in shown[:3]:
+        samples = runfolder.read_image_samples(runs[run], "hardest")
+        assert _shows(picture, samples.images[list(samples.ids).index(f"#{index}")]), (index, run)
+    picture = np.asarray(Image.open(figures / "gradcam.png").convert("RGB"))
+    gradcam = runfolder.read_image_samples(_best_runs(root, paths)[0], "gradcam")
+    assert all(_shows(picture, image) for image in gradcam.images)
+    bottom = picture[picture.shape[0] // 2 :]  # the row under the colours of the maps
+    assert ((bottom[..., 2].astype(int) - bottom[..., 0]) > 40).mean() > 0.5  # the jet blue of a cold map
+    top = picture[: picture.shape[0] // 2]
+    assert ((top[..., 2].astype(int) - top[..., 0]) > 40).mean() == 0  # the images as they are: grey
+
+
 def test_confused_pairs_are_the_most_frequent_mistakes_with_images_of_that_mistake(paired) -> None:
     root, paths = paired
     counts = np.zeros((10, 10), dtype=int)
@@ -756,7 +796,9 @@ def test_a_combined_document_nests_each_study_and_keeps_its_figures(paired, tmp_
 
 def test_loss_panels_use_a_log_axis_that_keeps_normal_epochs_readable_through_a_spike(tmp_path: Path) -> None:
     """A spike of 10,000 in one epoch: on the log axis the ordinary losses still span a visible part of the
-    panel (on a linear one they would be a flat line at the bottom)."""
+    panel (on a linear one they would be a flat line at the bottom), labelled with plain numbers."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     from cnnlab.report.plots import configuration_colours, curve_figure
 
     for seed in (0, 1):
@@ -778,6 +820,10 @@ def test_loss_panels_use_a_log_axis_that_keeps_normal_epochs_readable_through_a_
     low, high = loss_axes.get_ylim()
     share = np.log(ordinary.max() / ordinary.min()) / np.log(high / low)
     assert share > 0.1  # linear: (max - min) / 10,000 < 0.01
+    FigureCanvasAgg(figure).draw()  # the labels are chosen when the figure is drawn
+    labels = [tick.get_text() for tick in loss_axes.get_yticklabels() + loss_axes.get_yticklabels(minor=True)]
+    labels = [label for label in labels if label]
+    assert "10k" in labels and all(re.fullmatch(r"[0-9.]+k?", label) for label in labels), labels  # not 10^4
     caption = _caption(write_report(tmp_path).markdown.read_text(), "Learning curves")
     assert "logarithmic y-axis" in caption and "loss spike" in caption
 

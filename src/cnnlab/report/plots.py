@@ -23,7 +23,8 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import LogFormatter, MaxNLocator
+from PIL import Image
 
 from cnnlab.report.collect import Configuration, EnsembleRecord, RunRecord, Study, format_value
 from cnnlab.report.statistics import ConfigurationRow, TwoFactorGrid, stage_rows, two_factor_grid
@@ -42,6 +43,10 @@ LOG_LOSS_NOTE = (
 )
 TEST_CURVE_NOTE = "test, per epoch: for the curve only, never used to choose anything"
 THUMB_INCHES = 1.25  # side of one thumbnail in the image figures
+THUMB_PIXELS = round(THUMB_INCHES * DPI)
+GAP_INCHES = 0.08  # between neighbouring thumbnails, and between a title and its thumbnail
+HEADING_INCHES = 0.3  # a block's heading line in the augmented samples
+PAIR_TEXT_INCHES = 1.9  # the column that names each confused pair
 HIGHEST_LOSS_SHOWN = 12  # images in the highest-loss figure (over the best configuration's runs)
 CONFUSED_PAIRS_SHOWN = 5  # most-confused class pairs shown
 PAIR_EXAMPLES = 6  # example images per pair
@@ -162,7 +167,7 @@ def curve_figure(
         for configuration, tables in curves:
             _band(axes, tables, column, scale, colours[configuration.ident], _legend_label(configuration))
         if scale == 1 and axes.lines:
-            axes.set_yscale("log")
+            _log_scale(axes, "y")
         axes.set_title(title)
         axes.grid(alpha=0.3, which="both" if scale == 1 else "major")
     for axes in panels[-1]:
@@ -261,7 +266,7 @@ def accuracy_vs_cost(study: Study, rows: Sequence[ConfigurationRow], colours: di
     labels = {c.ident: _legend_label(c) for c in study.configurations}
     _scatter(by_params, points, "params", metric, colours, labels)
     _scatter(by_time, points, "train_time_s", metric, colours, {})
-    by_params.set_xscale("log")
+    _log_scale(by_params, "x")
     by_params.set_xlabel("parameters (log scale)")
     by_time.set_xlabel("training time per run (s)")
     name = "Test" if metric == "test_acc" else "Validation"
@@ -602,31 +607,31 @@ def augmented_samples(study: Study) -> Plot | None:
     blocks = _augment_blocks(study.stage_configurations(study.final_stage))
     if not blocks:
         return None
-    heights = [samples.variants.max() + 1 if samples.variants is not None else 1 for _, _, samples in blocks]
-    columns = max(len(np.flatnonzero(samples.variants == 0)) for _, _, samples in blocks)
-    figure = Figure(
-        figsize=(max(6.0, THUMB_INCHES * columns + 1.2), sum(THUMB_INCHES * h + 0.7 for h in heights)),
-        dpi=DPI,
-        layout="constrained",
-    )
-    parts = np.atleast_1d(figure.subfigures(len(blocks), 1, height_ratios=[h + 0.6 for h in heights]))
+    columns = max(len(_originals(samples)) for _, _, samples in blocks)
+    row_label = 0.3  # inches left of the first column for "as stored" / "epoch N"
+    step = THUMB_INCHES + 2 * GAP_INCHES
+    heights = [_augment_block_height(samples) for _, _, samples in blocks]
+    sheet = _Sheet(max(6.0, row_label + columns * step), sum(heights))
     described = []
-    for part, (configurations, run, samples) in zip(parts, blocks):
+    top = 0.0
+    for height, (configurations, run, samples) in zip(heights, blocks):
         preset = format_value(configurations[0].settings.get("data.augment", "none"))
         shown_from = next(c.ident for c in configurations if run in c.runs)
         where = f"{', '.join(c.ident for c in configurations)}; shown: {shown_from} {_run_name(run)}"
-        part.suptitle(f"data.augment={preset} ({where})", fontsize=10)
-        _augment_grid(part, samples, run.class_names)
-        originals = np.flatnonzero(samples.variants == 0) if samples.variants is not None else []
-        shown = ", ".join(_image_name(samples, row, run.class_names) for row in originals)
+        sheet.text(
+            sheet.width / 2, top + GAP_INCHES, f"data.augment={preset} ({where})", ha="center", va="top"
+        )
+        _augment_grid(sheet, samples, run.class_names, row_label, top + HEADING_INCHES, step)
+        shown = ", ".join(_image_name(samples, row, run.class_names) for row in _originals(samples))
         described.append(f"data.augment={preset} ({where}): {shown}")
+        top += height
     return Plot(
         "augmented_samples",
         "Augmented training samples",
         "Training images as the network saw them: each column is one image, the top row as stored and the "
         "rows below the augmentation its run's data.augment drew in epochs 0, 1, 2 (none: the images are fed "
         "as they are). Images, left to right — " + "; ".join(described) + "." + _stage_note(study),
-        _png(figure),
+        sheet.png(),
         IMAGES,
     )
 
@@ -655,35 +660,41 @@ def _augment_blocks(
     return blocks
 
 
-def _augment_grid(part: Any, samples: ImageSamples, class_names: Sequence[str]) -> None:
-    variants = samples.variants if samples.variants is not None else np.zeros(len(samples), dtype=np.int64)
-    originals = np.flatnonzero(variants == 0)
+def _variants(samples: ImageSamples) -> np.ndarray:
+    """Each saved image's variant: 0 as stored, 1 + the epoch of an augmentation."""
+    return samples.variants if samples.variants is not None else np.zeros(len(samples), dtype=np.int64)
+
+
+def _originals(samples: ImageSamples) -> np.ndarray:
+    return np.flatnonzero(_variants(samples) == 0)
+
+
+def _augment_block_height(samples: ImageSamples) -> float:
+    rows = int(_variants(samples).max()) + 1
+    return HEADING_INCHES + _title_inches(2) + rows * (THUMB_INCHES + GAP_INCHES) + GAP_INCHES
+
+
+def _augment_grid(
+    sheet: _Sheet, samples: ImageSamples, class_names: Sequence[str], left: float, top: float, step: float
+) -> None:
+    """One column per original image (its title above), one row per variant (labelled at the left)."""
+    variants = _variants(samples)
     rows = int(variants.max()) + 1
-    grid = np.atleast_2d(part.subplots(rows, len(originals), squeeze=False))
-    for column, row_of_original in enumerate(originals):
+    first_row = top + _title_inches(2)
+    for row in range(rows):
+        label = "as stored" if row == 0 else f"epoch {row - 1}"
+        middle = first_row + row * (THUMB_INCHES + GAP_INCHES) + THUMB_INCHES / 2
+        sheet.text(left - GAP_INCHES, middle, label, rotation=90, ha="right", va="center")
+    for column, original in enumerate(_originals(samples)):
         for variant in range(rows):
-            axes = grid[variant, column]
-            match = np.flatnonzero(
-                (variants == variant) & (samples.indices == samples.indices[row_of_original])
-            )
+            match = np.flatnonzero((variants == variant) & (samples.indices == samples.indices[original]))
             if match.size:
-                _thumbnail(axes, samples.images[match[0]])
-            _hide_axis(axes)
-            if variant == 0:
-                axes.set_title(_short_title(samples, row_of_original, class_names), fontsize=7)
-        if column == 0:
-            for variant in range(rows):
-                label = "as stored" if variant == 0 else f"epoch {variant - 1}"
-                grid[variant, 0].text(
-                    -0.08,
-                    0.5,
-                    label,
-                    transform=grid[variant, 0].transAxes,
-                    rotation=90,
-                    ha="right",
-                    va="center",
-                    fontsize=7,
+                title = _short_title(samples, original, class_names) if variant == 0 else ""
+                position = (
+                    left + column * step + GAP_INCHES,
+                    first_row + variant * (THUMB_INCHES + GAP_INCHES),
                 )
+                sheet.thumbnail(*position, samples.images[match[0]], title)
 
 
 def highest_loss(study: Study, best: str | None) -> Plot | None:
@@ -702,23 +713,21 @@ def highest_loss(study: Study, best: str | None) -> Plot | None:
         return None
     shown = sorted(shown, key=lambda item: -item[0])[:HIGHEST_LOSS_SHOWN]
     columns = min(6, len(shown))
-    rows = math.ceil(len(shown) / columns)
-    figure = Figure(
-        figsize=(THUMB_INCHES * 1.45 * columns, THUMB_INCHES * 1.75 * rows), dpi=DPI, layout="constrained"
-    )
-    grid = np.atleast_2d(figure.subplots(rows, columns, squeeze=False))
-    for axes in grid.flat:
-        _hide_axis(axes)
-    for axes, (loss, run, samples, row) in zip(grid.flat, shown):
-        _thumbnail(axes, samples.images[row])
+    several = len(configuration.completed_runs) > 1
+    title_lines = 4 if several else 3
+    cell = (THUMB_INCHES * 1.45, THUMB_INCHES + _title_inches(title_lines) + GAP_INCHES)
+    sheet = _Sheet(cell[0] * columns, cell[1] * math.ceil(len(shown) / columns))
+    for index, (loss, run, samples, row) in enumerate(shown):
         names = run.class_names
         predicted = int(samples.probs[row].argmax())
-        where = f" · {_run_name(run)}" if len(configuration.completed_runs) > 1 else ""
-        axes.set_title(
+        where = f"\n{_run_name(run)}" if several else ""
+        title = (
             f"{_clip(samples.ids[row])}{where}\ntrue {_class(names, samples.labels[row])}, "
-            f"pred {_class(names, predicted)}\np={samples.probs[row, predicted]:.2f}, loss {loss:.2f}",
-            fontsize=7,
+            f"pred {_class(names, predicted)}\np={samples.probs[row, predicted]:.2f}, loss {loss:.2f}"
         )
+        line, column = divmod(index, columns)
+        left = column * cell[0] + (cell[0] - THUMB_INCHES) / 2
+        sheet.thumbnail(left, line * cell[1] + _title_inches(title_lines), samples.images[row], title)
     described = ", ".join(
         f"{_image_name(samples, row, run.class_names)} loss {loss:.2f} ({_run_name(run)})"
         for loss, run, samples, row in shown
@@ -730,7 +739,7 @@ def highest_loss(study: Study, best: str | None) -> Plot | None:
         f"(−log of the probability given to the true class) over its {len(configuration.completed_runs)} "
         "run(s), highest first, each with its true class, the predicted class and that prediction's "
         f"probability. Left to right, top to bottom: {described}.",
-        _png(figure),
+        sheet.png(),
         IMAGES,
     )
 
@@ -749,31 +758,27 @@ def confused_pairs(study: Study, best: str | None) -> Plot | None:
     examples = [_pair_examples(saved, pair) for pair in pairs]
     if not any(examples):  # runs that saved no images (older versions): the confusion matrix says it all
         return None
-    columns = 1 + max(1, max(len(found) for found in examples))
-    figure = Figure(
-        figsize=(THUMB_INCHES * 1.3 * columns + 1.0, THUMB_INCHES * 1.45 * len(pairs)),
-        dpi=DPI,
-        layout="constrained",
-    )
-    grid = np.atleast_2d(figure.subplots(len(pairs), columns, squeeze=False))
+    examples_width = THUMB_INCHES * 1.3
+    row_height = THUMB_INCHES + _title_inches(2) + GAP_INCHES
+    columns = max(1, max(len(found) for found in examples))
+    sheet = _Sheet(PAIR_TEXT_INCHES + examples_width * columns, row_height * len(pairs))
     described = []
-    for axes_row, (true, predicted), found in zip(grid, pairs, examples):
-        for axes in axes_row:
-            _hide_axis(axes)
+    for line, ((true, predicted), found) in enumerate(zip(pairs, examples)):
         share = 100 * counts[true, predicted] / max(1, counts[true].sum())
-        axes_row[0].text(
-            0.0,
-            0.5,
+        top = line * row_height
+        sheet.text(
+            GAP_INCHES,
+            top + _title_inches(2) + THUMB_INCHES / 2,
             f"true {names[true]}\n→ predicted {names[predicted]}\n{counts[true, predicted]} image(s), "
             f"{share:.1f}%\nof {names[true]}",
-            transform=axes_row[0].transAxes,
             ha="left",
             va="center",
             fontsize=8,
         )
-        for axes, (_, samples, row) in zip(axes_row[1:], found):
-            _thumbnail(axes, samples.images[row])
-            axes.set_title(f"{_clip(samples.ids[row])}\np={samples.probs[row, predicted]:.2f}", fontsize=7)
+        for column, (_, samples, row) in enumerate(found):
+            left = PAIR_TEXT_INCHES + column * examples_width + (examples_width - THUMB_INCHES) / 2
+            title = f"{_clip(samples.ids[row])}\np={samples.probs[row, predicted]:.2f}"
+            sheet.thumbnail(left, top + _title_inches(2), samples.images[row], title)
         pictured = ", ".join(f"{samples.ids[row]} ({_run_name(run)})" for run, samples, row in found)
         pictured = pictured or "no example saved"
         described.append(f"{names[true]} → {names[predicted]} ({counts[true, predicted]}): {pictured}")
@@ -784,7 +789,7 @@ def confused_pairs(study: Study, best: str | None) -> Plot | None:
         "mistakes (true class → predicted class, how many images and what share of the true class), each "
         "with up to six misclassified images the runs saved, most confident first (p: probability of the "
         "wrong class). " + "; ".join(described) + ".",
-        _png(figure),
+        sheet.png(),
         IMAGES,
     )
 
@@ -802,26 +807,20 @@ def grad_cam(study: Study, best: str | None) -> Plot | None:
         return None
     run, samples = found
     columns = len(samples)
-    figure = Figure(
-        figsize=(max(6.0, THUMB_INCHES * 1.2 * columns), THUMB_INCHES * 2.9), dpi=DPI, layout="constrained"
-    )
-    grid = figure.subplots(2, columns, squeeze=False)
-    heat = colormaps["jet"]
+    step = THUMB_INCHES * 1.2
+    first_row = _title_inches(3)
+    sheet = _Sheet(max(6.0, step * columns), first_row + 2 * THUMB_INCHES + 2 * GAP_INCHES)
+    margin = (sheet.width - step * columns) / 2
     for column in range(columns):
         predicted = int(samples.probs[column].argmax())
-        top, bottom = grid[0, column], grid[1, column]
-        _thumbnail(top, samples.images[column])
-        _thumbnail(bottom, samples.images[column])
-        bottom.imshow(
-            samples.maps[column], cmap=heat, vmin=0, vmax=1, alpha=OVERLAY_ALPHA, interpolation="bilinear"
-        )
-        top.set_title(
+        title = (
             f"{_clip(samples.ids[column])}\ntrue {_class(run.class_names, samples.labels[column])}\n"
-            f"pred {_class(run.class_names, predicted)} {samples.probs[column, predicted]:.2f}",
-            fontsize=7,
+            f"pred {_class(run.class_names, predicted)} {samples.probs[column, predicted]:.2f}"
         )
-        _hide_axis(top)
-        _hide_axis(bottom)
+        left = margin + column * step + (step - THUMB_INCHES) / 2
+        sheet.thumbnail(left, first_row, samples.images[column], title)
+        below = first_row + THUMB_INCHES + GAP_INCHES
+        sheet.thumbnail(left, below, samples.images[column], heat=samples.maps[column])
     described = ", ".join(_image_name(samples, row, run.class_names) for row in range(columns))
     return Plot(
         "gradcam",
@@ -829,7 +828,7 @@ def grad_cam(study: Study, best: str | None) -> Plot | None:
         f"{configuration.title} ({_run_name(run)}), {samples.split} split: one image per class (top) and its "
         "Grad-CAM map of the predicted class over it (bottom; red: the regions of the last convolutional "
         "feature map that raised that class's score most). Left to right: " + described + ".",
-        _png(figure),
+        sheet.png(),
         IMAGES,
     )
 
@@ -864,20 +863,92 @@ def _pair_examples(
     return [(run, samples, row) for _, run, samples, row in found[:PAIR_EXAMPLES]]
 
 
-def _hide_axis(axes: Axes) -> None:
-    """No frame, ticks or labels. The x and y axes are hidden too, not only switched off: matplotlib otherwise
-    still computes their ticks at each layout pass (most of an image grid's drawing time), to draw nothing."""
-    axes.set_axis_off()
-    axes.xaxis.set_visible(False)
-    axes.yaxis.set_visible(False)
+class _PlainLogFormatter(LogFormatter):
+    """matplotlib's choice of which ticks of a log axis to label, each written as a plain number (0.2, 0.06,
+    300k, 2M) rather than as a power in mathtext (2 × 10⁻¹): easier to read, and no mathtext to parse and lay
+    out at each layout pass."""
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        return _plain_number(x) if super().__call__(x, pos) else ""
 
 
-def _thumbnail(axes: Axes, image: np.ndarray) -> None:
-    """Draw a uint8 (C, H, W) image, grey or RGB, pixel for pixel."""
-    if image.shape[0] == 1:
-        axes.imshow(image[0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-    else:
-        axes.imshow(image.transpose(1, 2, 0), interpolation="nearest")
+def _plain_number(value: float) -> str:
+    """0.06, 0.2, 1, 300, 5000, 20k, 3M, 1.5G: `g` formatting, with k from ten thousand and M / G up."""
+    for threshold, scale, suffix in ((1e9, 1e9, "G"), (1e6, 1e6, "M"), (1e4, 1e3, "k")):
+        if value >= threshold:
+            return f"{value / scale:g}{suffix}"
+    return f"{value:g}"
+
+
+def _log_scale(axes: Axes, which: str) -> None:
+    """A logarithmic x or y axis, labelled with plain numbers."""
+    getattr(axes, f"set_{which}scale")("log")
+    axis = getattr(axes, f"{which}axis")
+    axis.set_major_formatter(_PlainLogFormatter())
+    axis.set_minor_formatter(_PlainLogFormatter())
+
+
+class _Sheet:
+    """A figure of thumbnails pasted pixel for pixel into one image, with their titles as text: matplotlib
+    draws one image and some text, where an Axes per thumbnail, laid out by constrained layout, was most of
+    a report's drawing time. Positions are in inches from the top-left corner; every thumbnail fills a
+    THUMB_INCHES square, keeping its aspect ratio (nearest-neighbour, so pixels stay sharp)."""
+
+    def __init__(self, width: float, height: float) -> None:
+        self.pixels = np.full((round(height * DPI), round(width * DPI), 3), 255, dtype=np.uint8)
+        self.height, self.width = (side / DPI for side in self.pixels.shape[:2])
+        self.figure = Figure(figsize=(self.width, self.height), dpi=DPI)
+
+    def thumbnail(
+        self, left: float, top: float, image: np.ndarray, title: str = "", heat: np.ndarray | None = None
+    ) -> None:
+        """A uint8 (C, H, W) image, grey or RGB, its title centred above it; `heat`, a map in [0, 1], is laid
+        over it in the jet colours (Grad-CAM)."""
+        tile = _fitted(image, THUMB_PIXELS)
+        if heat is not None:
+            tile = _heat_overlay(tile, heat)
+        height, width = tile.shape[:2]
+        y = round(top * DPI) + (THUMB_PIXELS - height) // 2
+        x = round(left * DPI) + (THUMB_PIXELS - width) // 2
+        self.pixels[y : y + height, x : x + width] = tile
+        if title:
+            self.text(
+                left + THUMB_INCHES / 2, top - GAP_INCHES / 2, title, ha="center", va="bottom", fontsize=7
+            )
+
+    def text(self, x: float, y: float, text: str, **kwargs: Any) -> None:
+        self.figure.text(x / self.width, 1 - y / self.height, text, **{"fontsize": 10, **kwargs})
+
+    def png(self) -> bytes:
+        self.figure.figimage(self.pixels)
+        return _png(self.figure)
+
+
+def _title_inches(lines: int) -> float:
+    """The height a title of `lines` lines of 7-point text takes above its thumbnail, with its gap."""
+    return lines * 7 * 1.2 / 72 + GAP_INCHES
+
+
+def _fitted(image: np.ndarray, side: int) -> np.ndarray:
+    """A uint8 (C, H, W) image as (h, w, 3) RGB scaled to fit a `side`-pixel square (nearest neighbour)."""
+    rgb = np.repeat(image[:1], 3, axis=0) if image.shape[0] == 1 else image[:3]
+    scale = side / max(rgb.shape[1:])
+    rows, columns = (_nearest(length, max(1, round(length * scale))) for length in rgb.shape[1:])
+    return rgb.transpose(1, 2, 0)[rows][:, columns]
+
+
+def _nearest(length: int, size: int) -> np.ndarray:
+    """The source index of each of `size` output pixels resampling `length` pixels (pixel centres aligned)."""
+    return np.minimum(((np.arange(size) + 0.5) * length / size).astype(np.int64), length - 1)
+
+
+def _heat_overlay(tile: np.ndarray, heat: np.ndarray) -> np.ndarray:
+    """The jet colours of a [0, 1] map, smoothly (bilinearly) resized to the tile, blended over it."""
+    height, width = tile.shape[:2]
+    smooth = Image.fromarray(np.clip(heat, 0, 1).astype(np.float32), mode="F")
+    smooth = np.asarray(smooth.resize((width, height), Image.Resampling.BILINEAR))
+    colours = colormaps["jet"](np.clip(smooth, 0, 1))[..., :3] * 255
+    return np.round(tile * (1 - OVERLAY_ALPHA) + colours * OVERLAY_ALPHA).astype(np.uint8)
 
 
 def _loss(samples: ImageSamples, row: int) -> float:
