@@ -127,6 +127,26 @@ def test_a_spec_name_is_one_line_of_text_safe_in_a_report(name):
         parse_tune_spec({"name": name, "base": BASE, "space": {"optim.lr": [0.1]}, "cv": {"folds": 2}})
 
 
+def test_a_grid_of_millions_of_runs_is_refused_before_anything_is_planned():
+    """7 axes of 10 values × 10 seeds: 10^8 runs, whose expansion filled 9 GB in two minutes; now one line."""
+    grid = {key: [round(0.01 * i, 2) for i in range(1, 11)] for key in ("optim.lr", "optim.momentum")}
+    grid |= {"data.batch_size": [8 * i for i in range(1, 11)], "train.epochs": list(range(1, 11))}
+    grid |= {"optim.weight_decay": [i / 1e5 for i in range(10)], "model.dropout": [i / 20 for i in range(10)]}
+    grid |= {"optim.warmup_epochs": list(range(10))}
+    with pytest.raises(ConfigError, match=r"plans 100,000,000 runs \(10 × 10 × 10 × 10 × 10 × 10 × 10 grid "
+                       r"point\(s\) × 10 seed\(s\)\); a study plans at most 10,000: narrow"):  # fmt: skip
+        parse_study_spec({"base": BASE, "grid": grid, "seeds": list(range(10))})
+    stages = [
+        {"name": "pre", "grid": {"optim.lr": [0.1, 0.2]}, "seeds": [0]},
+        {"name": "cv", "grid": {"optim.lr": list(range(1, 1001))}, "seeds": [0, 1], "cv": {"folds": 5}},
+    ]
+    with pytest.raises(ConfigError, match=r"plans 10,002 runs \(stage 'pre': 2 grid point\(s\) × 1 seed"
+                       r"\(s\); stage 'cv': 1000 grid point\(s\) × 2 seed\(s\) × 5 folds\)"):  # fmt: skip
+        parse_study_spec({"base": BASE, "stages": stages})
+    stages[1]["seeds"] = [0]  # 5,002 runs: planned
+    assert len(parse_study_spec({"base": BASE, "stages": stages}).stages[1].grid[0].choices) == 1000
+
+
 def test_an_empty_spec_file_is_refused_not_run_with_the_defaults(tmp_path):
     empty = tmp_path / "empty.yaml"
     empty.write_text("# nothing yet\n")

@@ -8,6 +8,7 @@ run config, a search `space` and a k-fold protocol. See docs/studies.md for the 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -49,6 +50,7 @@ TUNE_KEYS = (
 PRUNERS = ("median", "none")
 SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]{0,99}")  # ensemble names become folder names
 STAGE_INIT_PREFIX = "stage:"  # `train.init: stage:<name>` → the matching run of an earlier stage
+MAX_RUNS = 10_000  # runs one study may plan: a grid beyond it is a typo or a study to split, not a plan
 
 
 Values = Mapping[str, Any]  # dotted config key → value already checked by `config.coerce_key`
@@ -271,6 +273,7 @@ def parse_study_spec(
         stages = _parse_stages(raw["stages"], raw)
     else:
         stages = (_parse_stage({"name": "main"}, "", raw),)
+    _check_size(stages)
     select = _parse_select(raw["select"]) if raw.get("select") is not None else None
     ensembles = _parse_ensembles(raw.get("ensembles") or [])
     spec = StudySpec(
@@ -458,6 +461,25 @@ def _parse_stage(value: Any, prefix: str, raw: Mapping[str, Any]) -> StageSpec:
         seeds=seeds,
         folds=folds,
         val_fraction=val_fraction,
+    )
+
+
+def _check_size(stages: Sequence[StageSpec]) -> None:
+    """At most MAX_RUNS runs, counted before any is planned: a grid of a few long axes multiplies to millions,
+    and expanding them would fill the memory for minutes before the first run."""
+    sizes = [(stage, math.prod(len(axis.choices) for axis in stage.grid)) for stage in stages]
+    total = sum(points * len(stage.seeds) * (stage.folds or 1) for stage, points in sizes)
+    if total <= MAX_RUNS:
+        return
+    parts = [
+        f"{'' if len(stages) == 1 else f'stage {stage.name!r}: '}"
+        f"{' × '.join(str(len(axis.choices)) for axis in stage.grid) or '1'} grid point(s) × "
+        f"{len(stage.seeds)} seed(s){f' × {stage.folds} folds' if stage.folds else ''}"
+        for stage, _ in sizes
+    ]
+    raise ConfigError(
+        f"study spec plans {total:,} runs ({'; '.join(parts)}); a study plans at most {MAX_RUNS:,}: narrow "
+        "the grid, the seeds or the folds, or split it into several studies"
     )
 
 
