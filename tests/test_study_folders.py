@@ -383,6 +383,19 @@ def test_an_unknown_categorical_choice_is_refused_before_the_tune_starts(tmp_pat
     assert not (tmp_path / "T").exists()
 
 
+def test_more_folds_than_images_of_a_class_is_refused_before_the_tune_starts(tmp_path, capsys):
+    """Every trial would fail the same way (the search used to go on failing trial after trial, forever
+    with a large budget): one line naming cv.folds, nothing written. A categorical choice is checked too."""
+    raw = {"name": "t", "base": {**ONE_EPOCH, "data.subset": 100}, "space": {"optim.lr": [0.01]}}
+    search = write_spec(tmp_path / "t.yaml", {**raw, "cv": {"folds": 50}, "trials": 1000})
+    line = refused(capsys, "tune", str(search), "--out", str(tmp_path / "T"))
+    assert line.startswith("cnnlab: error: tune spec cv.folds=50: data.folds=50 needs at least 50 training")
+    search = write_spec(tmp_path / "t.yaml", {**raw, "space": {"data.subset": [100, 20]}, "cv": {"folds": 5}})
+    line = refused(capsys, "tune", str(search), "--out", str(tmp_path / "T"))
+    assert "space.data.subset[1]=20: tune spec cv.folds=5: data.folds=5 needs at least 5 training" in line
+    assert not (tmp_path / "T").exists()
+
+
 def test_failed_trials_print_one_line_each_and_no_traceback(tmp_path, monkeypatch, capfd):
     search = tune_spec(tmp_path / "t.yaml", "t", {"optim.lr": [0.01, 0.002]})
 

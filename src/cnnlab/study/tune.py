@@ -137,22 +137,28 @@ def run_tune(
 
 def check_space(spec: TuneSpec) -> None:
     """The base config, and the base with each categorical choice, name a known model with switches it
-    supports, a known dataset whose training data is there and an existing weights file: a typo or a
-    missing folder stops the search before anything is written (ranges were checked with the spec)."""
+    supports, a known dataset whose training data is there and cuts into the spec's folds, and an existing
+    weights file: a typo, a missing folder or too many folds stops the search before anything is written
+    (ranges were checked with the spec); a trial fails only for what its own params do."""
     checked: set[str] = set()
-    base = cfg.from_dict(spec.base)
-    check_config(base)
-    check_init_file(base.train.init, checked)
-    check_training_data(base.data)
+    _check_trial_config(cfg.from_dict(spec.base), spec.folds, checked)
     for param in spec.space:
         for number, choice in enumerate(param.choices or ()):
             try:
                 config = cfg.from_dict(cfg.merge(cfg.merge({}, spec.base), {param.key: choice}))
-                check_config(config)
-                check_init_file(config.train.init, checked)
-                check_training_data(config.data)
+                _check_trial_config(config, spec.folds, checked)
             except CnnlabError as error:
                 raise ConfigError(f"tune spec space.{param.key}[{number}]={choice!r}: {error}") from None
+
+
+def _check_trial_config(config: cfg.RunConfig, folds: int, checked: set[str]) -> None:
+    check_config(config)
+    check_init_file(config.train.init, checked)
+    check_training_data(config.data)
+    try:
+        make_splits(load_split(config.data, "train").labels, seed=0, folds=folds)
+    except CnnlabError as error:
+        raise ConfigError(f"tune spec cv.folds={folds}: {error}") from None
 
 
 def claim_tune_folder(
