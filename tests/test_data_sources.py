@@ -221,6 +221,29 @@ def test_image_size_classes_and_subset_are_applied() -> None:
         load_split(DataConfig(name="digits", classes=("eleven",)), "train")
 
 
+def test_an_image_size_beyond_the_memory_is_one_line_and_only_kept_images_are_resized(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With 200 MB available, the 1,437 digits at 512 px (0.6 GB with the float working copy of one resize
+    step) are refused before any allocation (at 4096 px they were a 96 GB allocation failure and a
+    traceback); a 100-image subset (131 MB) is resized alone, to the same pixels."""
+    from cnnlab.data import imageset
+
+    monkeypatch.setattr(imageset, "available_memory", lambda: 200 * 10**6)
+    out = tmp_path / "run"
+    args = ["train", "--model", "lenet5", "--data", "digits", "--set", "data.image_size=512"]
+    args += ["--out", str(out)]
+    assert cli.main(args) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("cnnlab: error: data.image_size=512: 1,437 images of 1×512×512 need 0.6 GB of ")
+    assert "more than the 0.2 GB available; choose a smaller data.image_size or fewer images" in line
+    assert not out.exists()
+    subset = load_split(DataConfig(name="digits", image_size=512, subset=100), "train")
+    assert subset.shape == (1, 512, 512) and len(subset) == 100
+    whole = load_split(DataConfig(name="digits", subset=100), "train")
+    assert torch.equal(subset.images, imageset.resize_images(whole.images, 512))  # the same pixels
+
+
 def test_synthetic_is_deterministic_and_sized() -> None:
     first = load_split(DataConfig(name="synthetic", image_size=12), "train")
     catalog.clear_memory_cache()

@@ -411,14 +411,15 @@ def _resolve_key(data: DataConfig, *, download: bool) -> _LoadKey:
 
 @functools.lru_cache(maxsize=8)
 def _load_memoised(key: _LoadKey, split: str) -> ImageSet:
-    """Load, resize, select classes and subset one split (the per-process memo behind `load_split`)."""
+    """Load, select classes, subset and resize one split (the per-process memo behind `load_split`): only
+    the images kept are resized, each on its own, so the order changes no pixel."""
     image_set = _load_native(key, split)
-    if key.image_size is not None and not key.name.startswith(FOLDER_PREFIX):
-        image_set = dataclasses.replace(image_set, images=resize_images(image_set.images, key.image_size))
     if key.classes:
         image_set = select_classes(image_set, key.classes)
     if split == "train":
         image_set = apply_subset(image_set, subset=key.subset, per_class=key.per_class)
+    if key.image_size is not None and not key.name.startswith(FOLDER_PREFIX):
+        image_set = dataclasses.replace(image_set, images=resize_images(image_set.images, key.image_size))
     return image_set
 
 

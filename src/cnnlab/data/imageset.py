@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,7 +19,8 @@ from cnnlab.errors import ConfigError
 SUBSET_SEED = (
     0  # subsets are fixed per dataset, independent of the run seed, so every run sees the same images
 )
-RESIZE_CHUNK = 4096  # images resized per step, to bound the float32 working memory
+RESIZE_STEP_BYTES = 256 * 2**20  # float32 working memory of one resize step (a chunk of images)
+MEMINFO = Path("/proc/meminfo")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,19 +61,49 @@ def take(image_set: ImageSet, indices: np.ndarray | torch.Tensor | Sequence[int]
 
 
 def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Square-resize a uint8 batch to `size` (bilinear, antialiased when shrinking); no-op at that size."""
+    """Square-resize a uint8 batch to `size` (bilinear, antialiased when shrinking); no-op at that size.
+
+    A result that cannot fit in the memory available is a ConfigError before anything is allocated (at
+    data.image_size=4096 the 1,437 digits would be 24 GB, and torch's float working copy 96 GB)."""
     if images.shape[-2:] == (size, size):
         return images
+    count, channels, height, width = images.shape
+    per_image = channels * (size * size + height * width) * 4  # float32 input and output of one image
+    step = max(1, RESIZE_STEP_BYTES // per_image)
+    _check_memory(count * channels * size * size + min(count, step) * per_image, images.shape, size)
     chunks = []
-    for start in range(0, images.shape[0], RESIZE_CHUNK):
-        chunk = images[start : start + RESIZE_CHUNK].float()
+    for start in range(0, count, step):
+        chunk = images[start : start + step].float()
         resized = F.interpolate(
             chunk, size=(size, size), mode="bilinear", antialias=True, align_corners=False
         )
         chunks.append(resized.round_().clamp_(0, 255).to(torch.uint8))
     if not chunks:
-        return images.new_zeros((0, images.shape[1], size, size))
+        return images.new_zeros((0, channels, size, size))
     return torch.cat(chunks)
+
+
+def _check_memory(needed: int, shape: torch.Size, size: int) -> None:
+    available = available_memory()
+    if available is not None and needed > available:
+        count, channels = shape[:2]
+        raise ConfigError(
+            f"data.image_size={size}: {count:,} images of {channels}×{size}×{size} need "
+            f"{needed / 1e9:.1f} GB of memory, more than the {available / 1e9:.1f} GB available; choose a "
+            "smaller data.image_size "
+            "or fewer images (data.subset, data.per_class, data.classes)"
+        )
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux MemAvailable); None where it cannot be read."""
+    try:
+        for line in MEMINFO.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def select_classes(image_set: ImageSet, wanted: Sequence[str]) -> ImageSet:
