@@ -13,7 +13,7 @@ import torch
 from onnx.reference import ReferenceEvaluator  # the onnx extra, part of the dev extra
 
 from cnnlab import config as cfg
-from cnnlab import safeio
+from cnnlab import runfolder, safeio
 from cnnlab.cli import main
 from cnnlab.data import load_split
 from cnnlab.errors import ConfigError
@@ -425,3 +425,22 @@ def test_a_failed_runs_reason_is_one_line(tmp_path, monkeypatch, capsys):
         err.count("\n") == 1 and "RuntimeError: Error(s) in loading:\\n\\tsize mismatch for fc.weight" in err
     )
     assert "size mismatch" in (tmp_path / "error.log").read_text()
+
+
+def test_a_run_out_of_memory_says_which_keys_size_its_batches(tmp_path, monkeypatch, capsys):
+    """A real allocation the CPU allocator refuses, inside a training step: the failed run's one line leads
+    with the batch sizes to lower, then torch's own message."""
+    from cnnlab.train import system
+
+    def allocate_too_much(self, batch, batch_idx):
+        return torch.empty(2**50, dtype=torch.uint8)  # 1 PB: refused at once, nothing allocated
+
+    monkeypatch.setattr(system.ClassifierSystem, "training_step", allocate_too_much)
+    argv = ["train", "--model", "lenet5", "--data", "digits", "--epochs", "1", "--set", "data.subset=100"]
+    assert main([*argv, "--set", "data.batch_size=64", "--out", str(tmp_path)]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(
+        "cnnlab: run failed: out of memory at data.batch_size=64, data.eval_batch_size=1024, "
+        "data.image_size=28: lower them; RuntimeError: [enforce fail"
+    ), line
+    assert "can't allocate memory" in line and runfolder.read_result(tmp_path)["status"] == "failed"

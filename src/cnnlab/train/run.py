@@ -659,8 +659,19 @@ def _train(
         if primary:  # rank zero alone writes into the run folder (when it is still there)
             runfolder.check_still_held(out_dir)
             safeio.atomic_write_text(out_dir / runfolder.ERROR_LOG, traceback.format_exc())
-        return runfolder.FAILED, one_line(f"{type(error).__name__}: {error}", limit=500)  # error.log has all
+        return runfolder.FAILED, _failure_reason(error, config.data)  # error.log has the traceback
     return runfolder.COMPLETED, None
+
+
+def _failure_reason(error: Exception, data: cfg.DataConfig) -> str:
+    """The error in one line; one that ran out of memory starts with the keys that size a batch."""
+    reason = f"{type(error).__name__}: {error}"
+    if isinstance(error, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(error):
+        reason = (
+            f"out of memory at data.batch_size={data.batch_size}, data.eval_batch_size={data.eval_batch_size}"
+            f"{f', data.image_size={data.image_size}' if data.image_size else ''}: lower them; {reason}"
+        )
+    return one_line(reason, limit=500)
 
 
 def _epoch_tester(prepared: PreparedRun) -> EpochTester:
