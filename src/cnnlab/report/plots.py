@@ -684,7 +684,7 @@ def _augment_grid(
     for row in range(rows):
         label = "as stored" if row == 0 else f"epoch {row - 1}"
         middle = first_row + row * (THUMB_INCHES + GAP_INCHES) + THUMB_INCHES / 2
-        sheet.text(left - GAP_INCHES, middle, label, rotation=90, ha="right", va="center")
+        sheet.text(left - GAP_INCHES, middle, label, rotation=90, ha="right", va="center", fontsize=8)
     for column, original in enumerate(_originals(samples)):
         for variant in range(rows):
             match = np.flatnonzero((variants == variant) & (samples.indices == samples.indices[original]))
@@ -945,7 +945,7 @@ def _nearest(length: int, size: int) -> np.ndarray:
 def _heat_overlay(tile: np.ndarray, heat: np.ndarray) -> np.ndarray:
     """The jet colours of a [0, 1] map, smoothly (bilinearly) resized to the tile, blended over it."""
     height, width = tile.shape[:2]
-    smooth = Image.fromarray(np.clip(heat, 0, 1).astype(np.float32), mode="F")
+    smooth = Image.fromarray(np.clip(heat, 0, 1).astype(np.float32))  # a float32 array: mode "F"
     smooth = np.asarray(smooth.resize((width, height), Image.Resampling.BILINEAR))
     colours = colormaps["jet"](np.clip(smooth, 0, 1))[..., :3] * 255
     return np.round(tile * (1 - OVERLAY_ALPHA) + colours * OVERLAY_ALPHA).astype(np.uint8)
