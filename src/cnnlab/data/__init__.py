@@ -36,7 +36,7 @@ from cnnlab.data.folder import (
 )
 from cnnlab.data.imageset import ImageSet, take
 from cnnlab.data.loader import IMAGENET_MEAN, IMAGENET_STD, InMemoryLoader, normalization
-from cnnlab.data.splits import Splits, make_splits
+from cnnlab.data.splits import Splits, check_folds, make_splits
 
 __all__ = [
     "DEFAULT_BACKGROUND",
@@ -52,6 +52,7 @@ __all__ = [
     "InMemoryLoader",
     "Splits",
     "check_data_config",
+    "check_folds",
     "clear_memory_cache",
     "dataset_names",
     "decode_image",

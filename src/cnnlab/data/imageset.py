@@ -90,8 +90,7 @@ def _check_memory(needed: int, shape: torch.Size, size: int) -> None:
         raise ConfigError(
             f"data.image_size={size}: {count:,} images of {channels}×{size}×{size} need "
             f"{needed / 1e9:.1f} GB of memory, more than the {available / 1e9:.1f} GB available; choose a "
-            "smaller data.image_size "
-            "or fewer images (data.subset, data.per_class, data.classes)"
+            "smaller data.image_size or fewer images (data.subset, data.per_class, data.classes)"
         )
 
 

@@ -97,6 +97,18 @@ class Splits:
         return splits
 
 
+def check_folds(labels: torch.Tensor | np.ndarray, folds: int) -> None:
+    """Stratified k-fold needs at least `folds` images of every class; a DataError names the smallest."""
+    labels_np = np.asarray(labels, dtype=np.int64)
+    counts = np.bincount(labels_np) if len(labels_np) else np.zeros(0, dtype=np.int64)
+    present = counts[counts > 0]
+    if len(present) and folds > present.min():
+        raise DataError(
+            f"data.folds={folds} needs at least {folds} training images of every class, but class "
+            f"{int(np.flatnonzero(counts == present.min())[0])} has {int(present.min())}; use fewer folds"
+        )
+
+
 def make_splits(
     labels: torch.Tensor | np.ndarray, *, seed: int, val_fraction: float = 0.1, folds: int | None = None
 ) -> Splits:
@@ -104,13 +116,8 @@ def make_splits(
     from sklearn.model_selection import StratifiedKFold, StratifiedShuffleSplit  # ~1.5 s (architecture.md)
 
     labels_np = np.asarray(labels, dtype=np.int64)
-    counts = np.bincount(labels_np) if len(labels_np) else np.zeros(0, dtype=np.int64)
-    present = counts[counts > 0]
-    if folds is not None and len(present) and folds > present.min():
-        raise DataError(
-            f"data.folds={folds} needs at least {folds} training images of every class, but class "
-            f"{int(np.flatnonzero(counts == present.min())[0])} has {int(present.min())}; use fewer folds"
-        )
+    if folds is not None:
+        check_folds(labels_np, folds)
     state = seed % 2**32
     index = np.zeros(len(labels_np))
     try:

@@ -30,7 +30,7 @@ from optuna.trial import TrialState
 
 from cnnlab import config as cfg
 from cnnlab import safeio
-from cnnlab.data import load_split, make_splits
+from cnnlab.data import check_folds, load_split, make_splits
 from cnnlab.errors import CnnlabError, ConfigError, Interrupted, one_line
 from cnnlab.runfolder import (
     TUNE_BEST_FILE,
@@ -156,7 +156,7 @@ def _check_trial_config(config: cfg.RunConfig, folds: int, checked: set[str]) ->
     check_init_file(config.train.init, checked)
     check_training_data(config.data)
     try:
-        make_splits(load_split(config.data, "train").labels, seed=0, folds=folds)
+        check_folds(load_split(config.data, "train").labels, folds)
     except CnnlabError as error:
         raise ConfigError(f"tune spec cv.folds={folds}: {error}") from None
 
