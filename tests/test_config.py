@@ -1,3 +1,6 @@
+import os
+from pathlib import Path
+
 import pytest
 
 from cnnlab import config
@@ -54,6 +57,11 @@ def test_parse_assignment_types_values():
 def test_missing_and_invalid_yaml_files(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         config.load_yaml(tmp_path / "nope.yaml")
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)  # opening it would wait for a writer forever
+    for special in (Path("/dev/zero"), fifo):
+        with pytest.raises(ConfigError, match="config file is a device, pipe or socket, not a YAML file"):
+            config.load_yaml(special)
     bad = tmp_path / "bad.yaml"
     bad.write_text("a: [1, 2\n")
     with pytest.raises(ConfigError, match="invalid YAML"):

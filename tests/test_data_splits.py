@@ -68,6 +68,8 @@ def test_loading_splits_for_other_labels_is_refused(tmp_path: Path) -> None:
         Splits.load(path, labels=LABELS.flip(0))
     with pytest.raises(DataError, match="splits file not found"):
         Splits.load(tmp_path / "missing.json")
+    with pytest.raises(DataError, match="splits file is a device, pipe or socket, not a splits JSON file"):
+        Splits.load("/dev/zero")  # never read: it has no end
     with pytest.raises(ConfigError, match=r"data.fold=3 is out of range; these splits have folds 0..2"):
         Splits.load(path).indices(3)
 

@@ -129,3 +129,9 @@ def test_code_running_pickle_is_refused_and_does_not_run(tmp_path, monkeypatch):
 def test_missing_checkpoint_is_a_user_error(tmp_path):
     with pytest.raises(WeightsError, match="checkpoint not found"):
         safeio.load_checkpoint(tmp_path / "nope.pt")
+    with pytest.raises(WeightsError, match="checkpoint is a folder, not a weights file"):
+        safeio.load_checkpoint(tmp_path)
+    fifo = tmp_path / "weights.pt"
+    os.mkfifo(fifo)  # opening it would wait for a writer forever
+    with pytest.raises(WeightsError, match="checkpoint is a device, pipe or socket, not a weights file"):
+        safeio.load_checkpoint(fifo)

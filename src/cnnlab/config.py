@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from cnnlab.errors import ConfigError, close_matches
+from cnnlab.errors import ConfigError, close_matches, not_a_file
 
 NORMS = ("batch", "group", "layer", "instance", "none")
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "gelu", "leakyrelu", "silu")
@@ -245,8 +245,7 @@ def load_yaml(path: str | Path, kind: str = "config file") -> dict[str, Any]:
     """Read a YAML mapping; a missing, unreadable or non-UTF-8 file or bad YAML is a ConfigError naming it."""
     path = Path(path)
     if not path.is_file():
-        problem = "is a folder, not a YAML file" if path.is_dir() else "not found"
-        raise ConfigError(f"{kind} {problem}: {quoted(path)}")
+        raise ConfigError(not_a_file(path, kind, "a YAML file", quoted(path)))
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:

@@ -6,6 +6,7 @@ import difflib
 import errno
 import signal
 from collections.abc import Iterable
+from pathlib import Path
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # a run failed (its error.log holds the traceback), or a study has failed runs
@@ -45,6 +46,17 @@ OS_ERROR_HINTS = {
     errno.EEXIST: "the path already exists",
     errno.ENOENT: "no such file or folder",
 }
+
+
+def not_a_file(path: Path, kind: str, expected: str, shown: str | None = None) -> str:
+    """Why `path`, given as the `kind` file to read, is not one: not found, a folder, or a device, pipe or
+    socket (reading one of those could wait for a writer or never end, so it is never opened)."""
+    shown = shown or str(path)
+    if path.is_dir():
+        return f"{kind} is a folder, not {expected}: {shown}"
+    if path.exists():
+        return f"{kind} is a device, pipe or socket, not {expected}: {shown}"
+    return f"{kind} not found: {shown}"
 
 
 def describe_os_error(error: OSError) -> str:

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from cnnlab.errors import WeightsError
+from cnnlab.errors import WeightsError, not_a_file
 from cnnlab.interrupts import held
 
 
@@ -209,9 +209,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     if not path.is_file():
-        if path.is_dir():
-            raise WeightsError(f"{path} is a folder, not a checkpoint file")
-        raise WeightsError(f"checkpoint not found: {path}")
+        raise WeightsError(not_a_file(path, "checkpoint", "a weights file"))
     if path.suffix == ".safetensors":
         return _load_safetensors(path)
     start = _file_start(path)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from cnnlab import safeio
-from cnnlab.errors import ConfigError, DataError
+from cnnlab.errors import ConfigError, DataError, not_a_file
 
 SPLITS_FORMAT = 1
 
@@ -76,7 +76,7 @@ class Splits:
         """Read splits saved by `save`; with `labels`, also check they were made for them."""
         path = Path(path)
         if not path.is_file():
-            raise DataError(f"splits file not found: {path}")
+            raise DataError(not_a_file(path, "splits file", "a splits JSON file"))
         try:
             raw = safeio.read_json(path)
             splits = cls(
