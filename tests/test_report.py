@@ -1105,7 +1105,8 @@ def test_a_read_only_report_file_is_replaced_and_an_unwritable_folder_changes_no
     monkeypatch.setattr(safeio, "_new_temp_file", unwritable)
     assert main(["report", str(root)]) == 2
     error = capsys.readouterr().err
-    assert error.startswith("cnnlab: error: permission denied") and error.count("\n") == 1
+    assert error.count("\n") == 1
+    assert error.startswith(f"cnnlab: error: cannot write the report into {root}: Permission denied; ")
     assert _snapshot(root) == before
 
 
@@ -1266,6 +1267,68 @@ def test_cli_report_of_a_suite_prints_what_is_left_as_for_a_study(tmp_path: Path
     assert out[0].startswith("half: Study incomplete: 1 of 2 planned runs pending (no result yet)")
     assert out[1].startswith("Not started yet: later; run `cnnlab study run` again")
     assert out[-1] == f"report: {suite.resolve() / 'report.html'}"
+
+
+def test_report_out_writes_the_report_elsewhere_and_only_reads_the_study(tmp_path: Path, capsys) -> None:
+    root = _two_run_study(tmp_path / "study")
+    before = {**_snapshot(root), "mtime": root.stat().st_mtime_ns}
+    out = tmp_path / "elsewhere"
+    assert main(["report", str(root), "--out", str(out)]) == 0
+    assert {**_snapshot(root), "mtime": root.stat().st_mtime_ns} == before, "the study folder is only read"
+    assert capsys.readouterr().out.splitlines()[-1] == f"report: {out.resolve() / 'report.html'}"
+    written = {path.name for path in out.iterdir()}
+    assert written == {"report.html", "report.md", "results.csv", "report_files"}
+    assert (out / "report_files" / ".figures.json").is_file(), "the figure cache goes with the report"
+    assert sorted((out / "report_files").glob("*.png")), "the figures too"
+    assert main(["report", str(root), "--out", str(out)]) == 0, "a report written there before is replaced"
+
+
+def test_report_out_refuses_a_file_and_another_study_folder(tmp_path: Path, capsys) -> None:
+    root = _two_run_study(tmp_path / "study")
+    other = _two_run_study(tmp_path / "other")
+    (other / "study.json").write_text(json.dumps({"runs": []}))
+    (tmp_path / "notes.txt").write_text("mine")
+    before = _snapshot(other)
+    for out, message in [
+        (other, "is the folder of another study or run (it holds study.json)"),
+        (next((other / "runs").iterdir()), "is the folder of another study or run (it holds result.json)"),
+        (tmp_path / "notes.txt", "is a file, not a folder"),
+    ]:
+        capsys.readouterr()
+        assert main(["report", str(root), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert _snapshot(other) == before and (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_a_study_on_a_read_only_disk_is_told_to_report_elsewhere(tmp_path: Path, monkeypatch, capsys) -> None:
+    import errno
+
+    root = _two_run_study(tmp_path / "study")
+    _fail_writing(monkeypatch, "report.html", OSError(errno.EROFS, "Read-only file system"))
+    assert main(["report", str(root)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"cnnlab: error: cannot write the report into {root}: Read-only file system; write it elsewhere with "
+        "--out FOLDER (DIR is then only read)"
+    ]
+
+
+def test_a_suite_report_with_out_puts_each_study_in_its_own_subfolder(tmp_path: Path) -> None:
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    studies = [{"name": "a"}, {"name": "b"}]
+    (suite / runfolder.SUITE_FILE).write_text(json.dumps({"name": "s", "studies": studies}))
+    for name in ("a", "b"):
+        run = write_run(suite / name / "runs", {"model.name": "lenet5"}, images=False)
+        (suite / name / "study.json").write_text(json.dumps({"runs": [{"run_id": run.name, "seed": 0}]}))
+    before = _snapshot(suite)
+    out = tmp_path / "out"
+    assert main(["report", str(suite), "--out", str(out)]) == 0
+    assert _snapshot(suite) == before
+    for folder in (out, out / "a", out / "b"):
+        assert (folder / "report.html").is_file() and (folder / "report.md").is_file()
+    assert "## a" in (out / "report.md").read_text() and (out / "a" / "results.csv").is_file()
 
 
 @pytest.mark.parametrize("name", ["../other", "..", "/tmp/elsewhere", ""])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import gc
 import json
 import os
@@ -412,13 +413,30 @@ def _add_report(commands: argparse._SubParsersAction) -> None:
         commands, "report", "Write report.html, report.md and results.csv for a study folder.", _run_report
     )
     sub.add_argument("dir", metavar="DIR", help="study folder (or any folder of run directories)")
+    sub.add_argument(
+        "--out",
+        metavar="FOLDER",
+        help="write the report files into FOLDER instead of DIR (DIR on a read-only disk, say); DIR is only "
+        "read. A suite's studies get FOLDER/<study>/ each",
+    )
 
 
 def _run_report(args: argparse.Namespace) -> int:
     from cnnlab.report import write_report
     from cnnlab.runfolder import is_suite_folder
 
-    paths = _write_suite_report(args.dir) if is_suite_folder(args.dir) else write_report(args.dir)
+    try:
+        if is_suite_folder(args.dir):
+            paths = _write_suite_report(args.dir, args.out)
+        else:
+            paths = write_report(args.dir, into=args.out)
+    except OSError as error:
+        if args.out is None and error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise ConfigError(
+                f"cannot write the report into {args.dir}: {error.strerror}; "
+                "write it elsewhere with --out FOLDER (DIR is then only read)"
+            ) from None
+        raise
     if paths.table:
         print(paths.table)
     print(f"wrote {paths.markdown}" if paths.csv is None else f"wrote {paths.csv} and {paths.markdown}")
@@ -660,11 +678,11 @@ def _run_suite(args: argparse.Namespace, options: Any) -> int:
     return _exit_for_unfinished(suite.unfinished, suite.out_dir)
 
 
-def _write_suite_report(folder: Any) -> Any:
+def _write_suite_report(folder: Any, into: Any = None) -> Any:
     """Each sub-study's own report, then the suite's report.html / report.md with a section per sub-study."""
     from cnnlab.report.suite import write_suite_report
 
-    return write_suite_report(folder)
+    return write_suite_report(folder, into)
 
 
 def _run_study_status(args: argparse.Namespace) -> int:

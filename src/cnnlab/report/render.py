@@ -38,6 +38,7 @@ from cnnlab import runfolder
 from cnnlab.report.collect import (
     Configuration,
     PendingRun,
+    ReportError,
     RunRecord,
     Study,
     format_value,
@@ -155,8 +156,9 @@ class Report:
         return flagged_configurations(self.study)
 
 
-def build_report(source: str | Path | Study) -> Report:
-    """Read the study's files and compute the table, the paired comparisons and the figures."""
+def build_report(source: str | Path | Study, report_dir: Path | None = None) -> Report:
+    """Read the study's files and compute the table, the paired comparisons and the figures (kept in the
+    figure cache of the folder the report goes to: `report_dir`, by default the study's own)."""
     if isinstance(source, Study):  # built in memory: its files may not be what it holds
         study, rows = source, configuration_rows(source)
         plots = make_plots(study, rows)
@@ -164,7 +166,7 @@ def build_report(source: str | Path | Study) -> Report:
         key = inputs_key(resolved_folder(source))  # before reading: see inputs_key
         study = load_study(source)
         rows = configuration_rows(study)
-        plots = cached_plots(study.root, key, lambda: make_plots(study, rows))
+        plots = cached_plots(report_dir or study.root, key, lambda: make_plots(study, rows))
     generated = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     return Report(study, rows, paired_comparisons(study), plots, generated)
 
@@ -208,23 +210,46 @@ def copies_lines(study: Study) -> list[str]:
     ]
 
 
-def write_report(source: str | Path | Report, document: Document | None = None) -> ReportPaths:
+def write_report(
+    source: str | Path | Report, document: Document | None = None, *, into: str | Path | None = None
+) -> ReportPaths:
     """Write report.html, report.md and report_files/*.png, all or nothing (`cnnlab.report.files`): a study's
     own report (and its results.csv) when `document` is None, from its folder or its built Report, else the
-    document given (a combined one, say) into the folder given."""
+    document given (a combined one, say) into the folder given. `into`: write them into this folder instead
+    of the study's own (`cnnlab report --out`, for a study on a read-only disk, say)."""
     if document is not None:
         folder = source.study.root if isinstance(source, Report) else Path(source)
-        html_path, markdown_path, _, plot_paths = write_report_files(folder, document)
+        html_path, markdown_path, _, plot_paths = write_report_files(report_folder(folder, into), document)
         return ReportPaths(html_path, markdown_path, None, plot_paths, "")
-    report = source if isinstance(source, Report) else build_report(source)
+    if isinstance(source, Report):
+        report = source
+    else:  # the folder checked before the figure cache is written to it
+        report = build_report(source, report_folder(resolved_folder(source), into))
     html_path, markdown_path, csv_path, plot_paths = write_report_files(
-        report.study.root, build_document(report), results_csv(report.rows)
+        report_folder(report.study.root, into), build_document(report), results_csv(report.rows)
     )
     table = format_results_table(
         report.headline_rows, flagged=report.flagged, best_note=best_meaning(report.study)
     )
     table += "".join(f"\n{visible_controls(line)}" for line in status_lines(report.study))
     return ReportPaths(html_path, markdown_path, csv_path, plot_paths, table)
+
+
+def report_folder(root: Path, into: str | Path | None) -> Path:
+    """Where the report of the study or suite in `root` goes: `root`, or `into` unless that is the folder of
+    another study, suite or run (its own report would be replaced by this one)."""
+    if into is None or Path(into).resolve() == root.resolve():
+        return root
+    into = Path(into)
+    if into.exists() and not into.is_dir():
+        raise ReportError(f"--out {into} is a file, not a folder; give a folder for the report files")
+    for name in (runfolder.PLAN_FILE, runfolder.SUITE_FILE, runfolder.RESULT_FILE):
+        if (into / name).exists():
+            raise ReportError(
+                f"--out {into} is the folder of another study or run (it holds {name}); give a new folder, "
+                "or one that holds only reports"
+            )
+    return into
 
 
 def format_results_table(
