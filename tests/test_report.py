@@ -933,6 +933,23 @@ def test_copies_of_one_run_are_counted_once_and_named(tmp_path: Path) -> None:
     )
 
 
+def test_a_folder_holding_studies_of_different_specs_is_refused_not_merged(tmp_path: Path, capsys) -> None:
+    good = make_study(tmp_path / "parent" / "good", failures=False, ensemble=False, images=False)
+    other = tmp_path / "parent" / "other"
+    write_run(other / "runs", {"model.name": "resnet20_cifar"}, images=False)
+    (other / "study.yaml").write_text("name: other\nbase: {model.name: resnet20_cifar}\n")
+    write_run(tmp_path / "parent" / "loose", {"model.name": "lenet5", "train.seed": 7}, images=False)
+    assert len(load_study(tmp_path / "parent" / "loose").runs) == 1
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "parent")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "holds 2 studies of different specs (good, other): report each one" in err[0]
+    assert not (tmp_path / "parent" / "report.html").exists()
+    shutil.rmtree(other)  # one study and a plain run beside it: one report
+    assert main(["report", str(tmp_path / "parent")]) == 0
+    assert len(load_study(tmp_path / "parent").runs) == len(load_study(good).runs) + 1
+
+
 @pytest.mark.parametrize(
     "edit",
     [

@@ -283,6 +283,7 @@ def load_study(root: str | Path) -> Study:
         raise ReportError(f"study folder not found: {root} (give the folder a study or run wrote)")
     read = [_read_run(path.parent) for path in _run_result_files(root)]
     runs, copies = _counted_once([run for run in read if run is not None], root)
+    _check_one_study(root, runs)
     plan = _read_plan(root / runfolder.PLAN_FILE)
     entries = _plan_entries(plan)
     if not runs and not entries:
@@ -374,6 +375,33 @@ def _counted_once(
         if len(found) > 1
     )
     return kept, copies
+
+
+def _check_one_study(root: Path, runs: Sequence[RunRecord]) -> None:
+    """A folder that is not a study itself may hold one study (and copies of it, the same spec) beside plain
+    runs, never the runs of several different specs: their configurations would merge into one table that
+    no spec describes."""
+    if any((root / name).is_file() for name in SPEC_FILES):
+        return
+    by_spec: dict[str, list[Path]] = {}
+    for folder in sorted({_study_folder(run.run_dir, root) for run in runs} - {None}):
+        by_spec.setdefault(_read_spec(folder)[1] or "", []).append(folder)
+    if len(by_spec) > 1:
+        first = [_relative(folders[0], root) for folders in by_spec.values()]
+        raise ReportError(
+            f"{root} holds {len(by_spec)} studies of different specs ({', '.join(first)}): report each one "
+            f"(`cnnlab report {root / first[0]}`), or run them as one suite (docs/studies.md)"
+        )
+
+
+def _study_folder(run_dir: Path, root: Path) -> Path | None:
+    """The study folder (one holding study.yaml or study.json) below `root` that holds this run, if any."""
+    for folder in run_dir.parents:
+        if folder == root:
+            return None
+        if any((folder / name).is_file() for name in SPEC_FILES):
+            return folder
+    return None
 
 
 def _relative(path: Path, root: Path) -> str:
