@@ -933,21 +933,43 @@ def test_copies_of_one_run_are_counted_once_and_named(tmp_path: Path) -> None:
     )
 
 
-def test_a_folder_holding_studies_of_different_specs_is_refused_not_merged(tmp_path: Path, capsys) -> None:
-    good = make_study(tmp_path / "parent" / "good", failures=False, ensemble=False, images=False)
-    other = tmp_path / "parent" / "other"
-    write_run(other / "runs", {"model.name": "resnet20_cifar"}, images=False)
-    (other / "study.yaml").write_text("name: other\nbase: {model.name: resnet20_cifar}\n")
-    write_run(tmp_path / "parent" / "loose", {"model.name": "lenet5", "train.seed": 7}, images=False)
-    assert len(load_study(tmp_path / "parent" / "loose").runs) == 1
+def _other_study(folder: Path) -> Path:
+    """A one-run study of a spec other than make_study's."""
+    write_run(folder / "runs", {"model.name": "resnet20_cifar"}, images=False)
+    (folder / "study.yaml").write_text("name: other\nbase: {model.name: resnet20_cifar}\n")
+    return folder
+
+
+def _report_error(capsys, folder: Path) -> str:
     capsys.readouterr()
-    assert main(["report", str(tmp_path / "parent")]) == 2
+    assert main(["report", str(folder)]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 1 and "holds 2 studies of different specs (good, other): report each one" in err[0]
-    assert not (tmp_path / "parent" / "report.html").exists()
+    assert len(err) == 1 and not (folder / "report.html").exists()
+    return err[0]
+
+
+def test_a_folder_holding_studies_of_different_specs_is_refused_not_merged(tmp_path: Path, capsys) -> None:
+    parent = tmp_path / "parent"
+    good = make_study(parent / "good", failures=False, ensemble=False, images=False)
+    other = _other_study(parent / "other")
+    write_run(parent / "loose", {"model.name": "lenet5", "train.seed": 7}, images=False)
+    error = _report_error(capsys, parent)
+    assert "holds 2 studies of different specs (good, other): report each one (`cnnlab report " in error
     shutil.rmtree(other)  # one study and a plain run beside it: one report
-    assert main(["report", str(tmp_path / "parent")]) == 0
-    assert len(load_study(tmp_path / "parent").runs) == len(load_study(good).runs) + 1
+    assert main(["report", str(parent)]) == 0
+    assert len(load_study(parent).runs) == len(load_study(good).runs) + 1
+
+
+def test_a_folder_above_a_suite_points_to_the_suites_report(tmp_path: Path, capsys) -> None:
+    suite = tmp_path / "parent" / "suite"
+    make_study(suite / "good", failures=False, ensemble=False, images=False)
+    _other_study(suite / "other")
+    (suite / runfolder.SUITE_FILE).write_text(json.dumps({"name": "s", "studies": [{"name": "good"}]}))
+    error = _report_error(capsys, tmp_path / "parent")
+    assert error.endswith(
+        f"(suite/good, suite/other): report the suite (`cnnlab report {suite.resolve()}`: a "
+        "section per study)"
+    )
 
 
 @pytest.mark.parametrize(

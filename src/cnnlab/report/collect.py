@@ -387,11 +387,15 @@ def _check_one_study(root: Path, runs: Sequence[RunRecord]) -> None:
     for folder in sorted({_study_folder(run.run_dir, root) for run in runs} - {None}):
         by_spec.setdefault(_read_spec(folder)[1] or "", []).append(folder)
     if len(by_spec) > 1:
-        first = [_relative(folders[0], root) for folders in by_spec.values()]
-        raise ReportError(
-            f"{root} holds {len(by_spec)} studies of different specs ({', '.join(first)}): report each one "
-            f"(`cnnlab report {root / first[0]}`), or run them as one suite (docs/studies.md)"
+        first = [folders[0] for folders in by_spec.values()]
+        names = ", ".join(_relative(folder, root) for folder in first)
+        suites = [folder.parent for folder in first if (folder.parent / runfolder.SUITE_FILE).is_file()]
+        advice = (
+            f"report the suite (`cnnlab report {suites[0]}`: a section per study)"
+            if suites
+            else f"report each one (`cnnlab report {first[0]}`), or run them as one suite (docs/studies.md)"
         )
+        raise ReportError(f"{root} holds {len(by_spec)} studies of different specs ({names}): {advice}")
 
 
 def _study_folder(run_dir: Path, root: Path) -> Path | None:
