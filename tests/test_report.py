@@ -1293,6 +1293,19 @@ def test_hostile_class_and_folder_names_stay_text(tmp_path: Path) -> None:
     assert markdown.startswith("# Study report: &lt;script&gt;s\n")
 
 
+def test_class_names_with_undecodable_bytes_are_drawn_escaped_not_a_crash(tmp_path: Path) -> None:
+    """A class folder named with a byte that is not UTF-8 (os.listdir's surrogate escape "\\udcff") crashed
+    matplotlib's text layout; a result.json with a lone "\\ud800" too."""
+    classes = ["\udcffcat", "dog\ud800", *map(str, range(8))]
+    root = tmp_path / "study"
+    write_run(root / "runs", {"model.name": "lenet5"}, classes=classes)
+    paths = write_report(root)
+    markdown = paths.markdown.read_text(encoding="utf-8")  # Markdown doubles a backslash
+    assert r"#0 (\\xffcat), #1 (dog\\ud800)" in markdown
+    assert r"#0 (\xffcat), #1 (dog\ud800)" in html_module.unescape(paths.html.read_text(encoding="utf-8"))
+    assert len(paths.plots) >= 5, "every figure drawn, the class names in them escaped"
+
+
 def test_cli_report_of_a_suite_prints_what_is_left_as_for_a_study(tmp_path: Path, capsys) -> None:
     suite = tmp_path / "suite"
     suite.mkdir()

@@ -135,3 +135,15 @@ def test_missing_checkpoint_is_a_user_error(tmp_path):
     os.mkfifo(fifo)  # opening it would wait for a writer forever
     with pytest.raises(WeightsError, match="checkpoint is a device, pipe or socket, not a weights file"):
         safeio.load_checkpoint(fifo)
+
+
+def test_text_with_surrogates_is_written_and_printed_with_the_bytes_escaped(tmp_path):
+    """os.listdir gives a file name's undecodable byte 0xff as "\\udcff"; a JSON string can hold a lone
+    "\\ud800". Both are written as text a user reads (`\\xff`, as `ls -b` shows it), never a crash."""
+    from cnnlab.errors import printable
+
+    text = "\udcffcat dog\ud800 é"
+    assert safeio.text_bytes(text) == b"\\xffcat dog\\ud800 \xc3\xa9"
+    assert printable(text + "\n") == "\\xffcat dog\\ud800 é\\n"
+    safeio.atomic_write_text(tmp_path / "ids.csv", text)
+    assert (tmp_path / "ids.csv").read_bytes() == safeio.text_bytes(text)

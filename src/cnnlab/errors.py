@@ -78,10 +78,26 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0][:200] if text else type(error).__name__
 
 
+def escape_surrogates(text: str) -> str:
+    """Text that encodes as UTF-8 (and that fonts can draw): a file name's undecodable bytes (Python's
+    surrogate escapes, as os.listdir gives them) as `\\xNN`, the byte `ls -b` shows; any other lone
+    surrogate (a JSON string's `\\ud800`) as `\\ud800`."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return "".join(_escaped_surrogate(char) if "\ud800" <= char <= "\udfff" else char for char in text)
+
+
+def _escaped_surrogate(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+
+
 def printable(text: str) -> str:
     """Text as one line that can be printed, written and drawn: undecodable bytes (surrogate escapes) as
     `\\xNN`, newlines, tabs and other control characters (terminal escape codes) escaped (`\\n`, `\\x1b`)."""
-    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    text = escape_surrogates(text)
     return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from cnnlab.errors import WeightsError, not_a_file
+from cnnlab.errors import WeightsError, escape_surrogates, not_a_file
 from cnnlab.interrupts import held
 
 
@@ -77,7 +77,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write text (UTF-8) atomically; undecodable file-name bytes in it are written escaped (\\xNN)."""
-    return atomic_write_bytes(path, text.encode("utf-8", errors="backslashreplace"))
+    return atomic_write_bytes(path, text_bytes(text))
+
+
+def text_bytes(text: str) -> bytes:
+    """UTF-8 of `text`, surrogates escaped (`errors.escape_surrogates`: a file name's undecodable byte as
+    `\\xNN`, the byte `ls -b` shows, not Python's `\\udcNN`)."""
+    return escape_surrogates(text).encode("utf-8")
 
 
 def atomic_replace_files(contents: Mapping[Path, bytes], remove: Iterable[Path] = ()) -> list[Path]:

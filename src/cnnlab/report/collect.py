@@ -35,7 +35,7 @@ import numpy as np
 
 from cnnlab import runfolder
 from cnnlab.config import flatten
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, escape_surrogates
 from cnnlab.runfolder import ImageSamples, Predictions, resolved_folder
 
 PER_RUN_KEYS = ("train.seed", "data.fold", "data.splits_file")
@@ -117,9 +117,13 @@ class RunRecord:
             return runfolder.read_predictions(self.run_dir, split)
 
     def images(self, kind: str) -> ImageSamples | None:
-        """Thumbnails the run saved at its end (`runfolder.IMAGE_KINDS`), None when the file is absent."""
+        """Thumbnails the run saved at its end (`runfolder.IMAGE_KINDS`), None when the file is absent; their
+        ids (file names) with surrogates escaped, as the result's strings."""
         with _report_errors():
-            return runfolder.read_image_samples(self.run_dir, kind)
+            samples = runfolder.read_image_samples(self.run_dir, kind)
+        if samples is None:
+            return None
+        return dataclasses.replace(samples, ids=tuple(escape_surrogates(item) for item in samples.ids))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -456,6 +460,7 @@ def _read_run(run_dir: Path) -> RunRecord | None:
         return None
     if result is None or result.get("kind") == "ensemble":
         raise ReportError(f"{path} is not a run result (expected a mapping with status)")
+    result = _drawable(result)
     settings = {k: v for k, v in flatten(result.get("config") or {}).items() if k not in PER_RUN_KEYS}
     tags = result.get("tags") or {}
     settings.update({f"tags.{key}": tags[key] for key in TAG_KEYS if tags.get(key) is not None})
@@ -474,7 +479,20 @@ def _read_ensemble(ensemble_dir: Path) -> EnsembleRecord:
         result = runfolder.read_result(ensemble_dir)
     if result is None:
         raise ReportError(f"{ensemble_dir / runfolder.RESULT_FILE} is not an ensemble result")
-    return EnsembleRecord(ensemble_dir, result)
+    return EnsembleRecord(ensemble_dir, _drawable(result))
+
+
+def _drawable(value: Any) -> Any:
+    """A result as the report shows it: every string with its surrogates escaped (a class folder's
+    undecodable byte as `\\xNN`; `errors.escape_surrogates`), which the fonts that draw the figures and the
+    UTF-8 of the pages cannot take as they are."""
+    if isinstance(value, str):
+        return escape_surrogates(value)
+    if isinstance(value, dict):
+        return {_drawable(key): _drawable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_drawable(item) for item in value]
+    return value
 
 
 def _read_json(path: Path) -> Any:

@@ -20,7 +20,7 @@ from pathlib import Path
 from cnnlab.report.collect import ReportError
 from cnnlab.report.document import PLOT_DIR, Document, Figure, render_html, render_markdown
 from cnnlab.report.figure_cache import CACHE_FILE
-from cnnlab.safeio import atomic_replace_files, temp_files
+from cnnlab.safeio import atomic_replace_files, temp_files, text_bytes
 
 HTML_FILE = "report.html"
 MARKDOWN_FILE = "report.md"
@@ -52,7 +52,7 @@ def write_report_files(
     folder = folder.resolve()
     texts = {HTML_FILE: render_html(document), MARKDOWN_FILE: render_markdown(document)}
     texts |= {CSV_FILE: results} if results is not None else {}
-    files = {folder / name: _encoded(text) for name, text in texts.items()}
+    files = {folder / name: text_bytes(text) for name, text in texts.items()}
     plots = _plot_files(folder / PLOT_DIR, document.figures)
     _check_targets(folder, [*files, *plots], render_markdown(Document(document.title)).split("\n", 1)[0])
     folder.mkdir(parents=True, exist_ok=True)  # a combined report's folder may be new
@@ -62,11 +62,6 @@ def write_report_files(
         atomic_replace_files(plots | files, remove=_stale_plots(folder / PLOT_DIR, plots))
     csv_path = folder / CSV_FILE if results is not None else None
     return folder / HTML_FILE, folder / MARKDOWN_FILE, csv_path, tuple(plots)
-
-
-def _encoded(text: str) -> bytes:
-    """UTF-8; undecodable file-name bytes in the text written escaped (\\xNN), as safeio.atomic_write_text."""
-    return text.encode("utf-8", errors="backslashreplace")
 
 
 def _plot_files(plot_dir: Path, figures: Sequence[Figure]) -> dict[Path, bytes]:
