@@ -40,6 +40,7 @@ import numpy as np
 
 from cnnlab import config as cfg
 from cnnlab import safeio
+from cnnlab.config import quoted
 from cnnlab.errors import CnnlabError, ConfigError, describe_os_error
 
 MARKER_FILE = ".cnnlab-run"
@@ -443,7 +444,7 @@ def resolved_folder(path: str | Path) -> Path:
         return Path(path).resolve()
     except (RuntimeError, OSError) as error:
         raise CnnlabError(
-            f"cannot use the folder {cfg.quoted(path)}: {error}; a symbolic link on its path points in a "
+            f"cannot use the folder {quoted(path)}: {error}; a symbolic link on its path points in a "
             "loop (or cannot be followed); give a real folder"
         ) from None
 
@@ -478,7 +479,7 @@ def non_utf8_out_problem(folder: Path) -> str | None:
         str(folder.absolute()).encode("utf-8")
     except UnicodeEncodeError:
         return (
-            f"--out {_quote(folder.absolute())} has a name that is not UTF-8 text; give a folder whose path "
+            f"--out {quoted(folder.absolute())} has a name that is not UTF-8 text; give a folder whose path "
             "is UTF-8 (TensorBoard logs cannot be written there)"
         )
     return None
@@ -491,7 +492,7 @@ def check_folder(
     naming the keys where its config differs from `config` (this run's, nested) when given."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise RunFolderError(f"--out {_quote(folder)} is a file, not a folder; give a folder path")
+        raise RunFolderError(f"--out {quoted(folder)} is a file, not a folder; give a folder path")
     problem = non_utf8_out_problem(folder)
     if problem:
         raise RunFolderError(problem)
@@ -499,7 +500,7 @@ def check_folder(
         return
     if not is_run_folder(folder):
         raise RunFolderError(
-            f"--out {_quote(folder)} holds files that cnnlab did not write; "
+            f"--out {quoted(folder)} holds files that cnnlab did not write; "
             "give an empty or new folder (cnnlab never deletes files it did not write)"
         )
     existing = folder_run_id(folder)
@@ -507,7 +508,7 @@ def check_folder(
         status = (read_result(folder) or {}).get("status", "unfinished")
         differences = _config_differences(folder, config) if config is not None else ""
         raise RunFolderError(
-            f"--out {_quote(folder)} holds another run ({existing}, {status}) with a different config than "
+            f"--out {quoted(folder)} holds another run ({existing}, {status}) with a different config than "
             f"this one ({run_id}){differences}; use another --out, or --overwrite to replace it"
         )
 
@@ -540,7 +541,7 @@ def hold(folder: str | Path, run_id: str) -> Iterator[Path]:
         handle = open(folder / MARKER_FILE, "a+")  # noqa: SIM115 - held open as the lock
     except OSError as error:
         raise RunFolderError(
-            f"cannot write the run folder {_quote(folder)}: {describe_os_error(error)}"
+            f"cannot write the run folder {quoted(folder)}: {describe_os_error(error)}"
         ) from None
     try:
         _lock(handle, folder)
@@ -585,7 +586,7 @@ def check_still_held(folder: str | Path) -> None:
         now = None
     if now != held:
         raise RunFolderLost(
-            f"the run folder {_quote(folder)} was removed, moved or replaced while this run worked in it "
+            f"the run folder {quoted(folder)} was removed, moved or replaced while this run worked in it "
             f"(its {MARKER_FILE} is gone); the run stopped and wrote nothing more there; train it again into "
             "a folder that nothing else removes"
         )
@@ -601,7 +602,7 @@ def _lock(handle: Any, folder: Path) -> None:
     except BlockingIOError:
         holder = _holder(handle)
         raise RunFolderBusy(
-            f"run folder {_quote(folder)} is in use by {holder}; wait for it to finish or use another --out"
+            f"run folder {quoted(folder)} is in use by {holder}; wait for it to finish or use another --out"
         ) from None
 
 
@@ -668,12 +669,6 @@ def clear_run_files(folder: str | Path) -> None:
 
 
 # --- helpers -----------------------------------------------------------------------------------------------
-
-
-def _quote(path: Path) -> str:
-    """A path for a one-line message: control characters escaped, long paths shortened."""
-    text = str(path)
-    return repr(text if len(text) <= 160 else text[:70] + "..." + text[-70:])
 
 
 def _finite(value: Any) -> Any:
