@@ -222,11 +222,12 @@ def write_report(
         html_path, markdown_path, _, plot_paths = write_report_files(report_folder(folder, into), document)
         return ReportPaths(html_path, markdown_path, None, plot_paths, "")
     if isinstance(source, Report):
-        report = source
+        report, folder = source, report_folder(source.study.root, into)
     else:  # the folder checked before the figure cache is written to it
-        report = build_report(source, report_folder(resolved_folder(source), into))
+        folder = report_folder(resolved_folder(source), into)
+        report = build_report(source, folder)
     html_path, markdown_path, csv_path, plot_paths = write_report_files(
-        report_folder(report.study.root, into), build_document(report), results_csv(report.rows)
+        folder, build_document(report), results_csv(report.rows)
     )
     table = format_results_table(
         report.headline_rows, flagged=report.flagged, best_note=best_meaning(report.study)
